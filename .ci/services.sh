@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# Services the TaxiPipeline tests run against (Kinesis, S3 and OpenSearch emulators).
+#
+# `.ci/test` sources this file, starts every service in TAXI_SERVICES and stops them on exit.
+# To keep them running in the background while you run `cargo test` by hand:
+#   eval "$(bash .ci/services.sh start)"   # starts them and exports TAXI_TEST_*_ENDPOINT here
+#   bash .ci/services.sh status
+#   bash .ci/services.sh stop
+# Installs, logs (NAME.log), pid files and env files live in ${TAXI_SERVICES_DIR:-/tmp/taxi-services}.
+# Every service listens on 127.0.0.1 on a free port; the tests read its endpoint from an env var.
+
+TAXI_SERVICES_DIR="${TAXI_SERVICES_DIR:-/tmp/taxi-services}"
+SVC_NODE="$TAXI_SERVICES_DIR/node"   # npm packages (node_modules/.bin is put on PATH)
+SVC_VENV="$TAXI_SERVICES_DIR/venv"   # PyPI packages (bin is put on PATH)
+
+# ---- Registry --------------------------------------------------------------------------------
+# To add a service: add its name here and fill in its branch in service_install and service_start.
+TAXI_SERVICES=()   # next: kinesis s3 opensearch
+
+service_install() { # NAME: make its program available; quick when it already is.
+  case "$1" in
+    # kinesis)    npm_install kinesis-local@0.6.2 ;;
+    # s3)         pip_install 'moto[server]' ;;
+    # opensearch) pip_install osmem-server==0.1.6 ;;
+    *) svc_log "error: service_install: unknown service '$1'"; return 1 ;;
+  esac
+}
+
+# service_start NAME: start it in the background, wait for its port, export its endpoint.
+# Each branch sets `var` (the env var the tests read) and `cmd` (a foreground command that
+# listens on 127.0.0.1:$port); `url` defaults to http://127.0.0.1:$port.
+# shellcheck disable=SC2317  # "unreachable" only while the registry above is empty
+service_start() {
+  local name=$1 port var url cmd=()
+  if service_running "$name"; then   # e.g. left running by `services.sh start`: reuse it
+    svc_log "$name: already running (pid $(<"$TAXI_SERVICES_DIR/$name.pid")), reusing it"
+    # shellcheck source=/dev/null
+    source "$TAXI_SERVICES_DIR/$name.env"
+    return 0
+  fi
+  port=$(free_port) || return 1
+  case "$name" in
+    # kinesis) var=TAXI_TEST_KINESIS_ENDPOINT   # kinesis-mock binds all interfaces: preload forces loopback
+    #   cmd=(env KINESIS_MOCK_PLAIN_PORT="$port" KINESIS_MOCK_TLS_PORT="$(free_port)"
+    #        KINESIS_MOCK_CERT_PATH="$SVC_NODE/node_modules/kinesis-local/server.json"
+    #        CREATE_STREAM_DURATION=100ms DELETE_STREAM_DURATION=100ms UPDATE_SHARD_COUNT_DURATION=100ms
+    #        node --require "$(node_loopback_preload)" "$SVC_NODE/node_modules/kinesis-local/main.js") ;;
+    # s3) var=TAXI_TEST_S3_ENDPOINT
+    #   cmd=(moto_server -H 127.0.0.1 -p "$port") ;;
+    # opensearch) var=TAXI_TEST_OPENSEARCH_ENDPOINT
+    #   cmd=(osmem-server -addr "127.0.0.1:$port" -no-stdin-watch -no-ja) ;;
+    *) svc_log "error: service_start: unknown service '$name'"; return 1 ;;
+  esac
+  url=${url:-http://127.0.0.1:$port}
+  svc_log "$name: starting on 127.0.0.1:$port (log: $TAXI_SERVICES_DIR/$name.log)"
+  # setsid: the service leads its own process group, so stopping it also stops its children.
+  PATH="$SVC_VENV/bin:$SVC_NODE/node_modules/.bin:$PATH" \
+    setsid "${cmd[@]}" </dev/null >"$TAXI_SERVICES_DIR/$name.log" 2>&1 &
+  echo "$!" >"$TAXI_SERVICES_DIR/$name.pid"
+  SVC_STARTED+=("$name")
+  wait_for_port 127.0.0.1 "$port" "${TAXI_SERVICE_TIMEOUT:-60}" "$name" || return 1
+  printf 'export %s=%q\n' "$var" "$url" >"$TAXI_SERVICES_DIR/$name.env"
+  export "$var=$url"
+}
+
+# ---- Framework -------------------------------------------------------------------------------
+SVC_STARTED=()   # services this shell started; services_stop_all stops exactly these
+
+svc_log() { printf '[services] %s\n' "$*" >&2; }
+
+npm_install() { # PACKAGE@VERSION into $SVC_NODE (npm and pip are no-ops when already installed)
+  svc_log "npm install $1"
+  npm install --prefix "$SVC_NODE" --no-audit --no-fund --loglevel=error "$1" >&2
+}
+
+pip_install() { # REQUIREMENT into the venv $SVC_VENV (Debian's system Python refuses pip installs)
+  if [[ ! -x "$SVC_VENV/bin/pip" ]]; then
+    if ! python3 -m venv "$SVC_VENV" >&2; then   # Debian ships venv separately
+      [[ "$(id -u)" == 0 ]] || { svc_log "error: python3 -m venv failed: install python3-venv"; return 1; }
+      apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2 &&
+        python3 -m venv --clear "$SVC_VENV" >&2 || return 1
+    fi
+  fi
+  svc_log "pip install $1"
+  "$SVC_VENV/bin/pip" install --quiet --disable-pip-version-check "$1" >&2
+}
+
+node_loopback_preload() { # prints the path of a Node preload that makes every server listen on 127.0.0.1
+  local f="$TAXI_SERVICES_DIR/loopback.cjs"
+  cat >"$f" <<'JS'
+const net = require('net');
+const listen = net.Server.prototype.listen;
+net.Server.prototype.listen = function (...args) {
+  if (args[0] !== null && typeof args[0] === 'object') args[0] = { ...args[0], host: '127.0.0.1' };
+  else if (typeof args[1] === 'string') args[1] = '127.0.0.1';
+  else args.splice(1, 0, '127.0.0.1');
+  return listen.apply(this, args);
+};
+JS
+  echo "$f"
+}
+
+port_open() { # HOST PORT: does it accept a TCP connection? (bash /dev/tcp, no nc needed)
+  # shellcheck disable=SC2016  # $0 and $1 expand in the inner bash
+  timeout 1 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$1" "$2" 2>/dev/null
+}
+
+free_port() { # a port nobody on 127.0.0.1 listens on now
+  local port _
+  for _ in {1..100}; do
+    port=$((20000 + RANDOM % 40000))
+    port_open 127.0.0.1 "$port" || { echo "$port"; return 0; }
+  done
+  svc_log "error: no free port found"; return 1
+}
+
+wait_for_port() { # HOST PORT TIMEOUT_SECONDS [NAME]: wait until it accepts connections
+  local host=$1 port=$2 deadline=$((SECONDS + $3)) name=${4:-} pid=""
+  [[ -n "$name" && -f "$TAXI_SERVICES_DIR/$name.pid" ]] && pid=$(<"$TAXI_SERVICES_DIR/$name.pid")
+  until port_open "$host" "$port"; do
+    if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
+      svc_log "${name:-$host:$port}: exited before listening on $host:$port"; svc_log_tail "$name"; return 1
+    fi
+    if ((SECONDS >= deadline)); then
+      svc_log "${name:-$host:$port}: not listening on $host:$port after $3 s"; svc_log_tail "$name"; return 1
+    fi
+    sleep 0.2
+  done
+}
+
+svc_log_tail() { # NAME: the last lines of its log, to stderr
+  [[ -n "$1" && -f "$TAXI_SERVICES_DIR/$1.log" ]] || return 0
+  svc_log "--- last 40 lines of $TAXI_SERVICES_DIR/$1.log ---"
+  tail -n 40 "$TAXI_SERVICES_DIR/$1.log" >&2
+}
+
+service_running() { # NAME
+  [[ -f "$TAXI_SERVICES_DIR/$1.pid" ]] && kill -0 "$(<"$TAXI_SERVICES_DIR/$1.pid")" 2>/dev/null
+}
+
+service_stop() { # NAME: SIGTERM its process group, SIGKILL after 5 s
+  local pid_file="$TAXI_SERVICES_DIR/$1.pid" pid _
+  [[ -f "$pid_file" ]] || return 0
+  pid=$(<"$pid_file")
+  if kill -0 "$pid" 2>/dev/null; then
+    svc_log "$1: stopping (pid $pid)"
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for _ in {1..25}; do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$pid_file" "$TAXI_SERVICES_DIR/$1.env"
+}
+
+services_start_all() { # install and start every registered service, exporting their endpoints
+  local name
+  mkdir -p "$TAXI_SERVICES_DIR"
+  for name in "${TAXI_SERVICES[@]}"; do service_install "$name" || return 1; done
+  for name in "${TAXI_SERVICES[@]}"; do service_start "$name" || return 1; done
+}
+
+services_stop_all() { # stop what this shell started (not services it found already running)
+  local name
+  for name in "${SVC_STARTED[@]}"; do service_stop "$name"; done
+  SVC_STARTED=()
+}
+
+# ---- Command line (only when executed, not when sourced) -------------------------------------
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  set -euo pipefail
+  case "${1:-}" in
+    start)
+      services_start_all || { services_stop_all; exit 1; }
+      SVC_STARTED=()   # leave them running after this script exits
+      if compgen -G "$TAXI_SERVICES_DIR/*.env" >/dev/null; then cat "$TAXI_SERVICES_DIR"/*.env; fi ;;
+    stop)
+      for f in "$TAXI_SERVICES_DIR"/*.pid; do
+        if [[ -e "$f" ]]; then service_stop "$(basename "$f" .pid)"; fi
+      done ;;
+    status)
+      echo "registered services: ${TAXI_SERVICES[*]:-(none)}"
+      for name in "${TAXI_SERVICES[@]}"; do
+        if service_running "$name"; then echo "$name: running (pid $(<"$TAXI_SERVICES_DIR/$name.pid"))"
+          cat "$TAXI_SERVICES_DIR/$name.env"
+        else echo "$name: stopped"; fi
+      done ;;
+    *) echo "usage: bash $0 start|stop|status   (start prints export lines: eval \"\$(bash $0 start)\")" >&2
+       exit 2 ;;
+  esac
+fi

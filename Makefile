@@ -1,0 +1,33 @@
+# The few commands a newcomer needs; `make` alone lists them.
+.PHONY: help local test ci bench generate fmt lint
+
+help:
+	@echo "make local     run the whole pipeline locally (taxi-worker local, release build)"
+	@echo "make test      run every test, starting the services they need (bash .ci/test)"
+	@echo "make ci        what CI runs: fmt check, clippy, tests (bash .ci/run)"
+	@echo "make bench     criterion benchmarks of the worker hot path"
+	@echo "make generate  write sample trips to trips.jsonl"
+	@echo "make fmt       format the code"
+	@echo "make lint      clippy, as strict as CI"
+	@echo "Services in the background for cargo test by hand: eval \"\$$(bash .ci/services.sh start)\""
+
+local:
+	cargo run --release -p taxi-worker -- local
+
+test:
+	bash .ci/test
+
+ci:
+	bash .ci/run
+
+bench:
+	cargo bench -p taxi-worker
+
+generate:
+	cargo run --release -p taxi-worker -- generate --output trips.jsonl
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -1,0 +1,423 @@
+//! Checkpoints (DESIGN §6): the state of one shard — position, watermark, open-window partials,
+//! counters, owner epoch and format version — its serialization, and the stores that keep it.
+
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::{AirportAgg, AirportKey, Aggregates};
+use crate::config::EngineConfig;
+use crate::event::Millis;
+use crate::geo::Geohash;
+use crate::shard::{Counters, ShardProcessor, WatermarkState};
+
+/// Version of the checkpoint format written by this build.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// How far a shard has been processed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Position {
+    /// Nothing processed yet.
+    Start,
+    /// Local mode: every input record up to and including this 1-based number was processed.
+    InputRecord {
+        /// Last processed record number.
+        record: u64,
+    },
+    /// Kinesis: processed up to and including this record (and, inside a KPL aggregate, this
+    /// user record).
+    Sequence {
+        /// Sequence number of the last processed Kinesis record.
+        sequence_number: String,
+        /// Index of the last processed user record inside an aggregated record.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sub_sequence: Option<u64>,
+    },
+    /// Read to the end of a closed shard; its children may start.
+    Finished,
+}
+
+/// Pickups in one open window and cell.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HotSpotPartial {
+    /// Window start (ms since epoch).
+    pub window_start: Millis,
+    /// Pickup cell.
+    pub geohash: Geohash,
+    /// Pickups so far.
+    pub pickups: u64,
+}
+
+/// Airport trips in one open window, cell and airport.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AirportPartial {
+    /// Window start (ms since epoch).
+    pub window_start: Millis,
+    /// Pickup cell.
+    pub pickup_geohash: Geohash,
+    /// Airport name.
+    pub airport: String,
+    /// Trips so far.
+    pub trips: u64,
+    /// Sum of their durations in milliseconds.
+    pub duration_ms: i64,
+}
+
+/// Open windows of both analyses in a stable, readable form.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialsState {
+    /// Hot-spot partials, sorted by window and cell.
+    pub hot_spots: Vec<HotSpotPartial>,
+    /// Airport partials, sorted by window, cell and airport.
+    pub airport_trips: Vec<AirportPartial>,
+}
+
+impl PartialsState {
+    /// Captures open windows.
+    pub fn capture(config: &EngineConfig, aggregates: &Aggregates) -> PartialsState {
+        let mut hot_spots: Vec<HotSpotPartial> = aggregates
+            .hot_spots
+            .iter()
+            .flat_map(|(start, cells)| {
+                cells.iter().map(|(g, n)| HotSpotPartial { window_start: *start, geohash: *g, pickups: *n })
+            })
+            .collect();
+        hot_spots.sort_by_key(|p| (p.window_start, p.geohash));
+        let airports = &config.airport_trips.airports;
+        let mut keyed: Vec<(Millis, AirportKey, AirportAgg)> = aggregates
+            .airport_trips
+            .iter()
+            .flat_map(|(start, keys)| keys.iter().map(|(k, a)| (*start, *k, *a)))
+            .collect();
+        keyed.sort_by_key(|(s, k, _)| (*s, *k));
+        let airport_trips = keyed
+            .into_iter()
+            .map(|(window_start, key, agg)| AirportPartial {
+                window_start,
+                pickup_geohash: key.pickup,
+                airport: airports.get(usize::from(key.airport)).map_or_else(String::new, |a| a.name.clone()),
+                trips: agg.trips,
+                duration_ms: agg.duration_ms,
+            })
+            .collect();
+        PartialsState { hot_spots, airport_trips }
+    }
+
+    /// Rebuilds open windows; airports are matched by name against `config`.
+    pub fn restore(&self, config: &EngineConfig) -> Result<Aggregates, CheckpointError> {
+        let mut aggregates = Aggregates::new(config);
+        for p in &self.hot_spots {
+            *aggregates.hot_spots.entry(p.window_start, p.geohash) += p.pickups;
+        }
+        for p in &self.airport_trips {
+            let index = config
+                .airport_trips
+                .airports
+                .iter()
+                .position(|a| a.name == p.airport)
+                .and_then(|i| u8::try_from(i).ok())
+                .ok_or_else(|| CheckpointError::UnknownAirport(p.airport.clone()))?;
+            let agg = aggregates.airport_trips.entry(p.window_start, AirportKey { pickup: p.pickup_geohash, airport: index });
+            agg.trips += p.trips;
+            agg.duration_ms += p.duration_ms;
+        }
+        Ok(aggregates)
+    }
+}
+
+/// The checkpoint of one shard (DESIGN §6).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardCheckpoint {
+    /// [`FORMAT_VERSION`] of the writer.
+    pub format_version: u32,
+    /// Kinesis shard id.
+    pub shard_id: String,
+    /// How far the shard was processed.
+    pub position: Position,
+    /// Assignment epoch of the owner that wrote it (DESIGN §7).
+    pub owner_epoch: u64,
+    /// Watermark and max event time.
+    pub clock: WatermarkState,
+    /// Record counts.
+    pub counters: Counters,
+    /// Open windows.
+    pub partials: PartialsState,
+}
+
+impl ShardCheckpoint {
+    /// Captures a shard processor's state at `position`.
+    pub fn capture(shard_id: &str, position: Position, owner_epoch: u64, shard: &ShardProcessor, config: &EngineConfig) -> Self {
+        ShardCheckpoint {
+            format_version: FORMAT_VERSION,
+            shard_id: shard_id.to_owned(),
+            position,
+            owner_epoch,
+            clock: shard.clock(),
+            counters: shard.counters().clone(),
+            partials: PartialsState::capture(config, shard.aggregates()),
+        }
+    }
+
+    /// Rebuilds the shard processor.
+    pub fn restore(&self, config: Arc<EngineConfig>) -> Result<ShardProcessor, CheckpointError> {
+        let aggregates = self.partials.restore(&config)?;
+        Ok(ShardProcessor::restore(config, self.clock, aggregates, self.counters.clone()))
+    }
+
+    /// Serializes to JSON bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, CheckpointError> {
+        serde_json::to_vec(self).map_err(CheckpointError::Encode)
+    }
+
+    /// Parses JSON bytes, rejecting other format versions.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CheckpointError> {
+        decode_versioned(bytes)
+    }
+}
+
+/// Parses a JSON checkpoint document whose `format_version` must be [`FORMAT_VERSION`].
+pub fn decode_versioned<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CheckpointError> {
+    #[derive(Deserialize)]
+    struct Version {
+        format_version: u32,
+    }
+    let version: Version = serde_json::from_slice(bytes).map_err(CheckpointError::Decode)?;
+    if version.format_version != FORMAT_VERSION {
+        return Err(CheckpointError::FormatVersion { found: version.format_version });
+    }
+    serde_json::from_slice(bytes).map_err(CheckpointError::Decode)
+}
+
+/// Failures reading or writing checkpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The checkpoint could not be serialized.
+    #[error("failed to encode checkpoint: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The bytes are not a checkpoint.
+    #[error("failed to decode checkpoint: {0}")]
+    Decode(#[source] serde_json::Error),
+    /// Written by an incompatible version.
+    #[error("checkpoint format version {found} is not supported (this build reads {FORMAT_VERSION})")]
+    FormatVersion {
+        /// The version in the document.
+        found: u32,
+    },
+    /// An airport in the checkpoint is not configured any more.
+    #[error("checkpoint refers to airport {0:?}, which is not configured")]
+    UnknownAirport(String),
+    /// The store URI is not understood.
+    #[error("unsupported checkpoint URI {0:?}: expected file:///path or a directory path")]
+    UnsupportedUri(String),
+    /// A key that would escape the store's root.
+    #[error("invalid checkpoint key {0:?}")]
+    BadKey(String),
+    /// Another writer changed the object since we last read or wrote it (fencing, DESIGN §6).
+    #[error("checkpoint {key} was changed by another writer")]
+    Conflict {
+        /// The contested key.
+        key: String,
+    },
+    /// Filesystem failure.
+    #[error("failed to {action} checkpoint {path}: {source}")]
+    Io {
+        /// What was attempted.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Entity tag of a stored object: the MD5 of its bytes, as S3 computes it for single-part objects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ETag(pub String);
+
+impl ETag {
+    fn of(bytes: &[u8]) -> ETag {
+        ETag(Md5::digest(bytes).iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+/// When a put may happen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Precondition {
+    /// Always.
+    None,
+    /// Only if the object does not exist (If-None-Match `*`).
+    Absent,
+    /// Only if the object still has this tag (If-Match).
+    Matches(ETag),
+}
+
+/// A directory of checkpoint objects (`file://` URIs), with the same conditional-put semantics
+/// as the S3 store. Writes are atomic (temporary file + rename); the check-then-rename is not
+/// atomic across processes, so one directory must be written by one process at a time.
+#[derive(Clone, Debug)]
+pub struct DirStore {
+    root: PathBuf,
+}
+
+impl DirStore {
+    /// A store rooted at `root` (created on first write).
+    pub fn new(root: impl Into<PathBuf>) -> DirStore {
+        DirStore { root: root.into() }
+    }
+
+    /// A store from `file:///abs/path`, `file://rel/path` or a plain path.
+    pub fn from_uri(uri: &str) -> Result<DirStore, CheckpointError> {
+        if let Some(rest) = uri.strip_prefix("file://") {
+            return Ok(DirStore::new(rest));
+        }
+        if uri.contains("://") || uri.is_empty() {
+            return Err(CheckpointError::UnsupportedUri(uri.to_owned()));
+        }
+        Ok(DirStore::new(uri))
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, CheckpointError> {
+        let relative = Path::new(key);
+        let safe = !key.is_empty() && relative.components().all(|c| matches!(c, Component::Normal(_)));
+        if !safe {
+            return Err(CheckpointError::BadKey(key.to_owned()));
+        }
+        Ok(self.root.join(relative))
+    }
+
+    /// Reads an object and its tag, `None` if absent.
+    pub fn get(&self, key: &str) -> Result<Option<(Vec<u8>, ETag)>, CheckpointError> {
+        let path = self.path(key)?;
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let tag = ETag::of(&bytes);
+                Ok(Some((bytes, tag)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(CheckpointError::Io { action: "read", path, source }),
+        }
+    }
+
+    /// Writes an object atomically if `precondition` holds, returning its new tag.
+    pub fn put(&self, key: &str, bytes: &[u8], precondition: &Precondition) -> Result<ETag, CheckpointError> {
+        let path = self.path(key)?;
+        let current = match precondition {
+            Precondition::None => None,
+            _ => self.get(key)?.map(|(_, tag)| tag),
+        };
+        let allowed = match (precondition, &current) {
+            (Precondition::None, _) | (Precondition::Absent, None) => true,
+            (Precondition::Matches(expected), Some(actual)) => expected == actual,
+            _ => false,
+        };
+        if !allowed {
+            return Err(CheckpointError::Conflict { key: key.to_owned() });
+        }
+        let io = |action, source| CheckpointError::Io { action, path: path.clone(), source };
+        let dir = path.parent().unwrap_or(&self.root);
+        std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        let mut file = std::fs::File::create(&tmp).map_err(|e| io("create", e))?;
+        file.write_all(bytes).map_err(|e| io("write", e))?;
+        file.sync_all().map_err(|e| io("sync", e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io("rename", e))?;
+        Ok(ETag::of(bytes))
+    }
+
+    /// Deletes an object or a whole prefix directory; absent is fine.
+    pub fn delete_prefix(&self, prefix: &str) -> Result<(), CheckpointError> {
+        let path = self.path(prefix)?;
+        let result = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(CheckpointError::Io { action: "delete", path, source }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, GeoPoint, InvalidReason, Trip};
+
+    fn busy_shard(config: &Arc<EngineConfig>) -> ShardProcessor {
+        let mut shard = ShardProcessor::new(config.clone());
+        let midtown = GeoPoint { lat: 40.7580, lon: -73.9855 };
+        let jfk = GeoPoint { lat: 40.6413, lon: -73.7781 };
+        let lga = GeoPoint { lat: 40.7769, lon: -73.8740 };
+        for (i, (minute, to)) in [(1, midtown), (2, jfk), (3, lga), (12, jfk), (13, midtown)].into_iter().enumerate() {
+            let dropoff = 1_451_606_400_000 + minute * 60_000;
+            let trip = Trip { trip_id: i as u64, pickup_time: dropoff - 1_234_567, dropoff_time: dropoff, pickup: midtown, dropoff: to };
+            shard.process(&Event::Trip(trip), None);
+        }
+        shard.process_invalid(InvalidReason::NotJson);
+        shard
+    }
+
+    #[test]
+    fn shard_checkpoint_round_trips_to_an_identical_processor() {
+        let config = Arc::new(EngineConfig::default());
+        let shard = busy_shard(&config);
+        let position = Position::Sequence { sequence_number: "4959".to_owned(), sub_sequence: Some(3) };
+        let checkpoint = ShardCheckpoint::capture("shardId-000000000001", position, 7, &shard, &config);
+        assert_eq!(checkpoint.partials.hot_spots.len(), 2, "two windows, one cell");
+        assert_eq!(checkpoint.partials.airport_trips.len(), 3, "JFK and LGA, then JFK again");
+        let bytes = checkpoint.to_bytes().expect("encode");
+        let decoded = ShardCheckpoint::from_bytes(&bytes).expect("decode");
+        assert_eq!(decoded, checkpoint);
+        let mut restored = decoded.restore(config.clone()).expect("restore");
+        let mut original = shard;
+        assert_eq!(restored.watermark(), original.watermark());
+        assert_eq!(restored.counters(), original.counters());
+        let (a, b) = (restored.take_all(), original.take_all());
+        assert_eq!(format!("{:?}", crate::analysis::final_results(&config, &a)), format!("{:?}", crate::analysis::final_results(&config, &b)));
+        assert_eq!(a.hot_spots.len(), b.hot_spots.len());
+    }
+
+    #[test]
+    fn rejects_other_format_versions_and_unknown_airports() {
+        let config = Arc::new(EngineConfig::default());
+        let mut checkpoint = ShardCheckpoint::capture("s", Position::Start, 0, &busy_shard(&config), &config);
+        checkpoint.format_version = 99;
+        let bytes = checkpoint.to_bytes().expect("encode");
+        assert!(matches!(ShardCheckpoint::from_bytes(&bytes), Err(CheckpointError::FormatVersion { found: 99 })));
+        checkpoint.format_version = FORMAT_VERSION;
+        checkpoint.partials.airport_trips[0].airport = "EWR".to_owned();
+        assert!(matches!(checkpoint.restore(config), Err(CheckpointError::UnknownAirport(a)) if a == "EWR"));
+    }
+
+    #[test]
+    fn dir_store_puts_conditionally() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DirStore::from_uri(&format!("file://{}", dir.path().display())).expect("uri");
+        assert!(store.get("p/shard-1").expect("get").is_none());
+        let first = store.put("p/shard-1", b"one", &Precondition::Absent).expect("create");
+        assert!(matches!(store.put("p/shard-1", b"x", &Precondition::Absent), Err(CheckpointError::Conflict { .. })));
+        let second = store.put("p/shard-1", b"two", &Precondition::Matches(first.clone())).expect("update");
+        // A zombie still holding the first tag is fenced.
+        assert!(matches!(store.put("p/shard-1", b"zombie", &Precondition::Matches(first)), Err(CheckpointError::Conflict { .. })));
+        let (bytes, tag) = store.get("p/shard-1").expect("get").expect("present");
+        assert_eq!((bytes.as_slice(), tag), (&b"two"[..], second));
+        store.delete_prefix("p").expect("delete");
+        assert!(store.get("p/shard-1").expect("get").is_none());
+    }
+
+    #[test]
+    fn dir_store_rejects_keys_escaping_its_root_and_foreign_uris() {
+        let store = DirStore::new("/tmp/x");
+        for key in ["../etc/passwd", "/abs", "", "a/../../b"] {
+            assert!(matches!(store.get(key), Err(CheckpointError::BadKey(_))), "{key}");
+        }
+        assert!(matches!(DirStore::from_uri("s3://bucket/p"), Err(CheckpointError::UnsupportedUri(_))));
+    }
+}

@@ -1,0 +1,261 @@
+//! Engine configuration: event time (DESIGN §4) and the analyses (DESIGN §3), with the DESIGN
+//! defaults. One definition, used by local mode, by `taxi-worker run` and by the tests.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Millis;
+use crate::geo::{BoundingBox, Geofence, MAX_GEOHASH_PRECISION};
+
+/// How a shard's watermark advances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum WatermarkStrategy {
+    /// Max event time seen on the shard minus the out-of-orderness bound (default).
+    Bounded,
+    /// Only watermark events move the watermark.
+    Punctuated,
+    /// Kinesis ApproximateArrivalTimestamp minus the out-of-orderness bound.
+    Arrival,
+}
+
+/// Event-time settings of DESIGN §4.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventTimeConfig {
+    /// Watermark strategy.
+    pub watermark: WatermarkStrategy,
+    /// Bound on disorder for `bounded` and `arrival`, in milliseconds.
+    pub max_out_of_orderness_ms: Millis,
+    /// How long after its end a window still accepts trips, in milliseconds.
+    pub allowed_lateness_ms: Millis,
+    /// A shard without records for this long stops holding merged windows open.
+    pub idle_timeout_ms: Millis,
+}
+
+impl Default for EventTimeConfig {
+    fn default() -> Self {
+        EventTimeConfig {
+            watermark: WatermarkStrategy::Bounded,
+            max_out_of_orderness_ms: 60_000,
+            allowed_lateness_ms: 0,
+            idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// The pickup hot-spot analysis.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HotSpotConfig {
+    /// Tumbling window size in milliseconds.
+    pub window_ms: Millis,
+    /// Geohash length of a cell (1–12). The airport analysis keys pickups with the same cells.
+    pub geohash_precision: u8,
+    /// A merged cell is reported when it has at least this many pickups.
+    pub min_pickups: u64,
+}
+
+impl Default for HotSpotConfig {
+    fn default() -> Self {
+        HotSpotConfig { window_ms: 600_000, geohash_precision: 6, min_pickups: 2 }
+    }
+}
+
+/// The airport trip-duration analysis.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AirportTripsConfig {
+    /// Tumbling window size in milliseconds.
+    pub window_ms: Millis,
+    /// A merged (cell, airport) pair is reported when it has at least this many trips.
+    pub min_trips: u64,
+    /// Airports, matched against the dropoff in order; the first match wins.
+    pub airports: Vec<Geofence>,
+}
+
+impl Default for AirportTripsConfig {
+    fn default() -> Self {
+        AirportTripsConfig { window_ms: 600_000, min_trips: 2, airports: Geofence::default_airports() }
+    }
+}
+
+/// Everything a shard processor and the merge need to know.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EngineConfig {
+    /// Trips whose pickup or dropoff lies outside are counted as `outside_region`.
+    pub region: BoundingBox,
+    /// Event-time settings.
+    pub event_time: EventTimeConfig,
+    /// Hot spots.
+    pub hot_spots: HotSpotConfig,
+    /// Airport trips.
+    pub airport_trips: AirportTripsConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            region: BoundingBox::NYC,
+            event_time: EventTimeConfig::default(),
+            hot_spots: HotSpotConfig::default(),
+            airport_trips: AirportTripsConfig::default(),
+        }
+    }
+}
+
+/// A configuration that cannot run, with the reason.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// A window size of zero or less.
+    #[error("{name} must be longer than zero")]
+    NonPositiveWindow {
+        /// The offending setting.
+        name: &'static str,
+    },
+    /// A negative duration.
+    #[error("{name} must not be negative")]
+    NegativeDuration {
+        /// The offending setting.
+        name: &'static str,
+    },
+    /// Geohash precision outside 1–12.
+    #[error("geohash precision must be 1 to {MAX_GEOHASH_PRECISION}, got {0}")]
+    GeohashPrecision(u8),
+    /// A box with min > max or outside the coordinate ranges.
+    #[error("{name} is not a valid bounding box")]
+    BadBox {
+        /// The box's name.
+        name: String,
+    },
+    /// More airports than the engine's compact key supports.
+    #[error("at most 255 airports are supported, got {0}")]
+    TooManyAirports(usize),
+}
+
+impl EngineConfig {
+    /// Checks the configuration, returning the first problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.hot_spots.window_ms <= 0 {
+            return Err(ConfigError::NonPositiveWindow { name: "hot-spot window" });
+        }
+        if self.airport_trips.window_ms <= 0 {
+            return Err(ConfigError::NonPositiveWindow { name: "airport-trip window" });
+        }
+        let et = &self.event_time;
+        for (name, v) in [
+            ("max out-of-orderness", et.max_out_of_orderness_ms),
+            ("allowed lateness", et.allowed_lateness_ms),
+            ("idle timeout", et.idle_timeout_ms),
+        ] {
+            if v < 0 {
+                return Err(ConfigError::NegativeDuration { name });
+            }
+        }
+        if !(1..=MAX_GEOHASH_PRECISION).contains(&self.hot_spots.geohash_precision) {
+            return Err(ConfigError::GeohashPrecision(self.hot_spots.geohash_precision));
+        }
+        if !self.region.is_valid() {
+            return Err(ConfigError::BadBox { name: "region".to_owned() });
+        }
+        if self.airport_trips.airports.len() > usize::from(u8::MAX) {
+            return Err(ConfigError::TooManyAirports(self.airport_trips.airports.len()));
+        }
+        if let Some(bad) = self.airport_trips.airports.iter().find(|a| !a.bounds.is_valid()) {
+            return Err(ConfigError::BadBox { name: bad.name.clone() });
+        }
+        Ok(())
+    }
+}
+
+/// Why a duration string was not understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {input:?}: expected a number with a unit, like 500ms, 60s, 10m or 1h")]
+pub struct DurationError {
+    input: String,
+}
+
+/// Parses `500ms`, `60s`, `10m`, `1h`, `1d`, or combinations such as `1h30m`. A bare `0` is zero.
+pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
+    let err = || DurationError { input: input.to_owned() };
+    let s = input.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = s;
+    let mut total = Duration::ZERO;
+    if rest.is_empty() {
+        return Err(err());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
+        if digits == 0 {
+            return Err(err());
+        }
+        let value: u64 = rest[..digits].parse().map_err(|_| err())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_ms: u64 = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(err()),
+        };
+        let ms = value.checked_mul(unit_ms).ok_or_else(err)?;
+        total = total.checked_add(Duration::from_millis(ms)).ok_or_else(err)?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// A duration in whole milliseconds as event-time [`Millis`], saturating.
+pub fn to_millis(d: Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn rejects_durations_without_a_known_unit() {
+        for bad in ["", "10", "m", "10x", "-5s", "1.5s", "s10"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+        let message = parse_duration("10x").expect_err("bad unit").to_string();
+        assert!(message.contains("10x") && message.contains("10m"), "{message}");
+    }
+
+    #[test]
+    fn defaults_are_the_design_defaults_and_valid() {
+        let c = EngineConfig::default();
+        assert_eq!(c.event_time.max_out_of_orderness_ms, 60_000);
+        assert_eq!(c.hot_spots.window_ms, 600_000);
+        assert_eq!(c.hot_spots.geohash_precision, 6);
+        assert_eq!((c.hot_spots.min_pickups, c.airport_trips.min_trips), (2, 2));
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn rejects_invalid_settings_with_a_reason() {
+        let mut c = EngineConfig::default();
+        c.hot_spots.window_ms = 0;
+        assert_eq!(c.validate(), Err(ConfigError::NonPositiveWindow { name: "hot-spot window" }));
+        let mut c = EngineConfig::default();
+        c.hot_spots.geohash_precision = 13;
+        assert_eq!(c.validate(), Err(ConfigError::GeohashPrecision(13)));
+        let mut c = EngineConfig::default();
+        c.airport_trips.airports[1].bounds.min_lat = 50.0;
+        assert_eq!(c.validate(), Err(ConfigError::BadBox { name: "LGA".to_owned() }));
+    }
+}

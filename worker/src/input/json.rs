@@ -1,0 +1,1032 @@
+//! The JSON record parser of DESIGN §2: one Kinesis record's data, or one line of a JSON-lines file.
+//!
+//! Hot path, so this is a hand-written single-pass scanner rather than serde: measured on the
+//! target machine, serde_json needs ~300 ns just to *skip* a 400-byte record and ~600 ns to read
+//! one with a custom `Visitor` (most of it validating and matching the ~18 keys), against a budget
+//! of 400 ns. The scanner validates the whole input as strict JSON (RFC 8259: string escapes,
+//! control characters, UTF-8, number grammar, nesting up to [`MAX_DEPTH`]), matches keys as
+//! borrowed bytes, reads numbers and timestamps in place, and allocates only for strings with
+//! escapes in the few fields it reads. Since `type` may come last, fields are collected first
+//! and the record is judged at the end.
+//!
+//! Duplicate keys: the last occurrence wins (as in most JSON readers). The two coordinate namings
+//! (`pickup_latitude` / `pickup_lat`, …) fill the same slot, so mixing them is allowed and the
+//! later one wins too.
+
+use crate::event::{Event, GeoPoint, InvalidReason, Millis, ParsedRecord, Trip};
+use crate::time::parse_timestamp;
+
+/// Deepest nesting accepted (the same limit as serde_json's): deeper input is
+/// [`InvalidReason::NotJson`], which keeps the scanner's recursion bounded.
+pub const MAX_DEPTH: usize = 128;
+
+/// Parses one JSON record (a Kinesis record's data or one file line) into an [`Event`].
+///
+/// Whitespace around the object (a trailing `\n` or `\r\n`) is allowed; anything else after it
+/// is [`InvalidReason::NotJson`]. See the module docs and DESIGN §2 for the fields, and
+/// [`InvalidReason`] for how a record is rejected. A `trip_id` may be a JSON unsigned integer or a
+/// string of decimal digits; coordinates may be JSON numbers or numbers encoded as JSON strings.
+/// Never panics.
+pub fn parse_json_record(data: &[u8]) -> ParsedRecord {
+    let mut p = Scanner { b: data, i: 0 };
+    p.ws();
+    let top = if p.peek() == Some(b'{') {
+        p.i += 1;
+        p.object_fields().map(Some)
+    } else {
+        p.skip_value(0).map(|()| None)
+    };
+    let top = top.map_err(|Syntax| InvalidReason::NotJson)?;
+    p.ws();
+    if p.i != data.len() {
+        return Err(InvalidReason::NotJson);
+    }
+    match top {
+        Some(fields) => fields.into_event(),
+        None => Err(InvalidReason::NotAnObject),
+    }
+}
+
+/// A field as read: absent, present but unreadable, or present with a value.
+#[derive(Clone, Copy, Default)]
+enum Slot<T> {
+    #[default]
+    Missing,
+    Bad,
+    Ok(T),
+}
+
+impl<T> Slot<T> {
+    fn get(self) -> Result<T, InvalidReason> {
+        match self {
+            Slot::Missing => Err(InvalidReason::MissingField),
+            Slot::Bad => Err(InvalidReason::BadField),
+            Slot::Ok(v) => Ok(v),
+        }
+    }
+}
+
+impl<T> From<Option<T>> for Slot<T> {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Slot::Bad, Slot::Ok)
+    }
+}
+
+/// The value of the `type` field.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Trip,
+    Watermark,
+    /// Any other string, or a non-string.
+    Unknown,
+}
+
+/// Everything a record may carry, collected before the `type` is known.
+#[derive(Default)]
+struct Fields {
+    kind: Option<Kind>,
+    trip_id: Slot<u64>,
+    pickup_time: Slot<Millis>,
+    dropoff_time: Slot<Millis>,
+    pickup_lat: Slot<f64>,
+    pickup_lon: Slot<f64>,
+    dropoff_lat: Slot<f64>,
+    dropoff_lon: Slot<f64>,
+    watermark: Slot<Millis>,
+}
+
+impl Fields {
+    fn into_event(self) -> ParsedRecord {
+        match self.kind {
+            None => Err(InvalidReason::MissingType),
+            Some(Kind::Unknown) => Err(InvalidReason::UnknownType),
+            Some(Kind::Watermark) => Ok(Event::Watermark(self.watermark.get()?)),
+            Some(Kind::Trip) => {
+                let trip = Trip {
+                    trip_id: self.trip_id.get()?,
+                    pickup_time: self.pickup_time.get()?,
+                    dropoff_time: self.dropoff_time.get()?,
+                    pickup: GeoPoint {
+                        lat: self.pickup_lat.get()?,
+                        lon: self.pickup_lon.get()?,
+                    },
+                    dropoff: GeoPoint {
+                        lat: self.dropoff_lat.get()?,
+                        lon: self.dropoff_lon.get()?,
+                    },
+                };
+                validate_trip(trip).map(Event::Trip)
+            }
+        }
+    }
+}
+
+/// The checks shared by the JSON and CSV parsers once every field has been read.
+pub(crate) fn validate_trip(trip: Trip) -> Result<Trip, InvalidReason> {
+    let in_range = |p: GeoPoint| p.lat.abs() <= 90.0 && p.lon.abs() <= 180.0;
+    if !in_range(trip.pickup) || !in_range(trip.dropoff) {
+        return Err(InvalidReason::CoordinateOutOfRange);
+    }
+    if trip.dropoff_time < trip.pickup_time {
+        return Err(InvalidReason::DropoffBeforePickup);
+    }
+    Ok(trip)
+}
+
+/// The keys this parser cares about.
+#[derive(Clone, Copy)]
+enum Key {
+    Type,
+    TripId,
+    PickupTime,
+    DropoffTime,
+    Watermark,
+    PickupLat,
+    PickupLon,
+    DropoffLat,
+    DropoffLon,
+    Other,
+}
+
+impl Key {
+    #[inline]
+    fn from_bytes(k: &[u8]) -> Key {
+        match k {
+            b"type" => Key::Type,
+            b"trip_id" => Key::TripId,
+            b"pickup_datetime" => Key::PickupTime,
+            b"dropoff_datetime" => Key::DropoffTime,
+            b"watermark" => Key::Watermark,
+            b"pickup_latitude" | b"pickup_lat" => Key::PickupLat,
+            b"pickup_longitude" | b"pickup_lon" => Key::PickupLon,
+            b"dropoff_latitude" | b"dropoff_lat" => Key::DropoffLat,
+            b"dropoff_longitude" | b"dropoff_lon" => Key::DropoffLon,
+            _ => Key::Other,
+        }
+    }
+}
+
+/// How a field converts each JSON scalar it may meet; `None` means "present but bad".
+trait Convert {
+    type Out;
+    fn from_u64(_: u64) -> Option<Self::Out> {
+        None
+    }
+    fn from_i64(_: i64) -> Option<Self::Out> {
+        None
+    }
+    fn from_f64(_: f64) -> Option<Self::Out> {
+        None
+    }
+    /// A string's content (valid UTF-8, escapes already decoded).
+    fn from_str(_: &[u8]) -> Option<Self::Out> {
+        None
+    }
+    /// The value for a non-string, non-number JSON value (null, bool, array, object).
+    fn other() -> Option<Self::Out> {
+        None
+    }
+}
+
+/// `trip_id`: an unsigned integer, or a string of decimal digits.
+struct U64Of;
+impl Convert for U64Of {
+    type Out = u64;
+    fn from_u64(v: u64) -> Option<u64> {
+        Some(v)
+    }
+    fn from_str(s: &[u8]) -> Option<u64> {
+        parse_u64(s)
+    }
+}
+
+/// Coordinates: a finite JSON number, or a number encoded as a JSON string.
+struct F64Of;
+impl Convert for F64Of {
+    type Out = f64;
+    fn from_u64(v: u64) -> Option<f64> {
+        Some(v as f64)
+    }
+    fn from_i64(v: i64) -> Option<f64> {
+        Some(v as f64)
+    }
+    fn from_f64(v: f64) -> Option<f64> {
+        v.is_finite().then_some(v)
+    }
+    fn from_str(s: &[u8]) -> Option<f64> {
+        parse_f64(s)
+    }
+}
+
+/// Timestamps: an ISO-8601 string.
+struct TimeOf;
+impl Convert for TimeOf {
+    type Out = Millis;
+    fn from_str(s: &[u8]) -> Option<Millis> {
+        parse_timestamp(s)
+    }
+}
+
+/// The `type` tag: `"trip"`, `"watermark"`, or anything else (unknown).
+struct KindOf;
+impl Convert for KindOf {
+    type Out = Kind;
+    fn from_u64(_: u64) -> Option<Kind> {
+        Some(Kind::Unknown)
+    }
+    fn from_i64(_: i64) -> Option<Kind> {
+        Some(Kind::Unknown)
+    }
+    fn from_f64(_: f64) -> Option<Kind> {
+        Some(Kind::Unknown)
+    }
+    fn from_str(s: &[u8]) -> Option<Kind> {
+        Some(match s {
+            b"trip" => Kind::Trip,
+            b"watermark" => Kind::Watermark,
+            _ => Kind::Unknown,
+        })
+    }
+    fn other() -> Option<Kind> {
+        Some(Kind::Unknown)
+    }
+}
+
+/// Parses a string of decimal digits (nothing else) as a `u64`.
+fn parse_u64(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    s.iter().try_fold(0u64, |acc, &c| {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        acc.checked_mul(10)?.checked_add(u64::from(d))
+    })
+}
+
+/// Parses a decimal number from bytes; `None` unless it is valid and finite.
+///
+/// Rust's float grammar also accepts `inf` / `NaN`; the finiteness check rejects those.
+pub(crate) fn parse_f64(b: &[u8]) -> Option<f64> {
+    let s = std::str::from_utf8(b).ok()?;
+    s.parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+/// The input is not valid JSON.
+#[derive(Debug)]
+struct Syntax;
+
+/// A JSON string as found in the input: its raw bytes between the quotes (already checked:
+/// escapes well-formed, no control characters, valid UTF-8) and whether it has escapes.
+struct RawStr<'a> {
+    raw: &'a [u8],
+    escaped: bool,
+}
+
+impl RawStr<'_> {
+    /// Calls `f` with the string's content, decoding escapes into a temporary `String` only when
+    /// there are any.
+    fn with_content<T>(&self, f: impl FnOnce(&[u8]) -> T) -> Result<T, Syntax> {
+        if self.escaped {
+            Ok(f(unescape(self.raw)?.as_bytes()))
+        } else {
+            Ok(f(self.raw))
+        }
+    }
+}
+
+/// Decodes the escapes of a checked raw string. Lone surrogates are a syntax error (as serde_json
+/// treats them when it decodes a string).
+fn unescape(raw: &[u8]) -> Result<String, Syntax> {
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let Some(j) = memchr::memchr(b'\\', &raw[i..]) else {
+            out.push_str(std::str::from_utf8(&raw[i..]).map_err(|_| Syntax)?);
+            break;
+        };
+        out.push_str(std::str::from_utf8(&raw[i..i + j]).map_err(|_| Syntax)?);
+        i += j + 1;
+        let c = match raw.get(i).copied().ok_or(Syntax)? {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let hi = hex4(raw.get(i + 1..i + 5).ok_or(Syntax)?)?;
+                i += 4;
+                let code = if (0xD800..0xDC00).contains(&hi) {
+                    // A high surrogate must be followed by an escaped low surrogate.
+                    if raw.get(i + 1..i + 3) != Some(b"\\u") {
+                        return Err(Syntax);
+                    }
+                    let lo = hex4(raw.get(i + 3..i + 7).ok_or(Syntax)?)?;
+                    if !(0xDC00..0xE000).contains(&lo) {
+                        return Err(Syntax);
+                    }
+                    i += 6;
+                    0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                } else {
+                    hi
+                };
+                char::from_u32(code).ok_or(Syntax)?
+            }
+            _ => return Err(Syntax),
+        };
+        out.push(c);
+        i += 1;
+    }
+    Ok(out)
+}
+
+/// Four hex digits as a number.
+fn hex4(h: &[u8]) -> Result<u32, Syntax> {
+    h.iter().try_fold(0u32, |acc, &c| {
+        let d = (c as char).to_digit(16).ok_or(Syntax)?;
+        Ok(acc * 16 + d)
+    })
+}
+
+/// A JSON number as found in the input.
+enum Num {
+    U64(u64),
+    I64(i64),
+    F64(f64),
+}
+
+/// The scanner: `b[i..]` is what is left to read.
+struct Scanner<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scanner<'a> {
+    #[inline(always)]
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    /// Skips JSON whitespace.
+    #[inline(always)]
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    #[inline(always)]
+    fn expect(&mut self, c: u8) -> Result<(), Syntax> {
+        if self.peek() == Some(c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(Syntax)
+        }
+    }
+
+    /// The members of an object whose `{` has been read, through its `}`.
+    fn object_fields(&mut self) -> Result<Fields, Syntax> {
+        let mut f = Fields::default();
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(f);
+        }
+        loop {
+            self.ws();
+            self.expect(b'"')?;
+            let key = self.string()?;
+            let key = if key.escaped {
+                key.with_content(Key::from_bytes)?
+            } else {
+                Key::from_bytes(key.raw)
+            };
+            self.ws();
+            self.expect(b':')?;
+            self.ws();
+            match key {
+                Key::Type => f.kind = Some(self.scalar::<KindOf>()?.unwrap_or(Kind::Unknown)),
+                Key::TripId => f.trip_id = self.scalar::<U64Of>()?.into(),
+                Key::PickupTime => f.pickup_time = self.scalar::<TimeOf>()?.into(),
+                Key::DropoffTime => f.dropoff_time = self.scalar::<TimeOf>()?.into(),
+                Key::Watermark => f.watermark = self.scalar::<TimeOf>()?.into(),
+                Key::PickupLat => f.pickup_lat = self.scalar::<F64Of>()?.into(),
+                Key::PickupLon => f.pickup_lon = self.scalar::<F64Of>()?.into(),
+                Key::DropoffLat => f.dropoff_lat = self.scalar::<F64Of>()?.into(),
+                Key::DropoffLon => f.dropoff_lon = self.scalar::<F64Of>()?.into(),
+                Key::Other => self.skip_value(1)?,
+            }
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    return Ok(f);
+                }
+                _ => return Err(Syntax),
+            }
+        }
+    }
+
+    /// Reads a member value of the object at depth 1, converting it with `C`.
+    #[inline]
+    fn scalar<C: Convert>(&mut self) -> Result<Option<C::Out>, Syntax> {
+        match self.peek() {
+            Some(b'"') => {
+                self.i += 1;
+                let s = self.string()?;
+                s.with_content(C::from_str)
+            }
+            Some(b'-' | b'0'..=b'9') => Ok(match self.number()? {
+                Num::U64(v) => C::from_u64(v),
+                Num::I64(v) => C::from_i64(v),
+                Num::F64(v) => C::from_f64(v),
+            }),
+            _ => {
+                self.skip_value(1)?;
+                Ok(C::other())
+            }
+        }
+    }
+
+    /// Reads a string whose opening `"` has been read, through its closing `"`.
+    #[inline]
+    fn string(&mut self) -> Result<RawStr<'a>, Syntax> {
+        let start = self.i;
+        let mut escaped = false;
+        let mut non_ascii = false;
+        loop {
+            // Eight bytes at a time while none of them needs a look.
+            while let Some(word) = self.b.get(self.i..self.i + 8) {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(word);
+                let flags = special_bytes(u64::from_le_bytes(w));
+                if flags != 0 {
+                    self.i += (flags.trailing_zeros() / 8) as usize;
+                    break;
+                }
+                self.i += 8;
+            }
+            match self.peek().ok_or(Syntax)? {
+                b'"' => {
+                    let raw = &self.b[start..self.i];
+                    self.i += 1;
+                    // Escapes are ASCII, so the raw bytes are UTF-8 iff the content is.
+                    if non_ascii && std::str::from_utf8(raw).is_err() {
+                        return Err(Syntax);
+                    }
+                    return Ok(RawStr { raw, escaped });
+                }
+                b'\\' => {
+                    escaped = true;
+                    self.i += 1;
+                    match self.peek().ok_or(Syntax)? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 1,
+                        b'u' => {
+                            let hex = self.b.get(self.i + 1..self.i + 5).ok_or(Syntax)?;
+                            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                                return Err(Syntax);
+                            }
+                            self.i += 5;
+                        }
+                        _ => return Err(Syntax),
+                    }
+                }
+                0..=0x1f => return Err(Syntax),
+                c => {
+                    non_ascii |= c >= 0x80;
+                    self.i += 1;
+                }
+            }
+        }
+    }
+
+    /// Reads a number (its first byte is `-` or a digit) per the JSON grammar.
+    #[inline]
+    fn number(&mut self) -> Result<Num, Syntax> {
+        let start = self.i;
+        let neg = self.peek() == Some(b'-');
+        if neg {
+            self.i += 1;
+        }
+        // The decimal significand, while it fits in 19 digits (`exact`), and its exponent.
+        let mut mant: u64 = 0;
+        let mut exact = true;
+        let mut exp10: i64 = 0;
+        let mut is_int = true;
+        match self.peek() {
+            Some(b'0') => self.i += 1,
+            Some(b'1'..=b'9') => self.digits(&mut mant, &mut exact, &mut exp10, false),
+            _ => return Err(Syntax),
+        }
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            if !self.peek().is_some_and(|c| c.is_ascii_digit()) {
+                return Err(Syntax);
+            }
+            self.digits(&mut mant, &mut exact, &mut exp10, true);
+            is_int = false;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            let neg_exp = match self.peek() {
+                Some(b'-') => {
+                    self.i += 1;
+                    true
+                }
+                Some(b'+') => {
+                    self.i += 1;
+                    false
+                }
+                _ => false,
+            };
+            if !self.peek().is_some_and(|c| c.is_ascii_digit()) {
+                return Err(Syntax);
+            }
+            let mut e: i64 = 0;
+            while let Some(c @ b'0'..=b'9') = self.peek() {
+                // Saturate: anything this large is out of f64 range anyway.
+                e = (e * 10 + i64::from(c - b'0')).min(1_000_000);
+                self.i += 1;
+            }
+            exp10 += if neg_exp { -e } else { e };
+            is_int = false;
+        }
+        if exact {
+            if is_int {
+                if !neg {
+                    return Ok(Num::U64(mant));
+                }
+                if let Some(v) = 0i64.checked_sub_unsigned(mant) {
+                    return Ok(Num::I64(v));
+                }
+            } else if mant <= 1 << 53 && (-22..=22).contains(&exp10) {
+                // Clinger's fast path: both operands are exact, so one IEEE operation rounds
+                // correctly.
+                let m = mant as f64;
+                let v = if exp10 < 0 {
+                    m / POW10[exp10.unsigned_abs() as usize]
+                } else {
+                    m * POW10[exp10 as usize]
+                };
+                return Ok(Num::F64(if neg { -v } else { v }));
+            }
+        }
+        // Everything else (long significands, big exponents, 64-bit overflow): the standard
+        // library's correctly rounded parser.
+        let text = std::str::from_utf8(&self.b[start..self.i]).map_err(|_| Syntax)?;
+        text.parse::<f64>().map(Num::F64).map_err(|_| Syntax)
+    }
+
+    /// Reads digits into the significand; fraction digits also lower the exponent.
+    #[inline(always)]
+    fn digits(&mut self, mant: &mut u64, exact: &mut bool, exp10: &mut i64, fraction: bool) {
+        while let Some(c @ b'0'..=b'9') = self.peek() {
+            match mant
+                .checked_mul(10)
+                .and_then(|m| m.checked_add(u64::from(c - b'0')))
+            {
+                Some(m) if *exact => {
+                    *mant = m;
+                    if fraction {
+                        *exp10 -= 1;
+                    }
+                }
+                _ => *exact = false,
+            }
+            self.i += 1;
+        }
+    }
+
+    /// Skips (and checks) one value of any type, nested `depth` levels deep.
+    fn skip_value(&mut self, depth: usize) -> Result<(), Syntax> {
+        match self.peek().ok_or(Syntax)? {
+            b'"' => {
+                self.i += 1;
+                self.string().map(|_| ())
+            }
+            b'-' | b'0'..=b'9' => self.number().map(|_| ()),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            b'[' => {
+                if depth >= MAX_DEPTH {
+                    return Err(Syntax);
+                }
+                self.i += 1;
+                self.ws();
+                if self.peek() == Some(b']') {
+                    self.i += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.ws();
+                    self.skip_value(depth + 1)?;
+                    self.ws();
+                    match self.peek() {
+                        Some(b',') => self.i += 1,
+                        Some(b']') => {
+                            self.i += 1;
+                            return Ok(());
+                        }
+                        _ => return Err(Syntax),
+                    }
+                }
+            }
+            b'{' => {
+                if depth >= MAX_DEPTH {
+                    return Err(Syntax);
+                }
+                self.i += 1;
+                self.ws();
+                if self.peek() == Some(b'}') {
+                    self.i += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.ws();
+                    self.expect(b'"')?;
+                    self.string()?;
+                    self.ws();
+                    self.expect(b':')?;
+                    self.ws();
+                    self.skip_value(depth + 1)?;
+                    self.ws();
+                    match self.peek() {
+                        Some(b',') => self.i += 1,
+                        Some(b'}') => {
+                            self.i += 1;
+                            return Ok(());
+                        }
+                        _ => return Err(Syntax),
+                    }
+                }
+            }
+            _ => Err(Syntax),
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<(), Syntax> {
+        if self.b.get(self.i..self.i + word.len()) == Some(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err(Syntax)
+        }
+    }
+}
+
+/// Powers of ten that are exact in an `f64`.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// Flags (high bit of each byte) the bytes of `x` a string scan must look at: `"`, `\`,
+/// control characters and non-ASCII. The lowest flagged byte is always a true one (borrows only
+/// carry upwards), which is all the scan relies on.
+#[inline(always)]
+fn special_bytes(x: u64) -> u64 {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |v: u64| v.wrapping_sub(LO) & !v & HI;
+    zero_byte(x ^ (LO * u64::from(b'"')))
+        | zero_byte(x ^ (LO * u64::from(b'\\')))
+        | (x.wrapping_sub(LO * 0x20) & !x & HI)
+        | (x & HI)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const PICKUP: Millis = 1_451_606_739_000; // 2016-01-01T00:05:39Z
+    const DROPOFF: Millis = 1_451_607_330_000; // 2016-01-01T00:15:30Z
+
+    /// A realistic ~350-byte trip record with long coordinate names.
+    pub(crate) const TRIP_LONG: &str = r#"{"type":"trip","trip_id":12345,"vendor_id":2,"pickup_datetime":"2016-01-01T00:05:39Z","dropoff_datetime":"2016-01-01T00:15:30Z","passenger_count":1,"trip_distance":1.1,"pickup_longitude":-73.990372,"pickup_latitude":40.734695,"rate_code":1,"store_and_fwd_flag":"N","dropoff_longitude":-73.981842,"dropoff_latitude":40.732407,"payment_type":2,"fare_amount":7.5,"total_amount":8.8}"#;
+
+    fn expected_trip() -> Event {
+        Event::Trip(Trip {
+            trip_id: 12345,
+            pickup_time: PICKUP,
+            dropoff_time: DROPOFF,
+            pickup: GeoPoint {
+                lat: 40.734695,
+                lon: -73.990372,
+            },
+            dropoff: GeoPoint {
+                lat: 40.732407,
+                lon: -73.981842,
+            },
+        })
+    }
+
+    fn parse(s: &str) -> ParsedRecord {
+        parse_json_record(s.as_bytes())
+    }
+
+    fn short_trip(extra: &str) -> String {
+        format!(
+            r#"{{"trip_id":7,"pickup_datetime":"2016-01-01T00:05:39Z","dropoff_datetime":"2016-01-01T00:15:30Z","pickup_lat":40.75,"pickup_lon":-73.99,"dropoff_lat":40.64,"dropoff_lon":-73.78{extra}}}"#
+        )
+    }
+
+    fn short_expected() -> Event {
+        Event::Trip(Trip {
+            trip_id: 7,
+            pickup_time: PICKUP,
+            dropoff_time: DROPOFF,
+            pickup: GeoPoint {
+                lat: 40.75,
+                lon: -73.99,
+            },
+            dropoff: GeoPoint {
+                lat: 40.64,
+                lon: -73.78,
+            },
+        })
+    }
+
+    #[test]
+    fn parses_long_naming() {
+        assert_eq!(parse(TRIP_LONG), Ok(expected_trip()));
+    }
+
+    #[test]
+    fn parses_short_naming_with_type_last() {
+        assert_eq!(
+            parse(&short_trip(r#","type":"trip""#)),
+            Ok(short_expected())
+        );
+    }
+
+    #[test]
+    fn allows_trailing_whitespace_only() {
+        for tail in ["\n", "\r\n", "  \t\n", " "] {
+            assert_eq!(parse(&format!("{TRIP_LONG}{tail}")), Ok(expected_trip()));
+        }
+        assert_eq!(parse(&format!("{TRIP_LONG}x")), Err(InvalidReason::NotJson));
+        assert_eq!(
+            parse(&format!("{TRIP_LONG}{{}}")),
+            Err(InvalidReason::NotJson)
+        );
+        assert_eq!(
+            parse(&format!("{TRIP_LONG}\n{TRIP_LONG}")),
+            Err(InvalidReason::NotJson)
+        );
+        // Leading whitespace is JSON whitespace too.
+        assert_eq!(parse(&format!("  {TRIP_LONG}")), Ok(expected_trip()));
+    }
+
+    #[test]
+    fn ignores_unknown_fields_of_every_type() {
+        let extra = r#","a":null,"b":true,"c":false,"d":-1,"e":1.5e3,"f":"s\"x","g":[1,[2,{"h":3}]],"i":{"j":{"k":[]}},"l":18446744073709551615,"type":"trip""#;
+        assert_eq!(parse(&short_trip(extra)), Ok(short_expected()));
+    }
+
+    #[test]
+    fn accepts_numbers_as_strings() {
+        let s = r#"{"type":"trip","trip_id":"7","pickup_datetime":"2016-01-01T00:05:39Z","dropoff_datetime":"2016-01-01T00:15:30Z","pickup_lat":"40.75","pickup_lon":"-73.99","dropoff_lat":"40.64","dropoff_lon":"-73.78"}"#;
+        assert_eq!(parse(s), Ok(short_expected()));
+    }
+
+    #[test]
+    fn accepts_integer_coordinates_and_escaped_keys() {
+        let s = r#"{"type":"trip","trip_\u0069d":7,"pickup_datetime":"2016-01-01T00:05:39Z","dropoff_datetime":"2016-01-01T00:15:30Z","pickup_lat":40,"pickup_lon":-74,"dropoff_lat":41,"dropoff_lon":-73}"#;
+        let Ok(Event::Trip(t)) = parse(s) else {
+            panic!("not a trip: {:?}", parse(s));
+        };
+        assert_eq!(t.trip_id, 7);
+        assert_eq!(
+            t.pickup,
+            GeoPoint {
+                lat: 40.0,
+                lon: -74.0
+            }
+        );
+        assert_eq!(
+            t.dropoff,
+            GeoPoint {
+                lat: 41.0,
+                lon: -73.0
+            }
+        );
+    }
+
+    #[test]
+    fn offsets_and_fractions() {
+        let s = r#"{"type":"trip","trip_id":7,"pickup_datetime":"2016-01-01T05:35:39.250+05:30","dropoff_datetime":"2015-12-31T20:15:30.5-0400","pickup_lat":40.75,"pickup_lon":-73.99,"dropoff_lat":40.64,"dropoff_lon":-73.78}"#;
+        let Ok(Event::Trip(t)) = parse(s) else {
+            panic!("not a trip: {:?}", parse(s));
+        };
+        assert_eq!(t.pickup_time, PICKUP + 250);
+        assert_eq!(t.dropoff_time, DROPOFF + 500);
+    }
+
+    #[test]
+    fn parses_watermarks() {
+        assert_eq!(
+            parse(r#"{"watermark":"2016-01-01T00:05:39Z","type":"watermark"}"#),
+            Ok(Event::Watermark(PICKUP))
+        );
+        assert_eq!(
+            parse("{\"type\":\"watermark\",\"watermark\":\"2016-01-01T00:05:39.001Z\"}\r\n"),
+            Ok(Event::Watermark(PICKUP + 1))
+        );
+        assert_eq!(
+            parse(r#"{"type":"watermark"}"#),
+            Err(InvalidReason::MissingField)
+        );
+        assert_eq!(
+            parse(r#"{"type":"watermark","watermark":12}"#),
+            Err(InvalidReason::BadField)
+        );
+        assert_eq!(
+            parse(r#"{"type":"watermark","watermark":"yesterday"}"#),
+            Err(InvalidReason::BadField)
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_last_wins() {
+        let s = short_trip(r#","trip_id":8,"type":"watermark","type":"trip""#);
+        let Ok(Event::Trip(t)) = parse(&s) else {
+            panic!("not a trip");
+        };
+        assert_eq!(t.trip_id, 8);
+        // Mixed namings fill one slot; the later wins.
+        let s = short_trip(r#","pickup_latitude":40.5,"type":"trip""#);
+        let Ok(Event::Trip(t)) = parse(&s) else {
+            panic!("not a trip");
+        };
+        assert_eq!(t.pickup.lat, 40.5);
+    }
+
+    #[test]
+    fn not_json() {
+        for s in [
+            "",
+            "   ",
+            "{",
+            "{\"type\":\"trip\"",
+            "{\"type\":trip}",
+            "nope",
+            "{'type':'trip'}",
+            "{\"a\":1,}",
+            "[1,2",
+            "\u{feff}{}",
+        ] {
+            assert_eq!(parse(s), Err(InvalidReason::NotJson), "{s:?}");
+        }
+        assert_eq!(
+            parse_json_record(b"{\"type\":\"\xff\"}"),
+            Err(InvalidReason::NotJson)
+        );
+    }
+
+    #[test]
+    fn not_an_object() {
+        for s in [
+            "[]",
+            "[1,{\"type\":\"trip\"}]",
+            "1",
+            "-2.5",
+            "\"trip\"",
+            "null",
+            "true",
+            "false",
+        ] {
+            assert_eq!(parse(s), Err(InvalidReason::NotAnObject), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn missing_and_unknown_type() {
+        assert_eq!(parse("{}"), Err(InvalidReason::MissingType));
+        assert_eq!(parse(&short_trip("")), Err(InvalidReason::MissingType));
+        for t in [r#""taxi""#, r#""Trip""#, "1", "null", "[\"trip\"]", "{}"] {
+            assert_eq!(
+                parse(&short_trip(&format!(r#","type":{t}"#))),
+                Err(InvalidReason::UnknownType),
+                "{t}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_fields() {
+        for field in [
+            "trip_id",
+            "pickup_datetime",
+            "dropoff_datetime",
+            "pickup_lat",
+            "pickup_lon",
+            "dropoff_lat",
+            "dropoff_lon",
+        ] {
+            let full = short_trip(r#","type":"trip""#);
+            let v: serde_json::Value = serde_json::from_str(&full).unwrap();
+            let mut obj = v.as_object().unwrap().clone();
+            obj.remove(field);
+            let s = serde_json::to_string(&obj).unwrap();
+            assert_eq!(parse(&s), Err(InvalidReason::MissingField), "{field}");
+        }
+    }
+
+    #[test]
+    fn bad_fields() {
+        let cases = [
+            ("trip_id", r#""abc""#),
+            ("trip_id", "-1"),
+            ("trip_id", "1.5"),
+            ("trip_id", r#""+1""#),
+            ("trip_id", "null"),
+            ("pickup_datetime", r#""2016-13-01T00:00:00Z""#),
+            ("pickup_datetime", "1451606739000"),
+            ("dropoff_datetime", r#""""#),
+            ("dropoff_datetime", "{}"),
+            ("pickup_lat", r#""north""#),
+            ("pickup_lat", r#""NaN""#),
+            ("pickup_lon", r#""inf""#),
+            ("dropoff_lat", "true"),
+            ("dropoff_lon", "[1]"),
+            ("dropoff_lon", r#""""#),
+            ("pickup_lon", r#""1e999""#),
+        ];
+        for (field, value) in cases {
+            let s = short_trip(&format!(r#","{field}":{value},"type":"trip""#));
+            assert_eq!(parse(&s), Err(InvalidReason::BadField), "{field}={value}");
+        }
+    }
+
+    #[test]
+    fn coordinate_out_of_range() {
+        for (field, value) in [
+            ("pickup_lat", "90.0001"),
+            ("pickup_lon", "-180.5"),
+            ("dropoff_lat", "-91"),
+            ("dropoff_lon", "181"),
+        ] {
+            let s = short_trip(&format!(r#","{field}":{value},"type":"trip""#));
+            assert_eq!(
+                parse(&s),
+                Err(InvalidReason::CoordinateOutOfRange),
+                "{field}"
+            );
+        }
+        // The bounds themselves and 0,0 are fine.
+        let s = short_trip(
+            r#","pickup_lat":90,"pickup_lon":-180,"dropoff_lat":0,"dropoff_lon":0,"type":"trip""#,
+        );
+        assert!(parse(&s).is_ok());
+    }
+
+    #[test]
+    fn dropoff_before_pickup() {
+        let s = short_trip(r#","dropoff_datetime":"2016-01-01T00:05:38.999Z","type":"trip""#);
+        assert_eq!(parse(&s), Err(InvalidReason::DropoffBeforePickup));
+        // Equal is fine (zero-length trip).
+        let s = short_trip(r#","dropoff_datetime":"2016-01-01T00:05:39Z","type":"trip""#);
+        assert!(parse(&s).is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = parse_json_record(&bytes);
+        }
+
+        #[test]
+        fn never_panics_on_mutated_records(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..8)
+        ) {
+            let mut bytes = TRIP_LONG.as_bytes().to_vec();
+            for (at, byte, op) in edits {
+                if bytes.is_empty() {
+                    break;
+                }
+                let i = at.index(bytes.len());
+                match op {
+                    0 => bytes[i] = byte,
+                    1 => { bytes.remove(i); }
+                    _ => bytes.insert(i, byte),
+                }
+            }
+            let _ = parse_json_record(&bytes);
+        }
+
+        #[test]
+        fn never_panics_on_json_like_text(s in r#"[{}\[\]":,0-9a-z_.\-+eE ]{0,120}"#) {
+            let _ = parse_json_record(s.as_bytes());
+        }
+    }
+}

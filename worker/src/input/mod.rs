@@ -1,0 +1,131 @@
+//! The input layer: parsing records (DESIGN §2) and reading input files.
+//!
+//! - [`parse_json_record`]: one Kinesis record's data or one JSON-lines line (hot path);
+//! - [`CsvLayout`], [`parse_csv_row`]: NYC TLC yellow-trip CSV rows;
+//! - [`ChunkReader`]: reads a plain, gzip or zstd file (detected from content) as [`Chunk`]s of
+//!   complete lines, for a parallel parser downstream; [`read_records`] is the simple sequential
+//!   form.
+//!
+//! Record numbering: data lines (the CSV header excluded) that are not blank are numbered from 1;
+//! blank lines are skipped everywhere and are not records. A CSV row's `trip_id` is its number.
+
+mod csv;
+mod json;
+mod reader;
+
+use std::path::PathBuf;
+
+pub use csv::{CsvLayout, parse_csv_row};
+pub use json::parse_json_record;
+pub use reader::{Chunk, ChunkReader, Records, read_records};
+
+use crate::event::ParsedRecord;
+
+/// The format of an input file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON record per line.
+    JsonLines,
+    /// NYC TLC yellow-trip CSV with this layout (the header line is not a record).
+    Csv(CsvLayout),
+}
+
+/// Parses one non-blank line of a file in `format`; `record_no` (1-based) is the CSV `trip_id`.
+pub fn parse_line(format: &Format, line: &[u8], record_no: u64) -> ParsedRecord {
+    match format {
+        Format::JsonLines => parse_json_record(line),
+        Format::Csv(layout) => parse_csv_row(layout, line, record_no),
+    }
+}
+
+/// True when `line` holds only ASCII whitespace (or nothing): such lines are not records.
+pub fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(u8::is_ascii_whitespace)
+}
+
+/// Why an input file could not be read. Invalid records are never errors: they are
+/// [`ParsedRecord`] values.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// The file could not be opened.
+    #[error("failed to open input file {}: {source}", path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading (or decompressing) failed.
+    #[error("failed to read {origin}: {source}")]
+    Read {
+        /// The file (`input file …`) or `input stream`.
+        origin: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The first non-blank line is neither a JSON object nor a CSV header.
+    #[error(
+        "failed to detect the format of {origin}: it is neither JSON lines (a line starting with '{{') nor a TLC CSV header; it starts with \"{preview}\""
+    )]
+    UnknownFormat {
+        /// The file or stream.
+        origin: String,
+        /// The first bytes, escaped.
+        preview: String,
+    },
+    /// A CSV header that lacks columns a trip needs.
+    #[error(
+        "failed to recognise the CSV header of {origin} as a TLC yellow-trip layout: no column for {missing}; header: \"{header}\""
+    )]
+    UnknownCsvHeader {
+        /// The file or stream.
+        origin: String,
+        /// The needed columns not found, each with the names accepted for it.
+        missing: String,
+        /// The header line, escaped (shortened when long).
+        header: String,
+    },
+    /// The input holds no non-blank line.
+    #[error("failed to detect the format of {origin}: it is empty")]
+    Empty {
+        /// The file or stream.
+        origin: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blank_lines() {
+        assert!(is_blank(b""));
+        assert!(is_blank(b" \t\r"));
+        assert!(!is_blank(b" x "));
+        assert!(!is_blank("\u{a0}".as_bytes()));
+    }
+
+    #[test]
+    fn parse_line_dispatches() {
+        let layout = CsvLayout {
+            pickup_time: 0,
+            dropoff_time: 1,
+            pickup_lat: 2,
+            pickup_lon: 3,
+            dropoff_lat: 4,
+            dropoff_lon: 5,
+            columns: 6,
+        };
+        let row = b"2016-01-01 00:00:00,2016-01-01 00:10:00,40.1,-73.1,40.2,-73.2";
+        let Ok(crate::event::Event::Trip(t)) = parse_line(&Format::Csv(layout), row, 42) else {
+            panic!("not a trip");
+        };
+        assert_eq!(t.trip_id, 42);
+        assert_eq!(
+            parse_line(&Format::JsonLines, row, 42),
+            Err(crate::event::InvalidReason::NotJson)
+        );
+    }
+}

@@ -1,0 +1,23 @@
+//! TaxiPipeline worker library: the event-time analytics engine and the pieces around it.
+//!
+//! Layers, from the pure middle outwards:
+//! - [`event`], [`time`], [`geo`], [`partition`], [`config`]: the contracts of DESIGN §2–§4;
+//! - [`input`]: parsing records and reading JSON-lines / TLC CSV files (plain, gzip, zstd);
+//! - [`window`], [`analysis`], [`shard`], [`merge`]: per-shard event-time aggregation and the merge;
+//! - [`checkpoint`]: per-shard checkpoint state and its stores;
+//! - [`generate`]: the synthetic NYC trip generator;
+//! - [`local`]: the whole pipeline embedded in one process (`taxi-worker local`).
+
+pub mod analysis;
+pub mod checkpoint;
+pub mod config;
+pub mod event;
+pub mod generate;
+pub mod geo;
+pub mod input;
+pub mod local;
+pub mod merge;
+pub mod partition;
+pub mod shard;
+pub mod time;
+pub mod window;

@@ -1,0 +1,353 @@
+//! `taxi-worker`: the TaxiPipeline worker binary.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use taxi_worker::analysis::MergedResult;
+use taxi_worker::config::{
+    AirportTripsConfig, EngineConfig, EventTimeConfig, HotSpotConfig, WatermarkStrategy, parse_duration, to_millis,
+};
+use taxi_worker::generate::{GeneratorConfig, write_json_lines};
+use taxi_worker::geo::BoundingBox;
+use taxi_worker::local::{CheckpointOptions, LocalInput, LocalOptions, LocalRun, Outcome, Progress, run_local};
+use taxi_worker::time::{format_timestamp, parse_timestamp};
+
+/// Command line of the worker binary.
+#[derive(Debug, Parser)]
+#[command(name = "taxi-worker", version, about = "TaxiPipeline worker: event-time NYC taxi analytics")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole pipeline in this process: read (or generate) trips, partition them over
+    /// in-memory shards, compute the windowed analyses and merge the results.
+    ///
+    /// With no arguments it generates a realistic synthetic day of NYC trips and runs on it.
+    Local(LocalArgs),
+    /// Write synthetic NYC taxi trips as JSON lines (the seed's event format).
+    Generate(GenerateArgs),
+}
+
+/// Analysis and event-time flags, shared by every command that runs the engine.
+#[derive(Debug, Args)]
+struct EngineArgs {
+    /// Tumbling window size of both analyses (e.g. 10m, 1h, 30s).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    window: Duration,
+    /// Geohash length of a hot-spot cell (1–12).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u8).range(1..=12))]
+    geohash_precision: u8,
+    /// A merged hot spot is reported from this many pickups in a window and cell.
+    #[arg(long, default_value_t = 2)]
+    min_pickups: u64,
+    /// A merged airport result is reported from this many trips in a window, cell and airport.
+    #[arg(long, default_value_t = 2)]
+    min_airport_trips: u64,
+    /// How watermarks advance: bounded (max event time − max out-of-orderness) or punctuated
+    /// (watermark events only).
+    #[arg(long, value_enum, default_value = "bounded")]
+    watermark: WatermarkStrategy,
+    /// Disorder the bounded watermark tolerates.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    max_out_of_orderness: Duration,
+    /// How long after its end a window still accepts trips.
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    allowed_lateness: Duration,
+    /// A shard without records for this long stops holding merged windows open (0 = never idle).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+}
+
+impl EngineArgs {
+    fn config(&self) -> EngineConfig {
+        let window_ms = to_millis(self.window);
+        EngineConfig {
+            region: BoundingBox::NYC,
+            event_time: EventTimeConfig {
+                watermark: self.watermark,
+                max_out_of_orderness_ms: to_millis(self.max_out_of_orderness),
+                allowed_lateness_ms: to_millis(self.allowed_lateness),
+                idle_timeout_ms: to_millis(self.idle_timeout),
+            },
+            hot_spots: HotSpotConfig { window_ms, geohash_precision: self.geohash_precision, min_pickups: self.min_pickups },
+            airport_trips: AirportTripsConfig { window_ms, min_trips: self.min_airport_trips, ..AirportTripsConfig::default() },
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct LocalArgs {
+    /// Input file: JSON lines or NYC TLC yellow-trip CSV, plain, gzip or zstd.
+    #[arg(long, conflicts_with = "generate")]
+    input: Option<PathBuf>,
+    /// Generate this many synthetic trips instead of reading a file (default: a day, ~400 000).
+    #[arg(long)]
+    generate: Option<u64>,
+    /// Seed of the generated trips.
+    #[arg(long, default_value_t = 42, requires = "generate")]
+    seed: u64,
+    /// Number of in-memory shards, partitioned by MD5 of trip_id as Kinesis does.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    shards: u32,
+    /// Write the merged, final results here as JSON lines.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Write the run summary here as one JSON object.
+    #[arg(long)]
+    summary: Option<PathBuf>,
+    /// Keep checkpoints in this directory (every --checkpoint-interval and on Ctrl-C).
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// Time between checkpoints.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    checkpoint_interval: Duration,
+    /// Continue from the latest checkpoint in --checkpoint-dir.
+    #[arg(long, requires = "checkpoint_dir")]
+    resume: bool,
+    /// Stop after this many input records (with a checkpoint when --checkpoint-dir is set).
+    #[arg(long)]
+    stop_after: Option<u64>,
+    /// Threads parsing input (default: the number of CPUs).
+    #[arg(long)]
+    parse_threads: Option<usize>,
+    /// Print the progress line even when stderr is not a terminal.
+    #[arg(long)]
+    progress: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+struct GenerateArgs {
+    /// Output file (`-` for stdout).
+    #[arg(long, short, default_value = "trips.jsonl")]
+    output: PathBuf,
+    /// Number of trips.
+    #[arg(long, default_value_t = GeneratorConfig::default().trips)]
+    trips: u64,
+    /// Random seed: the same seed gives the same file.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Start of the generated day (ISO-8601).
+    #[arg(long, default_value = "2016-01-01T00:00:00Z", value_parser = parse_start)]
+    start: i64,
+    /// Maximum disorder of dropoff times (keep it below the engine's --max-out-of-orderness).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    max_disorder: Duration,
+    /// Also write a watermark event every this many trips.
+    #[arg(long)]
+    watermark_every: Option<u64>,
+    /// Fraction of invalid lines mixed in (0–1), to exercise error handling.
+    #[arg(long, default_value_t = 0.0)]
+    invalid_ratio: f64,
+}
+
+fn parse_start(s: &str) -> Result<i64, String> {
+    parse_timestamp(s.as_bytes()).ok_or_else(|| format!("invalid timestamp {s:?}: expected ISO-8601 like 2016-01-01T00:00:00Z"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Local(args) => local(args),
+        Command::Generate(args) => generate(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("taxi-worker: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn generate(args: &GenerateArgs) -> Result<ExitCode, String> {
+    if !(0.0..=1.0).contains(&args.invalid_ratio) {
+        return Err(format!("--invalid-ratio must be between 0 and 1, got {}", args.invalid_ratio));
+    }
+    let config = GeneratorConfig {
+        trips: args.trips,
+        seed: args.seed,
+        start: args.start,
+        max_disorder_ms: to_millis(args.max_disorder),
+        watermark_every: args.watermark_every,
+        invalid_ratio: args.invalid_ratio,
+    };
+    let started = Instant::now();
+    let stats = if args.output == Path::new("-") {
+        write_json_lines(&config, std::io::stdout().lock())
+    } else {
+        let file = std::fs::File::create(&args.output).map_err(|e| format!("failed to create {}: {e}", args.output.display()))?;
+        write_json_lines(&config, file)
+    }
+    .map_err(|e| format!("failed to write generated trips: {e}"))?;
+    if args.output != Path::new("-") {
+        eprintln!(
+            "wrote {} trips, {} watermarks, {} invalid lines ({:.1} MB) to {} in {:.1} s",
+            stats.trips,
+            stats.watermarks,
+            stats.invalid,
+            stats.bytes as f64 / 1e6,
+            args.output.display(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn local(args: LocalArgs) -> Result<ExitCode, String> {
+    let input = match (&args.input, args.generate) {
+        (Some(path), _) => {
+            if !path.exists() {
+                return Err(format!("input file {} does not exist", path.display()));
+            }
+            LocalInput::File(path.clone())
+        }
+        (None, trips) => LocalInput::Generate(GeneratorConfig {
+            trips: trips.unwrap_or(GeneratorConfig::default().trips),
+            seed: args.seed,
+            ..GeneratorConfig::default()
+        }),
+    };
+    let interactive = std::io::stderr().is_terminal();
+    let show_progress = args.progress || interactive;
+    let options = LocalOptions {
+        input,
+        shards: args.shards,
+        engine: args.engine.config(),
+        checkpoint: args.checkpoint_dir.as_ref().map(|dir| CheckpointOptions {
+            dir: dir.clone(),
+            interval: args.checkpoint_interval,
+            resume: args.resume,
+        }),
+        stop_after_records: args.stop_after,
+        parse_threads: args.parse_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+    };
+    options.engine.validate().map_err(|e| format!("invalid configuration: {e}"))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("failed to start the runtime: {e}"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(Progress::default());
+    let run = runtime.block_on(async {
+        let ctrl_c = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!("\ninterrupted: stopping at the next record boundary");
+                    stop.store(true, Ordering::Relaxed);
+                }
+            })
+        };
+        let ticker = show_progress.then(|| tokio::spawn(print_progress(progress.clone(), interactive)));
+        let run = run_local(options, stop.clone(), progress.clone()).await;
+        ctrl_c.abort();
+        if let Some(t) = ticker {
+            t.abort();
+            if interactive {
+                eprint!("\r\x1b[2K");
+            }
+        }
+        run
+    });
+    let run = run.map_err(|e| e.to_string())?;
+
+    if let Some(path) = &args.output {
+        write_results(path, &run.results).map_err(|e| format!("failed to write results to {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &args.summary {
+        let json = serde_json::to_vec_pretty(&run.summary).map_err(|e| e.to_string())?;
+        std::fs::write(path, json).map_err(|e| format!("failed to write summary to {}: {e}", path.display()))?;
+    }
+    print_report(&run, &args);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_results(path: &Path, results: &[MergedResult]) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for r in results {
+        serde_json::to_writer(&mut out, r)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+}
+
+async fn print_progress(progress: Arc<Progress>, interactive: bool) {
+    let mut last = (Instant::now(), progress.records.load(Ordering::Relaxed));
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let records = progress.records.load(Ordering::Relaxed);
+        let rate = (records - last.1.min(records)) as f64 / last.0.elapsed().as_secs_f64();
+        last = (Instant::now(), records);
+        let watermark = progress.watermark.load(Ordering::Relaxed);
+        let watermark = if watermark == i64::MIN { "-".to_owned() } else { format_timestamp(watermark) };
+        let line = format!("{records} records  {rate:>10.0} records/s  watermark {watermark}");
+        if interactive {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// What a person sees at the end of a run.
+fn print_report(run: &LocalRun, args: &LocalArgs) {
+    let s = &run.summary;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{} records ({} trips, {} watermarks, {} invalid, {} outside NYC, {} late) in {:.2} s — {:.0} records/s",
+        s.records, s.trips, s.watermarks, s.invalid, s.outside_region, s.late, s.elapsed_s, s.events_per_s
+    );
+    if let Outcome::Stopped { records } = run.outcome {
+        let hint = if args.checkpoint_dir.is_some() { " — continue with the same flags and --resume" } else { "" };
+        let _ = writeln!(out, "stopped after record {records}{hint}");
+        return;
+    }
+    let _ = writeln!(out, "{} hot spots and {} airport results", s.hot_spots, s.airport_trips);
+    let mut hot: Vec<&MergedResult> = run.results.iter().filter(|r| r.kind() == "hot_spot").collect();
+    hot.sort_by_key(|r| match r {
+        MergedResult::HotSpot { pickup_count, .. } => std::cmp::Reverse(*pickup_count),
+        MergedResult::AirportTrip { .. } => std::cmp::Reverse(0),
+    });
+    if !hot.is_empty() {
+        let _ = writeln!(out, "\nbusiest pickup cells (window, geohash, pickups):");
+        for r in hot.iter().take(5) {
+            if let MergedResult::HotSpot { window_start, geohash, pickup_count, .. } = r {
+                let _ = writeln!(out, "  {}  {geohash}  {pickup_count}", format_timestamp(*window_start));
+            }
+        }
+    }
+    let mut by_airport: std::collections::BTreeMap<&str, (u64, f64)> = std::collections::BTreeMap::new();
+    for r in &run.results {
+        if let MergedResult::AirportTrip { airport, trip_count, sum_duration_min, .. } = r {
+            let e = by_airport.entry(airport.as_str()).or_default();
+            e.0 += trip_count;
+            e.1 += sum_duration_min;
+        }
+    }
+    if !by_airport.is_empty() {
+        let _ = writeln!(out, "\naverage trip duration to the airports (over reported cells):");
+        for (airport, (trips, minutes)) in by_airport {
+            let _ = writeln!(out, "  {airport}: {:.1} min over {trips} trips", minutes / trips.max(1) as f64);
+        }
+    }
+    if args.output.is_none() {
+        let _ = writeln!(out, "\nwrite every result with --output results.jsonl (see --help for all flags)");
+    }
+}

@@ -1,0 +1,337 @@
+//! Per-shard event-time processing (DESIGN §4): one [`ShardProcessor`] owns a shard's watermark,
+//! its open windows and its counters. It is pure: the caller feeds it records and decides when to
+//! emit what it closed.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::{AirportKey, Aggregates, ClosedWindows};
+use crate::config::{EngineConfig, WatermarkStrategy};
+use crate::event::{Event, InvalidReason, Millis, Trip};
+use crate::geo::{Geohash, first_match};
+
+/// Record counts of one shard (or, summed, of a run).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Records seen, valid or not.
+    pub records: u64,
+    /// Valid trips.
+    pub trips: u64,
+    /// Watermark events.
+    pub watermarks: u64,
+    /// Invalid records, by [`InvalidReason::index`].
+    pub invalid: [u64; InvalidReason::ALL.len()],
+    /// Trips with pickup or dropoff outside the region.
+    pub outside_region: u64,
+    /// Trips that arrived after their window closed.
+    pub late: u64,
+}
+
+impl Counters {
+    /// All invalid records.
+    pub fn invalid_total(&self) -> u64 {
+        self.invalid.iter().sum()
+    }
+
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &Counters) {
+        self.records += other.records;
+        self.trips += other.trips;
+        self.watermarks += other.watermarks;
+        for (a, b) in self.invalid.iter_mut().zip(other.invalid) {
+            *a += b;
+        }
+        self.outside_region += other.outside_region;
+        self.late += other.late;
+    }
+
+    /// Counts one invalid record.
+    pub fn count_invalid(&mut self, reason: InvalidReason) {
+        self.records += 1;
+        self.invalid[reason.index()] += 1;
+    }
+}
+
+/// What happened to a trip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TripOutcome {
+    /// Added to the open windows.
+    Aggregated,
+    /// Pickup or dropoff outside the region.
+    OutsideRegion,
+    /// Its window had already closed on this shard.
+    Late,
+}
+
+/// The watermark of one shard: never decreasing, `None` until the first observation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatermarkState {
+    /// Current watermark.
+    pub watermark: Option<Millis>,
+    /// Largest event time seen.
+    pub max_event_time: Option<Millis>,
+}
+
+impl WatermarkState {
+    fn advance_to(&mut self, candidate: Millis) {
+        self.watermark = Some(self.watermark.map_or(candidate, |w| w.max(candidate)));
+    }
+}
+
+/// Event-time processing of one shard.
+#[derive(Clone, Debug)]
+pub struct ShardProcessor {
+    config: Arc<EngineConfig>,
+    clock: WatermarkState,
+    aggregates: Aggregates,
+    counters: Counters,
+}
+
+impl ShardProcessor {
+    /// A shard with no history.
+    pub fn new(config: Arc<EngineConfig>) -> ShardProcessor {
+        let aggregates = Aggregates::new(&config);
+        ShardProcessor { config, clock: WatermarkState::default(), aggregates, counters: Counters::default() }
+    }
+
+    /// A shard resumed from checkpointed state.
+    pub fn restore(config: Arc<EngineConfig>, clock: WatermarkState, aggregates: Aggregates, counters: Counters) -> Self {
+        ShardProcessor { config, clock, aggregates, counters }
+    }
+
+    /// The current watermark (`None` before the first observation).
+    pub fn watermark(&self) -> Option<Millis> {
+        self.clock.watermark
+    }
+
+    /// The watermark and max event time, for checkpoints.
+    pub fn clock(&self) -> WatermarkState {
+        self.clock
+    }
+
+    /// The shard's counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The open windows, for checkpoints.
+    pub fn aggregates(&self) -> &Aggregates {
+        &self.aggregates
+    }
+
+    /// Processes one valid record. `arrival` is the Kinesis arrival time, used by the `arrival`
+    /// strategy only.
+    #[inline]
+    pub fn process(&mut self, event: &Event, arrival: Option<Millis>) -> Option<TripOutcome> {
+        self.counters.records += 1;
+        match event {
+            Event::Trip(trip) => Some(self.process_trip(trip, arrival)),
+            Event::Watermark(t) => {
+                self.counters.watermarks += 1;
+                if self.config.event_time.watermark == WatermarkStrategy::Punctuated {
+                    self.clock.advance_to(*t);
+                }
+                None
+            }
+        }
+    }
+
+    /// Counts an invalid record.
+    pub fn process_invalid(&mut self, reason: InvalidReason) {
+        self.counters.count_invalid(reason);
+    }
+
+    fn process_trip(&mut self, trip: &Trip, arrival: Option<Millis>) -> TripOutcome {
+        self.counters.trips += 1;
+        let et = &self.config.event_time;
+        let t = trip.event_time();
+        self.clock.max_event_time = Some(self.clock.max_event_time.map_or(t, |m| m.max(t)));
+        // The trip advances the watermark before the lateness check: under `bounded` the trip
+        // that moves the maximum is never late itself, and under `arrival` the check is against
+        // the watermark its own arrival implies.
+        match et.watermark {
+            WatermarkStrategy::Bounded => self.clock.advance_to(t - et.max_out_of_orderness_ms),
+            WatermarkStrategy::Arrival => {
+                if let Some(arrived) = arrival {
+                    self.clock.advance_to(arrived - et.max_out_of_orderness_ms);
+                }
+            }
+            WatermarkStrategy::Punctuated => {}
+        }
+
+        let region = &self.config.region;
+        if !region.contains(trip.pickup) || !region.contains(trip.dropoff) {
+            self.counters.outside_region += 1;
+            return TripOutcome::OutsideRegion;
+        }
+
+        // A trip is late when its window's end + allowed lateness ≤ the watermark.
+        let cutoff = self.clock.watermark.map_or(Millis::MIN, |w| w - et.allowed_lateness_ms);
+        let hot_windows = self.aggregates.hot_spots.windows();
+        let hot_start = hot_windows.start_of(t);
+        let hot_late = hot_windows.end_of(hot_start) <= cutoff;
+        let airport = first_match(&self.config.airport_trips.airports, trip.dropoff);
+        let airport_windows = self.aggregates.airport_trips.windows();
+        let airport_start = airport_windows.start_of(t);
+        let airport_late = airport.is_some() && airport_windows.end_of(airport_start) <= cutoff;
+
+        let cell = Geohash::encode(trip.pickup, self.config.hot_spots.geohash_precision);
+        if !hot_late {
+            *self.aggregates.hot_spots.entry(hot_start, cell) += 1;
+        }
+        if let (Some(index), false) = (airport, airport_late) {
+            // `EngineConfig::validate` caps the airport list at 255 entries.
+            let key = AirportKey { pickup: cell, airport: u8::try_from(index).unwrap_or(u8::MAX) };
+            let agg = self.aggregates.airport_trips.entry(airport_start, key);
+            agg.trips += 1;
+            agg.duration_ms += trip.duration_ms();
+        }
+        if hot_late || airport_late {
+            self.counters.late += 1;
+            TripOutcome::Late
+        } else {
+            TripOutcome::Aggregated
+        }
+    }
+
+    /// Closes the windows the watermark has passed (end + allowed lateness ≤ watermark).
+    pub fn take_closed(&mut self) -> ClosedWindows {
+        match self.clock.watermark {
+            Some(w) => self.aggregates.take_ended_by(w - self.config.event_time.allowed_lateness_ms),
+            None => ClosedWindows::default(),
+        }
+    }
+
+    /// Closes every window (end of input, or a released shard's final flush).
+    pub fn take_all(&mut self) -> ClosedWindows {
+        self.aggregates.take_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EventTimeConfig;
+    use crate::event::GeoPoint;
+
+    const MIN: Millis = 60_000;
+    const MIDTOWN: GeoPoint = GeoPoint { lat: 40.7580, lon: -73.9855 };
+    const JFK: GeoPoint = GeoPoint { lat: 40.6413, lon: -73.7781 };
+
+    fn trip(id: u64, dropoff: Millis, to: GeoPoint) -> Event {
+        Event::Trip(Trip { trip_id: id, pickup_time: dropoff - 30 * MIN, dropoff_time: dropoff, pickup: MIDTOWN, dropoff: to })
+    }
+
+    fn processor(event_time: EventTimeConfig) -> ShardProcessor {
+        ShardProcessor::new(Arc::new(EngineConfig { event_time, ..EngineConfig::default() }))
+    }
+
+    fn pickups(closed: &ClosedWindows) -> Vec<(Millis, u64)> {
+        closed.hot_spots.iter().map(|(s, cells)| (*s, cells.values().sum())).collect()
+    }
+
+    #[test]
+    fn disorder_within_the_bound_is_aggregated_and_beyond_it_is_late() {
+        let mut p = processor(EventTimeConfig::default());
+        assert_eq!(p.process(&trip(1, 100 * MIN, MIDTOWN), None), Some(TripOutcome::Aggregated));
+        // 59 s behind the max: the bound is 60 s, and its window [90, 100) min is still open.
+        assert_eq!(p.process(&trip(2, 100 * MIN - 59_000, MIDTOWN), None), Some(TripOutcome::Aggregated));
+        // Move the watermark to 101 min: window [90, 100) closes.
+        assert_eq!(p.process(&trip(3, 102 * MIN, MIDTOWN), None), Some(TripOutcome::Aggregated));
+        assert_eq!(p.watermark(), Some(101 * MIN));
+        assert_eq!(p.process(&trip(4, 99 * MIN, MIDTOWN), None), Some(TripOutcome::Late));
+        assert_eq!(p.counters().late, 1);
+        let closed = p.take_closed();
+        assert_eq!(pickups(&closed), vec![(90 * MIN, 2)]);
+    }
+
+    #[test]
+    fn allowed_lateness_keeps_windows_open_longer() {
+        let mut p = processor(EventTimeConfig { allowed_lateness_ms: 5 * MIN, ..EventTimeConfig::default() });
+        p.process(&trip(1, 105 * MIN, MIDTOWN), None); // watermark 104 min
+        // Window [90, 100) ends at 100; 100 + 5 > 104, so it still accepts trips.
+        assert_eq!(p.process(&trip(2, 95 * MIN, MIDTOWN), None), Some(TripOutcome::Aggregated));
+        assert!(p.take_closed().is_empty());
+        p.process(&trip(3, 106 * MIN, MIDTOWN), None); // watermark 105 min: 100 + 5 ≤ 105
+        assert_eq!(p.process(&trip(4, 95 * MIN, MIDTOWN), None), Some(TripOutcome::Late));
+        assert_eq!(pickups(&p.take_closed()), vec![(90 * MIN, 1)]);
+    }
+
+    #[test]
+    fn an_event_exactly_at_a_window_end_opens_the_next_window() {
+        let mut p = processor(EventTimeConfig::default());
+        p.process(&trip(1, 10 * MIN, MIDTOWN), None);
+        p.process(&trip(2, 10 * MIN - 1, MIDTOWN), None);
+        let closed = p.take_all();
+        assert_eq!(pickups(&closed), vec![(0, 1), (10 * MIN, 1)]);
+    }
+
+    #[test]
+    fn punctuated_watermarks_move_only_on_watermark_events() {
+        let config = EventTimeConfig { watermark: WatermarkStrategy::Punctuated, ..EventTimeConfig::default() };
+        let mut p = processor(config);
+        p.process(&trip(1, 100 * MIN, MIDTOWN), None);
+        assert_eq!(p.watermark(), None);
+        p.process(&Event::Watermark(110 * MIN), None);
+        assert_eq!(p.watermark(), Some(110 * MIN));
+        // Never decreasing.
+        p.process(&Event::Watermark(105 * MIN), None);
+        assert_eq!(p.watermark(), Some(110 * MIN));
+        assert_eq!(p.process(&trip(2, 100 * MIN, MIDTOWN), None), Some(TripOutcome::Late));
+        assert_eq!(p.counters().watermarks, 2);
+        assert_eq!(pickups(&p.take_closed()), vec![(100 * MIN, 1)]);
+    }
+
+    #[test]
+    fn bounded_watermarks_ignore_watermark_events() {
+        let mut p = processor(EventTimeConfig::default());
+        p.process(&Event::Watermark(500 * MIN), None);
+        assert_eq!(p.watermark(), None);
+    }
+
+    #[test]
+    fn arrival_watermarks_follow_the_arrival_time() {
+        let config = EventTimeConfig { watermark: WatermarkStrategy::Arrival, ..EventTimeConfig::default() };
+        let mut p = processor(config);
+        // Arrived long after its window closed: late against its own arrival.
+        assert_eq!(p.process(&trip(1, 100 * MIN, MIDTOWN), Some(200 * MIN)), Some(TripOutcome::Late));
+        assert_eq!(p.watermark(), Some(199 * MIN));
+        assert_eq!(p.process(&trip(2, 200 * MIN, MIDTOWN), Some(200 * MIN + 5_000)), Some(TripOutcome::Aggregated));
+    }
+
+    #[test]
+    fn outside_region_trips_are_counted_not_aggregated_but_move_the_watermark() {
+        let mut p = processor(EventTimeConfig::default());
+        let newark = GeoPoint { lat: 40.6895, lon: -74.1745 + -0.2 };
+        assert_eq!(p.process(&trip(1, 100 * MIN, newark), None), Some(TripOutcome::OutsideRegion));
+        assert_eq!(p.counters().outside_region, 1);
+        assert_eq!(p.watermark(), Some(99 * MIN));
+        assert!(p.take_all().is_empty());
+    }
+
+    #[test]
+    fn airport_trips_sum_durations_per_cell_and_airport() {
+        let mut p = processor(EventTimeConfig::default());
+        p.process(&trip(1, 100 * MIN, JFK), None);
+        p.process(&trip(2, 101 * MIN, JFK), None);
+        let closed = p.take_all();
+        let (start, keys) = &closed.airport_trips[0];
+        assert_eq!(*start, 100 * MIN);
+        let (key, agg) = keys.iter().next().expect("one key");
+        assert_eq!(key.airport, 0);
+        assert_eq!(key.pickup.to_string(), "dr5ru7");
+        assert_eq!(*agg, crate::analysis::AirportAgg { trips: 2, duration_ms: 2 * 30 * MIN });
+    }
+
+    #[test]
+    fn invalid_records_are_counted_by_reason() {
+        let mut p = processor(EventTimeConfig::default());
+        p.process_invalid(InvalidReason::BadField);
+        p.process_invalid(InvalidReason::BadField);
+        p.process_invalid(InvalidReason::NotJson);
+        assert_eq!(p.counters().invalid[InvalidReason::BadField.index()], 2);
+        assert_eq!(p.counters().invalid_total(), 3);
+        assert_eq!(p.counters().records, 3);
+    }
+}
