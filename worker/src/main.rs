@@ -265,7 +265,8 @@ fn local(args: LocalArgs) -> Result<ExitCode, String> {
     });
     let run = run.map_err(|e| e.to_string())?;
 
-    if let Some(path) = &args.output {
+    // A stopped run's results are incomplete: they are written by the run that completes.
+    if let (Some(path), Outcome::Completed) = (&args.output, run.outcome) {
         write_results(path, &run.results).map_err(|e| format!("failed to write results to {}: {e}", path.display()))?;
     }
     if let Some(path) = &args.summary {

@@ -40,7 +40,10 @@ pub fn trip_hash_key(trip_id: u64) -> u128 {
 /// ⌊i · 2^128 / N⌋, and each range ends one before the next begins.
 pub fn even_ranges(shards: u32) -> Vec<HashKeyRange> {
     let n = u128::from(shards.max(1));
-    // 2^128 = q·n + r, computed without overflowing u128.
+    if n == 1 {
+        return vec![HashKeyRange { start: 0, end: u128::MAX }];
+    }
+    // 2^128 = q·n + r, computed without overflowing u128 (n ≥ 2, so q < u128::MAX).
     let (mut q, mut r) = (u128::MAX / n, u128::MAX % n + 1);
     if r == n {
         q += 1;

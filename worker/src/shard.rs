@@ -242,8 +242,9 @@ mod tests {
         assert_eq!(p.watermark(), Some(101 * MIN));
         assert_eq!(p.process(&trip(4, 99 * MIN, MIDTOWN), None), Some(TripOutcome::Late));
         assert_eq!(p.counters().late, 1);
+        // Trip 2 is in [90, 100) min; trips 1 and 3 are in the still-open [100, 110).
         let closed = p.take_closed();
-        assert_eq!(pickups(&closed), vec![(90 * MIN, 2)]);
+        assert_eq!(pickups(&closed), vec![(90 * MIN, 1)]);
     }
 
     #[test]

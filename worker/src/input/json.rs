@@ -4,10 +4,13 @@
 //! target machine, serde_json needs ~300 ns just to *skip* a 400-byte record and ~600 ns to read
 //! one with a custom `Visitor` (most of it validating and matching the ~18 keys), against a budget
 //! of 400 ns. The scanner validates the whole input as strict JSON (RFC 8259: string escapes,
-//! control characters, UTF-8, number grammar, nesting up to [`MAX_DEPTH`]), matches keys as
+//! control characters, UTF-8, number grammar, nesting up to 128 levels), matches keys as
 //! borrowed bytes, reads numbers and timestamps in place, and allocates only for strings with
 //! escapes in the few fields it reads. Since `type` may come last, fields are collected first
 //! and the record is judged at the end.
+//!
+//! Numbers too large for an `f64` (`1e400`) are valid JSON here (serde_json rejects them): in a
+//! coordinate they are [`InvalidReason::BadField`], elsewhere they are ignored.
 //!
 //! Duplicate keys: the last occurrence wins (as in most JSON readers). The two coordinate namings
 //! (`pickup_latitude` / `pickup_lat`, …) fill the same slot, so mixing them is allowed and the
@@ -18,7 +21,7 @@ use crate::time::parse_timestamp;
 
 /// Deepest nesting accepted (the same limit as serde_json's): deeper input is
 /// [`InvalidReason::NotJson`], which keeps the scanner's recursion bounded.
-pub const MAX_DEPTH: usize = 128;
+pub(crate) const MAX_DEPTH: usize = 128;
 
 /// Parses one JSON record (a Kinesis record's data or one file line) into an [`Event`].
 ///
@@ -149,18 +152,24 @@ enum Key {
 }
 
 impl Key {
+    /// Matches a key; dispatching on the length first leaves at most three comparisons.
     #[inline]
     fn from_bytes(k: &[u8]) -> Key {
-        match k {
-            b"type" => Key::Type,
-            b"trip_id" => Key::TripId,
-            b"pickup_datetime" => Key::PickupTime,
-            b"dropoff_datetime" => Key::DropoffTime,
-            b"watermark" => Key::Watermark,
-            b"pickup_latitude" | b"pickup_lat" => Key::PickupLat,
-            b"pickup_longitude" | b"pickup_lon" => Key::PickupLon,
-            b"dropoff_latitude" | b"dropoff_lat" => Key::DropoffLat,
-            b"dropoff_longitude" | b"dropoff_lon" => Key::DropoffLon,
+        let is = |name: &[u8]| k == name;
+        match k.len() {
+            4 if is(b"type") => Key::Type,
+            7 if is(b"trip_id") => Key::TripId,
+            9 if is(b"watermark") => Key::Watermark,
+            10 if is(b"pickup_lat") => Key::PickupLat,
+            10 if is(b"pickup_lon") => Key::PickupLon,
+            11 if is(b"dropoff_lat") => Key::DropoffLat,
+            11 if is(b"dropoff_lon") => Key::DropoffLon,
+            15 if is(b"pickup_datetime") => Key::PickupTime,
+            15 if is(b"pickup_latitude") => Key::PickupLat,
+            16 if is(b"dropoff_datetime") => Key::DropoffTime,
+            16 if is(b"pickup_longitude") => Key::PickupLon,
+            16 if is(b"dropoff_latitude") => Key::DropoffLat,
+            17 if is(b"dropoff_longitude") => Key::DropoffLon,
             _ => Key::Other,
         }
     }
@@ -515,22 +524,27 @@ impl<'a> Scanner<'a> {
         if neg {
             self.i += 1;
         }
-        // The decimal significand, while it fits in 19 digits (`exact`), and its exponent.
+        // The decimal significand (wrapping; only used when it has at most 19 digits, so it
+        // fits) and its exponent.
         let mut mant: u64 = 0;
-        let mut exact = true;
+        let mut n_digits = match self.peek() {
+            Some(b'0') => {
+                self.i += 1;
+                1
+            }
+            Some(b'1'..=b'9') => self.digit_run(&mut mant),
+            _ => return Err(Syntax),
+        };
         let mut exp10: i64 = 0;
         let mut is_int = true;
-        match self.peek() {
-            Some(b'0') => self.i += 1,
-            Some(b'1'..=b'9') => self.digits(&mut mant, &mut exact, &mut exp10, false),
-            _ => return Err(Syntax),
-        }
         if self.peek() == Some(b'.') {
             self.i += 1;
-            if !self.peek().is_some_and(|c| c.is_ascii_digit()) {
+            let frac = self.digit_run(&mut mant);
+            if frac == 0 {
                 return Err(Syntax);
             }
-            self.digits(&mut mant, &mut exact, &mut exp10, true);
+            n_digits += frac;
+            exp10 = -(frac as i64);
             is_int = false;
         }
         if let Some(b'e' | b'E') = self.peek() {
@@ -558,7 +572,7 @@ impl<'a> Scanner<'a> {
             exp10 += if neg_exp { -e } else { e };
             is_int = false;
         }
-        if exact {
+        if n_digits <= 19 {
             if is_int {
                 if !neg {
                     return Ok(Num::U64(mant));
@@ -584,24 +598,15 @@ impl<'a> Scanner<'a> {
         text.parse::<f64>().map(Num::F64).map_err(|_| Syntax)
     }
 
-    /// Reads digits into the significand; fraction digits also lower the exponent.
+    /// Reads a run of digits into `mant` (wrapping), returning how many there were.
     #[inline(always)]
-    fn digits(&mut self, mant: &mut u64, exact: &mut bool, exp10: &mut i64, fraction: bool) {
+    fn digit_run(&mut self, mant: &mut u64) -> usize {
+        let start = self.i;
         while let Some(c @ b'0'..=b'9') = self.peek() {
-            match mant
-                .checked_mul(10)
-                .and_then(|m| m.checked_add(u64::from(c - b'0')))
-            {
-                Some(m) if *exact => {
-                    *mant = m;
-                    if fraction {
-                        *exp10 -= 1;
-                    }
-                }
-                _ => *exact = false,
-            }
+            *mant = mant.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
             self.i += 1;
         }
+        self.i - start
     }
 
     /// Skips (and checks) one value of any type, nested `depth` levels deep.
@@ -999,6 +1004,101 @@ mod tests {
         assert!(parse(&s).is_ok());
     }
 
+    /// `s` parsed by the scanner as a number.
+    fn scan_number(s: &str) -> Option<f64> {
+        let mut p = Scanner {
+            b: s.as_bytes(),
+            i: 0,
+        };
+        let n = p.number().ok()?;
+        (p.i == s.len()).then_some(match n {
+            Num::U64(v) => v as f64,
+            Num::I64(v) => v as f64,
+            Num::F64(v) => v,
+        })
+    }
+
+    #[test]
+    fn numbers_match_the_standard_parser() {
+        for s in [
+            "0",
+            "-0",
+            "40.75",
+            "-73.990371704101563",
+            "40.734695434570313",
+            "1e22",
+            "1e23",
+            "1.7976931348623157e308",
+            "5e-324",
+            "123456789012345678901234567890",
+            "0.1",
+            "0.30000000000000004",
+            "9007199254740993",
+            "-9223372036854775808",
+            "18446744073709551615",
+            "18446744073709551616",
+            "1E+2",
+            "1e-2",
+        ] {
+            assert_eq!(scan_number(s), s.parse::<f64>().ok(), "{s}");
+        }
+        for s in [
+            "01", "-", "1.", ".5", "1e", "1e+", "+1", "--1", "0x10", "1.e5",
+        ] {
+            assert_eq!(scan_number(s), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn strings_are_checked() {
+        let ok = |s: &[u8]| parse_json_record(s) != Err(InvalidReason::NotJson);
+        assert!(ok(br#"{"a":"\u00e9\n\t\"\\\/\b\f\r","type":"x"}"#));
+        assert!(ok("{\"a\":\"caf\u{e9} \u{1F695}\"}".as_bytes()));
+        assert!(ok(br#"{"a":"\ud83d\ude95"}"#));
+        assert!(!ok(b"{\"a\":\"tab\there\"}"));
+        assert!(!ok(br#"{"a":"\x"}"#));
+        assert!(!ok(br#"{"a":"\u12"}"#));
+        assert!(!ok(b"{\"a\":\"\xc3\x28\"}"));
+        assert!(!ok(b"{\"\xff\":1}"));
+        // Escaped values of read fields are decoded.
+        let s = br#"{"type":"w\u0061termark","watermark":"2016-01-01T00:05:39\u005a"}"#;
+        assert_eq!(parse_json_record(s), Ok(Event::Watermark(PICKUP)));
+        // A lone surrogate in a read field is not JSON text we can decode.
+        let s = br#"{"type":"watermark","watermark":"\ud800"}"#;
+        assert_eq!(parse_json_record(s), Err(InvalidReason::NotJson));
+    }
+
+    #[test]
+    fn nesting_limit() {
+        let deep = |n: usize| format!("{{\"a\":{}{}}}", "[".repeat(n), "]".repeat(n));
+        assert_eq!(parse(&deep(MAX_DEPTH - 1)), Err(InvalidReason::MissingType));
+        assert_eq!(parse(&deep(MAX_DEPTH + 1)), Err(InvalidReason::NotJson));
+        // Far deeper input fails cleanly instead of overflowing the stack.
+        assert_eq!(parse(&deep(100_000)), Err(InvalidReason::NotJson));
+    }
+
+    /// Arbitrary JSON values (strings include escapes and non-ASCII once serialized).
+    fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |v| v.is_finite())
+                .prop_map(Value::from),
+            any::<String>().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(any::<String>(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest! {
         #[test]
         fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
@@ -1022,6 +1122,53 @@ mod tests {
                 }
             }
             let _ = parse_json_record(&bytes);
+        }
+
+        #[test]
+        fn numbers_match_std(v in any::<f64>().prop_filter("finite", |v| v.is_finite()), digits in 0usize..20) {
+            for s in [format!("{v}"), format!("{v:e}"), format!("{v:.digits$}")] {
+                prop_assert_eq!(scan_number(&s), s.parse::<f64>().ok(), "{}", s);
+            }
+        }
+
+        #[test]
+        fn validity_matches_serde_json(s in r#"[{}\[\]":,0-9a-z_.\-+eE \\]{0,60}"#) {
+            let ours = parse_json_record(s.as_bytes()) == Err(InvalidReason::NotJson);
+            match serde_json::from_str::<serde_json::Value>(&s) {
+                Ok(_) => prop_assert!(!ours, "we reject valid JSON {:?}", s),
+                // serde_json rejects numbers that overflow f64; we accept them as JSON.
+                Err(e) if e.to_string().contains("out of range") => {}
+                Err(_) => prop_assert!(ours, "we accept invalid JSON {:?}", s),
+            }
+        }
+
+        #[test]
+        fn validity_matches_serde_json_on_mutated_records(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), prop::sample::select(br#"{}[]":,.-+eE0159a\ "#.to_vec()), 0u8..3), 1..4)
+        ) {
+            let mut bytes = TRIP_LONG.as_bytes().to_vec();
+            for (at, byte, op) in edits {
+                let i = at.index(bytes.len());
+                match op {
+                    0 => bytes[i] = byte,
+                    1 => { bytes.remove(i); }
+                    _ => bytes.insert(i, byte),
+                }
+            }
+            let ours = parse_json_record(&bytes) == Err(InvalidReason::NotJson);
+            match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                // serde_json rejects numbers that overflow f64; we accept them as JSON.
+                Err(e) if e.to_string().contains("out of range") => {}
+                theirs => prop_assert_eq!(ours, theirs.is_err(), "{}", String::from_utf8_lossy(&bytes)),
+            }
+        }
+
+        #[test]
+        fn valid_json_is_never_not_json(v in arb_json()) {
+            let s = serde_json::to_string(&v).unwrap();
+            prop_assert_ne!(parse_json_record(s.as_bytes()), Err(InvalidReason::NotJson));
+            let pretty = serde_json::to_string_pretty(&v).unwrap();
+            prop_assert_ne!(parse_json_record(pretty.as_bytes()), Err(InvalidReason::NotJson));
         }
 
         #[test]

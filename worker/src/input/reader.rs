@@ -242,7 +242,8 @@ impl ChunkReader {
     pub fn next_chunk(&mut self, target_bytes: usize) -> Result<Option<Chunk>, InputError> {
         let target = target_bytes.clamp(1, MAX_TARGET_BYTES);
         loop {
-            let mut data = Vec::with_capacity(target.max(self.carry.len()));
+            // Capped so a huge target on a small input does not reserve its full size up front.
+            let mut data = Vec::with_capacity(target.min(16 * BUF_BYTES).max(self.carry.len()));
             data.extend_from_slice(&self.carry);
             self.carry.clear();
             if data.len() < target && !self.eof {
@@ -689,6 +690,24 @@ mod tests {
             all_records(bytes),
             vec![(1, Ok(Event::Watermark(1_451_606_400_000)))]
         );
+    }
+
+    #[test]
+    fn reader_and_chunks_move_across_threads() {
+        fn assert_send<T: Send>() {}
+        assert_send::<ChunkReader>();
+        assert_send::<Chunk>();
+        assert_send::<Records>();
+        assert_send::<InputError>();
+    }
+
+    #[test]
+    fn huge_target_reads_everything_once() {
+        let plain = jsonl_fixture().into_bytes();
+        let mut r = reader(plain);
+        let c = r.next_chunk(usize::MAX).unwrap().unwrap();
+        assert_eq!((c.first_record, c.records), (1, 42));
+        assert_eq!(r.next_chunk(usize::MAX).unwrap(), None);
     }
 
     #[test]

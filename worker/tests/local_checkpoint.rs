@@ -1,0 +1,169 @@
+//! Checkpoints of `taxi-worker local`: stopping (on a record limit, Ctrl-C or `kill -9`) and
+//! resuming gives exactly the results of an uninterrupted run.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use taxi_worker::config::EngineConfig;
+use taxi_worker::generate::{GeneratorConfig, write_json_lines};
+use taxi_worker::local::{CheckpointOptions, LocalError, LocalInput, LocalOptions, LocalRun, Outcome, Progress, run_local};
+
+use common::as_lines;
+
+const BIN: &str = env!("CARGO_BIN_EXE_taxi-worker");
+
+fn generated_file(dir: &Path, trips: u64) -> PathBuf {
+    let path = dir.join("trips.jsonl");
+    let config = GeneratorConfig { trips, seed: 3, watermark_every: Some(500), invalid_ratio: 0.001, ..GeneratorConfig::default() };
+    write_json_lines(&config, std::fs::File::create(&path).expect("create")).expect("generate");
+    path
+}
+
+fn options(input: &Path, checkpoint: Option<CheckpointOptions>, stop_after: Option<u64>) -> LocalOptions {
+    LocalOptions {
+        input: LocalInput::File(input.to_path_buf()),
+        shards: 4,
+        engine: EngineConfig::default(),
+        checkpoint,
+        stop_after_records: stop_after,
+        parse_threads: 2,
+    }
+}
+
+fn run(options: LocalOptions) -> Result<LocalRun, LocalError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    runtime.block_on(run_local(options, Arc::new(AtomicBool::new(false)), Arc::new(Progress::default())))
+}
+
+fn checkpoints(dir: &Path, resume: bool) -> Option<CheckpointOptions> {
+    Some(CheckpointOptions { dir: dir.to_path_buf(), interval: Duration::from_secs(3600), resume })
+}
+
+#[test]
+fn stopping_after_k_records_and_resuming_gives_the_uninterrupted_results() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = generated_file(dir.path(), 40_000);
+    let full = run(options(&input, None, None)).expect("uninterrupted run");
+    // Inside the first chunk, mid-file across a chunk boundary, and near the end.
+    for k in [1, 17_321, 39_990] {
+        let ckpt = dir.path().join(format!("ckpt-{k}"));
+        let first = run(options(&input, checkpoints(&ckpt, false), Some(k))).expect("first part");
+        assert_eq!(first.outcome, Outcome::Stopped { records: k });
+        assert!(ckpt.join("LATEST").exists(), "a checkpoint was written");
+        let shard_object = ckpt.join("checkpoint-00000001/shardId-000000000003.json");
+        assert!(shard_object.exists(), "one object per shard (DESIGN §6)");
+        let rest = run(options(&input, checkpoints(&ckpt, true), None)).expect("resumed run");
+        assert_eq!(rest.outcome, Outcome::Completed);
+        assert_eq!(as_lines(&rest.results), as_lines(&full.results), "stopped at {k}");
+        let (a, b) = (&rest.summary, &full.summary);
+        assert_eq!(
+            (a.records, a.trips, a.watermarks, a.invalid, a.outside_region, a.late),
+            (b.records, b.trips, b.watermarks, b.invalid, b.outside_region, b.late),
+            "stopped at {k}"
+        );
+    }
+}
+
+#[test]
+fn a_resume_can_be_stopped_and_resumed_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = generated_file(dir.path(), 30_000);
+    let full = run(options(&input, None, None)).expect("uninterrupted run");
+    let ckpt = dir.path().join("ckpt");
+    run(options(&input, checkpoints(&ckpt, false), Some(9_000))).expect("first part");
+    let second = run(options(&input, checkpoints(&ckpt, true), Some(21_000))).expect("second part");
+    assert_eq!(second.outcome, Outcome::Stopped { records: 21_000 });
+    let last = run(options(&input, checkpoints(&ckpt, true), None)).expect("last part");
+    assert_eq!(as_lines(&last.results), as_lines(&full.results));
+}
+
+#[test]
+fn resume_refuses_a_checkpoint_of_another_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = generated_file(dir.path(), 5_000);
+    let ckpt = dir.path().join("ckpt");
+    let empty = run(options(&input, checkpoints(&ckpt, true), None)).expect_err("nothing to resume");
+    assert!(empty.to_string().contains("holds no checkpoint"), "{empty}");
+    run(options(&input, checkpoints(&ckpt, false), Some(100))).expect("first part");
+    let mut other_shards = options(&input, checkpoints(&ckpt, true), None);
+    other_shards.shards = 8;
+    let err = run(other_shards).expect_err("different shard count");
+    assert!(err.to_string().contains("4 shards, not 8"), "{err}");
+    let mut other_config = options(&input, checkpoints(&ckpt, true), None);
+    other_config.engine.hot_spots.min_pickups = 5;
+    let err = run(other_config).expect_err("different settings");
+    assert!(err.to_string().contains("different analysis"), "{err}");
+}
+
+fn local_command(input: &Path, output: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["local", "--shards", "4", "--input"]).arg(input).arg("--output").arg(output).args(extra);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd
+}
+
+/// Starts a run with frequent checkpoints, waits for `checkpoints` of them, then sends `signal`.
+fn interrupt_after_checkpoints(input: &Path, ckpt: &Path, signal: &str, checkpoints: u64) -> std::process::Output {
+    let out = ckpt.with_extension("partial.jsonl");
+    let ckpt_arg = ckpt.to_str().expect("utf-8 path");
+    let child = local_command(input, &out, &["--checkpoint-dir", ckpt_arg, "--checkpoint-interval", "20ms"])
+        .spawn()
+        .expect("start taxi-worker");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let latest = ckpt.join("LATEST");
+    loop {
+        let seen = std::fs::read_to_string(&latest).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+        if seen >= checkpoints {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint within 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = Command::new("kill").args([signal, &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    child.wait_with_output().expect("wait")
+}
+
+#[test]
+fn kill_9_mid_run_then_resume_gives_the_uninterrupted_output() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = generated_file(dir.path(), 250_000);
+    let expected_path = dir.path().join("expected.jsonl");
+    let status = local_command(&input, &expected_path, &[]).status().expect("run");
+    assert!(status.success());
+
+    let ckpt = dir.path().join("ckpt");
+    let killed = interrupt_after_checkpoints(&input, &ckpt, "-9", 2);
+    assert!(!killed.status.success(), "the run was killed before it finished");
+    let resumed_path = dir.path().join("resumed.jsonl");
+    let ckpt_arg = ckpt.to_str().expect("utf-8 path");
+    let resumed = local_command(&input, &resumed_path, &["--checkpoint-dir", ckpt_arg, "--resume"]).output().expect("resume");
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let expected = std::fs::read(&expected_path).expect("expected output");
+    assert!(!expected.is_empty());
+    assert!(std::fs::read(&resumed_path).expect("resumed output") == expected, "resumed output differs");
+}
+
+#[test]
+fn ctrl_c_checkpoints_and_exits_then_resume_completes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = generated_file(dir.path(), 250_000);
+    let expected_path = dir.path().join("expected.jsonl");
+    assert!(local_command(&input, &expected_path, &[]).status().expect("run").success());
+
+    let ckpt = dir.path().join("ckpt");
+    let interrupted = interrupt_after_checkpoints(&input, &ckpt, "-INT", 1);
+    let stderr = String::from_utf8_lossy(&interrupted.stderr);
+    assert!(interrupted.status.success(), "Ctrl-C is a clean stop: {stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let resumed_path = dir.path().join("resumed.jsonl");
+    let ckpt_arg = ckpt.to_str().expect("utf-8 path");
+    let resumed = local_command(&input, &resumed_path, &["--checkpoint-dir", ckpt_arg, "--resume"]).output().expect("resume");
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(std::fs::read(&resumed_path).expect("resumed") == std::fs::read(&expected_path).expect("expected"));
+}
