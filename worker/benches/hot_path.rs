@@ -1,1 +1,109 @@
-fn main() {}
+//! The per-record hot path of a shard: parse → validate → geohash → window update, on the seed's
+//! event JSON, plus its parts on their own. Run with `cargo bench -p taxi-worker --bench hot_path`.
+
+#![expect(
+    missing_docs,
+    reason = "criterion_group! generates an undocumented function"
+)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use taxi_worker::config::EngineConfig;
+use taxi_worker::event::{Event, GeoPoint};
+use taxi_worker::generate::{GeneratorConfig, TripGenerator, encode_json_line};
+use taxi_worker::geo::Geohash;
+use taxi_worker::input::parse_json_record;
+use taxi_worker::partition::trip_hash_key;
+use taxi_worker::shard::ShardProcessor;
+
+/// Lines of the seed's trip-event format from the generator, as they sit in a Kinesis record.
+fn seed_events(n: u64) -> Vec<Vec<u8>> {
+    let config = GeneratorConfig {
+        trips: n,
+        ..GeneratorConfig::default()
+    };
+    TripGenerator::new(&config)
+        .map(|record| {
+            let mut line = Vec::new();
+            encode_json_line(config.seed, &record, &mut line);
+            line
+        })
+        .collect()
+}
+
+fn hot_path(c: &mut Criterion) {
+    let lines = seed_events(20_000);
+    let bytes: usize = lines.iter().map(Vec::len).sum();
+    let mut group = c.benchmark_group("hot_path");
+    group.throughput(Throughput::Elements(lines.len() as u64));
+    eprintln!(
+        "{} records, {:.0} bytes each on average",
+        lines.len(),
+        bytes as f64 / lines.len() as f64
+    );
+
+    group.bench_function("parse_validate_geohash_window", |b| {
+        let config = Arc::new(EngineConfig::default());
+        b.iter(|| {
+            let mut shard = ShardProcessor::new(config.clone());
+            for (i, line) in lines.iter().enumerate() {
+                match parse_json_record(line) {
+                    Ok(event) => {
+                        shard.process(&event, None);
+                    }
+                    Err(reason) => shard.process_invalid(reason),
+                }
+                // Close windows as a running shard does, so state stays realistic.
+                if i % 1024 == 0 {
+                    black_box(shard.take_closed());
+                }
+            }
+            black_box(shard.take_all())
+        });
+    });
+
+    group.bench_function("parse_only", |b| {
+        b.iter(|| {
+            for line in &lines {
+                black_box(parse_json_record(black_box(line)).is_ok());
+            }
+        });
+    });
+
+    let events: Vec<Event> = lines
+        .iter()
+        .filter_map(|l| parse_json_record(l).ok())
+        .collect();
+    group.bench_function("partition_md5", |b| {
+        b.iter(|| {
+            for event in &events {
+                if let Event::Trip(t) = event {
+                    black_box(trip_hash_key(t.trip_id));
+                }
+            }
+        });
+    });
+    group.bench_function("geohash_6", |b| {
+        b.iter(|| {
+            for event in &events {
+                if let Event::Trip(t) = event {
+                    black_box(Geohash::encode(black_box(t.pickup), 6));
+                }
+            }
+        });
+    });
+    group.finish();
+
+    c.bench_function("geohash_12_single", |b| {
+        let p = GeoPoint {
+            lat: 40.758896,
+            lon: -73.985130,
+        };
+        b.iter(|| Geohash::encode(black_box(p), 12));
+    });
+}
+
+criterion_group!(benches, hot_path);
+criterion_main!(benches);

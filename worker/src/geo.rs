@@ -48,7 +48,10 @@ impl BoundingBox {
     /// Whether `p` lies inside the box (edges included).
     #[inline]
     pub fn contains(&self, p: GeoPoint) -> bool {
-        p.lat >= self.min_lat && p.lat <= self.max_lat && p.lon >= self.min_lon && p.lon <= self.max_lon
+        p.lat >= self.min_lat
+            && p.lat <= self.max_lat
+            && p.lon >= self.min_lon
+            && p.lon <= self.max_lon
     }
 
     /// Whether the bounds describe a non-empty box inside the valid coordinate ranges.
@@ -75,8 +78,14 @@ impl Geofence {
     /// The default airports of DESIGN §3, in match order: JFK, then LGA.
     pub fn default_airports() -> Vec<Geofence> {
         vec![
-            Geofence { name: "JFK".to_owned(), bounds: BoundingBox::JFK },
-            Geofence { name: "LGA".to_owned(), bounds: BoundingBox::LGA },
+            Geofence {
+                name: "JFK".to_owned(),
+                bounds: BoundingBox::JFK,
+            },
+            Geofence {
+                name: "LGA".to_owned(),
+                bounds: BoundingBox::LGA,
+            },
         ]
     }
 }
@@ -172,13 +181,21 @@ impl Geohash {
                 if bit { lat_lo = mid } else { lat_hi = mid }
             }
         }
-        BoundingBox { min_lat: lat_lo, max_lat: lat_hi, min_lon: lon_lo, max_lon: lon_hi }
+        BoundingBox {
+            min_lat: lat_lo,
+            max_lat: lat_hi,
+            min_lon: lon_lo,
+            max_lon: lon_hi,
+        }
     }
 
     /// The cell's centre.
     pub fn center(self) -> GeoPoint {
         let b = self.bounds();
-        GeoPoint { lat: (b.min_lat + b.max_lat) / 2.0, lon: (b.min_lon + b.max_lon) / 2.0 }
+        GeoPoint {
+            lat: (b.min_lat + b.max_lat) / 2.0,
+            lon: (b.min_lon + b.max_lon) / 2.0,
+        }
     }
 }
 
@@ -207,7 +224,10 @@ impl std::str::FromStr for Geohash {
             bits = (bits << 5) | value as u64;
         }
         // `len` is at most 12, checked above.
-        Ok(Geohash { bits, precision: len as u8 })
+        Ok(Geohash {
+            bits,
+            precision: len as u8,
+        })
     }
 }
 
@@ -234,15 +254,27 @@ mod tests {
 
     #[test]
     fn encodes_the_reference_vector() {
-        assert_eq!(Geohash::encode(p(57.64911, 10.40744), 11).to_string(), "u4pruydqqvj");
+        assert_eq!(
+            Geohash::encode(p(57.64911, 10.40744), 11).to_string(),
+            "u4pruydqqvj"
+        );
     }
 
     #[test]
     fn encodes_nyc_points_computed_independently() {
         // Expected values computed with an independent Python implementation of the bisection.
-        assert_eq!(Geohash::encode(p(40.758896, -73.985130), 6).to_string(), "dr5ru7");
-        assert_eq!(Geohash::encode(p(40.6413, -73.7781), 6).to_string(), "dr5x1n");
-        assert_eq!(Geohash::encode(p(40.7769, -73.8740), 7).to_string(), "dr5ryzn");
+        assert_eq!(
+            Geohash::encode(p(40.758896, -73.985130), 6).to_string(),
+            "dr5ru7"
+        );
+        assert_eq!(
+            Geohash::encode(p(40.6413, -73.7781), 6).to_string(),
+            "dr5x1n"
+        );
+        assert_eq!(
+            Geohash::encode(p(40.7769, -73.8740), 7).to_string(),
+            "dr5ryzn"
+        );
         assert_eq!(Geohash::encode(p(40.706, -74.0088), 5).to_string(), "dr5re");
     }
 
@@ -250,7 +282,10 @@ mod tests {
     fn every_precision_is_a_prefix_of_the_longer_one() {
         let full = Geohash::encode(p(40.7484, -73.9857), 12).to_string();
         for n in 1..=12 {
-            assert_eq!(Geohash::encode(p(40.7484, -73.9857), n).to_string(), full[..usize::from(n)]);
+            assert_eq!(
+                Geohash::encode(p(40.7484, -73.9857), n).to_string(),
+                full[..usize::from(n)]
+            );
         }
     }
 
@@ -266,8 +301,14 @@ mod tests {
         assert_eq!(g.to_string(), "dr5ru7");
         let json = serde_json::to_string(&g).expect("serialize");
         assert_eq!(json, "\"dr5ru7\"");
-        assert_eq!(serde_json::from_str::<Geohash>(&json).expect("deserialize"), g);
-        assert_eq!("dr5ra".parse::<Geohash>(), Err(GeohashError::BadCharacter('a')));
+        assert_eq!(
+            serde_json::from_str::<Geohash>(&json).expect("deserialize"),
+            g
+        );
+        assert_eq!(
+            "dr5ra".parse::<Geohash>(),
+            Err(GeohashError::BadCharacter('a'))
+        );
         assert_eq!("".parse::<Geohash>(), Err(GeohashError::BadLength(0)));
     }
 

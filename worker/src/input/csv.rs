@@ -198,7 +198,6 @@ pub(crate) fn preview(bytes: &[u8], max: usize) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::event::Millis;

@@ -399,7 +399,6 @@ pub fn read_records(path: &Path) -> Result<Records, InputError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::event::{Event, InvalidReason};
