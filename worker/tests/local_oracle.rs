@@ -170,3 +170,76 @@ proptest! {
         prop_assert_eq!(as_lines(&run.results), as_lines(&expected));
     }
 }
+
+/// The same trips as a gzip- or zstd-compressed TLC CSV file (2015 layout, row numbers as trip
+/// ids) give the same merged results as the JSON-lines file.
+#[test]
+fn compressed_tlc_csv_gives_the_same_results_as_json_lines() {
+    use std::io::Write;
+
+    use taxi_worker::generate::{GeneratedRecord, TripGenerator};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = GeneratorConfig {
+        trips: 15_000,
+        seed: 9,
+        ..GeneratorConfig::default()
+    };
+    let trips: Vec<Trip> = TripGenerator::new(&config)
+        .filter_map(|r| match r {
+            GeneratedRecord::Trip(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    let naive = |t: i64| {
+        taxi_worker::time::format_timestamp(t)
+            .replace('T', " ")
+            .replace('Z', "")
+    };
+    let mut csv = String::from(
+        "VendorID,tpep_pickup_datetime,tpep_dropoff_datetime,passenger_count,trip_distance,pickup_longitude,pickup_latitude,RateCodeID,store_and_fwd_flag,dropoff_longitude,dropoff_latitude,payment_type,fare_amount,extra,mta_tax,tip_amount,tolls_amount,improvement_surcharge,total_amount\n",
+    );
+    for t in &trips {
+        csv += &format!(
+            "2,{},{},1,1.5,{},{},1,N,{},{},1,8.5,0.5,0.5,1.0,0,0.3,10.8\n",
+            naive(t.pickup_time),
+            naive(t.dropoff_time),
+            t.pickup.lon,
+            t.pickup.lat,
+            t.dropoff.lon,
+            t.dropoff.lat
+        );
+    }
+    let gz = dir.path().join("yellow.csv.gz");
+    let mut encoder = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).expect("create"),
+        flate2::Compression::fast(),
+    );
+    encoder.write_all(csv.as_bytes()).expect("gzip");
+    encoder.finish().expect("gzip");
+    let zst = dir.path().join("yellow.csv.zst");
+    std::fs::write(&zst, zstd::encode_all(csv.as_bytes(), 1).expect("zstd")).expect("write");
+    let json = dir.path().join("trips.jsonl");
+    std::fs::write(
+        &json,
+        trips
+            .iter()
+            .map(|t| trip_line(t) + "\n")
+            .collect::<String>(),
+    )
+    .expect("write");
+
+    let engine = EngineConfig::default();
+    let expected = as_lines(&run(&json, 4, engine.clone()).results);
+    assert!(expected.len() > 100);
+    assert_eq!(
+        as_lines(&run(&gz, 4, engine.clone()).results),
+        expected,
+        "gzip CSV"
+    );
+    assert_eq!(
+        as_lines(&run(&zst, 2, engine).results),
+        expected,
+        "zstd CSV"
+    );
+}
