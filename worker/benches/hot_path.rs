@@ -1,10 +1,7 @@
 //! The per-record hot path of a shard: parse → validate → geohash → window update, on the seed's
 //! event JSON, plus its parts on their own. Run with `cargo bench -p taxi-worker --bench hot_path`.
 
-#![expect(
-    missing_docs,
-    reason = "criterion_group! generates an undocumented function"
-)]
+#![expect(missing_docs, reason = "criterion_group! generates an undocumented function")]
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -20,10 +17,7 @@ use taxi_worker::shard::ShardProcessor;
 
 /// Lines of the seed's trip-event format from the generator, as they sit in a Kinesis record.
 fn seed_events(n: u64) -> Vec<Vec<u8>> {
-    let config = GeneratorConfig {
-        trips: n,
-        ..GeneratorConfig::default()
-    };
+    let config = GeneratorConfig { trips: n, ..GeneratorConfig::default() };
     TripGenerator::new(&config)
         .map(|record| {
             let mut line = Vec::new();
@@ -38,11 +32,7 @@ fn hot_path(c: &mut Criterion) {
     let bytes: usize = lines.iter().map(Vec::len).sum();
     let mut group = c.benchmark_group("hot_path");
     group.throughput(Throughput::Elements(lines.len() as u64));
-    eprintln!(
-        "{} records, {:.0} bytes each on average",
-        lines.len(),
-        bytes as f64 / lines.len() as f64
-    );
+    eprintln!("{} records, {:.0} bytes each on average", lines.len(), bytes as f64 / lines.len() as f64);
 
     group.bench_function("parse_validate_geohash_window", |b| {
         let config = Arc::new(EngineConfig::default());
@@ -72,10 +62,7 @@ fn hot_path(c: &mut Criterion) {
         });
     });
 
-    let events: Vec<Event> = lines
-        .iter()
-        .filter_map(|l| parse_json_record(l).ok())
-        .collect();
+    let events: Vec<Event> = lines.iter().filter_map(|l| parse_json_record(l).ok()).collect();
     group.bench_function("partition_md5", |b| {
         b.iter(|| {
             for event in &events {
@@ -97,10 +84,7 @@ fn hot_path(c: &mut Criterion) {
     group.finish();
 
     c.bench_function("geohash_12_single", |b| {
-        let p = GeoPoint {
-            lat: 40.758896,
-            lon: -73.985130,
-        };
+        let p = GeoPoint { lat: 40.758896, lon: -73.985130 };
         b.iter(|| Geohash::encode(black_box(p), 12));
     });
 }

@@ -80,10 +80,7 @@ impl Aggregates {
 
     /// Closes every window.
     pub fn take_all(&mut self) -> ClosedWindows {
-        ClosedWindows {
-            hot_spots: self.hot_spots.take_all(),
-            airport_trips: self.airport_trips.take_all(),
-        }
+        ClosedWindows { hot_spots: self.hot_spots.take_all(), airport_trips: self.airport_trips.take_all() }
     }
 
     /// Sums closed windows from elsewhere into these aggregates.
@@ -152,8 +149,9 @@ impl MergedResult {
     /// Start of the result's window.
     pub fn window_start(&self) -> Millis {
         match self {
-            MergedResult::HotSpot { window_start, .. }
-            | MergedResult::AirportTrip { window_start, .. } => *window_start,
+            MergedResult::HotSpot { window_start, .. } | MergedResult::AirportTrip { window_start, .. } => {
+                *window_start
+            }
         }
     }
 
@@ -161,11 +159,7 @@ impl MergedResult {
     pub fn output_order(&self, other: &Self) -> Ordering {
         let key = |r: &MergedResult| match r {
             MergedResult::HotSpot { geohash, .. } => (*geohash, String::new()),
-            MergedResult::AirportTrip {
-                pickup_geohash,
-                airport,
-                ..
-            } => (*pickup_geohash, airport.clone()),
+            MergedResult::AirportTrip { pickup_geohash, airport, .. } => (*pickup_geohash, airport.clone()),
         };
         (self.window_start(), self.kind())
             .cmp(&(other.window_start(), other.kind()))
@@ -234,41 +228,15 @@ mod tests {
         hot.insert(a, 1_u64); // below min_pickups = 2
         hot.insert(b, 3_u64);
         let mut airport = FxHashMap::default();
-        airport.insert(
-            AirportKey {
-                pickup: a,
-                airport: 1,
-            },
-            AirportAgg {
-                trips: 3,
-                duration_ms: 3 * 1_500_000 + 1,
-            },
-        );
-        airport.insert(
-            AirportKey {
-                pickup: b,
-                airport: 0,
-            },
-            AirportAgg {
-                trips: 1,
-                duration_ms: 60_000,
-            },
-        );
-        let closed = ClosedWindows {
-            hot_spots: vec![(600_000, hot)],
-            airport_trips: vec![(600_000, airport)],
-        };
+        airport.insert(AirportKey { pickup: a, airport: 1 }, AirportAgg { trips: 3, duration_ms: 3 * 1_500_000 + 1 });
+        airport.insert(AirportKey { pickup: b, airport: 0 }, AirportAgg { trips: 1, duration_ms: 60_000 });
+        let closed = ClosedWindows { hot_spots: vec![(600_000, hot)], airport_trips: vec![(600_000, airport)] };
         let results = final_results(&config, &closed);
         assert_eq!(results.len(), 2);
         // airport_trip sorts before hot_spot within a window.
         match &results[0] {
             MergedResult::AirportTrip {
-                airport,
-                trip_count,
-                sum_duration_min,
-                avg_duration_min,
-                window_end,
-                ..
+                airport, trip_count, sum_duration_min, avg_duration_min, window_end, ..
             } => {
                 assert_eq!(airport, "LGA");
                 assert_eq!(*trip_count, 3);
@@ -278,9 +246,7 @@ mod tests {
             }
             other => panic!("expected an airport trip first, got {other:?}"),
         }
-        assert!(
-            matches!(results[1], MergedResult::HotSpot { pickup_count: 3, geohash, .. } if geohash == b)
-        );
+        assert!(matches!(results[1], MergedResult::HotSpot { pickup_count: 3, geohash, .. } if geohash == b));
     }
 
     #[test]
@@ -309,9 +275,6 @@ mod tests {
             json,
             r#"{"kind":"airport_trip","window_start":"2016-01-01T00:00:00Z","window_end":"2016-01-01T00:10:00Z","pickup_geohash":"dr5ru7","airport":"JFK","trip_count":3,"sum_duration_min":123.5,"avg_duration_min":41.1667}"#
         );
-        assert_eq!(
-            serde_json::from_str::<MergedResult>(&json).expect("parse back"),
-            a
-        );
+        assert_eq!(serde_json::from_str::<MergedResult>(&json).expect("parse back"), a);
     }
 }

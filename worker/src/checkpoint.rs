@@ -83,11 +83,7 @@ impl PartialsState {
             .hot_spots
             .iter()
             .flat_map(|(start, cells)| {
-                cells.iter().map(|(g, n)| HotSpotPartial {
-                    window_start: *start,
-                    geohash: *g,
-                    pickups: *n,
-                })
+                cells.iter().map(|(g, n)| HotSpotPartial { window_start: *start, geohash: *g, pickups: *n })
             })
             .collect();
         hot_spots.sort_by_key(|p| (p.window_start, p.geohash));
@@ -103,17 +99,12 @@ impl PartialsState {
             .map(|(window_start, key, agg)| AirportPartial {
                 window_start,
                 pickup_geohash: key.pickup,
-                airport: airports
-                    .get(usize::from(key.airport))
-                    .map_or_else(String::new, |a| a.name.clone()),
+                airport: airports.get(usize::from(key.airport)).map_or_else(String::new, |a| a.name.clone()),
                 trips: agg.trips,
                 duration_ms: agg.duration_ms,
             })
             .collect();
-        PartialsState {
-            hot_spots,
-            airport_trips,
-        }
+        PartialsState { hot_spots, airport_trips }
     }
 
     /// Rebuilds open windows; airports are matched by name against `config`.
@@ -130,13 +121,8 @@ impl PartialsState {
                 .position(|a| a.name == p.airport)
                 .and_then(|i| u8::try_from(i).ok())
                 .ok_or_else(|| CheckpointError::UnknownAirport(p.airport.clone()))?;
-            let agg = aggregates.airport_trips.entry(
-                p.window_start,
-                AirportKey {
-                    pickup: p.pickup_geohash,
-                    airport: index,
-                },
-            );
+            let agg =
+                aggregates.airport_trips.entry(p.window_start, AirportKey { pickup: p.pickup_geohash, airport: index });
             agg.trips += p.trips;
             agg.duration_ms += p.duration_ms;
         }
@@ -186,12 +172,7 @@ impl ShardCheckpoint {
     /// Rebuilds the shard processor.
     pub fn restore(&self, config: Arc<EngineConfig>) -> Result<ShardProcessor, CheckpointError> {
         let aggregates = self.partials.restore(&config)?;
-        Ok(ShardProcessor::restore(
-            config,
-            self.clock,
-            aggregates,
-            self.counters.clone(),
-        ))
+        Ok(ShardProcessor::restore(config, self.clock, aggregates, self.counters.clone()))
     }
 
     /// Serializes to JSON bytes.
@@ -206,18 +187,14 @@ impl ShardCheckpoint {
 }
 
 /// Parses a JSON checkpoint document whose `format_version` must be [`FORMAT_VERSION`].
-pub fn decode_versioned<T: serde::de::DeserializeOwned>(
-    bytes: &[u8],
-) -> Result<T, CheckpointError> {
+pub fn decode_versioned<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CheckpointError> {
     #[derive(Deserialize)]
     struct Version {
         format_version: u32,
     }
     let version: Version = serde_json::from_slice(bytes).map_err(CheckpointError::Decode)?;
     if version.format_version != FORMAT_VERSION {
-        return Err(CheckpointError::FormatVersion {
-            found: version.format_version,
-        });
+        return Err(CheckpointError::FormatVersion { found: version.format_version });
     }
     serde_json::from_slice(bytes).map_err(CheckpointError::Decode)
 }
@@ -232,9 +209,7 @@ pub enum CheckpointError {
     #[error("failed to decode checkpoint: {0}")]
     Decode(#[source] serde_json::Error),
     /// Written by an incompatible version.
-    #[error(
-        "checkpoint format version {found} is not supported (this build reads {FORMAT_VERSION})"
-    )]
+    #[error("checkpoint format version {found} is not supported (this build reads {FORMAT_VERSION})")]
     FormatVersion {
         /// The version in the document.
         found: u32,
@@ -272,12 +247,7 @@ pub struct ETag(pub String);
 
 impl ETag {
     fn of(bytes: &[u8]) -> ETag {
-        ETag(
-            Md5::digest(bytes)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
-        )
+        ETag(Md5::digest(bytes).iter().map(|b| format!("{b:02x}")).collect())
     }
 }
 
@@ -324,10 +294,7 @@ impl DirStore {
 
     fn path(&self, key: &str) -> Result<PathBuf, CheckpointError> {
         let relative = Path::new(key);
-        let safe = !key.is_empty()
-            && relative
-                .components()
-                .all(|c| matches!(c, Component::Normal(_)));
+        let safe = !key.is_empty() && relative.components().all(|c| matches!(c, Component::Normal(_)));
         if !safe {
             return Err(CheckpointError::BadKey(key.to_owned()));
         }
@@ -343,21 +310,12 @@ impl DirStore {
                 Ok(Some((bytes, tag)))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(CheckpointError::Io {
-                action: "read",
-                path,
-                source,
-            }),
+            Err(source) => Err(CheckpointError::Io { action: "read", path, source }),
         }
     }
 
     /// Writes an object atomically if `precondition` holds, returning its new tag.
-    pub fn put(
-        &self,
-        key: &str,
-        bytes: &[u8],
-        precondition: &Precondition,
-    ) -> Result<ETag, CheckpointError> {
+    pub fn put(&self, key: &str, bytes: &[u8], precondition: &Precondition) -> Result<ETag, CheckpointError> {
         let path = self.path(key)?;
         let current = match precondition {
             Precondition::None => None,
@@ -369,15 +327,9 @@ impl DirStore {
             _ => false,
         };
         if !allowed {
-            return Err(CheckpointError::Conflict {
-                key: key.to_owned(),
-            });
+            return Err(CheckpointError::Conflict { key: key.to_owned() });
         }
-        let io = |action, source| CheckpointError::Io {
-            action,
-            path: path.clone(),
-            source,
-        };
+        let io = |action, source| CheckpointError::Io { action, path: path.clone(), source };
         let dir = path.parent().unwrap_or(&self.root);
         std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
         let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
@@ -391,19 +343,11 @@ impl DirStore {
     /// Deletes an object or a whole prefix directory; absent is fine.
     pub fn delete_prefix(&self, prefix: &str) -> Result<(), CheckpointError> {
         let path = self.path(prefix)?;
-        let result = if path.is_dir() {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
-        };
+        let result = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
         match result {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(CheckpointError::Io {
-                action: "delete",
-                path,
-                source,
-            }),
+            Err(source) => Err(CheckpointError::Io { action: "delete", path, source }),
         }
     }
 }
@@ -415,22 +359,10 @@ mod tests {
 
     fn busy_shard(config: &Arc<EngineConfig>) -> ShardProcessor {
         let mut shard = ShardProcessor::new(config.clone());
-        let midtown = GeoPoint {
-            lat: 40.7580,
-            lon: -73.9855,
-        };
-        let jfk = GeoPoint {
-            lat: 40.6413,
-            lon: -73.7781,
-        };
-        let lga = GeoPoint {
-            lat: 40.7769,
-            lon: -73.8740,
-        };
-        for (i, (minute, to)) in [(1, midtown), (2, jfk), (3, lga), (12, jfk), (13, midtown)]
-            .into_iter()
-            .enumerate()
-        {
+        let midtown = GeoPoint { lat: 40.7580, lon: -73.9855 };
+        let jfk = GeoPoint { lat: 40.6413, lon: -73.7781 };
+        let lga = GeoPoint { lat: 40.7769, lon: -73.8740 };
+        for (i, (minute, to)) in [(1, midtown), (2, jfk), (3, lga), (12, jfk), (13, midtown)].into_iter().enumerate() {
             let dropoff = 1_451_606_400_000 + minute * 60_000;
             let trip = Trip {
                 trip_id: i as u64,
@@ -449,22 +381,10 @@ mod tests {
     fn shard_checkpoint_round_trips_to_an_identical_processor() {
         let config = Arc::new(EngineConfig::default());
         let shard = busy_shard(&config);
-        let position = Position::Sequence {
-            sequence_number: "4959".to_owned(),
-            sub_sequence: Some(3),
-        };
-        let checkpoint =
-            ShardCheckpoint::capture("shardId-000000000001", position, 7, &shard, &config);
-        assert_eq!(
-            checkpoint.partials.hot_spots.len(),
-            2,
-            "two windows, one cell"
-        );
-        assert_eq!(
-            checkpoint.partials.airport_trips.len(),
-            3,
-            "JFK and LGA, then JFK again"
-        );
+        let position = Position::Sequence { sequence_number: "4959".to_owned(), sub_sequence: Some(3) };
+        let checkpoint = ShardCheckpoint::capture("shardId-000000000001", position, 7, &shard, &config);
+        assert_eq!(checkpoint.partials.hot_spots.len(), 2, "two windows, one cell");
+        assert_eq!(checkpoint.partials.airport_trips.len(), 3, "JFK and LGA, then JFK again");
         let bytes = checkpoint.to_bytes().expect("encode");
         let decoded = ShardCheckpoint::from_bytes(&bytes).expect("decode");
         assert_eq!(decoded, checkpoint);
@@ -483,19 +403,13 @@ mod tests {
     #[test]
     fn rejects_other_format_versions_and_unknown_airports() {
         let config = Arc::new(EngineConfig::default());
-        let mut checkpoint =
-            ShardCheckpoint::capture("s", Position::Start, 0, &busy_shard(&config), &config);
+        let mut checkpoint = ShardCheckpoint::capture("s", Position::Start, 0, &busy_shard(&config), &config);
         checkpoint.format_version = 99;
         let bytes = checkpoint.to_bytes().expect("encode");
-        assert!(matches!(
-            ShardCheckpoint::from_bytes(&bytes),
-            Err(CheckpointError::FormatVersion { found: 99 })
-        ));
+        assert!(matches!(ShardCheckpoint::from_bytes(&bytes), Err(CheckpointError::FormatVersion { found: 99 })));
         checkpoint.format_version = FORMAT_VERSION;
         checkpoint.partials.airport_trips[0].airport = "EWR".to_owned();
-        assert!(
-            matches!(checkpoint.restore(config), Err(CheckpointError::UnknownAirport(a)) if a == "EWR")
-        );
+        assert!(matches!(checkpoint.restore(config), Err(CheckpointError::UnknownAirport(a)) if a == "EWR"));
     }
 
     #[test]
@@ -503,16 +417,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = DirStore::from_uri(&format!("file://{}", dir.path().display())).expect("uri");
         assert!(store.get("p/shard-1").expect("get").is_none());
-        let first = store
-            .put("p/shard-1", b"one", &Precondition::Absent)
-            .expect("create");
-        assert!(matches!(
-            store.put("p/shard-1", b"x", &Precondition::Absent),
-            Err(CheckpointError::Conflict { .. })
-        ));
-        let second = store
-            .put("p/shard-1", b"two", &Precondition::Matches(first.clone()))
-            .expect("update");
+        let first = store.put("p/shard-1", b"one", &Precondition::Absent).expect("create");
+        assert!(matches!(store.put("p/shard-1", b"x", &Precondition::Absent), Err(CheckpointError::Conflict { .. })));
+        let second = store.put("p/shard-1", b"two", &Precondition::Matches(first.clone())).expect("update");
         // A zombie still holding the first tag is fenced.
         assert!(matches!(
             store.put("p/shard-1", b"zombie", &Precondition::Matches(first)),
@@ -528,14 +435,8 @@ mod tests {
     fn dir_store_rejects_keys_escaping_its_root_and_foreign_uris() {
         let store = DirStore::new("/tmp/x");
         for key in ["../etc/passwd", "/abs", "", "a/../../b"] {
-            assert!(
-                matches!(store.get(key), Err(CheckpointError::BadKey(_))),
-                "{key}"
-            );
+            assert!(matches!(store.get(key), Err(CheckpointError::BadKey(_))), "{key}");
         }
-        assert!(matches!(
-            DirStore::from_uri("s3://bucket/p"),
-            Err(CheckpointError::UnsupportedUri(_))
-        ));
+        assert!(matches!(DirStore::from_uri("s3://bucket/p"), Err(CheckpointError::UnsupportedUri(_))));
     }
 }

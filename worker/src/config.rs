@@ -57,11 +57,7 @@ pub struct HotSpotConfig {
 
 impl Default for HotSpotConfig {
     fn default() -> Self {
-        HotSpotConfig {
-            window_ms: 600_000,
-            geohash_precision: 6,
-            min_pickups: 2,
-        }
+        HotSpotConfig { window_ms: 600_000, geohash_precision: 6, min_pickups: 2 }
     }
 }
 
@@ -78,11 +74,7 @@ pub struct AirportTripsConfig {
 
 impl Default for AirportTripsConfig {
     fn default() -> Self {
-        AirportTripsConfig {
-            window_ms: 600_000,
-            min_trips: 2,
-            airports: Geofence::default_airports(),
-        }
+        AirportTripsConfig { window_ms: 600_000, min_trips: 2, airports: Geofence::default_airports() }
     }
 }
 
@@ -143,14 +135,10 @@ impl EngineConfig {
     /// Checks the configuration, returning the first problem found.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.hot_spots.window_ms <= 0 {
-            return Err(ConfigError::NonPositiveWindow {
-                name: "hot-spot window",
-            });
+            return Err(ConfigError::NonPositiveWindow { name: "hot-spot window" });
         }
         if self.airport_trips.window_ms <= 0 {
-            return Err(ConfigError::NonPositiveWindow {
-                name: "airport-trip window",
-            });
+            return Err(ConfigError::NonPositiveWindow { name: "airport-trip window" });
         }
         let et = &self.event_time;
         for (name, v) in [
@@ -163,29 +151,16 @@ impl EngineConfig {
             }
         }
         if !(1..=MAX_GEOHASH_PRECISION).contains(&self.hot_spots.geohash_precision) {
-            return Err(ConfigError::GeohashPrecision(
-                self.hot_spots.geohash_precision,
-            ));
+            return Err(ConfigError::GeohashPrecision(self.hot_spots.geohash_precision));
         }
         if !self.region.is_valid() {
-            return Err(ConfigError::BadBox {
-                name: "region".to_owned(),
-            });
+            return Err(ConfigError::BadBox { name: "region".to_owned() });
         }
         if self.airport_trips.airports.len() > usize::from(u8::MAX) {
-            return Err(ConfigError::TooManyAirports(
-                self.airport_trips.airports.len(),
-            ));
+            return Err(ConfigError::TooManyAirports(self.airport_trips.airports.len()));
         }
-        if let Some(bad) = self
-            .airport_trips
-            .airports
-            .iter()
-            .find(|a| !a.bounds.is_valid())
-        {
-            return Err(ConfigError::BadBox {
-                name: bad.name.clone(),
-            });
+        if let Some(bad) = self.airport_trips.airports.iter().find(|a| !a.bounds.is_valid()) {
+            return Err(ConfigError::BadBox { name: bad.name.clone() });
         }
         Ok(())
     }
@@ -200,9 +175,7 @@ pub struct DurationError {
 
 /// Parses `500ms`, `60s`, `10m`, `1h`, `1d`, or combinations such as `1h30m`. A bare `0` is zero.
 pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
-    let err = || DurationError {
-        input: input.to_owned(),
-    };
+    let err = || DurationError { input: input.to_owned() };
     let s = input.trim();
     if s == "0" {
         return Ok(Duration::ZERO);
@@ -219,9 +192,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
         }
         let value: u64 = rest[..digits].parse().map_err(|_| err())?;
         rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let unit_ms: u64 = match &rest[..unit_len] {
             "ms" => 1,
             "s" => 1_000,
@@ -231,9 +202,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
             _ => return Err(err()),
         };
         let ms = value.checked_mul(unit_ms).ok_or_else(err)?;
-        total = total
-            .checked_add(Duration::from_millis(ms))
-            .ok_or_else(err)?;
+        total = total.checked_add(Duration::from_millis(ms)).ok_or_else(err)?;
         rest = &rest[unit_len..];
     }
     Ok(total)
@@ -264,10 +233,7 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
         }
         let message = parse_duration("10x").expect_err("bad unit").to_string();
-        assert!(
-            message.contains("10x") && message.contains("10m"),
-            "{message}"
-        );
+        assert!(message.contains("10x") && message.contains("10m"), "{message}");
     }
 
     #[test]
@@ -284,22 +250,12 @@ mod tests {
     fn rejects_invalid_settings_with_a_reason() {
         let mut c = EngineConfig::default();
         c.hot_spots.window_ms = 0;
-        assert_eq!(
-            c.validate(),
-            Err(ConfigError::NonPositiveWindow {
-                name: "hot-spot window"
-            })
-        );
+        assert_eq!(c.validate(), Err(ConfigError::NonPositiveWindow { name: "hot-spot window" }));
         let mut c = EngineConfig::default();
         c.hot_spots.geohash_precision = 13;
         assert_eq!(c.validate(), Err(ConfigError::GeohashPrecision(13)));
         let mut c = EngineConfig::default();
         c.airport_trips.airports[1].bounds.min_lat = 50.0;
-        assert_eq!(
-            c.validate(),
-            Err(ConfigError::BadBox {
-                name: "LGA".to_owned()
-            })
-        );
+        assert_eq!(c.validate(), Err(ConfigError::BadBox { name: "LGA".to_owned() }));
     }
 }

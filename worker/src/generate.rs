@@ -188,11 +188,7 @@ impl TripGenerator {
         for c in &mut cdf {
             *c /= total;
         }
-        let ratio = if config.invalid_ratio.is_finite() {
-            config.invalid_ratio.clamp(0.0, 0.99)
-        } else {
-            0.0
-        };
+        let ratio = if config.invalid_ratio.is_finite() { config.invalid_ratio.clamp(0.0, 0.99) } else { 0.0 };
         let invalid_acc = if ratio > 0.0 { rng.f64() } else { 0.0 };
         TripGenerator {
             trips: config.trips,
@@ -220,11 +216,7 @@ impl TripGenerator {
             self.bin += 1;
         }
         let (lo, hi) = (self.cdf[self.bin], self.cdf[self.bin + 1]);
-        let frac = if hi > lo {
-            ((u - lo) / (hi - lo)).clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
+        let frac = if hi > lo { ((u - lo) / (hi - lo)).clamp(0.0, 1.0) } else { 0.0 };
         let offset = ((self.bin as f64 + frac) * 60_000.0) as i64;
         ceil_to_second(self.start.saturating_add(offset)).max(self.first_ms)
     }
@@ -259,43 +251,23 @@ impl TripGenerator {
         let r = rng.f64();
         // ~0.5 %: zero coordinates, as real TLC files have (outside the region).
         if r < 0.005 {
-            let pickup = if rng.f64() < 0.7 {
-                Point::ZERO
-            } else {
-                sample_spot(rng, PICKUP_SPOTS)
-            };
+            let pickup = if rng.f64() < 0.7 { Point::ZERO } else { sample_spot(rng, PICKUP_SPOTS) };
             let km = rng.lognormal(2.0, 0.7);
-            return Route {
-                pickup,
-                dropoff: Point::ZERO,
-                kind: RouteKind::Local { km },
-            };
+            return Route { pickup, dropoff: Point::ZERO, kind: RouteKind::Local { km } };
         }
         // ~0.5 %: a ride out to the suburbs, beyond the NYC box.
         if r < 0.010 {
             let pickup = sample_spot(rng, PICKUP_SPOTS);
             let dropoff = sample_spot(rng, SUBURBS);
             let km = pickup.km_to(dropoff);
-            return Route {
-                pickup,
-                dropoff,
-                kind: RouteKind::Long { km },
-            };
+            return Route { pickup, dropoff, kind: RouteKind::Long { km } };
         }
         // ~3.5 % (+ a few airport-to-airport rides): to JFK or LGA, mostly from Midtown feeders.
         if r < 0.045 {
             let airport = if rng.f64() < 0.55 { &JFK } else { &LGA };
-            let pickup = if rng.f64() < 0.7 {
-                sample_spot(rng, AIRPORT_FEEDERS)
-            } else {
-                sample_spot(rng, CITY_SPOTS)
-            };
+            let pickup = if rng.f64() < 0.7 { sample_spot(rng, AIRPORT_FEEDERS) } else { sample_spot(rng, CITY_SPOTS) };
             let dropoff = airport.sample_inside(rng);
-            return Route {
-                pickup,
-                dropoff,
-                kind: RouteKind::Airport,
-            };
+            return Route { pickup, dropoff, kind: RouteKind::Airport };
         }
         let spot = pick(rng, PICKUP_SPOTS);
         let pickup = spot.sample(rng);
@@ -304,29 +276,17 @@ impl TripGenerator {
             if rng.f64() < 0.08 {
                 let other = if spot.center.lat < 40.7 { &LGA } else { &JFK };
                 let dropoff = other.sample_inside(rng);
-                return Route {
-                    pickup,
-                    dropoff,
-                    kind: RouteKind::Airport,
-                };
+                return Route { pickup, dropoff, kind: RouteKind::Airport };
             }
             let dropoff = sample_spot(rng, CITY_SPOTS);
             let km = pickup.km_to(dropoff);
-            return Route {
-                pickup,
-                dropoff,
-                kind: RouteKind::Long { km },
-            };
+            return Route { pickup, dropoff, kind: RouteKind::Long { km } };
         }
         if rng.f64() < 0.25 {
             // Across town, to another hot spot.
             let dropoff = sample_spot(rng, CITY_SPOTS);
             let km = pickup.km_to(dropoff);
-            return Route {
-                pickup,
-                dropoff,
-                kind: RouteKind::Local { km },
-            };
+            return Route { pickup, dropoff, kind: RouteKind::Local { km } };
         }
         // A short hop: median 2 km, along the avenues in Manhattan.
         let km = rng.lognormal(2.0, 0.7).min(25.0);
@@ -338,11 +298,7 @@ impl TripGenerator {
             north = sign * (AVENUE.1 - wobble * AVENUE.0);
         }
         let dropoff = pickup.offset_km(east * km, north * km);
-        Route {
-            pickup,
-            dropoff,
-            kind: RouteKind::Local { km },
-        }
+        Route { pickup, dropoff, kind: RouteKind::Local { km } }
     }
 
     /// Trip duration in whole seconds for `route`, ending at `dropoff`.
@@ -410,14 +366,14 @@ impl Iterator for TripGenerator {
 /// Share of the day's trips per hour of day on a 2016 weekday (TLC yellow data, rounded): trough
 /// at 4–5 am, morning rush 8–9, shift-change dip at 16, evening peak 18–19.
 const HOURLY_DEMAND: [f64; 24] = [
-    3.8, 2.8, 2.1, 1.5, 1.1, 1.0, 2.0, 3.6, 4.4, 4.5, 4.3, 4.4, 4.6, 4.6, 4.8, 4.7, 4.2, 5.0, 6.0,
-    6.2, 5.6, 5.5, 5.4, 4.7,
+    3.8, 2.8, 2.1, 1.5, 1.1, 1.0, 2.0, 3.6, 4.4, 4.5, 4.3, 4.4, 4.6, 4.6, 4.8, 4.7, 4.2, 5.0, 6.0, 6.2, 5.6, 5.5, 5.4,
+    4.7,
 ];
 
 /// Travel-time factor per hour of day (1 = a normal daytime hour).
 const HOURLY_CONGESTION: [f64; 24] = [
-    0.75, 0.7, 0.68, 0.68, 0.68, 0.72, 0.85, 1.1, 1.3, 1.3, 1.2, 1.15, 1.15, 1.15, 1.2, 1.3, 1.35,
-    1.4, 1.4, 1.25, 1.05, 0.95, 0.9, 0.82,
+    0.75, 0.7, 0.68, 0.68, 0.68, 0.72, 0.85, 1.1, 1.3, 1.3, 1.2, 1.15, 1.15, 1.15, 1.2, 1.3, 1.35, 1.4, 1.4, 1.25,
+    1.05, 0.95, 0.9, 0.82,
 ];
 
 /// Reads an hourly table as a smooth function: linear between hour midpoints, wrapping at midnight.
@@ -485,18 +441,12 @@ impl Point {
     }
 
     fn offset_km(self, east: f64, north: f64) -> Point {
-        Point::new(
-            self.lat + north / KM_PER_DEG_LAT,
-            self.lon + east / KM_PER_DEG_LON,
-        )
+        Point::new(self.lat + north / KM_PER_DEG_LAT, self.lon + east / KM_PER_DEG_LON)
     }
 
     /// The point rounded to 6 decimals, as written.
     fn to_geo(self) -> GeoPoint {
-        GeoPoint {
-            lat: round6(self.lat),
-            lon: round6(self.lon),
-        }
+        GeoPoint { lat: round6(self.lat), lon: round6(self.lon) }
     }
 }
 
@@ -522,21 +472,11 @@ struct Spot {
 }
 
 const fn spot(lat: f64, lon: f64, sigma_km: f64, weight: f64, manhattan: bool) -> Spot {
-    Spot {
-        center: Point::new(lat, lon),
-        sigma_km,
-        weight,
-        manhattan,
-        airport: false,
-        uniform: false,
-    }
+    Spot { center: Point::new(lat, lon), sigma_km, weight, manhattan, airport: false, uniform: false }
 }
 
 const fn airport(lat: f64, lon: f64, sigma_km: f64, weight: f64) -> Spot {
-    Spot {
-        airport: true,
-        ..spot(lat, lon, sigma_km, weight, false)
-    }
+    Spot { airport: true, ..spot(lat, lon, sigma_km, weight, false) }
 }
 
 /// The NYC box of DESIGN §3 as a uniform background.
@@ -621,17 +561,11 @@ struct AirportBox {
     inner: (f64, f64, f64, f64),
 }
 
-const JFK: AirportBox = AirportBox {
-    center: Point::new(40.6440, -73.7815),
-    sigma_km: 0.5,
-    inner: (40.6325, 40.6535, -73.7995, -73.7615),
-};
+const JFK: AirportBox =
+    AirportBox { center: Point::new(40.6440, -73.7815), sigma_km: 0.5, inner: (40.6325, 40.6535, -73.7995, -73.7615) };
 
-const LGA: AirportBox = AirportBox {
-    center: Point::new(40.7725, -73.8710),
-    sigma_km: 0.3,
-    inner: (40.7665, 40.7775, -73.8805, -73.8595),
-};
+const LGA: AirportBox =
+    AirportBox { center: Point::new(40.7725, -73.8710), sigma_km: 0.3, inner: (40.7665, 40.7775, -73.8805, -73.8595) };
 
 impl AirportBox {
     fn sample_inside(&self, rng: &mut Rng) -> Point {
@@ -678,10 +612,7 @@ impl Spot {
             // 1.6 σ along the avenues, 0.6 σ across.
             let along = a * self.sigma_km * 1.6;
             let across = b * self.sigma_km * 0.6;
-            (
-                along * AVENUE.0 + across * AVENUE.1,
-                along * AVENUE.1 - across * AVENUE.0,
-            )
+            (along * AVENUE.0 + across * AVENUE.1, along * AVENUE.1 - across * AVENUE.0)
         } else {
             (a * self.sigma_km, b * self.sigma_km)
         };
@@ -777,11 +708,7 @@ fn encode_trip(seed: u64, trip: &Trip, buf: &mut Vec<u8>) {
         0
     };
     let mta_tax = 50;
-    let tolls = if (airport_run && rng.f64() < 0.6) || (miles > 10.0 && rng.f64() < 0.3) {
-        554
-    } else {
-        0
-    };
+    let tolls = if (airport_run && rng.f64() < 0.6) || (miles > 10.0 && rng.f64() < 0.3) { 554 } else { 0 };
     let card = rng.f64() < 0.62;
     let payment: &[u8] = if card {
         b"CRD"
@@ -979,11 +906,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 /// Rounds up to a whole second.
 fn ceil_to_second(at: Millis) -> Millis {
     let rem = at.rem_euclid(1000);
-    if rem == 0 {
-        at
-    } else {
-        at.saturating_add(1000 - rem)
-    }
+    if rem == 0 { at } else { at.saturating_add(1000 - rem) }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1005,14 +928,7 @@ fn splitmix64(state: &mut u64) -> u64 {
 impl Rng {
     fn new(seed: u64) -> Self {
         let mut state = seed;
-        Rng {
-            s: [
-                splitmix64(&mut state),
-                splitmix64(&mut state),
-                splitmix64(&mut state),
-                splitmix64(&mut state),
-            ],
-        }
+        Rng { s: [splitmix64(&mut state), splitmix64(&mut state), splitmix64(&mut state), splitmix64(&mut state)] }
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -1093,11 +1009,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn config(trips: u64, seed: u64) -> GeneratorConfig {
-        GeneratorConfig {
-            trips,
-            seed,
-            ..GeneratorConfig::default()
-        }
+        GeneratorConfig { trips, seed, ..GeneratorConfig::default() }
     }
 
     fn trips_of(config: &GeneratorConfig) -> Vec<Trip> {
@@ -1137,11 +1049,7 @@ mod tests {
         let mut out = String::new();
         let (mut bits, mut value, mut even) = (0, 0usize, true);
         while out.len() < precision {
-            let (range, x) = if even {
-                (&mut lon, p.lon)
-            } else {
-                (&mut lat, p.lat)
-            };
+            let (range, x) = if even { (&mut lon, p.lon) } else { (&mut lat, p.lat) };
             let mid = (range.0 + range.1) / 2.0;
             value <<= 1;
             if x >= mid {
@@ -1193,10 +1101,7 @@ mod tests {
         for i in -400..=400 {
             let x = f64::from(i) / 40.0;
             let (ours, libm) = (exp(x), x.exp());
-            assert!(
-                ((ours - libm) / libm).abs() < 1e-14,
-                "{x}: {ours} vs {libm}"
-            );
+            assert!(((ours - libm) / libm).abs() < 1e-14, "{x}: {ours} vs {libm}");
         }
         assert_eq!(exp(0.0), 1.0);
     }
@@ -1223,25 +1128,14 @@ mod tests {
 
     #[test]
     fn same_seed_same_bytes_other_seed_other_bytes() {
-        let c = GeneratorConfig {
-            watermark_every: Some(100),
-            invalid_ratio: 0.01,
-            ..config(20_000, 7)
-        };
+        let c = GeneratorConfig { watermark_every: Some(100), invalid_ratio: 0.01, ..config(20_000, 7) };
         let a = bytes_of(&c);
         assert_eq!(a, bytes_of(&c));
-        assert_ne!(
-            a,
-            bytes_of(&GeneratorConfig {
-                seed: 8,
-                ..c.clone()
-            })
-        );
+        assert_ne!(a, bytes_of(&GeneratorConfig { seed: 8, ..c.clone() }));
         // Pinned: the same seed gives the same file forever, on every platform (no libm, no
         // platform RNG). Change this only on purpose, and say so: published data sets change.
-        let fnv = a.iter().fold(0xCBF2_9CE4_8422_2325u64, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3)
-        });
+        let fnv =
+            a.iter().fold(0xCBF2_9CE4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3));
         assert_eq!((a.len(), fnv), (9_059_297, 16_436_178_591_122_547_842));
     }
 
@@ -1250,27 +1144,15 @@ mod tests {
         for n in [0u64, 1, 2, 10, 12_345] {
             let trips = trips_of(&config(n, 3));
             assert_eq!(trips.len() as u64, n);
-            assert!(
-                trips
-                    .iter()
-                    .enumerate()
-                    .all(|(i, t)| t.trip_id == i as u64 + 1)
-            );
+            assert!(trips.iter().enumerate().all(|(i, t)| t.trip_id == i as u64 + 1));
         }
-        let c = GeneratorConfig {
-            watermark_every: Some(50),
-            invalid_ratio: 0.05,
-            ..config(10_000, 1)
-        };
+        let c = GeneratorConfig { watermark_every: Some(50), invalid_ratio: 0.05, ..config(10_000, 1) };
         let mut out = Vec::new();
         let stats = write_json_lines(&c, &mut out).unwrap();
         assert_eq!(stats.trips, 10_000);
         assert_eq!(stats.watermarks, 200);
         let expected_invalid = 10_000.0 * 0.05 / 0.95;
-        assert!(
-            (stats.invalid as f64 - expected_invalid).abs() <= 1.0,
-            "{stats:?}"
-        );
+        assert!((stats.invalid as f64 - expected_invalid).abs() <= 1.0, "{stats:?}");
         assert_eq!(stats.bytes, out.len() as u64);
         let ids: Vec<u64> = trips_of(&c).iter().map(|t| t.trip_id).collect();
         assert_eq!(ids, (1..=10_000).collect::<Vec<_>>());
@@ -1280,27 +1162,18 @@ mod tests {
     fn disorder_is_bounded() {
         for seed in 0..6 {
             for bound in [0, 999, 1_500, 30_000, 45_000] {
-                let c = GeneratorConfig {
-                    max_disorder_ms: bound,
-                    ..config(20_000, seed)
-                };
+                let c = GeneratorConfig { max_disorder_ms: bound, ..config(20_000, seed) };
                 let mut max = Millis::MIN;
                 let mut disordered = 0;
                 for t in trips_of(&c) {
-                    assert!(
-                        t.dropoff_time >= max.saturating_sub(bound),
-                        "seed {seed} bound {bound}"
-                    );
+                    assert!(t.dropoff_time >= max.saturating_sub(bound), "seed {seed} bound {bound}");
                     if t.dropoff_time < max {
                         disordered += 1;
                     }
                     max = max.max(t.dropoff_time);
                 }
                 if bound >= 30_000 {
-                    assert!(
-                        disordered > 1_000,
-                        "seed {seed} bound {bound}: {disordered}"
-                    );
+                    assert!(disordered > 1_000, "seed {seed} bound {bound}: {disordered}");
                 } else if bound >= 1_000 {
                     assert!(disordered > 0, "seed {seed} bound {bound}");
                 } else {
@@ -1312,11 +1185,7 @@ mod tests {
 
     #[test]
     fn watermarks_are_correct() {
-        let c = GeneratorConfig {
-            watermark_every: Some(37),
-            max_disorder_ms: 12_345,
-            ..config(5_000, 9)
-        };
+        let c = GeneratorConfig { watermark_every: Some(37), max_disorder_ms: 12_345, ..config(5_000, 9) };
         let records: Vec<_> = TripGenerator::new(&c).collect();
         let mut max = Millis::MIN;
         let mut seen = 0;
@@ -1343,11 +1212,7 @@ mod tests {
 
     #[test]
     fn lines_are_json_in_the_event_format() {
-        let c = GeneratorConfig {
-            watermark_every: Some(100),
-            invalid_ratio: 0.02,
-            ..config(5_000, 11)
-        };
+        let c = GeneratorConfig { watermark_every: Some(100), invalid_ratio: 0.02, ..config(5_000, 11) };
         let records: Vec<_> = TripGenerator::new(&c).collect();
         let text = String::from_utf8(bytes_of(&c)).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -1393,29 +1258,14 @@ mod tests {
                     assert_eq!(obj["pickup_longitude"].as_f64(), Some(t.pickup.lon));
                     assert_eq!(obj["dropoff_latitude"].as_f64(), Some(t.dropoff.lat));
                     assert_eq!(obj["dropoff_longitude"].as_f64(), Some(t.dropoff.lon));
-                    assert_eq!(
-                        obj["pickup_datetime"].as_str().unwrap(),
-                        timestamp(t.pickup_time)
-                    );
-                    assert_eq!(
-                        obj["dropoff_datetime"].as_str().unwrap(),
-                        timestamp(t.dropoff_time)
-                    );
-                    let sum: f64 = [
-                        "fare_amount",
-                        "extra",
-                        "mta_tax",
-                        "tip_amount",
-                        "tolls_amount",
-                    ]
-                    .iter()
-                    .map(|k| obj[*k].as_f64().unwrap())
-                    .sum::<f64>()
+                    assert_eq!(obj["pickup_datetime"].as_str().unwrap(), timestamp(t.pickup_time));
+                    assert_eq!(obj["dropoff_datetime"].as_str().unwrap(), timestamp(t.dropoff_time));
+                    let sum: f64 = ["fare_amount", "extra", "mta_tax", "tip_amount", "tolls_amount"]
+                        .iter()
+                        .map(|k| obj[*k].as_f64().unwrap())
+                        .sum::<f64>()
                         + 0.3;
-                    assert!(
-                        (sum - obj["total_amount"].as_f64().unwrap()).abs() < 0.005,
-                        "{line}"
-                    );
+                    assert!((sum - obj["total_amount"].as_f64().unwrap()).abs() < 0.005, "{line}");
                     assert!(obj["trip_distance"].as_f64().unwrap() >= 0.0);
                 }
                 GeneratedRecord::Watermark(w) => {
@@ -1454,10 +1304,7 @@ mod tests {
             }
         }
         // A few trips still spread over the day; an odd start is honoured.
-        let few = trips_of(&GeneratorConfig {
-            start: c.start + 1_234,
-            ..config(10, 1)
-        });
+        let few = trips_of(&GeneratorConfig { start: c.start + 1_234, ..config(10, 1) });
         assert!(few[0].dropoff_time >= c.start + 1_234);
         assert!(few[9].dropoff_time - few[0].dropoff_time > 12 * 3_600_000);
     }
@@ -1475,9 +1322,7 @@ mod tests {
         let minutes = |h: usize| {
             let ts: Vec<_> = trips_of(&c)
                 .into_iter()
-                .filter(|t| {
-                    hour_of_day(t.dropoff_time) as usize == h && airport_of(t.dropoff).is_none()
-                })
+                .filter(|t| hour_of_day(t.dropoff_time) as usize == h && airport_of(t.dropoff).is_none())
                 .collect();
             ts.iter().map(|t| t.duration_ms() as f64).sum::<f64>() / ts.len() as f64 / 60_000.0
         };
@@ -1489,40 +1334,20 @@ mod tests {
         let c = GeneratorConfig::default();
         let trips = trips_of(&c);
         let n = trips.len() as f64;
-        let inside = trips
-            .iter()
-            .filter(|t| in_nyc(t.pickup) && in_nyc(t.dropoff))
-            .count() as f64;
-        assert!(
-            inside / n >= 0.97 && inside / n <= 0.995,
-            "inside {}",
-            inside / n
-        );
-        let zero = trips
-            .iter()
-            .filter(|t| t.pickup.lat == 0.0 || t.dropoff.lat == 0.0)
-            .count();
+        let inside = trips.iter().filter(|t| in_nyc(t.pickup) && in_nyc(t.dropoff)).count() as f64;
+        assert!(inside / n >= 0.97 && inside / n <= 0.995, "inside {}", inside / n);
+        let zero = trips.iter().filter(|t| t.pickup.lat == 0.0 || t.dropoff.lat == 0.0).count();
         assert!(zero > 0);
 
-        let airport = trips
-            .iter()
-            .filter(|t| airport_of(t.dropoff).is_some())
-            .count() as f64;
-        assert!(
-            (0.03..=0.06).contains(&(airport / n)),
-            "airport share {}",
-            airport / n
-        );
+        let airport = trips.iter().filter(|t| airport_of(t.dropoff).is_some()).count() as f64;
+        assert!((0.03..=0.06).contains(&(airport / n)), "airport share {}", airport / n);
 
         // Hot spots: the busiest 0.01° cell has far more pickups than the average cell.
         let mut cells: HashMap<(i64, i64), u32> = HashMap::new();
         for t in &trips {
             if in_nyc(t.pickup) {
                 *cells
-                    .entry((
-                        (t.pickup.lat * 100.0).floor() as i64,
-                        (t.pickup.lon * 100.0).floor() as i64,
-                    ))
+                    .entry(((t.pickup.lat * 100.0).floor() as i64, (t.pickup.lon * 100.0).floor() as i64))
                     .or_default() += 1;
             }
         }
@@ -1534,10 +1359,7 @@ mod tests {
         let window = |t: &Trip| t.dropoff_time.div_euclid(600_000);
         let mut hot: HashMap<(i64, String), u32> = HashMap::new();
         let mut air: HashMap<(i64, String, &str), u32> = HashMap::new();
-        for t in trips
-            .iter()
-            .filter(|t| in_nyc(t.pickup) && in_nyc(t.dropoff))
-        {
+        for t in trips.iter().filter(|t| in_nyc(t.pickup) && in_nyc(t.dropoff)) {
             *hot.entry((window(t), geohash(t.pickup, 6))).or_default() += 1;
             if let Some(a) = airport_of(t.dropoff) {
                 *air.entry((window(t), geohash(t.pickup, 6), a)).or_default() += 1;
@@ -1545,17 +1367,10 @@ mod tests {
         }
         let hot_keys = hot.values().filter(|&&c| c >= 2).count();
         let air_keys = air.values().filter(|&&c| c >= 2).count();
-        let air_windows: std::collections::HashSet<i64> = air
-            .iter()
-            .filter(|(_, c)| **c >= 2)
-            .map(|(k, _)| k.0)
-            .collect();
+        let air_windows: std::collections::HashSet<i64> =
+            air.iter().filter(|(_, c)| **c >= 2).map(|(k, _)| k.0).collect();
         assert!(hot_keys > 15_000, "{hot_keys} hot-spot keys");
         assert!(air_keys > 1_000, "{air_keys} airport keys");
-        assert!(
-            air_windows.len() >= 130,
-            "{} windows with airport results",
-            air_windows.len()
-        );
+        assert!(air_windows.len() >= 130, "{} windows with airport results", air_windows.len());
     }
 }

@@ -22,36 +22,19 @@ pub struct BoundingBox {
 
 impl BoundingBox {
     /// The NYC region filter of DESIGN §3.
-    pub const NYC: BoundingBox = BoundingBox {
-        min_lat: 40.4774,
-        max_lat: 40.9176,
-        min_lon: -74.2591,
-        max_lon: -73.7004,
-    };
+    pub const NYC: BoundingBox =
+        BoundingBox { min_lat: 40.4774, max_lat: 40.9176, min_lon: -74.2591, max_lon: -73.7004 };
 
     /// JFK airport (DESIGN §3).
-    pub const JFK: BoundingBox = BoundingBox {
-        min_lat: 40.632,
-        max_lat: 40.654,
-        min_lon: -73.800,
-        max_lon: -73.761,
-    };
+    pub const JFK: BoundingBox = BoundingBox { min_lat: 40.632, max_lat: 40.654, min_lon: -73.800, max_lon: -73.761 };
 
     /// LaGuardia airport (DESIGN §3).
-    pub const LGA: BoundingBox = BoundingBox {
-        min_lat: 40.766,
-        max_lat: 40.778,
-        min_lon: -73.881,
-        max_lon: -73.859,
-    };
+    pub const LGA: BoundingBox = BoundingBox { min_lat: 40.766, max_lat: 40.778, min_lon: -73.881, max_lon: -73.859 };
 
     /// Whether `p` lies inside the box (edges included).
     #[inline]
     pub fn contains(&self, p: GeoPoint) -> bool {
-        p.lat >= self.min_lat
-            && p.lat <= self.max_lat
-            && p.lon >= self.min_lon
-            && p.lon <= self.max_lon
+        p.lat >= self.min_lat && p.lat <= self.max_lat && p.lon >= self.min_lon && p.lon <= self.max_lon
     }
 
     /// Whether the bounds describe a non-empty box inside the valid coordinate ranges.
@@ -78,14 +61,8 @@ impl Geofence {
     /// The default airports of DESIGN §3, in match order: JFK, then LGA.
     pub fn default_airports() -> Vec<Geofence> {
         vec![
-            Geofence {
-                name: "JFK".to_owned(),
-                bounds: BoundingBox::JFK,
-            },
-            Geofence {
-                name: "LGA".to_owned(),
-                bounds: BoundingBox::LGA,
-            },
+            Geofence { name: "JFK".to_owned(), bounds: BoundingBox::JFK },
+            Geofence { name: "LGA".to_owned(), bounds: BoundingBox::LGA },
         ]
     }
 }
@@ -181,21 +158,13 @@ impl Geohash {
                 if bit { lat_lo = mid } else { lat_hi = mid }
             }
         }
-        BoundingBox {
-            min_lat: lat_lo,
-            max_lat: lat_hi,
-            min_lon: lon_lo,
-            max_lon: lon_hi,
-        }
+        BoundingBox { min_lat: lat_lo, max_lat: lat_hi, min_lon: lon_lo, max_lon: lon_hi }
     }
 
     /// The cell's centre.
     pub fn center(self) -> GeoPoint {
         let b = self.bounds();
-        GeoPoint {
-            lat: (b.min_lat + b.max_lat) / 2.0,
-            lon: (b.min_lon + b.max_lon) / 2.0,
-        }
+        GeoPoint { lat: (b.min_lat + b.max_lat) / 2.0, lon: (b.min_lon + b.max_lon) / 2.0 }
     }
 }
 
@@ -217,17 +186,11 @@ impl std::str::FromStr for Geohash {
         let mut bits = 0_u64;
         for c in s.chars() {
             let lower = c.to_ascii_lowercase();
-            let value = BASE32
-                .iter()
-                .position(|&b| char::from(b) == lower)
-                .ok_or(GeohashError::BadCharacter(c))?;
+            let value = BASE32.iter().position(|&b| char::from(b) == lower).ok_or(GeohashError::BadCharacter(c))?;
             bits = (bits << 5) | value as u64;
         }
         // `len` is at most 12, checked above.
-        Ok(Geohash {
-            bits,
-            precision: len as u8,
-        })
+        Ok(Geohash { bits, precision: len as u8 })
     }
 }
 
@@ -254,27 +217,15 @@ mod tests {
 
     #[test]
     fn encodes_the_reference_vector() {
-        assert_eq!(
-            Geohash::encode(p(57.64911, 10.40744), 11).to_string(),
-            "u4pruydqqvj"
-        );
+        assert_eq!(Geohash::encode(p(57.64911, 10.40744), 11).to_string(), "u4pruydqqvj");
     }
 
     #[test]
     fn encodes_nyc_points_computed_independently() {
         // Expected values computed with an independent Python implementation of the bisection.
-        assert_eq!(
-            Geohash::encode(p(40.758896, -73.985130), 6).to_string(),
-            "dr5ru7"
-        );
-        assert_eq!(
-            Geohash::encode(p(40.6413, -73.7781), 6).to_string(),
-            "dr5x1n"
-        );
-        assert_eq!(
-            Geohash::encode(p(40.7769, -73.8740), 7).to_string(),
-            "dr5ryzn"
-        );
+        assert_eq!(Geohash::encode(p(40.758896, -73.985130), 6).to_string(), "dr5ru7");
+        assert_eq!(Geohash::encode(p(40.6413, -73.7781), 6).to_string(), "dr5x1n");
+        assert_eq!(Geohash::encode(p(40.7769, -73.8740), 7).to_string(), "dr5ryzn");
         assert_eq!(Geohash::encode(p(40.706, -74.0088), 5).to_string(), "dr5re");
     }
 
@@ -282,10 +233,7 @@ mod tests {
     fn every_precision_is_a_prefix_of_the_longer_one() {
         let full = Geohash::encode(p(40.7484, -73.9857), 12).to_string();
         for n in 1..=12 {
-            assert_eq!(
-                Geohash::encode(p(40.7484, -73.9857), n).to_string(),
-                full[..usize::from(n)]
-            );
+            assert_eq!(Geohash::encode(p(40.7484, -73.9857), n).to_string(), full[..usize::from(n)]);
         }
     }
 
@@ -301,14 +249,8 @@ mod tests {
         assert_eq!(g.to_string(), "dr5ru7");
         let json = serde_json::to_string(&g).expect("serialize");
         assert_eq!(json, "\"dr5ru7\"");
-        assert_eq!(
-            serde_json::from_str::<Geohash>(&json).expect("deserialize"),
-            g
-        );
-        assert_eq!(
-            "dr5ra".parse::<Geohash>(),
-            Err(GeohashError::BadCharacter('a'))
-        );
+        assert_eq!(serde_json::from_str::<Geohash>(&json).expect("deserialize"), g);
+        assert_eq!("dr5ra".parse::<Geohash>(), Err(GeohashError::BadCharacter('a')));
         assert_eq!("".parse::<Geohash>(), Err(GeohashError::BadLength(0)));
     }
 

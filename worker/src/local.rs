@@ -22,8 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::analysis::{ClosedWindows, MergedResult};
 use crate::checkpoint::{
-    CheckpointError, DirStore, FORMAT_VERSION, PartialsState, Position, Precondition,
-    ShardCheckpoint, decode_versioned,
+    CheckpointError, DirStore, FORMAT_VERSION, PartialsState, Position, Precondition, ShardCheckpoint, decode_versioned,
 };
 use crate::config::{ConfigError, EngineConfig, WatermarkStrategy};
 use crate::event::{Event, InvalidReason, Millis};
@@ -61,10 +60,7 @@ impl LocalInput {
                 format!("file:{}:{len}", path.display())
             }
             LocalInput::Generate(g) => {
-                format!(
-                    "generate:{}:{}:{}:{}:{:?}",
-                    g.trips, g.seed, g.start, g.max_disorder_ms, g.watermark_every
-                )
+                format!("generate:{}:{}:{}:{}:{:?}", g.trips, g.seed, g.start, g.max_disorder_ms, g.watermark_every)
             }
         }
     }
@@ -241,34 +237,16 @@ enum Parsed {
 
 enum ShardMsg {
     Events(Vec<Event>),
-    Snapshot {
-        records: u64,
-        reply: oneshot::Sender<ShardCheckpoint>,
-    },
+    Snapshot { records: u64, reply: oneshot::Sender<ShardCheckpoint> },
     Finish,
 }
 
 enum MergeMsg {
-    Progress {
-        shard: usize,
-        closed: ClosedWindows,
-        watermark: Option<Millis>,
-    },
-    Idle {
-        shard: usize,
-        idle: bool,
-    },
-    Finished {
-        shard: usize,
-        closed: ClosedWindows,
-        counters: Counters,
-    },
-    Stopped {
-        counters: Counters,
-    },
-    Snapshot {
-        reply: oneshot::Sender<MergeSnapshot>,
-    },
+    Progress { shard: usize, closed: ClosedWindows, watermark: Option<Millis> },
+    Idle { shard: usize, idle: bool },
+    Finished { shard: usize, closed: ClosedWindows, counters: Counters },
+    Stopped { counters: Counters },
+    Snapshot { reply: oneshot::Sender<MergeSnapshot> },
 }
 
 struct MergeSnapshot {
@@ -307,9 +285,7 @@ pub async fn run_local(
     let store = options.checkpoint.as_ref().map(|c| DirStore::new(&c.dir));
 
     let restored = match (&options.checkpoint, &store) {
-        (Some(c), Some(store)) if c.resume => {
-            Some(restore(store, &c.dir, &config, &shard_ids, &identity)?)
-        }
+        (Some(c), Some(store)) if c.resume => Some(restore(store, &c.dir, &config, &shard_ids, &identity)?),
         _ => None,
     };
 
@@ -318,16 +294,10 @@ pub async fn run_local(
     if resume_from > 0 {
         let skipped = reader.skip_records(resume_from)?;
         if skipped < resume_from {
-            let dir = options
-                .checkpoint
-                .as_ref()
-                .map(|c| c.dir.clone())
-                .unwrap_or_default();
+            let dir = options.checkpoint.as_ref().map(|c| c.dir.clone()).unwrap_or_default();
             return Err(LocalError::Resume {
                 dir,
-                reason: format!(
-                    "the input has only {skipped} records, the checkpoint is at {resume_from}"
-                ),
+                reason: format!("the input has only {skipped} records, the checkpoint is at {resume_from}"),
             });
         }
     }
@@ -337,28 +307,16 @@ pub async fn run_local(
 
     // Stage wiring.
     let parse_threads = options.parse_threads.max(1);
-    let (job_txs, job_rxs): (Vec<_>, Vec<_>) = (0..parse_threads)
-        .map(|_| mpsc::channel::<Job>(STAGE_DEPTH))
-        .unzip();
-    let (parsed_txs, parsed_rxs): (Vec<_>, Vec<_>) = (0..parse_threads)
-        .map(|_| mpsc::channel::<Parsed>(STAGE_DEPTH))
-        .unzip();
+    let (job_txs, job_rxs): (Vec<_>, Vec<_>) = (0..parse_threads).map(|_| mpsc::channel::<Job>(STAGE_DEPTH)).unzip();
+    let (parsed_txs, parsed_rxs): (Vec<_>, Vec<_>) =
+        (0..parse_threads).map(|_| mpsc::channel::<Parsed>(STAGE_DEPTH)).unzip();
     let (merge_tx, merge_rx) = mpsc::channel::<MergeMsg>(64);
 
     let checkpoint_interval = options.checkpoint.as_ref().map(|c| c.interval);
     let source = {
         let stop = stop.clone();
         let limit = options.stop_after_records;
-        tokio::task::spawn_blocking(move || {
-            run_source(
-                reader,
-                job_txs,
-                resume_from,
-                limit,
-                checkpoint_interval,
-                &stop,
-            )
-        })
+        tokio::task::spawn_blocking(move || run_source(reader, job_txs, resume_from, limit, checkpoint_interval, &stop))
     };
     let router = Arc::new(ShardRouter::even(options.shards));
     for (jobs, out) in job_rxs.into_iter().zip(parsed_txs) {
@@ -366,40 +324,25 @@ pub async fn run_local(
         tokio::task::spawn_blocking(move || run_parser(format, &router, jobs, out));
     }
 
-    let (mut shard_processors, mut merger, mut results, mut input_counters, mut next_checkpoint_id) =
-        match restored {
-            Some(r) => {
-                let mut merger = Merger::new(config.clone(), shard_ids.len());
-                merger.restore(
-                    r.run.pending.restore(&config)?,
-                    r.run.emitted_up_to,
-                    r.run.merge_late_trips,
-                );
-                (
-                    r.shards,
-                    merger,
-                    r.run.results,
-                    r.run.input_counters,
-                    r.checkpoint_id + 1,
-                )
-            }
-            None => (
-                shard_ids
-                    .iter()
-                    .map(|_| ShardProcessor::new(config.clone()))
-                    .collect(),
-                Merger::new(config.clone(), shard_ids.len()),
-                Vec::new(),
-                Counters::default(),
-                1,
-            ),
-        };
+    let (mut shard_processors, mut merger, mut results, mut input_counters, mut next_checkpoint_id) = match restored {
+        Some(r) => {
+            let mut merger = Merger::new(config.clone(), shard_ids.len());
+            merger.restore(r.run.pending.restore(&config)?, r.run.emitted_up_to, r.run.merge_late_trips);
+            (r.shards, merger, r.run.results, r.run.input_counters, r.checkpoint_id + 1)
+        }
+        None => (
+            shard_ids.iter().map(|_| ShardProcessor::new(config.clone())).collect(),
+            Merger::new(config.clone(), shard_ids.len()),
+            Vec::new(),
+            Counters::default(),
+            1,
+        ),
+    };
     // Shards restored at their checkpointed watermarks tell the merge where they are.
     for (i, shard) in shard_processors.iter().enumerate() {
         merger.set_watermark(i, shard.watermark());
     }
-    let idle_timeout =
-        Duration::from_millis(u64::try_from(config.event_time.idle_timeout_ms).unwrap_or(0));
+    let idle_timeout = Duration::from_millis(u64::try_from(config.event_time.idle_timeout_ms).unwrap_or(0));
     let mut shard_txs = Vec::with_capacity(shard_ids.len());
     let mut shard_tasks = Vec::with_capacity(shard_ids.len());
     for (index, (processor, id)) in shard_processors.drain(..).zip(&shard_ids).enumerate() {
@@ -427,19 +370,14 @@ pub async fn run_local(
     let mut parsed_rxs = parsed_rxs;
     let mut turn = 0;
     loop {
-        let msg = parsed_rxs[turn]
-            .recv()
-            .await
-            .ok_or(LocalError::Stage("parser"))?;
+        let msg = parsed_rxs[turn].recv().await.ok_or(LocalError::Stage("parser"))?;
         turn = (turn + 1) % parsed_rxs.len();
         match msg {
             Parsed::Batch(batch) => {
                 input_counters.add(&batch.counters);
                 for (tx, events) in shard_txs.iter().zip(batch.per_shard) {
                     if !events.is_empty() {
-                        tx.send(ShardMsg::Events(events))
-                            .await
-                            .map_err(|_| LocalError::Stage("shard"))?;
+                        tx.send(ShardMsg::Events(events)).await.map_err(|_| LocalError::Stage("shard"))?;
                     }
                 }
                 if batch.last_record > 0 {
@@ -455,21 +393,11 @@ pub async fn run_local(
                         config: &config,
                         shard_ids: &shard_ids,
                     };
-                    write_checkpoint(
-                        store,
-                        &c.dir,
-                        next_checkpoint_id,
-                        state,
-                        &shard_txs,
-                        &merge_tx,
-                    )
-                    .await?;
+                    write_checkpoint(store, &c.dir, next_checkpoint_id, state, &shard_txs, &merge_tx).await?;
                     next_checkpoint_id += 1;
                 }
                 if barrier.stop {
-                    outcome = Outcome::Stopped {
-                        records: barrier.records,
-                    };
+                    outcome = Outcome::Stopped { records: barrier.records };
                     break;
                 }
             }
@@ -481,9 +409,7 @@ pub async fn run_local(
 
     if outcome == Outcome::Completed {
         for tx in &shard_txs {
-            tx.send(ShardMsg::Finish)
-                .await
-                .map_err(|_| LocalError::Stage("shard"))?;
+            tx.send(ShardMsg::Finish).await.map_err(|_| LocalError::Stage("shard"))?;
         }
     }
     drop(shard_txs);
@@ -497,18 +423,8 @@ pub async fn run_local(
     let mut merged = merged;
     let mut results = std::mem::take(&mut merged.results);
     results.sort_by(MergedResult::output_order);
-    let summary = summarize(
-        &input_counters,
-        &merged,
-        &results,
-        started.elapsed(),
-        resume_from,
-    );
-    Ok(LocalRun {
-        results,
-        summary,
-        outcome,
-    })
+    let summary = summarize(&input_counters, &merged, &results, started.elapsed(), resume_from);
+    Ok(LocalRun { results, summary, outcome })
 }
 
 fn open_input(input: &LocalInput) -> Result<ChunkReader, LocalError> {
@@ -517,10 +433,8 @@ fn open_input(input: &LocalInput) -> Result<ChunkReader, LocalError> {
         LocalInput::Generate(config) => {
             // The generator writes JSON lines into a pipe, so generated input takes exactly the
             // path a file does (parsing included).
-            let (reader, writer) = std::io::pipe().map_err(|source| InputError::Read {
-                origin: "generator pipe".into(),
-                source,
-            })?;
+            let (reader, writer) =
+                std::io::pipe().map_err(|source| InputError::Read { origin: "generator pipe".into(), source })?;
             let config = config.clone();
             std::thread::spawn(move || {
                 // A closed pipe (the run stopped early) ends the generator; nothing to report.
@@ -550,18 +464,12 @@ fn run_source(
     let mut last_checkpoint = Instant::now();
     loop {
         if stop.load(Ordering::Relaxed) {
-            send(Job::Barrier(Barrier {
-                records,
-                stop: true,
-            }));
+            send(Job::Barrier(Barrier { records, stop: true }));
             return;
         }
         if checkpoint_interval.is_some_and(|i| last_checkpoint.elapsed() >= i) {
             last_checkpoint = Instant::now();
-            if !send(Job::Barrier(Barrier {
-                records,
-                stop: false,
-            })) {
+            if !send(Job::Barrier(Barrier { records, stop: false })) {
                 return;
             }
         }
@@ -580,14 +488,8 @@ fn run_source(
         let chunk_end = chunk.first_record + u64::from(chunk.records).saturating_sub(1);
         match limit {
             Some(l) if chunk_end >= l && chunk.records > 0 => {
-                send(Job::Chunk {
-                    chunk,
-                    limit: Some(l),
-                });
-                send(Job::Barrier(Barrier {
-                    records: l.max(records),
-                    stop: true,
-                }));
+                send(Job::Chunk { chunk, limit: Some(l) });
+                send(Job::Barrier(Barrier { records: l.max(records), stop: true }));
                 return;
             }
             _ => {
@@ -603,17 +505,10 @@ fn run_source(
 }
 
 /// Parses chunks into per-shard batches, preserving the order of records within each shard.
-fn run_parser(
-    format: Format,
-    router: &ShardRouter,
-    mut jobs: mpsc::Receiver<Job>,
-    out: mpsc::Sender<Parsed>,
-) {
+fn run_parser(format: Format, router: &ShardRouter, mut jobs: mpsc::Receiver<Job>, out: mpsc::Sender<Parsed>) {
     while let Some(job) = jobs.blocking_recv() {
         let parsed = match job {
-            Job::Chunk { chunk, limit } => {
-                Parsed::Batch(parse_chunk(&format, router, &chunk, limit))
-            }
+            Job::Chunk { chunk, limit } => Parsed::Batch(parse_chunk(&format, router, &chunk, limit)),
             Job::Barrier(b) => Parsed::Barrier(b),
             Job::End => Parsed::End,
             Job::Failed(e) => Parsed::Failed(e),
@@ -624,12 +519,7 @@ fn run_parser(
     }
 }
 
-fn parse_chunk(
-    format: &Format,
-    router: &ShardRouter,
-    chunk: &Chunk,
-    limit: Option<u64>,
-) -> ParsedBatch {
+fn parse_chunk(format: &Format, router: &ShardRouter, chunk: &Chunk, limit: Option<u64>) -> ParsedBatch {
     let mut per_shard: Vec<Vec<Event>> = (0..router.shards()).map(|_| Vec::new()).collect();
     let mut counters = Counters::default();
     let mut last_record = 0;
@@ -648,18 +538,12 @@ fn parse_chunk(
                 // A watermark event reaches every shard, as the producer sends it (DESIGN §4).
                 counters.records += 1;
                 counters.watermarks += 1;
-                per_shard
-                    .iter_mut()
-                    .for_each(|events| events.push(watermark));
+                per_shard.iter_mut().for_each(|events| events.push(watermark));
             }
             Err(reason) => counters.count_invalid(reason),
         }
     }
-    ParsedBatch {
-        per_shard,
-        counters,
-        last_record,
-    }
+    ParsedBatch { per_shard, counters, last_record }
 }
 
 /// One shard's processing loop.
@@ -673,49 +557,37 @@ struct ShardTask {
 }
 
 impl ShardTask {
+    /// Sends to the merge; `false` when the merge is gone (the run is ending).
+    async fn tell_merge(&self, msg: MergeMsg) -> bool {
+        self.merge.send(msg).await.is_ok()
+    }
+
     async fn run(mut self, mut inbox: mpsc::Receiver<ShardMsg>) {
         let mut idle = false;
         loop {
-            let msg = if self.idle_timeout.is_zero() || idle {
-                inbox.recv().await
+            let next = if self.idle_timeout.is_zero() || idle {
+                Some(inbox.recv().await)
             } else {
-                match tokio::time::timeout(self.idle_timeout, inbox.recv()).await {
-                    Ok(msg) => msg,
-                    Err(_) => {
-                        idle = true;
-                        if self
-                            .merge
-                            .send(MergeMsg::Idle {
-                                shard: self.index,
-                                idle: true,
-                            })
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                        continue;
-                    }
+                tokio::time::timeout(self.idle_timeout, inbox.recv()).await.ok()
+            };
+            let Some(msg) = next else {
+                // Quiet for the idle timeout: stop holding merged windows open.
+                idle = true;
+                if !self.tell_merge(MergeMsg::Idle { shard: self.index, idle: true }).await {
+                    return;
                 }
+                continue;
             };
             let Some(msg) = msg else {
                 // Stopped before the end of the input: report the counts, keep the windows open
                 // (the checkpoint holds them).
                 let counters = self.processor.counters().clone();
-                let _ = self.merge.send(MergeMsg::Stopped { counters }).await;
+                self.tell_merge(MergeMsg::Stopped { counters }).await;
                 return;
             };
             if idle {
                 idle = false;
-                if self
-                    .merge
-                    .send(MergeMsg::Idle {
-                        shard: self.index,
-                        idle: false,
-                    })
-                    .await
-                    .is_err()
-                {
+                if !self.tell_merge(MergeMsg::Idle { shard: self.index, idle: false }).await {
                     return;
                 }
             }
@@ -728,15 +600,7 @@ impl ShardTask {
                     let closed = self.processor.take_closed();
                     let watermark = self.processor.watermark();
                     if (!closed.is_empty() || watermark != before)
-                        && self
-                            .merge
-                            .send(MergeMsg::Progress {
-                                shard: self.index,
-                                closed,
-                                watermark,
-                            })
-                            .await
-                            .is_err()
+                        && !self.tell_merge(MergeMsg::Progress { shard: self.index, closed, watermark }).await
                     {
                         return;
                     }
@@ -754,14 +618,7 @@ impl ShardTask {
                 ShardMsg::Finish => {
                     let closed = self.processor.take_all();
                     let counters = self.processor.counters().clone();
-                    let _ = self
-                        .merge
-                        .send(MergeMsg::Finished {
-                            shard: self.index,
-                            closed,
-                            counters,
-                        })
-                        .await;
+                    self.tell_merge(MergeMsg::Finished { shard: self.index, closed, counters }).await;
                     return;
                 }
             }
@@ -779,20 +636,12 @@ async fn run_merge(
     let mut shard_counters = Counters::default();
     while let Some(msg) = inbox.recv().await {
         match msg {
-            MergeMsg::Progress {
-                shard,
-                closed,
-                watermark,
-            } => {
+            MergeMsg::Progress { shard, closed, watermark } => {
                 merger.add(&closed);
                 merger.set_watermark(shard, watermark);
             }
             MergeMsg::Idle { shard, idle } => merger.set_idle(shard, idle),
-            MergeMsg::Finished {
-                shard,
-                closed,
-                counters,
-            } => {
+            MergeMsg::Finished { shard, closed, counters } => {
                 merger.add(&closed);
                 merger.set_finished(shard);
                 shard_counters.add(&counters);
@@ -816,11 +665,7 @@ async fn run_merge(
             progress.watermark.store(w, Ordering::Relaxed);
         }
     }
-    MergeOutcome {
-        results,
-        shard_counters,
-        late_trips: merger.late_trips(),
-    }
+    MergeOutcome { results, shard_counters, late_trips: merger.late_trips() }
 }
 
 /// What the dispatcher knows at a barrier.
@@ -850,20 +695,12 @@ async fn write_checkpoint(
     let mut shard_checkpoints = Vec::with_capacity(shards.len());
     for tx in shards {
         let (reply, rx) = oneshot::channel();
-        tx.send(ShardMsg::Snapshot {
-            records: state.records,
-            reply,
-        })
-        .await
-        .map_err(|_| LocalError::Stage("shard"))?;
+        tx.send(ShardMsg::Snapshot { records: state.records, reply }).await.map_err(|_| LocalError::Stage("shard"))?;
         shard_checkpoints.push(rx.await.map_err(|_| LocalError::Stage("shard"))?);
     }
     // Every shard has answered, so everything it sent before the barrier is queued ahead of this.
     let (reply, rx) = oneshot::channel();
-    merge
-        .send(MergeMsg::Snapshot { reply })
-        .await
-        .map_err(|_| LocalError::Stage("merge"))?;
+    merge.send(MergeMsg::Snapshot { reply }).await.map_err(|_| LocalError::Stage("merge"))?;
     let merged = rx.await.map_err(|_| LocalError::Stage("merge"))?;
     let run = RunCheckpoint {
         format_version: FORMAT_VERSION,
@@ -907,13 +744,8 @@ fn restore(
     shard_ids: &[String],
     identity: &str,
 ) -> Result<Restored, LocalError> {
-    let fail = |reason: String| LocalError::Resume {
-        dir: dir.to_path_buf(),
-        reason,
-    };
-    let (latest, _) = store
-        .get(LATEST_KEY)?
-        .ok_or_else(|| fail("it holds no checkpoint".to_owned()))?;
+    let fail = |reason: String| LocalError::Resume { dir: dir.to_path_buf(), reason };
+    let (latest, _) = store.get(LATEST_KEY)?.ok_or_else(|| fail("it holds no checkpoint".to_owned()))?;
     let id: u64 = std::str::from_utf8(&latest)
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -924,51 +756,26 @@ fn restore(
         .ok_or_else(|| fail(format!("{prefix}/{RUN_STATE_FILE} is missing")))?;
     let run: RunCheckpoint = decode_versioned(&bytes)?;
     if run.input != identity {
-        return Err(fail(format!(
-            "it was taken over another input ({})",
-            run.input
-        )));
+        return Err(fail(format!("it was taken over another input ({})", run.input)));
     }
     if run.shard_ids != shard_ids {
-        return Err(fail(format!(
-            "it was taken with {} shards, not {}",
-            run.shard_ids.len(),
-            shard_ids.len()
-        )));
+        return Err(fail(format!("it was taken with {} shards, not {}", run.shard_ids.len(), shard_ids.len())));
     }
     if run.config != **config {
-        return Err(fail(
-            "it was taken with different analysis or event-time settings".to_owned(),
-        ));
+        return Err(fail("it was taken with different analysis or event-time settings".to_owned()));
     }
     let mut shards = Vec::with_capacity(shard_ids.len());
     for id in shard_ids {
-        let (bytes, _) = store
-            .get(&format!("{prefix}/{id}.json"))?
-            .ok_or_else(|| fail(format!("{prefix}/{id}.json is missing")))?;
+        let (bytes, _) =
+            store.get(&format!("{prefix}/{id}.json"))?.ok_or_else(|| fail(format!("{prefix}/{id}.json is missing")))?;
         let checkpoint = ShardCheckpoint::from_bytes(&bytes)?;
-        if checkpoint.position
-            != (Position::InputRecord {
-                record: run.records,
-            })
-        {
-            return Err(fail(format!(
-                "shard {id} is at {:?}, the run at record {}",
-                checkpoint.position, run.records
-            )));
+        if checkpoint.position != (Position::InputRecord { record: run.records }) {
+            return Err(fail(format!("shard {id} is at {:?}, the run at record {}", checkpoint.position, run.records)));
         }
         shards.push(checkpoint.restore(config.clone())?);
     }
-    tracing::info!(
-        checkpoint = id,
-        records = run.records,
-        "resuming from checkpoint"
-    );
-    Ok(Restored {
-        checkpoint_id: id,
-        run,
-        shards,
-    })
+    tracing::info!(checkpoint = id, records = run.records, "resuming from checkpoint");
+    Ok(Restored { checkpoint_id: id, run, shards })
 }
 
 fn summarize(
@@ -978,10 +785,7 @@ fn summarize(
     elapsed: Duration,
     resumed_at: u64,
 ) -> Summary {
-    let hot_spots = results
-        .iter()
-        .filter(|r| matches!(r, MergedResult::HotSpot { .. }))
-        .count() as u64;
+    let hot_spots = results.iter().filter(|r| matches!(r, MergedResult::HotSpot { .. })).count() as u64;
     let elapsed_s = elapsed.as_secs_f64();
     let processed = input.records.saturating_sub(resumed_at);
     Summary {
@@ -994,11 +798,7 @@ fn summarize(
         hot_spots,
         airport_trips: results.len() as u64 - hot_spots,
         elapsed_s,
-        events_per_s: if elapsed_s > 0.0 {
-            processed as f64 / elapsed_s
-        } else {
-            0.0
-        },
+        events_per_s: if elapsed_s > 0.0 { processed as f64 / elapsed_s } else { 0.0 },
         invalid_by_reason: InvalidReason::ALL
             .iter()
             .filter(|r| input.invalid[r.index()] > 0)

@@ -10,23 +10,16 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use taxi_worker::analysis::MergedResult;
 use taxi_worker::config::{
-    AirportTripsConfig, EngineConfig, EventTimeConfig, HotSpotConfig, WatermarkStrategy,
-    parse_duration, to_millis,
+    AirportTripsConfig, EngineConfig, EventTimeConfig, HotSpotConfig, WatermarkStrategy, parse_duration, to_millis,
 };
 use taxi_worker::generate::{GeneratorConfig, write_json_lines};
 use taxi_worker::geo::BoundingBox;
-use taxi_worker::local::{
-    CheckpointOptions, LocalInput, LocalOptions, LocalRun, Outcome, Progress, run_local,
-};
+use taxi_worker::local::{CheckpointOptions, LocalInput, LocalOptions, LocalRun, Outcome, Progress, run_local};
 use taxi_worker::time::{format_timestamp, parse_timestamp};
 
 /// Command line of the worker binary.
 #[derive(Debug, Parser)]
-#[command(
-    name = "taxi-worker",
-    version,
-    about = "TaxiPipeline worker: event-time NYC taxi analytics"
-)]
+#[command(name = "taxi-worker", version, about = "TaxiPipeline worker: event-time NYC taxi analytics")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -166,9 +159,8 @@ struct GenerateArgs {
 }
 
 fn parse_start(s: &str) -> Result<i64, String> {
-    parse_timestamp(s.as_bytes()).ok_or_else(|| {
-        format!("invalid timestamp {s:?}: expected ISO-8601 like 2016-01-01T00:00:00Z")
-    })
+    parse_timestamp(s.as_bytes())
+        .ok_or_else(|| format!("invalid timestamp {s:?}: expected ISO-8601 like 2016-01-01T00:00:00Z"))
 }
 
 fn main() -> ExitCode {
@@ -188,20 +180,13 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 fn generate(args: &GenerateArgs) -> Result<ExitCode, String> {
     if !(0.0..=1.0).contains(&args.invalid_ratio) {
-        return Err(format!(
-            "--invalid-ratio must be between 0 and 1, got {}",
-            args.invalid_ratio
-        ));
+        return Err(format!("--invalid-ratio must be between 0 and 1, got {}", args.invalid_ratio));
     }
     let config = GeneratorConfig {
         trips: args.trips,
@@ -264,10 +249,7 @@ fn local(args: LocalArgs) -> Result<ExitCode, String> {
             .parse_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
     };
-    options
-        .engine
-        .validate()
-        .map_err(|e| format!("invalid configuration: {e}"))?;
+    options.engine.validate().map_err(|e| format!("invalid configuration: {e}"))?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -285,8 +267,7 @@ fn local(args: LocalArgs) -> Result<ExitCode, String> {
                 }
             })
         };
-        let ticker =
-            show_progress.then(|| tokio::spawn(print_progress(progress.clone(), interactive)));
+        let ticker = show_progress.then(|| tokio::spawn(print_progress(progress.clone(), interactive)));
         let run = run_local(options, stop.clone(), progress.clone()).await;
         ctrl_c.abort();
         if let Some(t) = ticker {
@@ -301,13 +282,11 @@ fn local(args: LocalArgs) -> Result<ExitCode, String> {
 
     // A stopped run's results are incomplete: they are written by the run that completes.
     if let (Some(path), Outcome::Completed) = (&args.output, run.outcome) {
-        write_results(path, &run.results)
-            .map_err(|e| format!("failed to write results to {}: {e}", path.display()))?;
+        write_results(path, &run.results).map_err(|e| format!("failed to write results to {}: {e}", path.display()))?;
     }
     if let Some(path) = &args.summary {
         let json = serde_json::to_vec_pretty(&run.summary).map_err(|e| e.to_string())?;
-        std::fs::write(path, json)
-            .map_err(|e| format!("failed to write summary to {}: {e}", path.display()))?;
+        std::fs::write(path, json).map_err(|e| format!("failed to write summary to {}: {e}", path.display()))?;
     }
     print_report(&run, &args);
     Ok(ExitCode::SUCCESS)
@@ -332,11 +311,7 @@ async fn print_progress(progress: Arc<Progress>, interactive: bool) {
         let rate = (records - last.1.min(records)) as f64 / last.0.elapsed().as_secs_f64();
         last = (Instant::now(), records);
         let watermark = progress.watermark.load(Ordering::Relaxed);
-        let watermark = if watermark == i64::MIN {
-            "-".to_owned()
-        } else {
-            format_timestamp(watermark)
-        };
+        let watermark = if watermark == i64::MIN { "-".to_owned() } else { format_timestamp(watermark) };
         let line = format!("{records} records  {rate:>10.0} records/s  watermark {watermark}");
         if interactive {
             eprint!("\r\x1b[2K{line}");
@@ -353,34 +328,15 @@ fn print_report(run: &LocalRun, args: &LocalArgs) {
     let _ = writeln!(
         out,
         "{} records ({} trips, {} watermarks, {} invalid, {} outside NYC, {} late) in {:.2} s — {:.0} records/s",
-        s.records,
-        s.trips,
-        s.watermarks,
-        s.invalid,
-        s.outside_region,
-        s.late,
-        s.elapsed_s,
-        s.events_per_s
+        s.records, s.trips, s.watermarks, s.invalid, s.outside_region, s.late, s.elapsed_s, s.events_per_s
     );
     if let Outcome::Stopped { records } = run.outcome {
-        let hint = if args.checkpoint_dir.is_some() {
-            " — continue with the same flags and --resume"
-        } else {
-            ""
-        };
+        let hint = if args.checkpoint_dir.is_some() { " — continue with the same flags and --resume" } else { "" };
         let _ = writeln!(out, "stopped after record {records}{hint}");
         return;
     }
-    let _ = writeln!(
-        out,
-        "{} hot spots and {} airport results",
-        s.hot_spots, s.airport_trips
-    );
-    let mut hot: Vec<&MergedResult> = run
-        .results
-        .iter()
-        .filter(|r| r.kind() == "hot_spot")
-        .collect();
+    let _ = writeln!(out, "{} hot spots and {} airport results", s.hot_spots, s.airport_trips);
+    let mut hot: Vec<&MergedResult> = run.results.iter().filter(|r| r.kind() == "hot_spot").collect();
     hot.sort_by_key(|r| match r {
         MergedResult::HotSpot { pickup_count, .. } => std::cmp::Reverse(*pickup_count),
         MergedResult::AirportTrip { .. } => std::cmp::Reverse(0),
@@ -388,53 +344,26 @@ fn print_report(run: &LocalRun, args: &LocalArgs) {
     if !hot.is_empty() {
         let _ = writeln!(out, "\nbusiest pickup cells (window, geohash, pickups):");
         for r in hot.iter().take(5) {
-            if let MergedResult::HotSpot {
-                window_start,
-                geohash,
-                pickup_count,
-                ..
-            } = r
-            {
-                let _ = writeln!(
-                    out,
-                    "  {}  {geohash}  {pickup_count}",
-                    format_timestamp(*window_start)
-                );
+            if let MergedResult::HotSpot { window_start, geohash, pickup_count, .. } = r {
+                let _ = writeln!(out, "  {}  {geohash}  {pickup_count}", format_timestamp(*window_start));
             }
         }
     }
-    let mut by_airport: std::collections::BTreeMap<&str, (u64, f64)> =
-        std::collections::BTreeMap::new();
+    let mut by_airport: std::collections::BTreeMap<&str, (u64, f64)> = std::collections::BTreeMap::new();
     for r in &run.results {
-        if let MergedResult::AirportTrip {
-            airport,
-            trip_count,
-            sum_duration_min,
-            ..
-        } = r
-        {
+        if let MergedResult::AirportTrip { airport, trip_count, sum_duration_min, .. } = r {
             let e = by_airport.entry(airport.as_str()).or_default();
             e.0 += trip_count;
             e.1 += sum_duration_min;
         }
     }
     if !by_airport.is_empty() {
-        let _ = writeln!(
-            out,
-            "\naverage trip duration to the airports (over reported cells):"
-        );
+        let _ = writeln!(out, "\naverage trip duration to the airports (over reported cells):");
         for (airport, (trips, minutes)) in by_airport {
-            let _ = writeln!(
-                out,
-                "  {airport}: {:.1} min over {trips} trips",
-                minutes / trips.max(1) as f64
-            );
+            let _ = writeln!(out, "  {airport}: {:.1} min over {trips} trips", minutes / trips.max(1) as f64);
         }
     }
     if args.output.is_none() {
-        let _ = writeln!(
-            out,
-            "\nwrite every result with --output results.jsonl (see --help for all flags)"
-        );
+        let _ = writeln!(out, "\nwrite every result with --output results.jsonl (see --help for all flags)");
     }
 }

@@ -34,13 +34,7 @@ impl Merger {
     /// A merge over `shards` shards.
     pub fn new(config: Arc<EngineConfig>, shards: usize) -> Merger {
         let pending = Aggregates::new(&config);
-        Merger {
-            config,
-            shards: vec![ShardProgress::default(); shards],
-            pending,
-            emitted_up_to: None,
-            late_trips: 0,
-        }
+        Merger { config, shards: vec![ShardProgress::default(); shards], pending, emitted_up_to: None, late_trips: 0 }
     }
 
     /// Trips dropped because their partial came after the merged window was final (only possible
@@ -115,12 +109,7 @@ impl Merger {
             return live.iter().filter_map(|s| s.watermark).max();
         }
         // A shard without a watermark yet holds everything open.
-        active
-            .iter()
-            .map(|s| s.watermark)
-            .collect::<Option<Vec<_>>>()?
-            .into_iter()
-            .min()
+        active.iter().map(|s| s.watermark).collect::<Option<Vec<_>>>()?.into_iter().min()
     }
 
     /// Emits the merged windows that became final, sorted in output order.
@@ -163,24 +152,13 @@ mod tests {
     const MIN: Millis = 60_000;
 
     fn trip(id: u64, dropoff: Millis) -> Event {
-        let p = GeoPoint {
-            lat: 40.7580,
-            lon: -73.9855,
-        };
-        Event::Trip(Trip {
-            trip_id: id,
-            pickup_time: dropoff - MIN,
-            dropoff_time: dropoff,
-            pickup: p,
-            dropoff: p,
-        })
+        let p = GeoPoint { lat: 40.7580, lon: -73.9855 };
+        Event::Trip(Trip { trip_id: id, pickup_time: dropoff - MIN, dropoff_time: dropoff, pickup: p, dropoff: p })
     }
 
     fn setup(shards: usize) -> (Arc<EngineConfig>, Vec<ShardProcessor>, Merger) {
         let config = Arc::new(EngineConfig::default());
-        let processors = (0..shards)
-            .map(|_| ShardProcessor::new(config.clone()))
-            .collect();
+        let processors = (0..shards).map(|_| ShardProcessor::new(config.clone())).collect();
         (config.clone(), processors, Merger::new(config, shards))
     }
 
@@ -229,12 +207,7 @@ mod tests {
         merger.set_idle(1, false);
         feed(&mut merger, 1, &mut b[0], trip(5, 40 * MIN));
         assert_eq!(merger.late_trips(), 1);
-        assert!(
-            merger
-                .take_final()
-                .iter()
-                .all(|r| r.window_start() >= 30 * MIN)
-        );
+        assert!(merger.take_final().iter().all(|r| r.window_start() >= 30 * MIN));
     }
 
     #[test]

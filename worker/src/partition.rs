@@ -41,10 +41,7 @@ pub fn trip_hash_key(trip_id: u64) -> u128 {
 pub fn even_ranges(shards: u32) -> Vec<HashKeyRange> {
     let n = u128::from(shards.max(1));
     if n == 1 {
-        return vec![HashKeyRange {
-            start: 0,
-            end: u128::MAX,
-        }];
+        return vec![HashKeyRange { start: 0, end: u128::MAX }];
     }
     // 2^128 = q·n + r, computed without overflowing u128 (n ≥ 2, so q < u128::MAX).
     let (mut q, mut r) = (u128::MAX / n, u128::MAX % n + 1);
@@ -54,14 +51,7 @@ pub fn even_ranges(shards: u32) -> Vec<HashKeyRange> {
     }
     let start = |i: u128| q * i + r * i / n;
     (0..n)
-        .map(|i| HashKeyRange {
-            start: start(i),
-            end: if i + 1 == n {
-                u128::MAX
-            } else {
-                start(i + 1) - 1
-            },
-        })
+        .map(|i| HashKeyRange { start: start(i), end: if i + 1 == n { u128::MAX } else { start(i + 1) - 1 } })
         .collect()
 }
 
@@ -74,9 +64,7 @@ pub struct ShardRouter {
 impl ShardRouter {
     /// A router over a freshly created stream of `shards` shards.
     pub fn even(shards: u32) -> ShardRouter {
-        ShardRouter {
-            starts: even_ranges(shards).iter().map(|r| r.start).collect(),
-        }
+        ShardRouter { starts: even_ranges(shards).iter().map(|r| r.start).collect() }
     }
 
     /// Number of shards routed to.
@@ -87,9 +75,7 @@ impl ShardRouter {
     /// Index of the shard whose range holds `hash_key`.
     #[inline]
     pub fn shard_for(&self, hash_key: u128) -> usize {
-        self.starts
-            .partition_point(|&s| s <= hash_key)
-            .saturating_sub(1)
+        self.starts.partition_point(|&s| s <= hash_key).saturating_sub(1)
     }
 
     /// Index of the shard a trip goes to.
@@ -116,10 +102,7 @@ mod tests {
         assert_eq!(hash_key(b"1"), 0xc4ca4238a0b923820dcc509a6f75849b);
         assert_eq!(trip_hash_key(1), hash_key(b"1"));
         assert_eq!(trip_hash_key(0), hash_key(b"0"));
-        assert_eq!(
-            trip_hash_key(u64::MAX),
-            hash_key(u64::MAX.to_string().as_bytes())
-        );
+        assert_eq!(trip_hash_key(u64::MAX), hash_key(u64::MAX.to_string().as_bytes()));
     }
 
     #[test]
@@ -133,13 +116,7 @@ mod tests {
         assert_eq!(three[1].start, 113427455640312821154458202477256070485);
         assert_eq!(three[2].start, 226854911280625642308916404954512140970);
         assert_eq!(three[2].end, u128::MAX);
-        assert_eq!(
-            even_ranges(1),
-            vec![HashKeyRange {
-                start: 0,
-                end: u128::MAX
-            }]
-        );
+        assert_eq!(even_ranges(1), vec![HashKeyRange { start: 0, end: u128::MAX }]);
     }
 
     #[test]

@@ -92,12 +92,7 @@ impl ShardProcessor {
     /// A shard with no history.
     pub fn new(config: Arc<EngineConfig>) -> ShardProcessor {
         let aggregates = Aggregates::new(&config);
-        ShardProcessor {
-            config,
-            clock: WatermarkState::default(),
-            aggregates,
-            counters: Counters::default(),
-        }
+        ShardProcessor { config, clock: WatermarkState::default(), aggregates, counters: Counters::default() }
     }
 
     /// A shard resumed from checkpointed state.
@@ -107,12 +102,7 @@ impl ShardProcessor {
         aggregates: Aggregates,
         counters: Counters,
     ) -> Self {
-        ShardProcessor {
-            config,
-            clock,
-            aggregates,
-            counters,
-        }
+        ShardProcessor { config, clock, aggregates, counters }
     }
 
     /// The current watermark (`None` before the first observation).
@@ -182,10 +172,7 @@ impl ShardProcessor {
         }
 
         // A trip is late when its window's end + allowed lateness ≤ the watermark.
-        let cutoff = self
-            .clock
-            .watermark
-            .map_or(Millis::MIN, |w| w - et.allowed_lateness_ms);
+        let cutoff = self.clock.watermark.map_or(Millis::MIN, |w| w - et.allowed_lateness_ms);
         let hot_windows = self.aggregates.hot_spots.windows();
         let hot_start = hot_windows.start_of(t);
         let hot_late = hot_windows.end_of(hot_start) <= cutoff;
@@ -200,10 +187,7 @@ impl ShardProcessor {
         }
         if let (Some(index), false) = (airport, airport_late) {
             // `EngineConfig::validate` caps the airport list at 255 entries.
-            let key = AirportKey {
-                pickup: cell,
-                airport: u8::try_from(index).unwrap_or(u8::MAX),
-            };
+            let key = AirportKey { pickup: cell, airport: u8::try_from(index).unwrap_or(u8::MAX) };
             let agg = self.aggregates.airport_trips.entry(airport_start, key);
             agg.trips += 1;
             agg.duration_ms += trip.duration_ms();
@@ -219,9 +203,7 @@ impl ShardProcessor {
     /// Closes the windows the watermark has passed (end + allowed lateness ≤ watermark).
     pub fn take_closed(&mut self) -> ClosedWindows {
         match self.clock.watermark {
-            Some(w) => self
-                .aggregates
-                .take_ended_by(w - self.config.event_time.allowed_lateness_ms),
+            Some(w) => self.aggregates.take_ended_by(w - self.config.event_time.allowed_lateness_ms),
             None => ClosedWindows::default(),
         }
     }
@@ -239,14 +221,8 @@ mod tests {
     use crate::event::GeoPoint;
 
     const MIN: Millis = 60_000;
-    const MIDTOWN: GeoPoint = GeoPoint {
-        lat: 40.7580,
-        lon: -73.9855,
-    };
-    const JFK: GeoPoint = GeoPoint {
-        lat: 40.6413,
-        lon: -73.7781,
-    };
+    const MIDTOWN: GeoPoint = GeoPoint { lat: 40.7580, lon: -73.9855 };
+    const JFK: GeoPoint = GeoPoint { lat: 40.6413, lon: -73.7781 };
 
     fn trip(id: u64, dropoff: Millis, to: GeoPoint) -> Event {
         Event::Trip(Trip {
@@ -259,42 +235,23 @@ mod tests {
     }
 
     fn processor(event_time: EventTimeConfig) -> ShardProcessor {
-        ShardProcessor::new(Arc::new(EngineConfig {
-            event_time,
-            ..EngineConfig::default()
-        }))
+        ShardProcessor::new(Arc::new(EngineConfig { event_time, ..EngineConfig::default() }))
     }
 
     fn pickups(closed: &ClosedWindows) -> Vec<(Millis, u64)> {
-        closed
-            .hot_spots
-            .iter()
-            .map(|(s, cells)| (*s, cells.values().sum()))
-            .collect()
+        closed.hot_spots.iter().map(|(s, cells)| (*s, cells.values().sum())).collect()
     }
 
     #[test]
     fn disorder_within_the_bound_is_aggregated_and_beyond_it_is_late() {
         let mut p = processor(EventTimeConfig::default());
-        assert_eq!(
-            p.process(&trip(1, 100 * MIN, MIDTOWN), None),
-            Some(TripOutcome::Aggregated)
-        );
+        assert_eq!(p.process(&trip(1, 100 * MIN, MIDTOWN), None), Some(TripOutcome::Aggregated));
         // 59 s behind the max: the bound is 60 s, and its window [90, 100) min is still open.
-        assert_eq!(
-            p.process(&trip(2, 100 * MIN - 59_000, MIDTOWN), None),
-            Some(TripOutcome::Aggregated)
-        );
+        assert_eq!(p.process(&trip(2, 100 * MIN - 59_000, MIDTOWN), None), Some(TripOutcome::Aggregated));
         // Move the watermark to 101 min: window [90, 100) closes.
-        assert_eq!(
-            p.process(&trip(3, 102 * MIN, MIDTOWN), None),
-            Some(TripOutcome::Aggregated)
-        );
+        assert_eq!(p.process(&trip(3, 102 * MIN, MIDTOWN), None), Some(TripOutcome::Aggregated));
         assert_eq!(p.watermark(), Some(101 * MIN));
-        assert_eq!(
-            p.process(&trip(4, 99 * MIN, MIDTOWN), None),
-            Some(TripOutcome::Late)
-        );
+        assert_eq!(p.process(&trip(4, 99 * MIN, MIDTOWN), None), Some(TripOutcome::Late));
         assert_eq!(p.counters().late, 1);
         // Trip 2 is in [90, 100) min; trips 1 and 3 are in the still-open [100, 110).
         let closed = p.take_closed();
@@ -303,22 +260,13 @@ mod tests {
 
     #[test]
     fn allowed_lateness_keeps_windows_open_longer() {
-        let mut p = processor(EventTimeConfig {
-            allowed_lateness_ms: 5 * MIN,
-            ..EventTimeConfig::default()
-        });
+        let mut p = processor(EventTimeConfig { allowed_lateness_ms: 5 * MIN, ..EventTimeConfig::default() });
         p.process(&trip(1, 105 * MIN, MIDTOWN), None); // watermark 104 min
         // Window [90, 100) ends at 100; 100 + 5 > 104, so it still accepts trips.
-        assert_eq!(
-            p.process(&trip(2, 95 * MIN, MIDTOWN), None),
-            Some(TripOutcome::Aggregated)
-        );
+        assert_eq!(p.process(&trip(2, 95 * MIN, MIDTOWN), None), Some(TripOutcome::Aggregated));
         assert!(p.take_closed().is_empty());
         p.process(&trip(3, 106 * MIN, MIDTOWN), None); // watermark 105 min: 100 + 5 ≤ 105
-        assert_eq!(
-            p.process(&trip(4, 95 * MIN, MIDTOWN), None),
-            Some(TripOutcome::Late)
-        );
+        assert_eq!(p.process(&trip(4, 95 * MIN, MIDTOWN), None), Some(TripOutcome::Late));
         assert_eq!(pickups(&p.take_closed()), vec![(90 * MIN, 1)]);
     }
 
@@ -333,10 +281,7 @@ mod tests {
 
     #[test]
     fn punctuated_watermarks_move_only_on_watermark_events() {
-        let config = EventTimeConfig {
-            watermark: WatermarkStrategy::Punctuated,
-            ..EventTimeConfig::default()
-        };
+        let config = EventTimeConfig { watermark: WatermarkStrategy::Punctuated, ..EventTimeConfig::default() };
         let mut p = processor(config);
         p.process(&trip(1, 100 * MIN, MIDTOWN), None);
         assert_eq!(p.watermark(), None);
@@ -345,10 +290,7 @@ mod tests {
         // Never decreasing.
         p.process(&Event::Watermark(105 * MIN), None);
         assert_eq!(p.watermark(), Some(110 * MIN));
-        assert_eq!(
-            p.process(&trip(2, 100 * MIN, MIDTOWN), None),
-            Some(TripOutcome::Late)
-        );
+        assert_eq!(p.process(&trip(2, 100 * MIN, MIDTOWN), None), Some(TripOutcome::Late));
         assert_eq!(p.counters().watermarks, 2);
         assert_eq!(pickups(&p.take_closed()), vec![(100 * MIN, 1)]);
     }
@@ -362,34 +304,19 @@ mod tests {
 
     #[test]
     fn arrival_watermarks_follow_the_arrival_time() {
-        let config = EventTimeConfig {
-            watermark: WatermarkStrategy::Arrival,
-            ..EventTimeConfig::default()
-        };
+        let config = EventTimeConfig { watermark: WatermarkStrategy::Arrival, ..EventTimeConfig::default() };
         let mut p = processor(config);
         // Arrived long after its window closed: late against its own arrival.
-        assert_eq!(
-            p.process(&trip(1, 100 * MIN, MIDTOWN), Some(200 * MIN)),
-            Some(TripOutcome::Late)
-        );
+        assert_eq!(p.process(&trip(1, 100 * MIN, MIDTOWN), Some(200 * MIN)), Some(TripOutcome::Late));
         assert_eq!(p.watermark(), Some(199 * MIN));
-        assert_eq!(
-            p.process(&trip(2, 200 * MIN, MIDTOWN), Some(200 * MIN + 5_000)),
-            Some(TripOutcome::Aggregated)
-        );
+        assert_eq!(p.process(&trip(2, 200 * MIN, MIDTOWN), Some(200 * MIN + 5_000)), Some(TripOutcome::Aggregated));
     }
 
     #[test]
     fn outside_region_trips_are_counted_not_aggregated_but_move_the_watermark() {
         let mut p = processor(EventTimeConfig::default());
-        let newark = GeoPoint {
-            lat: 40.6895,
-            lon: -74.1745 + -0.2,
-        };
-        assert_eq!(
-            p.process(&trip(1, 100 * MIN, newark), None),
-            Some(TripOutcome::OutsideRegion)
-        );
+        let newark = GeoPoint { lat: 40.6895, lon: -74.1745 + -0.2 };
+        assert_eq!(p.process(&trip(1, 100 * MIN, newark), None), Some(TripOutcome::OutsideRegion));
         assert_eq!(p.counters().outside_region, 1);
         assert_eq!(p.watermark(), Some(99 * MIN));
         assert!(p.take_all().is_empty());
@@ -406,13 +333,7 @@ mod tests {
         let (key, agg) = keys.iter().next().expect("one key");
         assert_eq!(key.airport, 0);
         assert_eq!(key.pickup.to_string(), "dr5ru7");
-        assert_eq!(
-            *agg,
-            crate::analysis::AirportAgg {
-                trips: 2,
-                duration_ms: 2 * 30 * MIN
-            }
-        );
+        assert_eq!(*agg, crate::analysis::AirportAgg { trips: 2, duration_ms: 2 * 30 * MIN });
     }
 
     #[test]

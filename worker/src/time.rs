@@ -62,11 +62,7 @@ pub fn parse_timestamp(s: &[u8]) -> Option<Millis> {
         }
         // Truncate to milliseconds: take the first three digits, padding with zeros.
         for i in 0..3 {
-            millis = millis * 10
-                + frac
-                    .get(i)
-                    .filter(|_| i < n)
-                    .map_or(0, |d| u32::from(d - b'0'));
+            millis = millis * 10 + frac.get(i).filter(|_| i < n).map_or(0, |d| u32::from(d - b'0'));
         }
         rest = &frac[n..];
     }
@@ -76,9 +72,7 @@ pub fn parse_timestamp(s: &[u8]) -> Option<Millis> {
         [sign @ (b'+' | b'-'), zone @ ..] => {
             let (oh, om) = match zone {
                 [h1, h2] => (digits2(*h1, *h2)?, 0),
-                [h1, h2, b':', m1, m2] | [h1, h2, m1, m2] => {
-                    (digits2(*h1, *h2)?, digits2(*m1, *m2)?)
-                }
+                [h1, h2, b':', m1, m2] | [h1, h2, m1, m2] => (digits2(*h1, *h2)?, digits2(*m1, *m2)?),
                 _ => return None,
             };
             if oh > 23 || om > 59 {
@@ -121,10 +115,7 @@ pub fn write_timestamp(out: &mut impl fmt::Write, t: Millis) -> fmt::Result {
     let minute = ms_of_day % MS_PER_HOUR / MS_PER_MINUTE;
     let second = ms_of_day % MS_PER_MINUTE / MS_PER_SECOND;
     let millis = ms_of_day % MS_PER_SECOND;
-    write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}"
-    )?;
+    write!(out, "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}")?;
     if millis != 0 {
         write!(out, ".{millis:03}")?;
     }
@@ -183,11 +174,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let month = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
     let year = yoe + era * 400 + i64::from(month <= 2);
     // Both are in range by construction; the fallbacks are unreachable.
-    (
-        year,
-        u32::try_from(month).unwrap_or(1),
-        u32::try_from(day).unwrap_or(1),
-    )
+    (year, u32::try_from(month).unwrap_or(1), u32::try_from(day).unwrap_or(1))
 }
 
 /// Serde (de)serialization of [`Millis`] as RFC 3339 UTC strings, for `#[serde(with = ...)]`.
@@ -204,8 +191,7 @@ pub mod serde_timestamp {
     /// Reads any timestamp [`parse_timestamp`] accepts.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Millis, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        parse_timestamp(s.as_bytes())
-            .ok_or_else(|| serde::de::Error::custom(format!("invalid timestamp {s:?}")))
+        parse_timestamp(s.as_bytes()).ok_or_else(|| serde::de::Error::custom(format!("invalid timestamp {s:?}")))
     }
 }
 
@@ -241,10 +227,7 @@ mod tests {
         assert_eq!(p("2016-01-01T00:05:39.999999999Z"), Some(base + 999));
         assert_eq!(p("2016-01-01T00:05:39,5Z"), Some(base + 500));
         assert_eq!(p("2016-01-01T00:05:39.5"), Some(base + 500));
-        assert_eq!(
-            p("2016-01-01T00:05:39.5+01:00"),
-            Some(base + 500 - 3_600_000)
-        );
+        assert_eq!(p("2016-01-01T00:05:39.5+01:00"), Some(base + 500 - 3_600_000));
         assert_eq!(p("2016-01-01T00:05:39.Z"), None);
         assert_eq!(p("2016-01-01T00:05:39.1234567890Z"), None);
         assert_eq!(p("2016-01-01T00:05:39."), None);
@@ -321,14 +304,8 @@ mod tests {
     fn formats() {
         assert_eq!(format_timestamp(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_timestamp(1_451_607_000_000), "2016-01-01T00:10:00Z");
-        assert_eq!(
-            format_timestamp(1_451_607_000_123),
-            "2016-01-01T00:10:00.123Z"
-        );
-        assert_eq!(
-            format_timestamp(1_451_607_000_005),
-            "2016-01-01T00:10:00.005Z"
-        );
+        assert_eq!(format_timestamp(1_451_607_000_123), "2016-01-01T00:10:00.123Z");
+        assert_eq!(format_timestamp(1_451_607_000_005), "2016-01-01T00:10:00.005Z");
         assert_eq!(format_timestamp(-1), "1969-12-31T23:59:59.999Z");
         assert_eq!(format_timestamp(951_782_400_000), "2000-02-29T00:00:00Z");
         // Extremes never panic.

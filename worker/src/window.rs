@@ -63,10 +63,7 @@ pub type ClosedWindow<K, V> = (Millis, FxHashMap<K, V>);
 impl<K: Eq + Hash + Copy, V: Combine> WindowedAggregates<K, V> {
     /// No windows yet.
     pub fn new(windows: Tumbling) -> Self {
-        WindowedAggregates {
-            windows,
-            open: BTreeMap::new(),
-        }
+        WindowedAggregates { windows, open: BTreeMap::new() }
     }
 
     /// The window definition.
@@ -77,11 +74,7 @@ impl<K: Eq + Hash + Copy, V: Combine> WindowedAggregates<K, V> {
     /// The value for `key` in the window starting at `window_start`, created empty if new.
     #[inline]
     pub fn entry(&mut self, window_start: Millis, key: K) -> &mut V {
-        self.open
-            .entry(window_start)
-            .or_default()
-            .entry(key)
-            .or_default()
+        self.open.entry(window_start).or_default().entry(key).or_default()
     }
 
     /// Sums a closed window from elsewhere (another shard, a checkpoint) into this one.
@@ -157,10 +150,7 @@ mod tests {
         *agg.entry(20, 2) += 3;
         assert!(agg.take_ended_by(9).is_empty());
         let closed = agg.take_ended_by(20);
-        assert_eq!(
-            closed.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-            vec![0, 10]
-        );
+        assert_eq!(closed.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![0, 10]);
         assert_eq!(closed[1].1.get(&1), Some(&2));
         assert_eq!(agg.oldest_start(), Some(20));
         assert_eq!(agg.take_all().len(), 1);

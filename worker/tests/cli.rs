@@ -5,10 +5,7 @@ use std::process::Command;
 const BIN: &str = env!("CARGO_BIN_EXE_taxi-worker");
 
 fn taxi_worker(args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("run taxi-worker")
+    Command::new(BIN).args(args).output().expect("run taxi-worker")
 }
 
 #[test]
@@ -27,16 +24,9 @@ fn local_writes_sorted_results_and_a_summary() {
         "--summary",
         summary.to_str().expect("utf-8"),
     ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let report = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        report.contains("20000 records") && report.contains("busiest pickup cells"),
-        "{report}"
-    );
+    assert!(report.contains("20000 records") && report.contains("busiest pickup cells"), "{report}");
 
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&output)
         .expect("results")
@@ -46,26 +36,15 @@ fn local_writes_sorted_results_and_a_summary() {
     assert!(!lines.is_empty());
     let key = |v: &serde_json::Value| {
         let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
-        (
-            s("window_start"),
-            s("kind"),
-            s("geohash") + &s("pickup_geohash"),
-            s("airport"),
-        )
+        (s("window_start"), s("kind"), s("geohash") + &s("pickup_geohash"), s("airport"))
     };
-    assert!(
-        lines.windows(2).all(|w| key(&w[0]) < key(&w[1])),
-        "sorted by (window_start, kind, key), no duplicates"
-    );
+    assert!(lines.windows(2).all(|w| key(&w[0]) < key(&w[1])), "sorted by (window_start, kind, key), no duplicates");
     for line in &lines {
         match line["kind"].as_str() {
             Some("hot_spot") => assert!(line["pickup_count"].as_u64() >= Some(2)),
             Some("airport_trip") => {
-                let (n, sum, avg) = (
-                    line["trip_count"].as_f64(),
-                    line["sum_duration_min"].as_f64(),
-                    line["avg_duration_min"].as_f64(),
-                );
+                let (n, sum, avg) =
+                    (line["trip_count"].as_f64(), line["sum_duration_min"].as_f64(), line["avg_duration_min"].as_f64());
                 let (n, sum, avg) = (n.expect("count"), sum.expect("sum"), avg.expect("avg"));
                 assert!(n >= 2.0 && (sum / n - avg).abs() < 1e-3, "{line}");
                 assert!(["JFK", "LGA"].contains(&line["airport"].as_str().unwrap_or_default()));
@@ -74,8 +53,7 @@ fn local_writes_sorted_results_and_a_summary() {
         }
     }
 
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&summary).expect("summary")).expect("JSON");
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).expect("summary")).expect("JSON");
     for field in [
         "records",
         "trips",
@@ -102,20 +80,8 @@ fn generate_is_reproducible_from_its_seed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = |name: &str| dir.path().join(name).to_str().expect("utf-8").to_owned();
     for (name, seed) in [("a", "5"), ("b", "5"), ("c", "6")] {
-        let run = taxi_worker(&[
-            "generate",
-            "--trips",
-            "500",
-            "--seed",
-            seed,
-            "--output",
-            &path(name),
-        ]);
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
+        let run = taxi_worker(&["generate", "--trips", "500", "--seed", seed, "--output", &path(name)]);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     }
     let read = |name: &str| std::fs::read(path(name)).expect("generated file");
     assert_eq!(read("a"), read("b"));
@@ -127,29 +93,17 @@ fn generate_is_reproducible_from_its_seed() {
 fn bad_flag_values_and_missing_files_fail_with_a_clear_message() {
     let cases: [(&[&str], &str); 6] = [
         (&["local", "--window", "10x"], "invalid duration \"10x\""),
-        (
-            &["local", "--geohash-precision", "13"],
-            "13 is not in 1..=12",
-        ),
+        (&["local", "--geohash-precision", "13"], "13 is not in 1..=12"),
         (&["local", "--shards", "0"], "0 is not in 1..=1024"),
-        (
-            &["local", "--watermark", "sometimes"],
-            "invalid value 'sometimes'",
-        ),
-        (
-            &["local", "--input", "/nonexistent/trips.jsonl"],
-            "input file /nonexistent/trips.jsonl does not exist",
-        ),
+        (&["local", "--watermark", "sometimes"], "invalid value 'sometimes'"),
+        (&["local", "--input", "/nonexistent/trips.jsonl"], "input file /nonexistent/trips.jsonl does not exist"),
         (&["local", "--resume"], "--checkpoint-dir"),
     ];
     for (args, expected) in cases {
         let run = taxi_worker(args);
         let stderr = String::from_utf8_lossy(&run.stderr);
         assert!(!run.status.success(), "{args:?} should fail");
-        assert!(
-            stderr.contains(expected),
-            "{args:?}: expected {expected:?} in {stderr}"
-        );
+        assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in {stderr}");
     }
 }
 
@@ -161,8 +115,5 @@ fn an_unreadable_input_format_is_named_in_the_error() {
     let run = taxi_worker(&["local", "--input", path.to_str().expect("utf-8")]);
     assert!(!run.status.success());
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        stderr.contains("notes.txt") || stderr.contains("hello world"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("notes.txt") || stderr.contains("hello world"), "{stderr}");
 }

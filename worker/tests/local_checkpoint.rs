@@ -32,11 +32,7 @@ fn generated_file(dir: &Path, trips: u64) -> PathBuf {
     path
 }
 
-fn options(
-    input: &Path,
-    checkpoint: Option<CheckpointOptions>,
-    stop_after: Option<u64>,
-) -> LocalOptions {
+fn options(input: &Path, checkpoint: Option<CheckpointOptions>, stop_after: Option<u64>) -> LocalOptions {
     LocalOptions {
         input: LocalInput::File(input.to_path_buf()),
         shards: 4,
@@ -48,24 +44,12 @@ fn options(
 }
 
 fn run(options: LocalOptions) -> Result<LocalRun, LocalError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(run_local(
-        options,
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(Progress::default()),
-    ))
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    runtime.block_on(run_local(options, Arc::new(AtomicBool::new(false)), Arc::new(Progress::default())))
 }
 
 fn checkpoints(dir: &Path, resume: bool) -> Option<CheckpointOptions> {
-    Some(CheckpointOptions {
-        dir: dir.to_path_buf(),
-        interval: Duration::from_secs(3600),
-        resume,
-    })
+    Some(CheckpointOptions { dir: dir.to_path_buf(), interval: Duration::from_secs(3600), resume })
 }
 
 #[test]
@@ -83,29 +67,11 @@ fn stopping_after_k_records_and_resuming_gives_the_uninterrupted_results() {
         assert!(shard_object.exists(), "one object per shard (DESIGN §6)");
         let rest = run(options(&input, checkpoints(&ckpt, true), None)).expect("resumed run");
         assert_eq!(rest.outcome, Outcome::Completed);
-        assert_eq!(
-            as_lines(&rest.results),
-            as_lines(&full.results),
-            "stopped at {k}"
-        );
+        assert_eq!(as_lines(&rest.results), as_lines(&full.results), "stopped at {k}");
         let (a, b) = (&rest.summary, &full.summary);
         assert_eq!(
-            (
-                a.records,
-                a.trips,
-                a.watermarks,
-                a.invalid,
-                a.outside_region,
-                a.late
-            ),
-            (
-                b.records,
-                b.trips,
-                b.watermarks,
-                b.invalid,
-                b.outside_region,
-                b.late
-            ),
+            (a.records, a.trips, a.watermarks, a.invalid, a.outside_region, a.late),
+            (b.records, b.trips, b.watermarks, b.invalid, b.outside_region, b.late),
             "stopped at {k}"
         );
     }
@@ -129,8 +95,7 @@ fn resume_refuses_a_checkpoint_of_another_run() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = generated_file(dir.path(), 5_000);
     let ckpt = dir.path().join("ckpt");
-    let empty =
-        run(options(&input, checkpoints(&ckpt, true), None)).expect_err("nothing to resume");
+    let empty = run(options(&input, checkpoints(&ckpt, true), None)).expect_err("nothing to resume");
     assert!(empty.to_string().contains("holds no checkpoint"), "{empty}");
     run(options(&input, checkpoints(&ckpt, false), Some(100))).expect("first part");
     let mut other_shards = options(&input, checkpoints(&ckpt, true), None);
@@ -145,131 +110,68 @@ fn resume_refuses_a_checkpoint_of_another_run() {
 
 fn local_command(input: &Path, output: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.args(["local", "--shards", "4", "--input"])
-        .arg(input)
-        .arg("--output")
-        .arg(output)
-        .args(extra);
+    cmd.args(["local", "--shards", "4", "--input"]).arg(input).arg("--output").arg(output).args(extra);
     cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     cmd
 }
 
 /// Starts a run with frequent checkpoints, waits for `checkpoints` of them, then sends `signal`.
-fn interrupt_after_checkpoints(
-    input: &Path,
-    ckpt: &Path,
-    signal: &str,
-    checkpoints: u64,
-) -> std::process::Output {
+fn interrupt_after_checkpoints(input: &Path, ckpt: &Path, signal: &str, checkpoints: u64) -> std::process::Output {
     let out = ckpt.with_extension("partial.jsonl");
     let ckpt_arg = ckpt.to_str().expect("utf-8 path");
-    let child = local_command(
-        input,
-        &out,
-        &[
-            "--checkpoint-dir",
-            ckpt_arg,
-            "--checkpoint-interval",
-            "20ms",
-        ],
-    )
-    .spawn()
-    .expect("start taxi-worker");
+    let child = local_command(input, &out, &["--checkpoint-dir", ckpt_arg, "--checkpoint-interval", "20ms"])
+        .spawn()
+        .expect("start taxi-worker");
     let deadline = Instant::now() + Duration::from_secs(60);
     let latest = ckpt.join("LATEST");
     loop {
-        let seen = std::fs::read_to_string(&latest)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(0);
+        let seen = std::fs::read_to_string(&latest).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
         if seen >= checkpoints {
             break;
         }
         assert!(Instant::now() < deadline, "no checkpoint within 60 s");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let status = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .expect("kill");
+    let status = Command::new("kill").args([signal, &child.id().to_string()]).status().expect("kill");
     assert!(status.success());
     child.wait_with_output().expect("wait")
+}
+
+/// Resumes from `ckpt` to the end and asserts the output file equals an uninterrupted run's.
+fn assert_resume_gives_the_uninterrupted_output(dir: &Path, input: &Path, ckpt: &Path) {
+    let expected_path = dir.join("expected.jsonl");
+    let uninterrupted = local_command(input, &expected_path, &[]).status().expect("run");
+    assert!(uninterrupted.success());
+    let resumed_path = dir.join("resumed.jsonl");
+    let ckpt_arg = ckpt.to_str().expect("utf-8 path");
+    let resumed =
+        local_command(input, &resumed_path, &["--checkpoint-dir", ckpt_arg, "--resume"]).output().expect("resume");
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    let expected = std::fs::read(&expected_path).expect("expected output");
+    assert!(!expected.is_empty());
+    let actual = std::fs::read(&resumed_path).expect("resumed output");
+    assert!(actual == expected, "resumed output differs");
 }
 
 #[test]
 fn kill_9_mid_run_then_resume_gives_the_uninterrupted_output() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = generated_file(dir.path(), 250_000);
-    let expected_path = dir.path().join("expected.jsonl");
-    let status = local_command(&input, &expected_path, &[])
-        .status()
-        .expect("run");
-    assert!(status.success());
-
     let ckpt = dir.path().join("ckpt");
     let killed = interrupt_after_checkpoints(&input, &ckpt, "-9", 2);
-    assert!(
-        !killed.status.success(),
-        "the run was killed before it finished"
-    );
-    let resumed_path = dir.path().join("resumed.jsonl");
-    let ckpt_arg = ckpt.to_str().expect("utf-8 path");
-    let resumed = local_command(
-        &input,
-        &resumed_path,
-        &["--checkpoint-dir", ckpt_arg, "--resume"],
-    )
-    .output()
-    .expect("resume");
-    assert!(
-        resumed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&resumed.stderr)
-    );
-    let expected = std::fs::read(&expected_path).expect("expected output");
-    assert!(!expected.is_empty());
-    assert!(
-        std::fs::read(&resumed_path).expect("resumed output") == expected,
-        "resumed output differs"
-    );
+    assert!(!killed.status.success(), "the run was killed before it finished");
+    assert_resume_gives_the_uninterrupted_output(dir.path(), &input, &ckpt);
 }
 
 #[test]
 fn ctrl_c_checkpoints_and_exits_then_resume_completes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = generated_file(dir.path(), 250_000);
-    let expected_path = dir.path().join("expected.jsonl");
-    assert!(
-        local_command(&input, &expected_path, &[])
-            .status()
-            .expect("run")
-            .success()
-    );
-
     let ckpt = dir.path().join("ckpt");
     let interrupted = interrupt_after_checkpoints(&input, &ckpt, "-INT", 1);
     let stderr = String::from_utf8_lossy(&interrupted.stderr);
-    assert!(
-        interrupted.status.success(),
-        "Ctrl-C is a clean stop: {stderr}"
-    );
+    assert!(interrupted.status.success(), "Ctrl-C is a clean stop: {stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
-    let resumed_path = dir.path().join("resumed.jsonl");
-    let ckpt_arg = ckpt.to_str().expect("utf-8 path");
-    let resumed = local_command(
-        &input,
-        &resumed_path,
-        &["--checkpoint-dir", ckpt_arg, "--resume"],
-    )
-    .output()
-    .expect("resume");
-    assert!(
-        resumed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&resumed.stderr)
-    );
-    assert!(
-        std::fs::read(&resumed_path).expect("resumed")
-            == std::fs::read(&expected_path).expect("expected")
-    );
+    assert_resume_gives_the_uninterrupted_output(dir.path(), &input, &ckpt);
 }

@@ -25,29 +25,16 @@ fn run(input: &Path, shards: u32, engine: EngineConfig) -> LocalRun {
         stop_after_records: None,
         parse_threads: 2,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     runtime
-        .block_on(run_local(
-            options,
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(Progress::default()),
-        ))
+        .block_on(run_local(options, Arc::new(AtomicBool::new(false)), Arc::new(Progress::default())))
         .expect("local run")
 }
 
 fn generated_file(dir: &Path, trips: u64, seed: u64) -> std::path::PathBuf {
     let path = dir.join(format!("trips-{seed}.jsonl"));
-    let config = GeneratorConfig {
-        trips,
-        seed,
-        watermark_every: Some(997),
-        invalid_ratio: 0.002,
-        ..GeneratorConfig::default()
-    };
+    let config =
+        GeneratorConfig { trips, seed, watermark_every: Some(997), invalid_ratio: 0.002, ..GeneratorConfig::default() };
     write_json_lines(&config, std::fs::File::create(&path).expect("create")).expect("generate");
     path
 }
@@ -59,31 +46,16 @@ fn local_equals_the_batch_oracle_with_1_3_and_8_shards() {
     let config = EngineConfig::default();
     let expected = batch_oracle(&config, &input);
     assert!(
-        expected
-            .iter()
-            .any(|r| matches!(r, MergedResult::AirportTrip { .. })),
+        expected.iter().any(|r| matches!(r, MergedResult::AirportTrip { .. })),
         "the fixture must exercise airports"
     );
-    assert!(
-        expected.len() > 1_000,
-        "the fixture must produce many hot spots"
-    );
+    assert!(expected.len() > 1_000, "the fixture must produce many hot spots");
     for shards in [1, 3, 8] {
         let run = run(&input, shards, config.clone());
         assert_eq!(run.outcome, Outcome::Completed);
-        assert_eq!(
-            run.summary.late, 0,
-            "{shards} shards: disorder is inside the bound"
-        );
-        assert_eq!(
-            as_lines(&run.results),
-            as_lines(&expected),
-            "{shards} shards"
-        );
-        assert_eq!(
-            run.summary.records,
-            60_000 + run.summary.watermarks + run.summary.invalid
-        );
+        assert_eq!(run.summary.late, 0, "{shards} shards: disorder is inside the bound");
+        assert_eq!(as_lines(&run.results), as_lines(&expected), "{shards} shards");
+        assert_eq!(run.summary.records, 60_000 + run.summary.watermarks + run.summary.invalid);
         assert!(run.summary.invalid > 0 && run.summary.outside_region > 0);
     }
 }
@@ -99,10 +71,7 @@ fn windows_of_other_sizes_and_thresholds_match_the_oracle_too() {
     config.hot_spots.min_pickups = 3;
     config.airport_trips.min_trips = 1;
     let expected = batch_oracle(&config, &input);
-    assert_eq!(
-        as_lines(&run(&input, 5, config.clone()).results),
-        as_lines(&expected)
-    );
+    assert_eq!(as_lines(&run(&input, 5, config.clone()).results), as_lines(&expected));
 }
 
 /// Points in and around NYC, with the airports and the region's edges well represented.
@@ -113,42 +82,25 @@ fn point() -> impl Strategy<Value = GeoPoint> {
         (40.766..=40.778_f64, -73.881..=-73.859_f64),
         (40.40..41.0_f64, -74.4..-73.6_f64),
     ]
-    .prop_map(|(lat, lon)| GeoPoint {
-        lat: (lat * 1e6).round() / 1e6,
-        lon: (lon * 1e6).round() / 1e6,
-    })
+    .prop_map(|(lat, lon)| GeoPoint { lat: (lat * 1e6).round() / 1e6, lon: (lon * 1e6).round() / 1e6 })
 }
 
 /// Trips whose dropoff times are at most 59 s behind the latest one before them.
 fn trips() -> impl Strategy<Value = Vec<Trip>> {
-    prop::collection::vec(
-        (
-            0_i64..90_000,
-            0_i64..59_000,
-            60_000_i64..3_600_000,
-            point(),
-            point(),
-        ),
-        1..400,
+    prop::collection::vec((0_i64..90_000, 0_i64..59_000, 60_000_i64..3_600_000, point(), point()), 1..400).prop_map(
+        |steps| {
+            let mut clock = 1_451_606_400_000_i64;
+            steps
+                .into_iter()
+                .enumerate()
+                .map(|(i, (advance, behind, duration, pickup, dropoff))| {
+                    clock += advance;
+                    let dropoff_time = (clock - behind) / 1000 * 1000;
+                    Trip { trip_id: i as u64 + 1, pickup_time: dropoff_time - duration, dropoff_time, pickup, dropoff }
+                })
+                .collect()
+        },
     )
-    .prop_map(|steps| {
-        let mut clock = 1_451_606_400_000_i64;
-        steps
-            .into_iter()
-            .enumerate()
-            .map(|(i, (advance, behind, duration, pickup, dropoff))| {
-                clock += advance;
-                let dropoff_time = (clock - behind) / 1000 * 1000;
-                Trip {
-                    trip_id: i as u64 + 1,
-                    pickup_time: dropoff_time - duration,
-                    dropoff_time,
-                    pickup,
-                    dropoff,
-                }
-            })
-            .collect()
-    })
 }
 
 proptest! {
@@ -180,22 +132,14 @@ fn compressed_tlc_csv_gives_the_same_results_as_json_lines() {
     use taxi_worker::generate::{GeneratedRecord, TripGenerator};
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = GeneratorConfig {
-        trips: 15_000,
-        seed: 9,
-        ..GeneratorConfig::default()
-    };
+    let config = GeneratorConfig { trips: 15_000, seed: 9, ..GeneratorConfig::default() };
     let trips: Vec<Trip> = TripGenerator::new(&config)
         .filter_map(|r| match r {
             GeneratedRecord::Trip(t) => Some(t),
             _ => None,
         })
         .collect();
-    let naive = |t: i64| {
-        taxi_worker::time::format_timestamp(t)
-            .replace('T', " ")
-            .replace('Z', "")
-    };
+    let naive = |t: i64| taxi_worker::time::format_timestamp(t).replace('T', " ").replace('Z', "");
     let mut csv = String::from(
         "VendorID,tpep_pickup_datetime,tpep_dropoff_datetime,passenger_count,trip_distance,pickup_longitude,pickup_latitude,RateCodeID,store_and_fwd_flag,dropoff_longitude,dropoff_latitude,payment_type,fare_amount,extra,mta_tax,tip_amount,tolls_amount,improvement_surcharge,total_amount\n",
     );
@@ -211,35 +155,18 @@ fn compressed_tlc_csv_gives_the_same_results_as_json_lines() {
         );
     }
     let gz = dir.path().join("yellow.csv.gz");
-    let mut encoder = flate2::write::GzEncoder::new(
-        std::fs::File::create(&gz).expect("create"),
-        flate2::Compression::fast(),
-    );
+    let mut encoder =
+        flate2::write::GzEncoder::new(std::fs::File::create(&gz).expect("create"), flate2::Compression::fast());
     encoder.write_all(csv.as_bytes()).expect("gzip");
     encoder.finish().expect("gzip");
     let zst = dir.path().join("yellow.csv.zst");
     std::fs::write(&zst, zstd::encode_all(csv.as_bytes(), 1).expect("zstd")).expect("write");
     let json = dir.path().join("trips.jsonl");
-    std::fs::write(
-        &json,
-        trips
-            .iter()
-            .map(|t| trip_line(t) + "\n")
-            .collect::<String>(),
-    )
-    .expect("write");
+    std::fs::write(&json, trips.iter().map(|t| trip_line(t) + "\n").collect::<String>()).expect("write");
 
     let engine = EngineConfig::default();
     let expected = as_lines(&run(&json, 4, engine.clone()).results);
     assert!(expected.len() > 100);
-    assert_eq!(
-        as_lines(&run(&gz, 4, engine.clone()).results),
-        expected,
-        "gzip CSV"
-    );
-    assert_eq!(
-        as_lines(&run(&zst, 2, engine).results),
-        expected,
-        "zstd CSV"
-    );
+    assert_eq!(as_lines(&run(&gz, 4, engine.clone()).results), expected, "gzip CSV");
+    assert_eq!(as_lines(&run(&zst, 2, engine).results), expected, "zstd CSV");
 }

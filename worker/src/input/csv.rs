@@ -33,22 +33,8 @@ pub struct CsvLayout {
 /// The columns a trip needs, each with the names the TLC layouts use for it
 /// (2009 / 2010–2014 / 2015–2016, lower case).
 const NEEDED: [(&str, &[&str]); 6] = [
-    (
-        "pickup time",
-        &[
-            "trip_pickup_datetime",
-            "pickup_datetime",
-            "tpep_pickup_datetime",
-        ],
-    ),
-    (
-        "dropoff time",
-        &[
-            "trip_dropoff_datetime",
-            "dropoff_datetime",
-            "tpep_dropoff_datetime",
-        ],
-    ),
+    ("pickup time", &["trip_pickup_datetime", "pickup_datetime", "tpep_pickup_datetime"]),
+    ("dropoff time", &["trip_dropoff_datetime", "dropoff_datetime", "tpep_dropoff_datetime"]),
     ("pickup latitude", &["start_lat", "pickup_latitude"]),
     ("pickup longitude", &["start_lon", "pickup_longitude"]),
     ("dropoff latitude", &["end_lat", "dropoff_latitude"]),
@@ -70,11 +56,7 @@ impl CsvLayout {
             let name = name.trim_ascii();
             for (slot, (_, names)) in found.iter_mut().zip(NEEDED.iter()) {
                 // The first matching column wins, should a name repeat.
-                if slot.is_none()
-                    && names
-                        .iter()
-                        .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
-                {
+                if slot.is_none() && names.iter().any(|n| name.eq_ignore_ascii_case(n.as_bytes())) {
                     *slot = Some(i);
                 }
             }
@@ -87,15 +69,7 @@ impl CsvLayout {
                 Some(pickup_lon),
                 Some(dropoff_lat),
                 Some(dropoff_lon),
-            ] => Ok(CsvLayout {
-                pickup_time,
-                dropoff_time,
-                pickup_lat,
-                pickup_lon,
-                dropoff_lat,
-                dropoff_lon,
-                columns,
-            }),
+            ] => Ok(CsvLayout { pickup_time, dropoff_time, pickup_lat, pickup_lon, dropoff_lat, dropoff_lon, columns }),
             _ => {
                 let missing = found
                     .iter()
@@ -104,11 +78,7 @@ impl CsvLayout {
                     .map(|(_, (what, names))| format!("{what} ({})", names.join(" / ")))
                     .collect::<Vec<_>>()
                     .join(", ");
-                Err(InputError::UnknownCsvHeader {
-                    origin: "input".to_owned(),
-                    missing,
-                    header: preview(line, 200),
-                })
+                Err(InputError::UnknownCsvHeader { origin: "input".to_owned(), missing, header: preview(line, 200) })
             }
         }
     }
@@ -163,14 +133,8 @@ pub fn parse_csv_row(layout: &CsvLayout, row: &[u8], trip_id: u64) -> ParsedReco
         trip_id,
         pickup_time: time(pt)?,
         dropoff_time: time(dt)?,
-        pickup: GeoPoint {
-            lat: num(plat)?,
-            lon: num(plon)?,
-        },
-        dropoff: GeoPoint {
-            lat: num(dlat)?,
-            lon: num(dlon)?,
-        },
+        pickup: GeoPoint { lat: num(plat)?, lon: num(plon)? },
+        dropoff: GeoPoint { lat: num(dlat)?, lon: num(dlon)? },
     };
     validate_trip(trip).map(Event::Trip)
 }
@@ -178,13 +142,11 @@ pub fn parse_csv_row(layout: &CsvLayout, row: &[u8], trip_id: u64) -> ParsedReco
 /// Splits a line on commas (TLC files are unquoted).
 fn split_fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut start = 0;
-    memchr_iter(b',', line)
-        .chain(std::iter::once(line.len()))
-        .map(move |end| {
-            let field = line.get(start..end).unwrap_or_default();
-            start = end + 1;
-            field
-        })
+    memchr_iter(b',', line).chain(std::iter::once(line.len())).map(move |end| {
+        let field = line.get(start..end).unwrap_or_default();
+        start = end + 1;
+        field
+    })
 }
 
 /// A short, printable rendering of raw bytes for error messages.
@@ -214,14 +176,8 @@ mod tests {
             trip_id: id,
             pickup_time: PICKUP,
             dropoff_time: DROPOFF,
-            pickup: GeoPoint {
-                lat: 40.750111,
-                lon: -73.993896,
-            },
-            dropoff: GeoPoint {
-                lat: 40.641525,
-                lon: -73.974785,
-            },
+            pickup: GeoPoint { lat: 40.750111, lon: -73.993896 },
+            dropoff: GeoPoint { lat: 40.641525, lon: -73.974785 },
         })
     }
 
@@ -284,31 +240,13 @@ mod tests {
         let ok = "2,2015-01-15 19:05:39,2015-01-15 19:15:35,1,1.59,-73.993896,40.750111,1,N,-73.974785,40.641525,1";
         assert_eq!(parse_csv_row(&l, ok.as_bytes(), 4), Ok(trip(4)));
         let cases: [(&str, InvalidReason); 10] = [
-            (
-                "2,2015-01-15 19:05:39,2015-01-15 19:15:35,1,1.59,-73.99,40.75,1,N,-73.97",
-                InvalidReason::MissingField,
-            ),
+            ("2,2015-01-15 19:05:39,2015-01-15 19:15:35,1,1.59,-73.99,40.75,1,N,-73.97", InvalidReason::MissingField),
             ("", InvalidReason::MissingField),
-            (
-                "2,,2015-01-15 19:15:35,1,1.59,-73.99,40.75,1,N,-73.97,40.64",
-                InvalidReason::BadField,
-            ),
-            (
-                "2,2015-01-15 19:05:39,2015-01-15 25:15:35,1,1.59,-73.99,40.75,1,N,-73.97,40.64",
-                InvalidReason::BadField,
-            ),
-            (
-                "2,2015-01-15 19:05:39,2015-01-15 19:15:35,1,1.59,,40.75,1,N,-73.97,40.64",
-                InvalidReason::BadField,
-            ),
-            (
-                "2,2015-01-15 19:05:39,2015-01-15 19:15:35,1,1.59,-73.99,x,1,N,-73.97,40.64",
-                InvalidReason::BadField,
-            ),
-            (
-                "2,2015-01-15 19:05:39,2015-01-15 19:15:35,1,1.59,-73.99,40.75,1,N,-73.97,nan",
-                InvalidReason::BadField,
-            ),
+            ("2,,2015-01-15 19:15:35,1,1.59,-73.99,40.75,1,N,-73.97,40.64", InvalidReason::BadField),
+            ("2,2015-01-15 19:05:39,2015-01-15 25:15:35,1,1.59,-73.99,40.75,1,N,-73.97,40.64", InvalidReason::BadField),
+            ("2,2015-01-15 19:05:39,2015-01-15 19:15:35,1,1.59,,40.75,1,N,-73.97,40.64", InvalidReason::BadField),
+            ("2,2015-01-15 19:05:39,2015-01-15 19:15:35,1,1.59,-73.99,x,1,N,-73.97,40.64", InvalidReason::BadField),
+            ("2,2015-01-15 19:05:39,2015-01-15 19:15:35,1,1.59,-73.99,40.75,1,N,-73.97,nan", InvalidReason::BadField),
             (
                 "2,2015-01-15 19:05:39,2015-01-15 19:15:35,1,1.59,-73.99,40.75,1,N,-273.97,40.64",
                 InvalidReason::CoordinateOutOfRange,

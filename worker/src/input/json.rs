@@ -109,14 +109,8 @@ impl Fields {
                     trip_id: self.trip_id.get()?,
                     pickup_time: self.pickup_time.get()?,
                     dropoff_time: self.dropoff_time.get()?,
-                    pickup: GeoPoint {
-                        lat: self.pickup_lat.get()?,
-                        lon: self.pickup_lon.get()?,
-                    },
-                    dropoff: GeoPoint {
-                        lat: self.dropoff_lat.get()?,
-                        lon: self.dropoff_lon.get()?,
-                    },
+                    pickup: GeoPoint { lat: self.pickup_lat.get()?, lon: self.pickup_lon.get()? },
+                    dropoff: GeoPoint { lat: self.dropoff_lat.get()?, lon: self.dropoff_lon.get()? },
                 };
                 validate_trip(trip).map(Event::Trip)
             }
@@ -298,11 +292,7 @@ impl RawStr<'_> {
     /// Calls `f` with the string's content, decoding escapes into a temporary `String` only when
     /// there are any.
     fn with_content<T>(&self, f: impl FnOnce(&[u8]) -> T) -> Result<T, Syntax> {
-        if self.escaped {
-            Ok(f(unescape(self.raw)?.as_bytes()))
-        } else {
-            Ok(f(self.raw))
-        }
+        if self.escaped { Ok(f(unescape(self.raw)?.as_bytes())) } else { Ok(f(self.raw)) }
     }
 }
 
@@ -411,11 +401,7 @@ impl<'a> Scanner<'a> {
             self.ws();
             self.expect(b'"')?;
             let key = self.string()?;
-            let key = if key.escaped {
-                key.with_content(Key::from_bytes)?
-            } else {
-                Key::from_bytes(key.raw)
-            };
+            let key = if key.escaped { key.with_content(Key::from_bytes)? } else { Key::from_bytes(key.raw) };
             self.ws();
             self.expect(b':')?;
             self.ws();
@@ -584,11 +570,7 @@ impl<'a> Scanner<'a> {
                 // Clinger's fast path: both operands are exact, so one IEEE operation rounds
                 // correctly.
                 let m = mant as f64;
-                let v = if exp10 < 0 {
-                    m / POW10[exp10.unsigned_abs() as usize]
-                } else {
-                    m * POW10[exp10 as usize]
-                };
+                let v = if exp10 < 0 { m / POW10[exp10.unsigned_abs() as usize] } else { m * POW10[exp10 as usize] };
                 return Ok(Num::F64(if neg { -v } else { v }));
             }
         }
@@ -689,8 +671,8 @@ impl<'a> Scanner<'a> {
 
 /// Powers of ten that are exact in an `f64`.
 const POW10: [f64; 23] = [
-    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
-    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20,
+    1e21, 1e22,
 ];
 
 /// Flags (high bit of each byte) the bytes of `x` a string scan must look at: `"`, `\`,
@@ -723,14 +705,8 @@ mod tests {
             trip_id: 12345,
             pickup_time: PICKUP,
             dropoff_time: DROPOFF,
-            pickup: GeoPoint {
-                lat: 40.734695,
-                lon: -73.990372,
-            },
-            dropoff: GeoPoint {
-                lat: 40.732407,
-                lon: -73.981842,
-            },
+            pickup: GeoPoint { lat: 40.734695, lon: -73.990372 },
+            dropoff: GeoPoint { lat: 40.732407, lon: -73.981842 },
         })
     }
 
@@ -749,14 +725,8 @@ mod tests {
             trip_id: 7,
             pickup_time: PICKUP,
             dropoff_time: DROPOFF,
-            pickup: GeoPoint {
-                lat: 40.75,
-                lon: -73.99,
-            },
-            dropoff: GeoPoint {
-                lat: 40.64,
-                lon: -73.78,
-            },
+            pickup: GeoPoint { lat: 40.75, lon: -73.99 },
+            dropoff: GeoPoint { lat: 40.64, lon: -73.78 },
         })
     }
 
@@ -767,10 +737,7 @@ mod tests {
 
     #[test]
     fn parses_short_naming_with_type_last() {
-        assert_eq!(
-            parse(&short_trip(r#","type":"trip""#)),
-            Ok(short_expected())
-        );
+        assert_eq!(parse(&short_trip(r#","type":"trip""#)), Ok(short_expected()));
     }
 
     #[test]
@@ -779,14 +746,8 @@ mod tests {
             assert_eq!(parse(&format!("{TRIP_LONG}{tail}")), Ok(expected_trip()));
         }
         assert_eq!(parse(&format!("{TRIP_LONG}x")), Err(InvalidReason::NotJson));
-        assert_eq!(
-            parse(&format!("{TRIP_LONG}{{}}")),
-            Err(InvalidReason::NotJson)
-        );
-        assert_eq!(
-            parse(&format!("{TRIP_LONG}\n{TRIP_LONG}")),
-            Err(InvalidReason::NotJson)
-        );
+        assert_eq!(parse(&format!("{TRIP_LONG}{{}}")), Err(InvalidReason::NotJson));
+        assert_eq!(parse(&format!("{TRIP_LONG}\n{TRIP_LONG}")), Err(InvalidReason::NotJson));
         // Leading whitespace is JSON whitespace too.
         assert_eq!(parse(&format!("  {TRIP_LONG}")), Ok(expected_trip()));
     }
@@ -810,20 +771,8 @@ mod tests {
             panic!("not a trip: {:?}", parse(s));
         };
         assert_eq!(t.trip_id, 7);
-        assert_eq!(
-            t.pickup,
-            GeoPoint {
-                lat: 40.0,
-                lon: -74.0
-            }
-        );
-        assert_eq!(
-            t.dropoff,
-            GeoPoint {
-                lat: 41.0,
-                lon: -73.0
-            }
-        );
+        assert_eq!(t.pickup, GeoPoint { lat: 40.0, lon: -74.0 });
+        assert_eq!(t.dropoff, GeoPoint { lat: 41.0, lon: -73.0 });
     }
 
     #[test]
@@ -838,26 +787,14 @@ mod tests {
 
     #[test]
     fn parses_watermarks() {
-        assert_eq!(
-            parse(r#"{"watermark":"2016-01-01T00:05:39Z","type":"watermark"}"#),
-            Ok(Event::Watermark(PICKUP))
-        );
+        assert_eq!(parse(r#"{"watermark":"2016-01-01T00:05:39Z","type":"watermark"}"#), Ok(Event::Watermark(PICKUP)));
         assert_eq!(
             parse("{\"type\":\"watermark\",\"watermark\":\"2016-01-01T00:05:39.001Z\"}\r\n"),
             Ok(Event::Watermark(PICKUP + 1))
         );
-        assert_eq!(
-            parse(r#"{"type":"watermark"}"#),
-            Err(InvalidReason::MissingField)
-        );
-        assert_eq!(
-            parse(r#"{"type":"watermark","watermark":12}"#),
-            Err(InvalidReason::BadField)
-        );
-        assert_eq!(
-            parse(r#"{"type":"watermark","watermark":"yesterday"}"#),
-            Err(InvalidReason::BadField)
-        );
+        assert_eq!(parse(r#"{"type":"watermark"}"#), Err(InvalidReason::MissingField));
+        assert_eq!(parse(r#"{"type":"watermark","watermark":12}"#), Err(InvalidReason::BadField));
+        assert_eq!(parse(r#"{"type":"watermark","watermark":"yesterday"}"#), Err(InvalidReason::BadField));
     }
 
     #[test]
@@ -891,24 +828,12 @@ mod tests {
         ] {
             assert_eq!(parse(s), Err(InvalidReason::NotJson), "{s:?}");
         }
-        assert_eq!(
-            parse_json_record(b"{\"type\":\"\xff\"}"),
-            Err(InvalidReason::NotJson)
-        );
+        assert_eq!(parse_json_record(b"{\"type\":\"\xff\"}"), Err(InvalidReason::NotJson));
     }
 
     #[test]
     fn not_an_object() {
-        for s in [
-            "[]",
-            "[1,{\"type\":\"trip\"}]",
-            "1",
-            "-2.5",
-            "\"trip\"",
-            "null",
-            "true",
-            "false",
-        ] {
+        for s in ["[]", "[1,{\"type\":\"trip\"}]", "1", "-2.5", "\"trip\"", "null", "true", "false"] {
             assert_eq!(parse(s), Err(InvalidReason::NotAnObject), "{s:?}");
         }
     }
@@ -918,25 +843,15 @@ mod tests {
         assert_eq!(parse("{}"), Err(InvalidReason::MissingType));
         assert_eq!(parse(&short_trip("")), Err(InvalidReason::MissingType));
         for t in [r#""taxi""#, r#""Trip""#, "1", "null", "[\"trip\"]", "{}"] {
-            assert_eq!(
-                parse(&short_trip(&format!(r#","type":{t}"#))),
-                Err(InvalidReason::UnknownType),
-                "{t}"
-            );
+            assert_eq!(parse(&short_trip(&format!(r#","type":{t}"#))), Err(InvalidReason::UnknownType), "{t}");
         }
     }
 
     #[test]
     fn missing_fields() {
-        for field in [
-            "trip_id",
-            "pickup_datetime",
-            "dropoff_datetime",
-            "pickup_lat",
-            "pickup_lon",
-            "dropoff_lat",
-            "dropoff_lon",
-        ] {
+        for field in
+            ["trip_id", "pickup_datetime", "dropoff_datetime", "pickup_lat", "pickup_lon", "dropoff_lat", "dropoff_lon"]
+        {
             let full = short_trip(r#","type":"trip""#);
             let v: serde_json::Value = serde_json::from_str(&full).unwrap();
             let mut obj = v.as_object().unwrap().clone();
@@ -974,23 +889,14 @@ mod tests {
 
     #[test]
     fn coordinate_out_of_range() {
-        for (field, value) in [
-            ("pickup_lat", "90.0001"),
-            ("pickup_lon", "-180.5"),
-            ("dropoff_lat", "-91"),
-            ("dropoff_lon", "181"),
-        ] {
+        for (field, value) in
+            [("pickup_lat", "90.0001"), ("pickup_lon", "-180.5"), ("dropoff_lat", "-91"), ("dropoff_lon", "181")]
+        {
             let s = short_trip(&format!(r#","{field}":{value},"type":"trip""#));
-            assert_eq!(
-                parse(&s),
-                Err(InvalidReason::CoordinateOutOfRange),
-                "{field}"
-            );
+            assert_eq!(parse(&s), Err(InvalidReason::CoordinateOutOfRange), "{field}");
         }
         // The bounds themselves and 0,0 are fine.
-        let s = short_trip(
-            r#","pickup_lat":90,"pickup_lon":-180,"dropoff_lat":0,"dropoff_lon":0,"type":"trip""#,
-        );
+        let s = short_trip(r#","pickup_lat":90,"pickup_lon":-180,"dropoff_lat":0,"dropoff_lon":0,"type":"trip""#);
         assert!(parse(&s).is_ok());
     }
 
@@ -1005,10 +911,7 @@ mod tests {
 
     /// `s` parsed by the scanner as a number.
     fn scan_number(s: &str) -> Option<f64> {
-        let mut p = Scanner {
-            b: s.as_bytes(),
-            i: 0,
-        };
+        let mut p = Scanner { b: s.as_bytes(), i: 0 };
         let n = p.number().ok()?;
         (p.i == s.len()).then_some(match n {
             Num::U64(v) => v as f64,
@@ -1041,9 +944,7 @@ mod tests {
         ] {
             assert_eq!(scan_number(s), s.parse::<f64>().ok(), "{s}");
         }
-        for s in [
-            "01", "-", "1.", ".5", "1e", "1e+", "+1", "--1", "0x10", "1.e5",
-        ] {
+        for s in ["01", "-", "1.", ".5", "1e", "1e+", "+1", "--1", "0x10", "1.e5"] {
             assert_eq!(scan_number(s), None, "{s}");
         }
     }
@@ -1084,9 +985,7 @@ mod tests {
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(Value::from),
             any::<u64>().prop_map(Value::from),
-            any::<f64>()
-                .prop_filter("finite", |v| v.is_finite())
-                .prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |v| v.is_finite()).prop_map(Value::from),
             any::<String>().prop_map(Value::String),
         ];
         leaf.prop_recursive(4, 32, 6, |inner| {

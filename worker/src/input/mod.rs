@@ -123,9 +123,6 @@ mod tests {
             panic!("not a trip");
         };
         assert_eq!(t.trip_id, 42);
-        assert_eq!(
-            parse_line(&Format::JsonLines, row, 42),
-            Err(crate::event::InvalidReason::NotJson)
-        );
+        assert_eq!(parse_line(&Format::JsonLines, row, 42), Err(crate::event::InvalidReason::NotJson));
     }
 }

@@ -45,10 +45,7 @@ impl Chunk {
     /// The non-blank lines as `(record_no, line)`, numbered consecutively from
     /// [`Chunk::first_record`]; each line is without its `\n` / `\r\n`.
     pub fn lines(&self) -> impl Iterator<Item = (u64, &[u8])> {
-        Lines { rest: &self.data }
-            .filter(|line| !is_blank(line))
-            .zip(self.first_record..)
-            .map(|(line, no)| (no, line))
+        Lines { rest: &self.data }.filter(|line| !is_blank(line)).zip(self.first_record..).map(|(line, no)| (no, line))
     }
 }
 
@@ -102,10 +99,7 @@ impl ChunkReader {
     /// Opens `path`, detects its compression from content and its format from the first
     /// non-blank line.
     pub fn open(path: &Path) -> Result<ChunkReader, InputError> {
-        let file = File::open(path).map_err(|source| InputError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
+        let file = File::open(path).map_err(|source| InputError::Open { path: path.to_owned(), source })?;
         Self::with_origin(Box::new(file), format!("input file {}", path.display()))
     }
 
@@ -114,10 +108,7 @@ impl ChunkReader {
         Self::with_origin(reader, "input stream".to_owned())
     }
 
-    fn with_origin(
-        mut raw: Box<dyn Read + Send>,
-        origin: String,
-    ) -> Result<ChunkReader, InputError> {
+    fn with_origin(mut raw: Box<dyn Read + Send>, origin: String) -> Result<ChunkReader, InputError> {
         // Read the magic bytes by hand (a pipe may deliver fewer per read), then put them back.
         let mut magic = [0u8; 4];
         let mut n = 0;
@@ -133,13 +124,9 @@ impl ChunkReader {
         let joined = io::Cursor::new(head.to_vec()).chain(raw);
         let decoded: Box<dyn Read + Send> = if head.starts_with(&GZIP_MAGIC) {
             // Multi-member: concatenated gzip files (as `cat a.gz b.gz`) decode whole.
-            Box::new(flate2::bufread::MultiGzDecoder::new(
-                BufReader::with_capacity(BUF_BYTES, joined),
-            ))
+            Box::new(flate2::bufread::MultiGzDecoder::new(BufReader::with_capacity(BUF_BYTES, joined)))
         } else if head == ZSTD_MAGIC {
-            match zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(
-                BUF_BYTES, joined,
-            )) {
+            match zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(BUF_BYTES, joined)) {
                 Ok(d) => Box::new(d),
                 Err(source) => return Err(InputError::Read { origin, source }),
             }
@@ -162,14 +149,9 @@ impl ChunkReader {
     /// anything else must be a CSV header (which is consumed).
     fn detect_format(&mut self) -> Result<Format, InputError> {
         loop {
-            let buf = self
-                .src
-                .fill_buf()
-                .map_err(|e| read_error(&self.origin, e))?;
+            let buf = self.src.fill_buf().map_err(|e| read_error(&self.origin, e))?;
             if buf.is_empty() {
-                return Err(InputError::Empty {
-                    origin: self.origin.clone(),
-                });
+                return Err(InputError::Empty { origin: self.origin.clone() });
             }
             let ws = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
             let all_ws = ws == buf.len();
@@ -179,33 +161,20 @@ impl ChunkReader {
                 break;
             }
         }
-        let first = self
-            .src
-            .fill_buf()
-            .map_err(|e| read_error(&self.origin, e))?;
+        let first = self.src.fill_buf().map_err(|e| read_error(&self.origin, e))?;
         if first.first() == Some(&b'{') {
             return Ok(Format::JsonLines);
         }
         let mut line = Vec::new();
-        (&mut self.src)
-            .take(MAX_HEADER_BYTES)
-            .read_until(b'\n', &mut line)
-            .map_err(|e| read_error(&self.origin, e))?;
+        (&mut self.src).take(MAX_HEADER_BYTES).read_until(b'\n', &mut line).map_err(|e| read_error(&self.origin, e))?;
         if memchr(b',', &line).is_none() {
-            return Err(InputError::UnknownFormat {
-                origin: self.origin.clone(),
-                preview: preview(&line, 64),
-            });
+            return Err(InputError::UnknownFormat { origin: self.origin.clone(), preview: preview(&line, 64) });
         }
         match CsvLayout::from_header(&line) {
             Ok(layout) => Ok(Format::Csv(layout)),
-            Err(InputError::UnknownCsvHeader {
-                missing, header, ..
-            }) => Err(InputError::UnknownCsvHeader {
-                origin: self.origin.clone(),
-                missing,
-                header,
-            }),
+            Err(InputError::UnknownCsvHeader { missing, header, .. }) => {
+                Err(InputError::UnknownCsvHeader { origin: self.origin.clone(), missing, header })
+            }
             Err(e) => Err(e),
         }
     }
@@ -223,10 +192,7 @@ impl ChunkReader {
     /// Appends up to `max` bytes of `src` to `data`; a short read means the end of input.
     fn read_more(&mut self, data: &mut Vec<u8>, max: usize) -> Result<(), InputError> {
         let want = u64::try_from(max).unwrap_or(u64::MAX);
-        let got = (&mut self.src)
-            .take(want)
-            .read_to_end(data)
-            .map_err(|e| read_error(&self.origin, e))?;
+        let got = (&mut self.src).take(want).read_to_end(data).map_err(|e| read_error(&self.origin, e))?;
         if got < max {
             self.eof = true;
         }
@@ -278,11 +244,8 @@ impl ChunkReader {
             if count == 0 {
                 continue;
             }
-            let chunk = Chunk {
-                first_record: self.next_record,
-                records: u32::try_from(count).unwrap_or(u32::MAX),
-                data,
-            };
+            let chunk =
+                Chunk { first_record: self.next_record, records: u32::try_from(count).unwrap_or(u32::MAX), data };
             self.next_record += u64::from(chunk.records);
             return Ok(Some(chunk));
         }
@@ -314,20 +277,13 @@ impl ChunkReader {
 
     /// Turns the reader into a sequential iterator of parsed records.
     pub fn into_records(self) -> Records {
-        Records {
-            reader: self,
-            queue: VecDeque::new(),
-            done: false,
-        }
+        Records { reader: self, queue: VecDeque::new(), done: false }
     }
 }
 
 /// A read error of `origin`.
 fn read_error(origin: &str, source: io::Error) -> InputError {
-    InputError::Read {
-        origin: origin.to_owned(),
-        source,
-    }
+    InputError::Read { origin: origin.to_owned(), source }
 }
 
 /// Byte offset just after the line holding the `k`-th non-blank line of `data` (k ≥ 1), or
@@ -377,11 +333,7 @@ impl Iterator for Records {
             match self.reader.next_chunk(INTERNAL_CHUNK_BYTES) {
                 Ok(Some(chunk)) => {
                     let format = self.reader.format;
-                    self.queue.extend(
-                        chunk
-                            .lines()
-                            .map(|(no, line)| (no, parse_line(&format, line, no))),
-                    );
+                    self.queue.extend(chunk.lines().map(|(no, line)| (no, parse_line(&format, line, no))));
                 }
                 Ok(None) => self.done = true,
                 Err(e) => {
@@ -446,10 +398,7 @@ mod tests {
     fn json_lines_records() {
         let recs = all_records(jsonl_fixture().into_bytes());
         assert_eq!(recs.len(), 42);
-        assert_eq!(
-            recs.iter().map(|r| r.0).collect::<Vec<_>>(),
-            (1..=42).collect::<Vec<_>>()
-        );
+        assert_eq!(recs.iter().map(|r| r.0).collect::<Vec<_>>(), (1..=42).collect::<Vec<_>>());
         let Ok(Event::Trip(t)) = recs[0].1 else {
             panic!("{:?}", recs[0]);
         };
@@ -480,11 +429,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let plain = jsonl_fixture().into_bytes();
         let want = all_records(plain.clone());
-        for (name, bytes) in [
-            ("a.jsonl", plain.clone()),
-            ("b.json.gz", gzip(&plain)),
-            ("c.zst", zstd(&plain)),
-        ] {
+        for (name, bytes) in [("a.jsonl", plain.clone()), ("b.json.gz", gzip(&plain)), ("c.zst", zstd(&plain))] {
             let path = dir.path().join(name);
             std::fs::write(&path, bytes).unwrap();
             let got: Vec<_> = read_records(&path).unwrap().map(|r| r.unwrap()).collect();
@@ -518,11 +463,7 @@ mod tests {
                     total_bytes += chunk.data.len();
                     let lines: Vec<_> = chunk.lines().collect();
                     assert_eq!(lines.len(), chunk.records as usize);
-                    got.extend(
-                        lines
-                            .into_iter()
-                            .map(|(no, l)| (no, parse_line(r.format(), l, no))),
-                    );
+                    got.extend(lines.into_iter().map(|(no, l)| (no, parse_line(r.format(), l, no))));
                 }
                 assert_eq!(got, want, "target {target}");
                 assert!(total_bytes <= plain.len());
@@ -582,8 +523,12 @@ mod tests {
         if blank_second_line {
             s.push_str(nl);
         }
-        s.push_str(&format!("X,2013-03-10 01:59:00,2013-03-10 03:01:30,1,1.0,-73.991,40.751,1,N,-73.781,40.641,CSH,5,0,0,0,0,5,0{nl}"));
-        s.push_str(&format!("X,2013-03-10 02:10:00,2013-03-10 02:00:00,1,1.0,-73.992,40.752,1,N,-73.782,40.642,CSH,5,0,0,0,0,5,0{nl}"));
+        s.push_str(&format!(
+            "X,2013-03-10 01:59:00,2013-03-10 03:01:30,1,1.0,-73.991,40.751,1,N,-73.781,40.641,CSH,5,0,0,0,0,5,0{nl}"
+        ));
+        s.push_str(&format!(
+            "X,2013-03-10 02:10:00,2013-03-10 02:00:00,1,1.0,-73.992,40.752,1,N,-73.782,40.642,CSH,5,0,0,0,0,5,0{nl}"
+        ));
         s.push_str(nl);
         s.push_str("X,2013-03-10 02:10:00,2013-03-10 02:20:00,1,1.0,0,0,1,N,0,0,CSH,5,0,0,0,0,5,0");
         s.into_bytes()
@@ -642,9 +587,7 @@ mod tests {
 
     #[test]
     fn format_detection_errors() {
-        let err = |bytes: &[u8]| {
-            ChunkReader::from_reader(Box::new(io::Cursor::new(bytes.to_vec()))).unwrap_err()
-        };
+        let err = |bytes: &[u8]| ChunkReader::from_reader(Box::new(io::Cursor::new(bytes.to_vec()))).unwrap_err();
         assert!(matches!(err(b""), InputError::Empty { .. }));
         assert!(matches!(err(b" \n\r\n\t"), InputError::Empty { .. }));
         assert!(matches!(err(&gzip(b"\n\n")), InputError::Empty { .. }));
@@ -665,10 +608,7 @@ mod tests {
                 Ok(None) => break,
                 Err(e) => {
                     assert!(matches!(e, InputError::Read { .. }));
-                    assert!(
-                        e.to_string().starts_with("failed to read input stream"),
-                        "{e}"
-                    );
+                    assert!(e.to_string().starts_with("failed to read input stream"), "{e}");
                     saw_error = true;
                     break;
                 }
@@ -682,13 +622,8 @@ mod tests {
         let mut bytes = b"\xEF\xBB\xBF\n\n".to_vec();
         bytes.extend(csv_fixture(HEADER_2015, false, false));
         check_csv(bytes);
-        let bytes =
-            b"\xEF\xBB\xBF{\"type\":\"watermark\",\"watermark\":\"2016-01-01T00:00:00Z\"}\n"
-                .to_vec();
-        assert_eq!(
-            all_records(bytes),
-            vec![(1, Ok(Event::Watermark(1_451_606_400_000)))]
-        );
+        let bytes = b"\xEF\xBB\xBF{\"type\":\"watermark\",\"watermark\":\"2016-01-01T00:00:00Z\"}\n".to_vec();
+        assert_eq!(all_records(bytes), vec![(1, Ok(Event::Watermark(1_451_606_400_000)))]);
     }
 
     #[test]
@@ -712,14 +647,8 @@ mod tests {
     #[test]
     fn tiny_inputs() {
         // Fewer bytes than the compression magic.
-        assert_eq!(
-            all_records(b"{}".to_vec()),
-            vec![(1, Err(InvalidReason::MissingType))]
-        );
-        assert_eq!(
-            all_records(b"{".to_vec()),
-            vec![(1, Err(InvalidReason::NotJson))]
-        );
+        assert_eq!(all_records(b"{}".to_vec()), vec![(1, Err(InvalidReason::MissingType))]);
+        assert_eq!(all_records(b"{".to_vec()), vec![(1, Err(InvalidReason::NotJson))]);
         // A CSV header with no rows.
         let r = reader(HEADER_2015.as_bytes().to_vec());
         assert_eq!(r.into_records().count(), 0);

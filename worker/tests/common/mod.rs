@@ -1,9 +1,6 @@
 //! Shared helpers of the integration tests: the batch oracle and small input builders.
 
-#![allow(
-    dead_code,
-    reason = "each test binary uses a different subset of the helpers"
-)]
+#![allow(dead_code, reason = "each test binary uses a different subset of the helpers")]
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -40,17 +37,9 @@ pub fn oracle_over(config: &EngineConfig, trips: &[Trip]) -> Vec<MergedResult> {
             continue;
         }
         let cell = Geohash::encode(t.pickup, config.hot_spots.geohash_precision);
-        *hot.entry((floor(t.dropoff_time, hot_size), cell))
-            .or_default() += 1;
-        if let Some(a) = config
-            .airport_trips
-            .airports
-            .iter()
-            .find(|a| a.bounds.contains(t.dropoff))
-        {
-            let e = airport
-                .entry((floor(t.dropoff_time, airport_size), cell, a.name.clone()))
-                .or_default();
+        *hot.entry((floor(t.dropoff_time, hot_size), cell)).or_default() += 1;
+        if let Some(a) = config.airport_trips.airports.iter().find(|a| a.bounds.contains(t.dropoff)) {
+            let e = airport.entry((floor(t.dropoff_time, airport_size), cell, a.name.clone())).or_default();
             e.0 += 1;
             e.1 += t.dropoff_time - t.pickup_time;
         }
@@ -66,23 +55,20 @@ pub fn oracle_over(config: &EngineConfig, trips: &[Trip]) -> Vec<MergedResult> {
             pickup_count: n,
         })
         .collect();
-    out.extend(
-        airport
-            .into_iter()
-            .filter(|(_, (n, _))| *n >= config.airport_trips.min_trips)
-            .map(|((start, cell, name), (n, ms))| {
-                let minutes = ms as f64 / 60_000.0;
-                MergedResult::AirportTrip {
-                    window_start: start,
-                    window_end: start + airport_size,
-                    pickup_geohash: cell,
-                    airport: name,
-                    trip_count: n,
-                    sum_duration_min: round4(minutes),
-                    avg_duration_min: round4(minutes / n as f64),
-                }
-            }),
-    );
+    out.extend(airport.into_iter().filter(|(_, (n, _))| *n >= config.airport_trips.min_trips).map(
+        |((start, cell, name), (n, ms))| {
+            let minutes = ms as f64 / 60_000.0;
+            MergedResult::AirportTrip {
+                window_start: start,
+                window_end: start + airport_size,
+                pickup_geohash: cell,
+                airport: name,
+                trip_count: n,
+                sum_duration_min: round4(minutes),
+                avg_duration_min: round4(minutes / n as f64),
+            }
+        },
+    ));
     out.sort_by(MergedResult::output_order);
     out
 }
@@ -103,8 +89,5 @@ pub fn trip_line(t: &Trip) -> String {
 
 /// Results as the JSON lines `--output` writes.
 pub fn as_lines(results: &[MergedResult]) -> Vec<String> {
-    results
-        .iter()
-        .map(|r| serde_json::to_string(r).expect("serialize"))
-        .collect()
+    results.iter().map(|r| serde_json::to_string(r).expect("serialize")).collect()
 }
