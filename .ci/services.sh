@@ -15,11 +15,11 @@ SVC_VENV="$TAXI_SERVICES_DIR/venv"   # PyPI packages (bin is put on PATH)
 
 # ---- Registry --------------------------------------------------------------------------------
 # To add a service: add its name here and fill in its branch in service_install and service_start.
-TAXI_SERVICES=()   # next: kinesis s3 opensearch
+TAXI_SERVICES=(kinesis)   # next: s3 opensearch
 
 service_install() { # NAME: make its program available; quick when it already is.
   case "$1" in
-    # kinesis)    npm_install kinesis-local@0.6.2 ;;
+    kinesis)    npm_install kinesis-local@0.6.2 ;;
     # s3)         pip_install 'moto[server]' ;;
     # opensearch) pip_install osmem-server==0.1.6 ;;
     *) svc_log "error: service_install: unknown service '$1'"; return 1 ;;
@@ -28,10 +28,10 @@ service_install() { # NAME: make its program available; quick when it already is
 
 # service_start NAME: start it in the background, wait for its port, export its endpoint.
 # Each branch sets `var` (the env var the tests read) and `cmd` (a foreground command that
-# listens on 127.0.0.1:$port); `url` defaults to http://127.0.0.1:$port.
-# shellcheck disable=SC2317  # "unreachable" only while the registry above is empty
+# listens on 127.0.0.1:$port); `url` defaults to http://127.0.0.1:$port. A branch may set `health`
+# (a path): then the service is ready only once GET $url$health answers 2xx, not merely listening.
 service_start() {
-  local name=$1 port var url cmd=()
+  local name=$1 port var url health="" cmd=() km
   if service_running "$name"; then   # e.g. left running by `services.sh start`: reuse it
     svc_log "$name: already running (pid $(<"$TAXI_SERVICES_DIR/$name.pid")), reusing it"
     # shellcheck source=/dev/null
@@ -40,11 +40,22 @@ service_start() {
   fi
   port=$(free_port) || return 1
   case "$name" in
-    # kinesis) var=TAXI_TEST_KINESIS_ENDPOINT   # kinesis-mock binds all interfaces: preload forces loopback
-    #   cmd=(env KINESIS_MOCK_PLAIN_PORT="$port" KINESIS_MOCK_TLS_PORT="$(free_port)"
-    #        KINESIS_MOCK_CERT_PATH="$SVC_NODE/node_modules/kinesis-local/server.json"
-    #        CREATE_STREAM_DURATION=100ms DELETE_STREAM_DURATION=100ms UPDATE_SHARD_COUNT_DURATION=100ms
-    #        node --require "$(node_loopback_preload)" "$SVC_NODE/node_modules/kinesis-local/main.js") ;;
+    kinesis) var=TAXI_TEST_KINESIS_ENDPOINT health=/healthcheck
+      # kinesis-mock (Scala.js, one main.js): plain HTTP on $port, TLS on another free port; it binds
+      # every interface, so the preload forces both onto 127.0.0.1. It needs its self-signed cert
+      # (server.json) even for the plain port, and dies without it. Every asynchronous stream
+      # operation (CREATING/UPDATING/DELETING -> ACTIVE) takes *_DURATION: 100ms instead of 500ms.
+      # Region and account come from the request (default us-east-1, 000000000000). Requests must
+      # be SigV4-signed (unsigned: MissingAuthenticationTokenException), but any credentials work.
+      km="$SVC_NODE/node_modules/kinesis-local"
+      cmd=(env KINESIS_MOCK_PLAIN_PORT="$port" KINESIS_MOCK_TLS_PORT="$(free_port)"
+           KINESIS_MOCK_CERT_PATH="$km/server.json" LOG_LEVEL=WARN SHARD_LIMIT=10000
+           CREATE_STREAM_DURATION=100ms DELETE_STREAM_DURATION=100ms
+           UPDATE_SHARD_COUNT_DURATION=100ms SPLIT_SHARD_DURATION=100ms MERGE_SHARDS_DURATION=100ms
+           REGISTER_STREAM_CONSUMER_DURATION=100ms DEREGISTER_STREAM_CONSUMER_DURATION=100ms
+           START_STREAM_ENCRYPTION_DURATION=100ms STOP_STREAM_ENCRYPTION_DURATION=100ms
+           UPDATE_STREAM_MODE_DURATION=100ms
+           node --require "$(node_loopback_preload)" "$km/main.js") ;;
     # s3) var=TAXI_TEST_S3_ENDPOINT
     #   cmd=(moto_server -H 127.0.0.1 -p "$port") ;;
     # opensearch) var=TAXI_TEST_OPENSEARCH_ENDPOINT
@@ -59,6 +70,7 @@ service_start() {
   echo "$!" >"$TAXI_SERVICES_DIR/$name.pid"
   SVC_STARTED+=("$name")
   wait_for_port 127.0.0.1 "$port" "${TAXI_SERVICE_TIMEOUT:-60}" "$name" || return 1
+  if [[ -n "$health" ]]; then wait_for_http "$url$health" "${TAXI_SERVICE_TIMEOUT:-60}" "$name" || return 1; fi
   printf 'export %s=%q\n' "$var" "$url" >"$TAXI_SERVICES_DIR/$name.env"
   export "$var=$url"
 }
@@ -68,7 +80,12 @@ SVC_STARTED=()   # services this shell started; services_stop_all stops exactly 
 
 svc_log() { printf '[services] %s\n' "$*" >&2; }
 
-npm_install() { # PACKAGE@VERSION into $SVC_NODE (npm and pip are no-ops when already installed)
+npm_install() { # PACKAGE@VERSION into $SVC_NODE; skipped (no registry access) when that version is there
+  local pkg=${1%@*} version=${1##*@} installed=""
+  if [[ -f "$SVC_NODE/node_modules/$pkg/package.json" ]]; then
+    installed=$(node -p 'require(process.argv[1]).version' "$SVC_NODE/node_modules/$pkg/package.json" 2>/dev/null) || installed=""
+  fi
+  if [[ -n "$installed" && "$installed" == "$version" ]]; then return 0; fi
   svc_log "npm install $1"
   npm install --prefix "$SVC_NODE" --no-audit --no-fund --loglevel=error "$1" >&2
 }
@@ -123,6 +140,17 @@ wait_for_port() { # HOST PORT TIMEOUT_SECONDS [NAME]: wait until it accepts conn
     fi
     if ((SECONDS >= deadline)); then
       svc_log "${name:-$host:$port}: not listening on $host:$port after $3 s"; svc_log_tail "$name"; return 1
+    fi
+    sleep 0.2
+  done
+}
+
+wait_for_http() { # URL TIMEOUT_SECONDS [NAME]: wait until GET URL answers 2xx
+  local deadline=$((SECONDS + $2))
+  command -v curl >/dev/null || { svc_log "${3:-$1}: no curl, not checking GET $1"; return 0; }
+  until curl -fsS -o /dev/null --max-time 2 "$1" 2>/dev/null; do
+    if ((SECONDS >= deadline)); then
+      svc_log "${3:-$1}: GET $1 did not succeed after $2 s"; svc_log_tail "${3:-}"; return 1
     fi
     sleep 0.2
   done

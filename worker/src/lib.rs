@@ -6,7 +6,9 @@
 //! - [`window`], [`analysis`], [`shard`], [`merge`]: per-shard event-time aggregation and the merge;
 //! - [`checkpoint`]: per-shard checkpoint state and its stores;
 //! - [`generate`]: the synthetic NYC trip generator;
-//! - [`local`]: the whole pipeline embedded in one process (`taxi-worker local`).
+//! - [`local`]: the whole pipeline embedded in one process (`taxi-worker local`);
+//! - [`kinesis`], [`run`], [`sink`], [`metrics`], [`http`]: the pod command (`taxi-worker run`).
+
 
 pub mod analysis;
 pub mod checkpoint;
@@ -14,10 +16,15 @@ pub mod config;
 pub mod event;
 pub mod generate;
 pub mod geo;
+pub mod http;
 pub mod input;
+pub mod kinesis;
 pub mod local;
 pub mod merge;
+pub mod metrics;
 pub mod partition;
+pub mod run;
 pub mod shard;
+pub mod sink;
 pub mod time;
 pub mod window;

@@ -14,7 +14,11 @@ use taxi_worker::config::{
 };
 use taxi_worker::generate::{GeneratorConfig, write_json_lines};
 use taxi_worker::geo::BoundingBox;
+use taxi_worker::kinesis::api::{KinesisEndpoint, SdkKinesis, StartingPosition};
+use taxi_worker::kinesis::reader::PollingConfig;
 use taxi_worker::local::{CheckpointOptions, LocalInput, LocalOptions, LocalRun, Outcome, Progress, run_local};
+use taxi_worker::run::{RunOptions, WorkerState, run_worker};
+use taxi_worker::sink::{merge_documents, read_documents};
 use taxi_worker::time::{format_timestamp, parse_timestamp};
 
 /// Command line of the worker binary.
@@ -34,6 +38,89 @@ enum Command {
     Local(LocalArgs),
     /// Write synthetic NYC taxi trips as JSON lines (the seed's event format).
     Generate(GenerateArgs),
+    /// Read the shards of a Kinesis stream (the pod command; also runs outside Kubernetes).
+    Run(RunArgs),
+    /// Print the merged results of a pipeline's partial documents (the local --output format).
+    Results(ResultsArgs),
+}
+
+/// How `run` consumes shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Consumer {
+    /// GetRecords polling (shared throughput, 5 calls/s per shard).
+    Polling,
+    /// Enhanced fan-out (SubscribeToShard, dedicated throughput).
+    Efo,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Pipeline name: used in document ids and checkpoint keys.
+    #[arg(long, env = "TAXI_PIPELINE")]
+    pipeline: String,
+    /// Kinesis stream name.
+    #[arg(long, env = "TAXI_STREAM")]
+    stream: String,
+    /// AWS region (default: from the AWS configuration chain).
+    #[arg(long, env = "AWS_REGION")]
+    region: Option<String>,
+    /// Kinesis endpoint, e.g. a local emulator (http://127.0.0.1:4567).
+    #[arg(long, env = "TAXI_KINESIS_ENDPOINT_URL")]
+    endpoint_url: Option<String>,
+    /// Polling (GetRecords) or enhanced fan-out.
+    #[arg(long, value_enum, default_value = "polling")]
+    consumer: Consumer,
+    /// Where shards without a checkpoint start: trim-horizon, latest, or an ISO-8601 timestamp.
+    #[arg(long, default_value = "trim-horizon", value_parser = parse_start_position)]
+    start_position: StartingPosition,
+    /// Checkpoint store: file:///dir (s3:// comes with the S3 store).
+    #[arg(long, env = "TAXI_CHECKPOINT")]
+    checkpoint: String,
+    /// Time between checkpoints of a shard.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    checkpoint_interval: Duration,
+    /// Shards to own: `all` (the operator's assignment comes later).
+    #[arg(long, default_value = "all", value_parser = ["all"])]
+    shards: String,
+    /// Where per-shard partial documents go: file:///path/partials.jsonl.
+    #[arg(long, env = "TAXI_SINK")]
+    sink: String,
+    /// Exit after every shard has been caught up and quiet this long, closing open windows.
+    #[arg(long, value_parser = parse_duration)]
+    stop_when_idle: Option<Duration>,
+    /// Records per GetRecords call (1–10 000).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    max_records: i32,
+    /// Time between ListShards calls that discover new shards.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    shard_discovery_interval: Duration,
+    /// Address of /healthz, /readyz, /metrics and /status.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    http_addr: std::net::SocketAddr,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+struct ResultsArgs {
+    /// Partial documents written by `run --sink file://…`.
+    #[arg(long)]
+    sink: String,
+    /// Only this pipeline's documents.
+    #[arg(long)]
+    pipeline: Option<String>,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+fn parse_start_position(s: &str) -> Result<StartingPosition, String> {
+    match s {
+        "trim-horizon" | "TRIM_HORIZON" => Ok(StartingPosition::TrimHorizon),
+        "latest" | "LATEST" => Ok(StartingPosition::Latest),
+        other => parse_timestamp(other.as_bytes()).map(StartingPosition::AtTimestamp).ok_or_else(|| {
+            format!("invalid start position {other:?}: expected trim-horizon, latest or an ISO-8601 time")
+        }),
+    }
 }
 
 /// Analysis and event-time flags, shared by every command that runs the engine.
@@ -169,6 +256,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Local(args) => local(args),
         Command::Generate(args) => generate(&args),
+        Command::Run(args) => run(args),
+        Command::Results(args) => results(&args),
     };
     match result {
         Ok(code) => code,
@@ -366,4 +455,87 @@ fn print_report(run: &LocalRun, args: &LocalArgs) {
     if args.output.is_none() {
         let _ = writeln!(out, "\nwrite every result with --output results.jsonl (see --help for all flags)");
     }
+}
+
+fn run(args: RunArgs) -> Result<ExitCode, String> {
+    if args.consumer == Consumer::Efo {
+        return Err("--consumer efo is not available in this build yet; use --consumer polling".to_owned());
+    }
+    let engine = args.engine.config();
+    engine.validate().map_err(|e| format!("invalid configuration: {e}"))?;
+    let options = RunOptions {
+        pipeline: args.pipeline.clone(),
+        stream: args.stream.clone(),
+        start: args.start_position.clone(),
+        checkpoint_uri: args.checkpoint.clone(),
+        checkpoint_interval: args.checkpoint_interval,
+        sink_uri: args.sink.clone(),
+        shard_discovery_interval: args.shard_discovery_interval,
+        stop_when_idle: args.stop_when_idle,
+        polling: PollingConfig { max_records: args.max_records, ..PollingConfig::default() },
+        engine,
+        owner_epoch: 0,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("failed to start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let endpoint = KinesisEndpoint { region: args.region.clone(), endpoint_url: args.endpoint_url.clone() };
+        let kinesis = Arc::new(SdkKinesis::connect(&endpoint).await);
+        let state = Arc::new(WorkerState::default());
+        let (addr, serve) = taxi_worker::http::bind(args.http_addr, state.clone())
+            .await
+            .map_err(|e| format!("failed to listen on {}: {e}", args.http_addr))?;
+        tracing::info!(%addr, "serving /healthz /readyz /metrics /status");
+        let server = tokio::spawn(serve);
+        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let signals = tokio::spawn(async move {
+            wait_for_termination().await;
+            let _ = shutdown_tx.send(true);
+        });
+        let summary = run_worker(kinesis, options, state, shutdown_rx).await.map_err(|e| e.to_string());
+        signals.abort();
+        server.abort();
+        let summary = summary?;
+        eprintln!(
+            "stopped: {} records ({} trips, {} invalid); finished shards: {}; fenced: {}",
+            summary.counters.records,
+            summary.counters.trips,
+            summary.counters.invalid_total(),
+            summary.finished_shards.len(),
+            summary.fenced_shards.len()
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Resolves on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
+async fn wait_for_termination() {
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn results(args: &ResultsArgs) -> Result<ExitCode, String> {
+    let engine = args.engine.config();
+    let path = args.sink.strip_prefix("file://").unwrap_or(&args.sink);
+    let docs = read_documents(Path::new(path)).map_err(|e| e.to_string())?;
+    let docs = docs.into_iter().filter(|d| args.pipeline.as_ref().is_none_or(|p| &d.pipeline == p));
+    let merged = merge_documents(&engine, docs);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for r in &merged {
+        serde_json::to_writer(&mut out, r).map_err(|e| e.to_string())?;
+        out.write_all(b"\n").map_err(|e| e.to_string())?;
+    }
+    out.flush().map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -46,6 +46,22 @@ impl Counters {
         self.late += other.late;
     }
 
+    /// What was counted since `earlier` (a previous copy of these counters).
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        let mut invalid = self.invalid;
+        for (n, before) in invalid.iter_mut().zip(earlier.invalid) {
+            *n = n.saturating_sub(before);
+        }
+        Counters {
+            records: self.records.saturating_sub(earlier.records),
+            trips: self.trips.saturating_sub(earlier.trips),
+            watermarks: self.watermarks.saturating_sub(earlier.watermarks),
+            invalid,
+            outside_region: self.outside_region.saturating_sub(earlier.outside_region),
+            late: self.late.saturating_sub(earlier.late),
+        }
+    }
+
     /// Counts one invalid record.
     pub fn count_invalid(&mut self, reason: InvalidReason) {
         self.records += 1;

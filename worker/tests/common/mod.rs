@@ -2,6 +2,8 @@
 
 #![allow(dead_code, reason = "each test binary uses a different subset of the helpers")]
 
+pub mod kinesis;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 

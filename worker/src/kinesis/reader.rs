@@ -1,0 +1,274 @@
+//! The polling shard reader: GetRecords at no more than the per-shard rate, adaptive idle
+//! back-off, exponential back-off with jitter on throttling and server errors, and re-acquiring an
+//! expired iterator from the last record handed out.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::kinesis::api::{KinesisApi, KinesisError, KinesisRecord, StartingPosition};
+
+/// Settings of a polling reader.
+#[derive(Clone, Debug)]
+pub struct PollingConfig {
+    /// Records per GetRecords call (at most 10 000).
+    pub max_records: i32,
+    /// Minimum time between two GetRecords calls on a shard: Kinesis allows 5 per second per
+    /// shard across all its readers.
+    pub min_call_interval: Duration,
+    /// Longest wait between polls of an empty shard.
+    pub max_idle_delay: Duration,
+    /// First back-off after a throttle or server error.
+    pub backoff_base: Duration,
+    /// Longest back-off.
+    pub backoff_max: Duration,
+}
+
+impl Default for PollingConfig {
+    fn default() -> Self {
+        PollingConfig {
+            max_records: 10_000,
+            min_call_interval: Duration::from_millis(200),
+            max_idle_delay: Duration::from_secs(1),
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Exponential back-off with full jitter.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// Starts at `base`, doubling up to `max`.
+    pub fn new(base: Duration, max: Duration) -> Backoff {
+        Backoff { base, max, attempt: 0 }
+    }
+
+    /// The next wait: uniformly random in [0, min(max, base · 2^attempt)].
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.base.saturating_mul(1_u32 << self.attempt.min(20)).min(self.max);
+        self.attempt += 1;
+        ceiling.mul_f64(fastrand::f64())
+    }
+
+    /// Back to the first step after a success.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// Failures since the last success.
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+}
+
+/// What one read produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// Records (possibly none), and how far behind the tip they are.
+    Records {
+        /// Records in order.
+        records: Vec<KinesisRecord>,
+        /// MillisBehindLatest of the page.
+        millis_behind_latest: Option<i64>,
+    },
+    /// The shard is closed and fully read; these shards replaced it.
+    End {
+        /// Child shard ids.
+        children: Vec<String>,
+    },
+}
+
+/// Counters a reader keeps for metrics and status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReaderStats {
+    /// GetRecords calls made.
+    pub calls: u64,
+    /// Calls throttled.
+    pub throttles: u64,
+    /// Calls that failed with a retryable server or network error.
+    pub transient_errors: u64,
+    /// Iterators re-acquired after expiring.
+    pub expired_iterators: u64,
+    /// Duration of the last successful GetRecords call.
+    pub last_call: Duration,
+}
+
+/// Reads one shard by polling GetRecords.
+#[derive(Debug)]
+pub struct PollingReader<K> {
+    api: Arc<K>,
+    stream: String,
+    shard_id: String,
+    config: PollingConfig,
+    /// Where to (re)start when there is no iterator.
+    position: StartingPosition,
+    iterator: Option<String>,
+    next_call_at: Instant,
+    idle_delay: Duration,
+    backoff: Backoff,
+    stats: ReaderStats,
+}
+
+impl<K: KinesisApi> PollingReader<K> {
+    /// A reader starting at `position`.
+    pub fn new(api: Arc<K>, stream: &str, shard_id: &str, position: StartingPosition, config: PollingConfig) -> Self {
+        let backoff = Backoff::new(config.backoff_base, config.backoff_max);
+        PollingReader {
+            api,
+            stream: stream.to_owned(),
+            shard_id: shard_id.to_owned(),
+            idle_delay: config.min_call_interval,
+            config,
+            position,
+            iterator: None,
+            next_call_at: Instant::now(),
+            backoff,
+            stats: ReaderStats::default(),
+        }
+    }
+
+    /// The shard read.
+    pub fn shard_id(&self) -> &str {
+        &self.shard_id
+    }
+
+    /// Calls, throttles and errors so far.
+    pub fn stats(&self) -> &ReaderStats {
+        &self.stats
+    }
+
+    /// The next page of records. Throttling, server errors and expired iterators are handled
+    /// here (waiting as needed); other errors are returned, and the reader can be called again.
+    pub async fn next(&mut self) -> Result<ReadOutcome, KinesisError> {
+        loop {
+            tokio::time::sleep_until(self.next_call_at.into()).await;
+            match self.try_once().await {
+                Ok(outcome) => {
+                    self.backoff.reset();
+                    return Ok(outcome);
+                }
+                Err(KinesisError::ExpiredIterator { .. }) => {
+                    // Re-acquire from the last record handed out (kept in `position`).
+                    self.stats.expired_iterators += 1;
+                    self.iterator = None;
+                    tracing::info!(shard = %self.shard_id, "shard iterator expired; re-acquiring");
+                }
+                Err(e) if e.is_retryable() => {
+                    match e {
+                        KinesisError::Throttled { .. } => self.stats.throttles += 1,
+                        _ => self.stats.transient_errors += 1,
+                    }
+                    let delay = self.backoff.next_delay();
+                    tracing::debug!(shard = %self.shard_id, error = %e, ?delay, "backing off");
+                    self.next_call_at = Instant::now() + delay.max(self.config.min_call_interval);
+                }
+                Err(e) => {
+                    self.next_call_at = Instant::now() + self.backoff.next_delay().max(self.config.min_call_interval);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn try_once(&mut self) -> Result<ReadOutcome, KinesisError> {
+        let iterator = match &self.iterator {
+            Some(it) => it.clone(),
+            None => {
+                let it = self.api.get_shard_iterator(&self.stream, &self.shard_id, &self.position).await?;
+                self.iterator = Some(it.clone());
+                it
+            }
+        };
+        let started = Instant::now();
+        self.stats.calls += 1;
+        let page = self.api.get_records(&iterator, self.config.max_records).await?;
+        self.stats.last_call = started.elapsed();
+        if let Some(last) = page.records.last() {
+            self.position = StartingPosition::AfterSequenceNumber(last.sequence_number.clone());
+        }
+        self.iterator = page.next_iterator.clone();
+        // A full page means more is waiting: poll again at the rate limit. An empty or short page
+        // means we caught up: slow down gradually, up to the idle ceiling.
+        let caught_up = page.millis_behind_latest.is_none_or(|m| m == 0) && page.records.is_empty();
+        self.idle_delay = if caught_up {
+            (self.idle_delay * 2).min(self.config.max_idle_delay).max(self.config.min_call_interval)
+        } else {
+            self.config.min_call_interval
+        };
+        self.next_call_at = started + self.idle_delay;
+        match page.next_iterator {
+            None => Ok(ReadOutcome::End { children: page.child_shards }),
+            Some(_) => {
+                Ok(ReadOutcome::Records { records: page.records, millis_behind_latest: page.millis_behind_latest })
+            }
+        }
+    }
+}
+
+/// Turns a checkpointed position into where the reader starts, and how many user records of the
+/// first (aggregated) record were already processed.
+pub fn resume_position(
+    position: &crate::checkpoint::Position,
+    initial: &StartingPosition,
+) -> Option<(StartingPosition, Option<u64>)> {
+    use crate::checkpoint::Position;
+    match position {
+        Position::Start | Position::InputRecord { .. } => Some((initial.clone(), None)),
+        Position::Sequence { sequence_number, sub_sequence: None } => {
+            Some((StartingPosition::AfterSequenceNumber(sequence_number.clone()), None))
+        }
+        // Inside a KPL aggregate: read that record again and skip what was processed.
+        Position::Sequence { sequence_number, sub_sequence: Some(done) } => {
+            Some((StartingPosition::AtSequenceNumber(sequence_number.clone()), Some(*done)))
+        }
+        Position::Finished => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_up_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        for attempt in 0..10 {
+            let ceiling = Duration::from_millis(100 * (1 << attempt)).min(Duration::from_secs(1));
+            assert!(b.next_delay() <= ceiling);
+        }
+        assert_eq!(b.attempts(), 10);
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn checkpointed_positions_map_to_iterator_positions() {
+        use crate::checkpoint::Position;
+        let seq = || "4962".to_owned();
+        assert_eq!(
+            resume_position(
+                &Position::Sequence { sequence_number: seq(), sub_sequence: None },
+                &StartingPosition::Latest
+            ),
+            Some((StartingPosition::AfterSequenceNumber(seq()), None))
+        );
+        assert_eq!(
+            resume_position(
+                &Position::Sequence { sequence_number: seq(), sub_sequence: Some(3) },
+                &StartingPosition::Latest
+            ),
+            Some((StartingPosition::AtSequenceNumber(seq()), Some(3)))
+        );
+        assert_eq!(
+            resume_position(&Position::Start, &StartingPosition::TrimHorizon),
+            Some((StartingPosition::TrimHorizon, None))
+        );
+        assert_eq!(resume_position(&Position::Finished, &StartingPosition::TrimHorizon), None);
+    }
+}
