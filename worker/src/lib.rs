@@ -7,8 +7,8 @@
 //! - [`checkpoint`]: per-shard checkpoint state and its stores;
 //! - [`generate`]: the synthetic NYC trip generator;
 //! - [`local`]: the whole pipeline embedded in one process (`taxi-worker local`);
-//! - [`kinesis`], [`run`], [`sink`], [`metrics`], [`http`]: the pod command (`taxi-worker run`).
-
+//! - [`kinesis`], [`run`], [`sink`], [`metrics`], [`http`]: the pod command (`taxi-worker run`);
+//! - [`replay`]: the producer (`taxi-worker replay`).
 
 pub mod analysis;
 pub mod checkpoint;
@@ -23,6 +23,7 @@ pub mod local;
 pub mod merge;
 pub mod metrics;
 pub mod partition;
+pub mod replay;
 pub mod run;
 pub mod shard;
 pub mod sink;

@@ -17,7 +17,7 @@ use taxi_worker::geo::BoundingBox;
 use taxi_worker::kinesis::api::{KinesisEndpoint, SdkKinesis, StartingPosition};
 use taxi_worker::kinesis::reader::PollingConfig;
 use taxi_worker::local::{CheckpointOptions, LocalInput, LocalOptions, LocalRun, Outcome, Progress, run_local};
-use taxi_worker::run::{RunOptions, WorkerState, run_worker};
+use taxi_worker::run::{ConsumerKind, RunOptions, WorkerState, run_worker};
 use taxi_worker::sink::{merge_documents, read_documents};
 use taxi_worker::time::{format_timestamp, parse_timestamp};
 
@@ -70,6 +70,9 @@ struct RunArgs {
     /// Polling (GetRecords) or enhanced fan-out.
     #[arg(long, value_enum, default_value = "polling")]
     consumer: Consumer,
+    /// Name of the enhanced fan-out consumer (default: taxi-<pipeline>).
+    #[arg(long)]
+    efo_consumer_name: Option<String>,
     /// Where shards without a checkpoint start: trim-horizon, latest, or an ISO-8601 timestamp.
     #[arg(long, default_value = "trim-horizon", value_parser = parse_start_position)]
     start_position: StartingPosition,
@@ -458,9 +461,6 @@ fn print_report(run: &LocalRun, args: &LocalArgs) {
 }
 
 fn run(args: RunArgs) -> Result<ExitCode, String> {
-    if args.consumer == Consumer::Efo {
-        return Err("--consumer efo is not available in this build yet; use --consumer polling".to_owned());
-    }
     let engine = args.engine.config();
     engine.validate().map_err(|e| format!("invalid configuration: {e}"))?;
     let options = RunOptions {
@@ -475,6 +475,13 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         polling: PollingConfig { max_records: args.max_records, ..PollingConfig::default() },
         engine,
         owner_epoch: 0,
+        stop_after_records: None,
+        consumer: match args.consumer {
+            Consumer::Polling => ConsumerKind::Polling,
+            Consumer::Efo => ConsumerKind::EnhancedFanOut {
+                consumer_name: args.efo_consumer_name.clone().unwrap_or_else(|| format!("taxi-{}", args.pipeline)),
+            },
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

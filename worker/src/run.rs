@@ -19,8 +19,9 @@ use crate::config::EngineConfig;
 use crate::event::{Event, InvalidReason, Millis};
 use crate::input::parse_json_record;
 use crate::kinesis::api::{KinesisApi, KinesisError, ShardInfo, StartingPosition};
+use crate::kinesis::efo::EfoReader;
 use crate::kinesis::kpl::{self, Deaggregated};
-use crate::kinesis::reader::{Backoff, PollingConfig, PollingReader, ReadOutcome, resume_position};
+use crate::kinesis::reader::{Backoff, PollingConfig, PollingReader, ReadOutcome, ReaderStats, resume_position};
 use crate::metrics::WorkerMetrics;
 use crate::shard::{Counters, ShardProcessor};
 use crate::sink::{FileSink, SinkError, documents_for};
@@ -50,6 +51,51 @@ pub struct RunOptions {
     pub engine: EngineConfig,
     /// Assignment epoch written into checkpoints (DESIGN §7).
     pub owner_epoch: u64,
+    /// How shards are consumed.
+    pub consumer: ConsumerKind,
+    /// Stop each shard (with a checkpoint) after processing this many user records in this run,
+    /// even inside a KPL aggregate: for tests and bounded batch runs.
+    pub stop_after_records: Option<u64>,
+}
+
+/// How shards are consumed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsumerKind {
+    /// GetRecords polling.
+    Polling,
+    /// Enhanced fan-out through the registered consumer of this name.
+    EnhancedFanOut {
+        /// Consumer name (registered once per stream).
+        consumer_name: String,
+    },
+}
+
+/// The reader of one shard, by consumer kind.
+enum ShardSource<K: KinesisApi> {
+    Polling(Box<PollingReader<K>>),
+    Efo(Box<EfoReader<K>>),
+}
+
+impl<K: KinesisApi> ShardSource<K> {
+    async fn next(&mut self) -> Result<ReadOutcome, KinesisError> {
+        match self {
+            ShardSource::Polling(r) => r.next().await,
+            ShardSource::Efo(r) => r.next().await,
+        }
+    }
+
+    fn stats(&self) -> ReaderStats {
+        match self {
+            ShardSource::Polling(r) => r.stats().clone(),
+            ShardSource::Efo(r) => r.stats(),
+        }
+    }
+
+    fn mark_closed(&mut self) {
+        if let ShardSource::Efo(r) = self {
+            r.mark_closed();
+        }
+    }
 }
 
 /// Why `run` failed.
@@ -191,6 +237,10 @@ struct Shared<K> {
     caught_up_since: Mutex<HashMap<String, Instant>>,
     /// Record counts of this run over all shards.
     totals: Mutex<Counters>,
+    /// Shards ListShards reported closed (an enhanced fan-out reader then drains them by polling).
+    closed_shards: Mutex<HashSet<String>>,
+    /// The enhanced fan-out consumer, when used.
+    consumer_arn: Option<String>,
 }
 
 fn checkpoint_key(pipeline: &str, shard_id: &str) -> String {
@@ -218,6 +268,12 @@ pub async fn run_worker<K: KinesisApi>(
     }
     let store = DirStore::from_uri(&options.checkpoint_uri)?;
     let sink = FileSink::open(&options.sink_uri)?;
+    let consumer_arn = match &options.consumer {
+        ConsumerKind::Polling => None,
+        ConsumerKind::EnhancedFanOut { consumer_name } => {
+            Some(register_with_retry(api.as_ref(), &options.stream, consumer_name, &mut shutdown).await?)
+        }
+    };
     let shared = Arc::new(Shared {
         api,
         config: Arc::new(options.engine.clone()),
@@ -227,11 +283,15 @@ pub async fn run_worker<K: KinesisApi>(
         state,
         caught_up_since: Mutex::new(HashMap::new()),
         totals: Mutex::new(Counters::default()),
+        closed_shards: Mutex::new(HashSet::new()),
+        consumer_arn,
     });
     let (control_tx, control_rx) = watch::channel(Control::Run);
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Result<ShardExit, RunError>)>();
     let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     let mut finished: HashSet<String> = HashSet::new();
+    // Shards not to start again in this run: fenced by another owner, or out of record budget.
+    let mut parked: HashSet<String> = HashSet::new();
     let mut summary = RunSummary::default();
     let mut waiting = 0_usize;
     let mut discovery_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -240,8 +300,12 @@ pub async fn run_worker<K: KinesisApi>(
 
     loop {
         if stopping.is_none() && Instant::now() >= next_discovery {
-            match discover(&shared, &mut finished, &running).await {
+            match discover(&shared, &mut finished, &running, &parked).await {
                 Ok((startable, blocked)) => {
+                    if startable.is_empty() && running.is_empty() && shared.options.stop_after_records.is_some() {
+                        tracing::info!("every shard spent its record budget or finished: stopping");
+                        break;
+                    }
                     discovery_backoff.reset();
                     waiting = blocked;
                     for shard in startable {
@@ -298,8 +362,17 @@ pub async fn run_worker<K: KinesisApi>(
                         // Its children may start now.
                         next_discovery = Instant::now();
                     }
-                    Ok(ShardExit::Fenced) => summary.fenced_shards.push(id),
-                    Ok(ShardExit::Stopped) => {}
+                    Ok(ShardExit::Fenced) => {
+                        // Another owner has it: never restart it here.
+                        parked.insert(id.clone());
+                        summary.fenced_shards.push(id);
+                    }
+                    Ok(ShardExit::Stopped) => {
+                        if stopping.is_none() {
+                            // Its record budget is spent (`stop_after_records`).
+                            parked.insert(id);
+                        }
+                    }
                     Err(e) => {
                         let _ = control_tx.send(Control::Stop { close_windows: false });
                         for (_, task) in running.drain() {
@@ -322,6 +395,26 @@ pub async fn run_worker<K: KinesisApi>(
     Ok(summary)
 }
 
+/// Registers the enhanced fan-out consumer, retrying transient failures until shutdown.
+async fn register_with_retry<K: KinesisApi>(
+    api: &K,
+    stream: &str,
+    name: &str,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<String, RunError> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        match api.register_consumer(stream, name).await {
+            Ok(arn) => return Ok(arn),
+            Err(e) if e.is_retryable() && !*shutdown.borrow() => {
+                tracing::warn!(error = %e, "registering the enhanced fan-out consumer failed; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 fn all_caught_up_for<K>(
     shared: &Shared<K>,
     running: &HashMap<String, tokio::task::JoinHandle<()>>,
@@ -336,9 +429,13 @@ async fn discover<K: KinesisApi>(
     shared: &Shared<K>,
     finished: &mut HashSet<String>,
     running: &HashMap<String, tokio::task::JoinHandle<()>>,
+    parked: &HashSet<String>,
 ) -> Result<(Vec<ShardInfo>, usize), KinesisError> {
     let shards = shared.api.list_shards(&shared.options.stream).await?;
     let listed: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
+    if let Ok(mut closed) = shared.closed_shards.lock() {
+        closed.extend(shards.iter().filter(|s| !s.is_open()).map(|s| s.shard_id.clone()));
+    }
     let is_finished = |id: &str, finished: &HashSet<String>| -> bool {
         finished.contains(id)
             || matches!(
@@ -350,7 +447,7 @@ async fn discover<K: KinesisApi>(
     let mut waiting = 0;
     for shard in &shards {
         let id = shard.shard_id.as_str();
-        if running.contains_key(id) || finished.contains(id) {
+        if running.contains_key(id) || finished.contains(id) || parked.contains(id) {
             continue;
         }
         if is_finished(id, finished) {
@@ -380,6 +477,8 @@ struct ShardTask<K> {
     /// Inside a KPL aggregate read again after a restart: user records up to this index of
     /// this sequence number were already processed.
     skip: Option<(String, u64)>,
+    /// User records this task may still process (`RunOptions::stop_after_records`).
+    budget: Option<u64>,
     reported: Counters,
 }
 
@@ -406,31 +505,47 @@ impl<K: KinesisApi> ShardTask<K> {
         };
         tracing::info!(shard = %shard.shard_id, ?start, "starting shard");
         let reported = processor.counters().clone();
+        let budget = shared.options.stop_after_records;
         let mut task =
-            ShardTask { shared, shard_id: shard.shard_id.clone(), processor, position, etag, skip, reported };
+            ShardTask { shared, shard_id: shard.shard_id.clone(), processor, position, etag, skip, reported, budget };
         let elapsed = task.shared.state.elapsed_ms();
         task.shared.state.update(&task.shard_id, |s| {
             s.state = "reading";
             s.started_at_ms = Some(elapsed);
         });
-        let reader = PollingReader::new(
-            task.shared.api.clone(),
-            &task.shared.options.stream,
-            &shard.shard_id,
-            start,
-            task.shared.options.polling.clone(),
-        );
+        let (api, options) = (task.shared.api.clone(), &task.shared.options);
+        let reader = match &task.shared.consumer_arn {
+            None => ShardSource::Polling(Box::new(PollingReader::new(
+                api,
+                &options.stream,
+                &shard.shard_id,
+                start,
+                options.polling.clone(),
+            ))),
+            Some(arn) => ShardSource::Efo(Box::new(EfoReader::new(
+                api,
+                &options.stream,
+                &shard.shard_id,
+                arn,
+                start,
+                options.polling.clone(),
+            ))),
+        };
         task.read(reader, control).await
     }
 
     async fn read(
         &mut self,
-        mut reader: PollingReader<K>,
+        mut reader: ShardSource<K>,
         mut control: watch::Receiver<Control>,
     ) -> Result<ShardExit, RunError> {
         let interval = self.shared.options.checkpoint_interval;
         let mut next_checkpoint = Instant::now() + interval;
+        let mut seen = ReaderStats::default();
         loop {
+            if self.shared.closed_shards.lock().is_ok_and(|closed| closed.contains(&self.shard_id)) {
+                reader.mark_closed();
+            }
             let requested = *control.borrow_and_update();
             if let Control::Stop { close_windows } = requested {
                 if close_windows {
@@ -456,13 +571,7 @@ impl<K: KinesisApi> ShardTask<K> {
                 // A stop request interrupts an idle wait (the read is retried from the same place).
                 _ = control.changed() => continue,
             };
-            let stats = reader.stats().clone();
-            self.shared
-                .state
-                .metrics
-                .get_records_seconds
-                .with_label_values(&[&self.shard_id])
-                .observe(stats.last_call.as_secs_f64());
+            self.publish_reader_stats(&reader.stats(), &mut seen);
             match outcome {
                 Ok(ReadOutcome::Records { records, millis_behind_latest }) => {
                     self.note_progress(records.is_empty(), millis_behind_latest);
@@ -470,12 +579,23 @@ impl<K: KinesisApi> ShardTask<K> {
                     metrics.records_read.with_label_values(&[&self.shard_id]).inc_by(records.len() as u64);
                     let bytes: usize = records.iter().map(|r| r.data.len()).sum();
                     metrics.bytes_read.with_label_values(&[&self.shard_id]).inc_by(bytes as u64);
+                    let mut within_budget = true;
                     for record in &records {
-                        self.process_record(&record.sequence_number, &record.data, record.arrival);
+                        within_budget = self.process_record(&record.sequence_number, &record.data, record.arrival);
+                        if !within_budget {
+                            break;
+                        }
                     }
                     let closed = self.processor.take_closed();
                     self.emit(&closed).await?;
                     self.report();
+                    if !within_budget {
+                        tracing::info!(shard = %self.shard_id, position = ?self.position, "record budget spent: stopping the shard");
+                        return match self.checkpoint().await? {
+                            true => Ok(ShardExit::Stopped),
+                            false => Ok(ShardExit::Fenced),
+                        };
+                    }
                 }
                 Ok(ReadOutcome::End { children }) => {
                     tracing::info!(shard = %self.shard_id, ?children, "shard read to its end");
@@ -509,6 +629,25 @@ impl<K: KinesisApi> ShardTask<K> {
         }
     }
 
+    /// Publishes what the reader counted since the last look.
+    fn publish_reader_stats(&self, now: &ReaderStats, seen: &mut ReaderStats) {
+        let metrics = &self.shared.state.metrics;
+        let operation = if self.shared.consumer_arn.is_some() { "SubscribeToShard" } else { "GetRecords" };
+        if now.calls > seen.calls {
+            metrics.get_records_seconds.with_label_values(&[&self.shard_id]).observe(now.last_call.as_secs_f64());
+        }
+        for (category, n) in [
+            ("throttled", now.throttles.saturating_sub(seen.throttles)),
+            ("transient", now.transient_errors.saturating_sub(seen.transient_errors)),
+            ("expired_iterator", now.expired_iterators.saturating_sub(seen.expired_iterators)),
+        ] {
+            if n > 0 {
+                metrics.kinesis_errors.with_label_values(&[operation, category]).inc_by(n);
+            }
+        }
+        *seen = now.clone();
+    }
+
     fn note_progress(&self, empty: bool, millis_behind_latest: Option<i64>) {
         let caught_up = empty && millis_behind_latest.is_none_or(|m| m == 0);
         if let Ok(mut map) = self.shared.caught_up_since.lock() {
@@ -525,7 +664,10 @@ impl<K: KinesisApi> ShardTask<K> {
     }
 
     /// Processes one Kinesis record: a plain event or a KPL aggregate of events.
-    fn process_record(&mut self, sequence_number: &str, data: &[u8], arrival: Option<Millis>) {
+    /// Processes one Kinesis record: a plain event or a KPL aggregate of events. Returns `false`
+    /// when the record budget ran out inside it (the position then points into the aggregate).
+    fn process_record(&mut self, sequence_number: &str, data: &[u8], arrival: Option<Millis>) -> bool {
+        let at = |sub_sequence| Position::Sequence { sequence_number: sequence_number.to_owned(), sub_sequence };
         match kpl::deaggregate(data) {
             Ok(Deaggregated::Plain(payload)) => {
                 self.process_payload(payload, arrival);
@@ -535,14 +677,17 @@ impl<K: KinesisApi> ShardTask<K> {
                     Some((seq, done)) if seq == sequence_number => Some(*done),
                     _ => None,
                 };
+                let last = users.len().saturating_sub(1) as u64;
                 for (index, user) in users.iter().enumerate() {
                     let index = index as u64;
                     if skip_upto.is_some_and(|done| index <= done) {
                         continue;
                     }
                     self.process_payload(user.data, arrival);
-                    self.position =
-                        Position::Sequence { sequence_number: sequence_number.to_owned(), sub_sequence: Some(index) };
+                    if index < last && self.budget_exhausted() {
+                        self.position = at(Some(index));
+                        return false;
+                    }
                 }
             }
             Err(e) => {
@@ -551,7 +696,20 @@ impl<K: KinesisApi> ShardTask<K> {
             }
         }
         self.skip = None;
-        self.position = Position::Sequence { sequence_number: sequence_number.to_owned(), sub_sequence: None };
+        self.position = at(None);
+        !self.budget_exhausted()
+    }
+
+    /// Counts one user record against `stop_after_records`; true once the budget is spent.
+    fn budget_exhausted(&mut self) -> bool {
+        match &mut self.budget {
+            Some(0) => true,
+            Some(left) => {
+                *left -= 1;
+                *left == 0
+            }
+            None => false,
+        }
     }
 
     fn process_payload(&mut self, payload: &[u8], arrival: Option<Millis>) {

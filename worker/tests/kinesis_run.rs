@@ -13,10 +13,11 @@ use common::{as_lines, batch_oracle};
 use taxi_worker::config::EngineConfig;
 use taxi_worker::generate::{GeneratorConfig, write_json_lines};
 use taxi_worker::kinesis::api::{
-    KinesisApi, KinesisError, PutEntry, PutOutcome, RecordsPage, SdkKinesis, ShardInfo, StartingPosition, StreamState,
+    KinesisApi, KinesisError, PutEntry, PutOutcome, RecordsPage, SdkKinesis, SdkSubscription, ShardInfo,
+    StartingPosition, StreamState,
 };
 use taxi_worker::local::{LocalInput, LocalOptions, Progress, run_local};
-use taxi_worker::run::{WorkerState, run_worker};
+use taxi_worker::run::{ConsumerKind, WorkerState, run_worker};
 use taxi_worker::sink::{merge_documents, read_documents};
 
 fn generated(dir: &Path, trips: u64, seed: u64) -> PathBuf {
@@ -182,6 +183,8 @@ struct Faulty {
 }
 
 impl KinesisApi for Faulty {
+    type Subscription = SdkSubscription;
+
     async fn list_shards(&self, stream: &str) -> Result<Vec<ShardInfo>, KinesisError> {
         self.inner.list_shards(stream).await
     }
@@ -218,6 +221,17 @@ impl KinesisApi for Faulty {
     async fn create_stream(&self, stream: &str, shards: u32) -> Result<(), KinesisError> {
         self.inner.create_stream(stream, shards).await
     }
+    async fn register_consumer(&self, stream: &str, name: &str) -> Result<String, KinesisError> {
+        self.inner.register_consumer(stream, name).await
+    }
+    async fn subscribe_to_shard(
+        &self,
+        consumer_arn: &str,
+        shard: &str,
+        position: &StartingPosition,
+    ) -> Result<SdkSubscription, KinesisError> {
+        self.inner.subscribe_to_shard(consumer_arn, shard, position).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,4 +257,89 @@ async fn throttling_and_expired_iterators_are_retried_without_loss() {
     assert_eq!(summary.counters.records, common::kinesis::count_records(&input), "nothing lost, nothing twice");
     assert_eq!(merged(dir.path()), as_lines(&batch_oracle(&EngineConfig::default(), &input)));
     assert!(state.metrics.render().contains("taxi_kinesis_get_records_seconds"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enhanced_fan_out_gives_the_same_results_across_a_split() {
+    let Some(endpoint) = emulator() else { return };
+    let api = Arc::new(client(&endpoint));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = generated(dir.path(), 2_000, 25);
+    let stream = fresh_stream(&api, 2).await;
+    put_file(&api, &stream, &input).await;
+    // Split a shard before reading: its children must wait for it, and the closed parent must be
+    // drained to its end.
+    let shards = api.list_shards(&stream).await.expect("list");
+    let middle = shards[1].starting_hash_key + (shards[1].ending_hash_key - shards[1].starting_hash_key) / 2;
+    api.client()
+        .split_shard()
+        .stream_name(&stream)
+        .shard_to_split(&shards[1].shard_id)
+        .new_starting_hash_key(middle.to_string())
+        .send()
+        .await
+        .expect("split");
+    wait_active(&api, &stream).await;
+
+    let mut options = run_options(&stream, dir.path(), "nyc");
+    options.consumer = ConsumerKind::EnhancedFanOut { consumer_name: "taxi-test".to_owned() };
+    options.stop_when_idle = Some(Duration::from_secs(3));
+    let (summary, state) = run_to_idle(api.clone(), options).await;
+    assert_eq!(summary.counters.records, common::kinesis::count_records(&input));
+    assert_eq!(merged(dir.path()), as_lines(&batch_oracle(&EngineConfig::default(), &input)));
+    assert!(summary.finished_shards.contains(&shards[1].shard_id), "the split parent was read to its end");
+    assert!(state.metrics.render().contains("taxi_kinesis_records_read_total"));
+}
+
+/// Puts the file's lines as KPL aggregates of up to `per_record` user records each.
+async fn put_aggregated(api: &SdkKinesis, stream: &str, input: &Path, per_record: usize) -> usize {
+    use taxi_worker::kinesis::kpl::Aggregator;
+    let text = std::fs::read_to_string(input).expect("read");
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut entries = Vec::new();
+    for (n, group) in lines.chunks(per_record).enumerate() {
+        let mut aggregator = Aggregator::default();
+        for (i, line) in group.iter().enumerate() {
+            let key = format!("{n}-{i}");
+            assert!(aggregator.push(&key, None, line.as_bytes()).is_none(), "a group fits one aggregate");
+        }
+        let record = aggregator.flush().expect("an aggregate");
+        entries.push(PutEntry {
+            partition_key: record.partition_key,
+            explicit_hash_key: record.explicit_hash_key,
+            data: bytes::Bytes::from(record.data),
+        });
+    }
+    let count = entries.len();
+    common::kinesis::put_entries(api, stream, entries).await;
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kpl_aggregates_deaggregate_and_a_checkpoint_inside_one_resumes_after_the_right_record() {
+    let Some(endpoint) = emulator() else { return };
+    let api = Arc::new(client(&endpoint));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = generated(dir.path(), 2_000, 26);
+    let stream = fresh_stream(&api, 1).await;
+    let aggregates = put_aggregated(&api, &stream, &input, 50).await;
+    assert!(aggregates >= 40);
+
+    // Stop after 137 user records: inside the third aggregate.
+    let mut first = run_options(&stream, dir.path(), "nyc");
+    first.stop_when_idle = None;
+    first.stop_after_records = Some(137);
+    let (summary, _) = run_to_idle(api.clone(), first).await;
+    assert_eq!(summary.counters.records, 137);
+    let checkpoint = std::fs::read_to_string(dir.path().join("checkpoints/nyc/shards/shardId-000000000000.json"))
+        .expect("checkpoint");
+    let checkpoint: serde_json::Value = serde_json::from_str(&checkpoint).expect("json");
+    assert_eq!(
+        checkpoint["position"]["sub_sequence"], 36,
+        "user records 0..=36 of the third aggregate done: {checkpoint}"
+    );
+
+    let (rest, _) = run_to_idle(api.clone(), run_options(&stream, dir.path(), "nyc")).await;
+    assert_eq!(137 + rest.counters.records, common::kinesis::count_records(&input), "no user record lost or repeated");
+    assert_eq!(merged(dir.path()), as_lines(&batch_oracle(&EngineConfig::default(), &input)));
 }

@@ -212,16 +212,43 @@ pub fn classify(operation: &'static str, code: Option<&str>, status: Option<u16>
         }
         Some("ExpiredIteratorException") => KinesisError::ExpiredIterator { operation },
         Some("ResourceNotFoundException") => KinesisError::NotFound { operation, message },
-        Some("InternalFailure" | "InternalFailureException" | "ServiceUnavailable" | "ServiceUnavailableException") => {
-            KinesisError::Transient { operation, message }
-        }
+        // ResourceInUse: the stream or consumer is busy (updating, another subscription still
+        // active); the same call succeeds later.
+        Some(
+            "InternalFailure"
+            | "InternalFailureException"
+            | "ServiceUnavailable"
+            | "ServiceUnavailableException"
+            | "ResourceInUseException",
+        ) => KinesisError::Transient { operation, message },
         _ if status.is_some_and(|s| s >= 500) => KinesisError::Transient { operation, message },
         _ => KinesisError::Permanent { operation, message },
     }
 }
 
+/// One event of an enhanced fan-out subscription.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubscriptionEvent {
+    /// Records in order.
+    pub records: Vec<KinesisRecord>,
+    /// Where to resubscribe from (AFTER_SEQUENCE_NUMBER); `None` once the shard ended.
+    pub continuation_sequence_number: Option<String>,
+    /// How far behind the tip of the shard the event is.
+    pub millis_behind_latest: Option<i64>,
+    /// The shards that replaced this one, when it ended.
+    pub child_shards: Vec<String>,
+}
+
+/// An open SubscribeToShard session.
+pub trait Subscription: Send {
+    /// The next event; `Ok(None)` when the session ended (after ~5 minutes, as Kinesis ends them).
+    fn next_event(&mut self) -> impl Future<Output = Result<Option<SubscriptionEvent>, KinesisError>> + Send;
+}
+
 /// The Kinesis operations TaxiPipeline uses.
 pub trait KinesisApi: Send + Sync + 'static {
+    /// An enhanced fan-out session.
+    type Subscription: Subscription;
     /// Every shard of the stream (ListShards, all pages).
     fn list_shards(&self, stream: &str) -> impl Future<Output = Result<Vec<ShardInfo>, KinesisError>> + Send;
     /// A shard iterator at `position`.
@@ -244,6 +271,16 @@ pub trait KinesisApi: Send + Sync + 'static {
     fn stream_state(&self, stream: &str) -> impl Future<Output = Result<StreamState, KinesisError>> + Send;
     /// Creates a provisioned stream with `shards` shards.
     fn create_stream(&self, stream: &str, shards: u32) -> impl Future<Output = Result<(), KinesisError>> + Send;
+    /// Registers (or finds) the enhanced fan-out consumer `name` and waits until it is active,
+    /// returning its ARN.
+    fn register_consumer(&self, stream: &str, name: &str) -> impl Future<Output = Result<String, KinesisError>> + Send;
+    /// Opens a SubscribeToShard session.
+    fn subscribe_to_shard(
+        &self,
+        consumer_arn: &str,
+        shard_id: &str,
+        position: &StartingPosition,
+    ) -> impl Future<Output = Result<Self::Subscription, KinesisError>> + Send;
 }
 
 /// [`KinesisApi`] over the AWS SDK.
@@ -286,6 +323,47 @@ impl SdkKinesis {
     }
 }
 
+fn record_of(r: &aws_sdk_kinesis::types::Record) -> KinesisRecord {
+    KinesisRecord {
+        sequence_number: r.sequence_number().to_owned(),
+        partition_key: r.partition_key().unwrap_or_default().to_owned(),
+        data: Bytes::copy_from_slice(r.data().as_ref()),
+        arrival: r.approximate_arrival_timestamp().map(millis_of),
+    }
+}
+
+/// A SubscribeToShard session of the SDK.
+#[derive(Debug)]
+pub struct SdkSubscription {
+    session: aws_sdk_kinesis::operation::subscribe_to_shard::SubscribeToShardOutput,
+}
+
+impl Subscription for SdkSubscription {
+    async fn next_event(&mut self) -> Result<Option<SubscriptionEvent>, KinesisError> {
+        use aws_sdk_kinesis::types::SubscribeToShardEventStream as Stream;
+        loop {
+            let event = self.session.event_stream.recv().await.map_err(|e| {
+                let message = DisplayErrorContext(&e).to_string();
+                classify("SubscribeToShard", e.code(), None, message)
+            })?;
+            match event {
+                None => return Ok(None),
+                Some(Stream::SubscribeToShardEvent(event)) => {
+                    let continuation = Some(event.continuation_sequence_number()).filter(|s| !s.is_empty());
+                    return Ok(Some(SubscriptionEvent {
+                        records: event.records().iter().map(record_of).collect(),
+                        continuation_sequence_number: continuation.map(str::to_owned),
+                        millis_behind_latest: Some(event.millis_behind_latest()),
+                        child_shards: event.child_shards().iter().map(|c| c.shard_id().to_owned()).collect(),
+                    }));
+                }
+                // Event types added to the API later: skip them.
+                Some(_) => continue,
+            }
+        }
+    }
+}
+
 fn millis_of(t: &DateTime) -> Millis {
     t.to_millis().unwrap_or(i64::MAX)
 }
@@ -295,6 +373,8 @@ fn parse_hash(s: &str) -> u128 {
 }
 
 impl KinesisApi for SdkKinesis {
+    type Subscription = SdkSubscription;
+
     async fn list_shards(&self, stream: &str) -> Result<Vec<ShardInfo>, KinesisError> {
         let mut shards = Vec::new();
         let mut next_token: Option<String> = None;
@@ -364,16 +444,7 @@ impl KinesisApi for SdkKinesis {
             .send()
             .await
             .map_err(|e| KinesisError::from_sdk("GetRecords", &e))?;
-        let records = out
-            .records()
-            .iter()
-            .map(|r| KinesisRecord {
-                sequence_number: r.sequence_number().to_owned(),
-                partition_key: r.partition_key().unwrap_or_default().to_owned(),
-                data: Bytes::copy_from_slice(r.data().as_ref()),
-                arrival: r.approximate_arrival_timestamp().map(millis_of),
-            })
-            .collect();
+        let records = out.records().iter().map(record_of).collect();
         Ok(RecordsPage {
             records,
             next_iterator: out.next_shard_iterator().map(str::to_owned),
@@ -437,6 +508,80 @@ impl KinesisApi for SdkKinesis {
             .map_err(|e| KinesisError::from_sdk("CreateStream", &e))?;
         Ok(())
     }
+
+    async fn register_consumer(&self, stream: &str, name: &str) -> Result<String, KinesisError> {
+        use aws_sdk_kinesis::types::ConsumerStatus;
+        let summary = self
+            .client
+            .describe_stream_summary()
+            .stream_name(stream)
+            .send()
+            .await
+            .map_err(|e| KinesisError::from_sdk("DescribeStreamSummary", &e))?;
+        let stream_arn = summary.stream_description_summary().map(|s| s.stream_arn().to_owned()).unwrap_or_default();
+        // Registering twice fails with ResourceInUse: then the consumer exists and is described.
+        if let Err(e) = self.client.register_stream_consumer().stream_arn(&stream_arn).consumer_name(name).send().await
+        {
+            let error = KinesisError::from_sdk("RegisterStreamConsumer", &e);
+            if e.code() != Some("ResourceInUseException") {
+                return Err(error);
+            }
+        }
+        for _ in 0..600 {
+            let out = self
+                .client
+                .describe_stream_consumer()
+                .stream_arn(&stream_arn)
+                .consumer_name(name)
+                .send()
+                .await
+                .map_err(|e| KinesisError::from_sdk("DescribeStreamConsumer", &e))?;
+            if let Some(c) = out.consumer_description()
+                && *c.consumer_status() == ConsumerStatus::Active
+            {
+                return Ok(c.consumer_arn().to_owned());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Err(KinesisError::Transient {
+            operation: "RegisterStreamConsumer",
+            message: format!("consumer {name} did not become active"),
+        })
+    }
+
+    async fn subscribe_to_shard(
+        &self,
+        consumer_arn: &str,
+        shard_id: &str,
+        position: &StartingPosition,
+    ) -> Result<SdkSubscription, KinesisError> {
+        use aws_sdk_kinesis::types::StartingPosition as SdkPosition;
+        let start = match position {
+            StartingPosition::TrimHorizon => SdkPosition::builder().r#type(ShardIteratorType::TrimHorizon),
+            StartingPosition::Latest => SdkPosition::builder().r#type(ShardIteratorType::Latest),
+            StartingPosition::AtTimestamp(t) => {
+                SdkPosition::builder().r#type(ShardIteratorType::AtTimestamp).timestamp(DateTime::from_millis(*t))
+            }
+            StartingPosition::AfterSequenceNumber(seq) => {
+                SdkPosition::builder().r#type(ShardIteratorType::AfterSequenceNumber).sequence_number(seq)
+            }
+            StartingPosition::AtSequenceNumber(seq) => {
+                SdkPosition::builder().r#type(ShardIteratorType::AtSequenceNumber).sequence_number(seq)
+            }
+        }
+        .build()
+        .map_err(|e| KinesisError::Permanent { operation: "SubscribeToShard", message: e.to_string() })?;
+        let out = self
+            .client
+            .subscribe_to_shard()
+            .consumer_arn(consumer_arn)
+            .shard_id(shard_id)
+            .starting_position(start)
+            .send()
+            .await
+            .map_err(|e| KinesisError::from_sdk("SubscribeToShard", &e))?;
+        Ok(SdkSubscription { session: out })
+    }
 }
 
 #[cfg(test)]
@@ -458,6 +603,7 @@ mod tests {
         assert_eq!(c(None, Some(503)).category(), "transient");
         assert_eq!(c(Some("InternalFailure"), Some(500)).category(), "transient");
         assert_eq!(c(Some("ResourceNotFoundException"), Some(400)).category(), "not_found");
+        assert!(c(Some("ResourceInUseException"), Some(400)).is_retryable());
         let denied = c(Some("AccessDeniedException"), Some(400));
         assert!(!denied.is_retryable());
         assert_eq!(denied.category(), "permanent");

@@ -11,7 +11,7 @@ use taxi_worker::event::Event;
 use taxi_worker::input::{parse_json_record, read_records};
 use taxi_worker::kinesis::api::{KinesisApi, PutEntry, PutOutcome, SdkKinesis, StartingPosition, StreamState};
 use taxi_worker::kinesis::reader::PollingConfig;
-use taxi_worker::run::{RunOptions, RunSummary, WorkerState, run_worker};
+use taxi_worker::run::{ConsumerKind, RunOptions, RunSummary, WorkerState, run_worker};
 
 /// The emulator's endpoint, or `None` (with a message) outside CI when it is not running.
 /// In CI a missing emulator fails the test: the services script must have started it.
@@ -118,6 +118,8 @@ pub fn run_options(stream: &str, dir: &Path, pipeline: &str) -> RunOptions {
         },
         engine: EngineConfig::default(),
         owner_epoch: 0,
+        consumer: ConsumerKind::Polling,
+        stop_after_records: None,
     }
 }
 
