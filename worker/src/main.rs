@@ -17,6 +17,7 @@ use taxi_worker::geo::BoundingBox;
 use taxi_worker::kinesis::api::{KinesisEndpoint, SdkKinesis, StartingPosition};
 use taxi_worker::kinesis::reader::PollingConfig;
 use taxi_worker::local::{CheckpointOptions, LocalInput, LocalOptions, LocalRun, Outcome, Progress, run_local};
+use taxi_worker::replay::{ReplayOptions, ReplayProgress};
 use taxi_worker::run::{ConsumerKind, RunOptions, WorkerState, run_worker};
 use taxi_worker::sink::{merge_documents, read_documents};
 use taxi_worker::time::{format_timestamp, parse_timestamp};
@@ -42,6 +43,61 @@ enum Command {
     Run(RunArgs),
     /// Print the merged results of a pipeline's partial documents (the local --output format).
     Results(ResultsArgs),
+    /// Replay trips into a Kinesis stream (the producer), paced by event time.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// Input file: JSON lines or NYC TLC yellow-trip CSV, plain, gzip or zstd.
+    #[arg(long)]
+    input: PathBuf,
+    #[command(flatten)]
+    kinesis: KinesisArgs,
+    /// Event time runs this many times faster than wall time (6480: a day in ~13 s); 0 = as fast
+    /// as possible.
+    #[arg(long, default_value_t = 6480.0)]
+    speedup: f64,
+    /// Pack records into KPL aggregates (one per shard).
+    #[arg(long)]
+    aggregate: bool,
+    /// Time between watermark events sent to every open shard.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    watermark_interval: Duration,
+    /// Most PutRecords calls in flight.
+    #[arg(long, default_value_t = 8)]
+    max_in_flight: usize,
+    /// Create the stream with this many shards when it does not exist.
+    #[arg(long)]
+    create_stream: Option<u32>,
+    /// Print the progress line even when stderr is not a terminal.
+    #[arg(long)]
+    progress: bool,
+    /// Write the replay summary here as JSON.
+    #[arg(long)]
+    summary: Option<PathBuf>,
+}
+
+/// Which stream, and how to reach Kinesis.
+#[derive(Debug, Args)]
+struct KinesisArgs {
+    /// Kinesis stream name.
+    #[arg(long, env = "TAXI_STREAM")]
+    stream: String,
+    /// AWS region (default: from the AWS configuration chain).
+    #[arg(long, env = "AWS_REGION")]
+    region: Option<String>,
+    /// Kinesis endpoint, e.g. a local emulator (http://127.0.0.1:4567).
+    #[arg(long, env = "TAXI_KINESIS_ENDPOINT_URL")]
+    endpoint_url: Option<String>,
+}
+
+impl KinesisArgs {
+    /// Connects with credentials from the default AWS chain.
+    async fn connect(&self) -> SdkKinesis {
+        SdkKinesis::connect(&KinesisEndpoint { region: self.region.clone(), endpoint_url: self.endpoint_url.clone() })
+            .await
+    }
 }
 
 /// How `run` consumes shards.
@@ -58,15 +114,8 @@ struct RunArgs {
     /// Pipeline name: used in document ids and checkpoint keys.
     #[arg(long, env = "TAXI_PIPELINE")]
     pipeline: String,
-    /// Kinesis stream name.
-    #[arg(long, env = "TAXI_STREAM")]
-    stream: String,
-    /// AWS region (default: from the AWS configuration chain).
-    #[arg(long, env = "AWS_REGION")]
-    region: Option<String>,
-    /// Kinesis endpoint, e.g. a local emulator (http://127.0.0.1:4567).
-    #[arg(long, env = "TAXI_KINESIS_ENDPOINT_URL")]
-    endpoint_url: Option<String>,
+    #[command(flatten)]
+    kinesis: KinesisArgs,
     /// Polling (GetRecords) or enhanced fan-out.
     #[arg(long, value_enum, default_value = "polling")]
     consumer: Consumer,
@@ -261,6 +310,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate(&args),
         Command::Run(args) => run(args),
         Command::Results(args) => results(&args),
+        Command::Replay(args) => replay(&args),
     };
     match result {
         Ok(code) => code,
@@ -465,7 +515,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     engine.validate().map_err(|e| format!("invalid configuration: {e}"))?;
     let options = RunOptions {
         pipeline: args.pipeline.clone(),
-        stream: args.stream.clone(),
+        stream: args.kinesis.stream.clone(),
         start: args.start_position.clone(),
         checkpoint_uri: args.checkpoint.clone(),
         checkpoint_interval: args.checkpoint_interval,
@@ -488,28 +538,31 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         .build()
         .map_err(|e| format!("failed to start the runtime: {e}"))?;
     runtime.block_on(async move {
-        let endpoint = KinesisEndpoint { region: args.region.clone(), endpoint_url: args.endpoint_url.clone() };
-        let kinesis = Arc::new(SdkKinesis::connect(&endpoint).await);
+        let kinesis = Arc::new(args.kinesis.connect().await);
         let state = Arc::new(WorkerState::default());
         let (addr, serve) = taxi_worker::http::bind(args.http_addr, state.clone())
             .await
             .map_err(|e| format!("failed to listen on {}: {e}", args.http_addr))?;
-        tracing::info!(%addr, "serving /healthz /readyz /metrics /status");
+        eprintln!("taxi-worker: serving http://{addr}/metrics, /healthz, /readyz and /status");
         let server = tokio::spawn(serve);
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let signals = tokio::spawn(async move {
             wait_for_termination().await;
             let _ = shutdown_tx.send(true);
         });
+        let started = Instant::now();
         let summary = run_worker(kinesis, options, state, shutdown_rx).await.map_err(|e| e.to_string());
+        let elapsed = started.elapsed().as_secs_f64();
         signals.abort();
         server.abort();
         let summary = summary?;
         eprintln!(
-            "stopped: {} records ({} trips, {} invalid); finished shards: {}; fenced: {}",
+            "stopped: {} records ({} trips, {} invalid, {} late) in {elapsed:.1} s — {:.0} records/s; finished shards: {}; fenced: {}",
             summary.counters.records,
             summary.counters.trips,
             summary.counters.invalid_total(),
+            summary.counters.late,
+            summary.counters.records as f64 / elapsed.max(0.001),
             summary.finished_shards.len(),
             summary.fenced_shards.len()
         );
@@ -544,5 +597,69 @@ fn results(args: &ResultsArgs) -> Result<ExitCode, String> {
         out.write_all(b"\n").map_err(|e| e.to_string())?;
     }
     out.flush().map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn replay(args: &ReplayArgs) -> Result<ExitCode, String> {
+    if !args.input.exists() {
+        return Err(format!("input file {} does not exist", args.input.display()));
+    }
+    let mut options = ReplayOptions::new(&args.input, &args.kinesis.stream);
+    options.speedup = args.speedup;
+    options.aggregate = args.aggregate;
+    options.watermark_interval = args.watermark_interval;
+    options.max_in_flight = args.max_in_flight;
+    options.create_stream = args.create_stream;
+    options.validate().map_err(|e| e.to_string())?;
+    let interactive = std::io::stderr().is_terminal();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("failed to start the runtime: {e}"))?;
+    let summary = runtime.block_on(async {
+        let kinesis = Arc::new(args.kinesis.connect().await);
+        let progress = Arc::new(ReplayProgress::new());
+        let ticker = (args.progress || interactive).then(|| {
+            let progress = progress.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    tick.tick().await;
+                    let p = progress.snapshot();
+                    let rate = p.acknowledged as f64 / started.elapsed().as_secs_f64().max(0.001);
+                    let at = p.event_time.map_or_else(|| "-".to_owned(), format_timestamp);
+                    let line = format!(
+                        "{} sent  {} stored  {rate:>8.0}/s  event time {at}  retried {}  throttled {}",
+                        p.sent, p.acknowledged, p.retried, p.throttled
+                    );
+                    if interactive { eprint!("\r\x1b[2K{line}") } else { eprintln!("{line}") }
+                }
+            })
+        });
+        let summary = taxi_worker::replay::replay(kinesis, &options, &progress).await;
+        if let Some(t) = ticker {
+            t.abort();
+            if interactive {
+                eprint!("\r\x1b[2K");
+            }
+        }
+        summary.map_err(|e| e.to_string())
+    })?;
+    println!(
+        "replayed {} trips ({} invalid lines, {} watermarks) into {} in {:.1} s — {:.0} records/s; retried {}, throttled calls {}",
+        summary.trips,
+        summary.invalid,
+        summary.watermarks_sent,
+        args.kinesis.stream,
+        summary.elapsed.as_secs_f64(),
+        summary.records_sent as f64 / summary.elapsed.as_secs_f64().max(0.001),
+        summary.retried_entries,
+        summary.throttled_calls
+    );
+    if let Some(path) = &args.summary {
+        let json = serde_json::to_vec_pretty(&summary).map_err(|e| e.to_string())?;
+        std::fs::write(path, json).map_err(|e| format!("failed to write summary to {}: {e}", path.display()))?;
+    }
     Ok(ExitCode::SUCCESS)
 }
