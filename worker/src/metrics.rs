@@ -100,6 +100,11 @@ impl WorkerMetrics {
         }
     }
 
+    /// The registry, for components that register their own metrics (e.g. the OpenSearch sink).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
