@@ -15,13 +15,13 @@ SVC_VENV="$TAXI_SERVICES_DIR/venv"   # PyPI packages (bin is put on PATH)
 
 # ---- Registry --------------------------------------------------------------------------------
 # To add a service: add its name here and fill in its branch in service_install and service_start.
-TAXI_SERVICES=(kinesis)   # next: s3 opensearch
+TAXI_SERVICES=(kinesis s3 opensearch)
 
 service_install() { # NAME: make its program available; quick when it already is.
   case "$1" in
     kinesis)    npm_install kinesis-local@0.6.2 ;;
-    # s3)         pip_install 'moto[server]' ;;
-    # opensearch) pip_install osmem-server==0.1.6 ;;
+    s3)         pip_install 'moto[server]' ;;
+    opensearch) pip_install osmem-server==0.1.6 ;;
     *) svc_log "error: service_install: unknown service '$1'"; return 1 ;;
   esac
 }
@@ -56,10 +56,17 @@ service_start() {
            START_STREAM_ENCRYPTION_DURATION=100ms STOP_STREAM_ENCRYPTION_DURATION=100ms
            UPDATE_STREAM_MODE_DURATION=100ms
            node --require "$(node_loopback_preload)" "$km/main.js") ;;
-    # s3) var=TAXI_TEST_S3_ENDPOINT
-    #   cmd=(moto_server -H 127.0.0.1 -p "$port") ;;
-    # opensearch) var=TAXI_TEST_OPENSEARCH_ENDPOINT
-    #   cmd=(osmem-server -addr "127.0.0.1:$port" -no-stdin-watch -no-ja) ;;
+    s3) var=TAXI_TEST_S3_ENDPOINT health=/moto-api/
+      # moto's S3 (Flask/werkzeug, threaded): path-style requests, any credentials and region.
+      # Conditional PutObject (If-None-Match: *, If-Match) answers 412 PreconditionFailed, and
+      # If-Match on a missing key 404 NoSuchKey, as S3 does; but moto checks, then writes, without
+      # a lock, so the check is not atomic across concurrent requests (a narrow window in practice).
+      cmd=(moto_server -H 127.0.0.1 -p "$port") ;;
+    opensearch) var=TAXI_TEST_OPENSEARCH_ENDPOINT health=/
+      # osmem (a static Go binary inside the osmem_server wheel, not on PATH): in-memory
+      # OpenSearch 3.x API. It exits when its stdin closes unless -no-stdin-watch; -no-ja skips
+      # loading the Japanese analyzer. GET / answers 200 with the cluster info once it serves.
+      cmd=("$(osmem_binary)" -addr "127.0.0.1:$port" -no-stdin-watch -no-ja) || return 1 ;;
     *) svc_log "error: service_start: unknown service '$name'"; return 1 ;;
   esac
   url=${url:-http://127.0.0.1:$port}
@@ -90,7 +97,20 @@ npm_install() { # PACKAGE@VERSION into $SVC_NODE; skipped (no registry access) w
   npm install --prefix "$SVC_NODE" --no-audit --no-fund --loglevel=error "$1" >&2
 }
 
-pip_install() { # REQUIREMENT into the venv $SVC_VENV (Debian's system Python refuses pip installs)
+pip_install() { # REQUIREMENT into the venv $SVC_VENV (Debian's system Python refuses pip installs);
+  # skipped (no registry access) when the venv has that distribution (at that version when pinned)
+  local dist=${1%%[[=]*} version=""
+  [[ "$1" == *==* ]] && version=${1##*==}
+  if [[ -x "$SVC_VENV/bin/python" ]] && "$SVC_VENV/bin/python" - "$dist" "$version" <<'PY' 2>/dev/null; then
+import sys, importlib.metadata as md
+try:
+    found = md.version(sys.argv[1])
+except md.PackageNotFoundError:
+    sys.exit(1)
+sys.exit(0 if sys.argv[2] in ("", found) else 1)
+PY
+    return 0
+  fi
   if [[ ! -x "$SVC_VENV/bin/pip" ]]; then
     if ! python3 -m venv "$SVC_VENV" >&2; then   # Debian ships venv separately
       [[ "$(id -u)" == 0 ]] || { svc_log "error: python3 -m venv failed: install python3-venv"; return 1; }
@@ -100,6 +120,11 @@ pip_install() { # REQUIREMENT into the venv $SVC_VENV (Debian's system Python re
   fi
   svc_log "pip install $1"
   "$SVC_VENV/bin/pip" install --quiet --disable-pip-version-check "$1" >&2
+}
+
+osmem_binary() { # prints the path of the osmem-server binary bundled in the osmem_server wheel
+  "$SVC_VENV/bin/python" -c 'import osmem_server; print(osmem_server.resolve_binary())' ||
+    { svc_log "error: osmem-server binary not found in $SVC_VENV"; return 1; }
 }
 
 node_loopback_preload() { # prints the path of a Node preload that makes every server listen on 127.0.0.1

@@ -229,6 +229,29 @@ pub enum CheckpointError {
         /// The contested key.
         key: String,
     },
+    /// A checkpoint URI that cannot be used (see `store::CheckpointStore::from_uri`).
+    #[error("invalid checkpoint URI {uri:?}: {reason} (expected s3://bucket/prefix, file:///path or a directory path)")]
+    InvalidUri {
+        /// The URI as given.
+        uri: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An S3 request failed (after retries when `retryable`); fencing failures are [`Self::Conflict`].
+    #[error(
+        "failed to {action} {uri}: {message}{}",
+        if *retryable { " (transient: the caller may retry later)" } else { "" }
+    )]
+    S3 {
+        /// What was attempted, e.g. "write checkpoint".
+        action: &'static str,
+        /// The object or prefix, as `s3://bucket/key`.
+        uri: String,
+        /// The cause, with the SDK's error chain.
+        message: String,
+        /// Whether the failure was transient (5xx, timeout, connection error), so a later retry may succeed.
+        retryable: bool,
+    },
     /// Filesystem failure.
     #[error("failed to {action} checkpoint {path}: {source}")]
     Io {

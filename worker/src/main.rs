@@ -17,9 +17,11 @@ use taxi_worker::geo::BoundingBox;
 use taxi_worker::kinesis::api::{KinesisEndpoint, SdkKinesis, StartingPosition};
 use taxi_worker::kinesis::reader::PollingConfig;
 use taxi_worker::local::{CheckpointOptions, LocalInput, LocalOptions, LocalRun, Outcome, Progress, run_local};
+use taxi_worker::opensearch::{BulkSettings, OpenSearchAuth, OpenSearchSettings, SigV4Service};
 use taxi_worker::replay::{ReplayOptions, ReplayProgress};
 use taxi_worker::run::{ConsumerKind, RunOptions, WorkerState, run_worker};
 use taxi_worker::sink::{merge_documents, read_documents};
+use taxi_worker::store::S3Settings;
 use taxi_worker::time::{format_timestamp, parse_timestamp};
 
 /// Command line of the worker binary.
@@ -40,7 +42,7 @@ enum Command {
     /// Write synthetic NYC taxi trips as JSON lines (the seed's event format).
     Generate(GenerateArgs),
     /// Read the shards of a Kinesis stream (the pod command; also runs outside Kubernetes).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the merged results of a pipeline's partial documents (the local --output format).
     Results(ResultsArgs),
     /// Replay trips into a Kinesis stream (the producer), paced by event time.
@@ -100,6 +102,94 @@ impl KinesisArgs {
     }
 }
 
+/// How the worker talks to OpenSearch.
+#[derive(Debug, Args)]
+struct OpenSearchArgs {
+    /// OpenSearch authentication.
+    #[arg(long, value_enum, default_value = "none", env = "TAXI_SINK_AUTH")]
+    sink_auth: SinkAuth,
+    /// User name for --sink-auth basic.
+    #[arg(long, env = "TAXI_SINK_USERNAME", hide_env_values = true)]
+    sink_username: Option<String>,
+    /// Password for --sink-auth basic (from the environment only, so it never shows in `ps`).
+    #[arg(skip = std::env::var("TAXI_SINK_PASSWORD").ok())]
+    sink_password: Option<String>,
+    /// SigV4 service: es (OpenSearch Service) or aoss (OpenSearch Serverless).
+    #[arg(long, value_enum, default_value = "es")]
+    sigv4_service: SigV4Kind,
+    /// SigV4 region (default: from the AWS configuration chain).
+    #[arg(long)]
+    sigv4_region: Option<String>,
+    /// Index name prefix: documents go to <prefix>-hot-spots and <prefix>-airport-trips.
+    #[arg(long, default_value = "taxi", env = "TAXI_INDEX_PREFIX")]
+    index_prefix: String,
+    /// PEM file of CA certificates to trust for https:// (besides the system roots).
+    #[arg(long, env = "TAXI_SINK_CA_CERT")]
+    sink_ca_cert: Option<PathBuf>,
+    /// A bulk request carries at most this many documents.
+    #[arg(long, default_value_t = 5000)]
+    bulk_max_docs: usize,
+    /// A bulk request carries at most this many bytes.
+    #[arg(long, default_value_t = 5 * 1024 * 1024)]
+    bulk_max_bytes: usize,
+    /// A document waits at most this long for its bulk request.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    bulk_max_delay: Duration,
+}
+
+/// OpenSearch authentication choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum SinkAuth {
+    /// No authentication.
+    None,
+    /// HTTP basic (TAXI_SINK_USERNAME / TAXI_SINK_PASSWORD).
+    Basic,
+    /// AWS SigV4 with the default AWS credential chain.
+    Sigv4,
+}
+
+/// SigV4 service names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum SigV4Kind {
+    /// Amazon OpenSearch Service.
+    Es,
+    /// Amazon OpenSearch Serverless.
+    Aoss,
+}
+
+impl OpenSearchArgs {
+    fn settings(&self, url: &str) -> Result<OpenSearchSettings, String> {
+        let auth = match self.sink_auth {
+            SinkAuth::None => OpenSearchAuth::None,
+            SinkAuth::Basic => OpenSearchAuth::Basic {
+                username: self.sink_username.clone().ok_or("--sink-auth basic needs TAXI_SINK_USERNAME")?,
+                password: self.sink_password.clone().ok_or("--sink-auth basic needs TAXI_SINK_PASSWORD")?,
+            },
+            SinkAuth::Sigv4 => OpenSearchAuth::SigV4 {
+                service: match self.sigv4_service {
+                    SigV4Kind::Es => SigV4Service::Es,
+                    SigV4Kind::Aoss => SigV4Service::Aoss,
+                },
+                region: self.sigv4_region.clone(),
+            },
+        };
+        let defaults = OpenSearchSettings::default();
+        Ok(OpenSearchSettings {
+            url: url.to_owned(),
+            auth,
+            index_prefix: self.index_prefix.clone(),
+            ca_cert: self.sink_ca_cert.clone(),
+            bulk: BulkSettings {
+                max_docs: self.bulk_max_docs,
+                max_bytes: self.bulk_max_bytes,
+                max_delay: self.bulk_max_delay,
+                ..defaults.bulk.clone()
+            },
+            ..defaults
+        })
+    }
+}
+
 /// How `run` consumes shards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Consumer {
@@ -125,18 +215,30 @@ struct RunArgs {
     /// Where shards without a checkpoint start: trim-horizon, latest, or an ISO-8601 timestamp.
     #[arg(long, default_value = "trim-horizon", value_parser = parse_start_position)]
     start_position: StartingPosition,
-    /// Checkpoint store: file:///dir (s3:// comes with the S3 store).
+    /// Checkpoint store: s3://bucket/prefix, file:///dir or a directory.
     #[arg(long, env = "TAXI_CHECKPOINT")]
     checkpoint: String,
+    /// S3 endpoint for S3-compatible servers (default: AWS).
+    #[arg(long, env = "TAXI_S3_ENDPOINT_URL")]
+    s3_endpoint_url: Option<String>,
+    /// Path-style S3 addressing (http://host/bucket/key), as most S3-compatible servers need.
+    #[arg(long, env = "TAXI_S3_FORCE_PATH_STYLE")]
+    s3_force_path_style: bool,
+    /// Previous checkpoints kept per shard under history/ for inspection (0 = none).
+    #[arg(long, default_value_t = taxi_worker::store::DEFAULT_RETAIN)]
+    checkpoint_retain: usize,
     /// Time between checkpoints of a shard.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     checkpoint_interval: Duration,
     /// Shards to own: `all` (the operator's assignment comes later).
     #[arg(long, default_value = "all", value_parser = ["all"])]
     shards: String,
-    /// Where per-shard partial documents go: file:///path/partials.jsonl.
+    /// Where per-shard partial documents go: an OpenSearch URL (https://host:port) or
+    /// file:///path/partials.jsonl.
     #[arg(long, env = "TAXI_SINK")]
     sink: String,
+    #[command(flatten)]
+    opensearch: OpenSearchArgs,
     /// Exit after every shard has been caught up and quiet this long, closing open windows.
     #[arg(long, value_parser = parse_duration)]
     stop_when_idle: Option<Duration>,
@@ -156,11 +258,16 @@ struct RunArgs {
 #[derive(Debug, Args)]
 struct ResultsArgs {
     /// Partial documents written by `run --sink file://…`.
-    #[arg(long)]
-    sink: String,
-    /// Only this pipeline's documents.
+    #[arg(long, required_unless_present = "opensearch_url", conflicts_with = "opensearch_url")]
+    sink: Option<String>,
+    /// Read the partial documents from this OpenSearch cluster instead.
+    #[arg(long = "opensearch", value_name = "URL")]
+    opensearch_url: Option<String>,
+    /// Only this pipeline's documents (required with --opensearch).
     #[arg(long)]
     pipeline: Option<String>,
+    #[command(flatten)]
+    opensearch: OpenSearchArgs,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -308,7 +415,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Local(args) => local(args),
         Command::Generate(args) => generate(&args),
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Results(args) => results(&args),
         Command::Replay(args) => replay(&args),
     };
@@ -518,6 +625,13 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         stream: args.kinesis.stream.clone(),
         start: args.start_position.clone(),
         checkpoint_uri: args.checkpoint.clone(),
+        s3: S3Settings {
+            endpoint_url: args.s3_endpoint_url.clone(),
+            force_path_style: args.s3_force_path_style,
+            region: args.kinesis.region.clone(),
+        },
+        checkpoint_retain: args.checkpoint_retain,
+        opensearch: args.opensearch.settings(&args.sink)?,
         checkpoint_interval: args.checkpoint_interval,
         sink_uri: args.sink.clone(),
         shard_discovery_interval: args.shard_discovery_interval,
@@ -587,10 +701,26 @@ async fn wait_for_termination() {
 
 fn results(args: &ResultsArgs) -> Result<ExitCode, String> {
     let engine = args.engine.config();
-    let path = args.sink.strip_prefix("file://").unwrap_or(&args.sink);
-    let docs = read_documents(Path::new(path)).map_err(|e| e.to_string())?;
-    let docs = docs.into_iter().filter(|d| args.pipeline.as_ref().is_none_or(|p| &d.pipeline == p));
-    let merged = merge_documents(&engine, docs);
+    let merged = match (&args.sink, &args.opensearch_url) {
+        (_, Some(url)) => {
+            let pipeline = args.pipeline.as_deref().ok_or("--opensearch needs --pipeline")?;
+            let settings = args.opensearch.settings(url)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("failed to start the runtime: {e}"))?;
+            runtime
+                .block_on(taxi_worker::opensearch::merged_results(&settings, pipeline, &engine))
+                .map_err(|e| e.to_string())?
+        }
+        (Some(sink), None) => {
+            let path = sink.strip_prefix("file://").unwrap_or(sink);
+            let docs = read_documents(Path::new(path)).map_err(|e| e.to_string())?;
+            let docs = docs.into_iter().filter(|d| args.pipeline.as_ref().is_none_or(|p| &d.pipeline == p));
+            merge_documents(&engine, docs)
+        }
+        (None, None) => return Err("give --sink file://… or --opensearch URL".to_owned()),
+    };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for r in &merged {
         serde_json::to_writer(&mut out, r).map_err(|e| e.to_string())?;

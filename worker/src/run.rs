@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::checkpoint::{CheckpointError, DirStore, ETag, Position, Precondition, ShardCheckpoint};
+use crate::checkpoint::{CheckpointError, ETag, Position, Precondition, ShardCheckpoint};
 use crate::config::EngineConfig;
 use crate::event::{Event, InvalidReason, Millis};
 use crate::input::parse_json_record;
@@ -23,8 +23,10 @@ use crate::kinesis::efo::EfoReader;
 use crate::kinesis::kpl::{self, Deaggregated};
 use crate::kinesis::reader::{Backoff, PollingConfig, PollingReader, ReadOutcome, ReaderStats, resume_position};
 use crate::metrics::WorkerMetrics;
+use crate::opensearch::OpenSearchSettings;
 use crate::shard::{Counters, ShardProcessor};
-use crate::sink::{FileSink, SinkError, documents_for};
+use crate::sink::{Sink, SinkError, documents_for};
+use crate::store::{CheckpointStore, S3Settings};
 
 /// Everything `taxi-worker run` needs besides the Kinesis client.
 #[derive(Clone, Debug)]
@@ -35,12 +37,18 @@ pub struct RunOptions {
     pub stream: String,
     /// Where to start shards that have no checkpoint.
     pub start: StartingPosition,
-    /// Checkpoint store URI (`file:///dir` or a directory).
+    /// Checkpoint store URI (`s3://bucket/prefix`, `file:///dir` or a directory).
     pub checkpoint_uri: String,
+    /// How to reach S3 (endpoint and addressing style for S3-compatible servers).
+    pub s3: S3Settings,
+    /// Previous checkpoints kept per shard for inspection.
+    pub checkpoint_retain: usize,
     /// Time between checkpoints of a shard.
     pub checkpoint_interval: Duration,
-    /// Sink URI (`file:///path.jsonl`).
+    /// Sink URI (`file:///path.jsonl` or an OpenSearch `http(s)://` URL).
     pub sink_uri: String,
+    /// OpenSearch authentication, TLS, index prefix and batching (for `http(s)://` sinks).
+    pub opensearch: OpenSearchSettings,
     /// Time between ListShards calls.
     pub shard_discovery_interval: Duration,
     /// Exit once every shard has been caught up and quiet this long, closing open windows.
@@ -230,8 +238,8 @@ struct Shared<K> {
     api: Arc<K>,
     options: RunOptions,
     config: Arc<EngineConfig>,
-    store: DirStore,
-    sink: tokio::sync::Mutex<FileSink>,
+    store: CheckpointStore,
+    sink: Sink,
     state: Arc<WorkerState>,
     /// Shards caught up (empty page, nothing behind) since this instant; cleared by records.
     caught_up_since: Mutex<HashMap<String, Instant>>,
@@ -266,8 +274,8 @@ pub async fn run_worker<K: KinesisApi>(
             options.pipeline
         )));
     }
-    let store = DirStore::from_uri(&options.checkpoint_uri)?;
-    let sink = FileSink::open(&options.sink_uri)?;
+    let store = CheckpointStore::from_uri(&options.checkpoint_uri, &options.s3, options.checkpoint_retain).await?;
+    let sink = Sink::open(&options.sink_uri, &options.opensearch, state.metrics.registry()).await?;
     let consumer_arn = match &options.consumer {
         ConsumerKind::Polling => None,
         ConsumerKind::EnhancedFanOut { consumer_name } => {
@@ -279,7 +287,7 @@ pub async fn run_worker<K: KinesisApi>(
         config: Arc::new(options.engine.clone()),
         options,
         store,
-        sink: tokio::sync::Mutex::new(sink),
+        sink,
         state,
         caught_up_since: Mutex::new(HashMap::new()),
         totals: Mutex::new(Counters::default()),
@@ -436,13 +444,18 @@ async fn discover<K: KinesisApi>(
     if let Ok(mut closed) = shared.closed_shards.lock() {
         closed.extend(shards.iter().filter(|s| !s.is_open()).map(|s| s.shard_id.clone()));
     }
-    let is_finished = |id: &str, finished: &HashSet<String>| -> bool {
-        finished.contains(id)
-            || matches!(
-                shared.store.get(&checkpoint_key(&shared.options.pipeline, id)),
-                Ok(Some((bytes, _))) if ShardCheckpoint::from_bytes(&bytes).is_ok_and(|c| c.position == Position::Finished)
-            )
-    };
+    // A shard is finished when this run finished it or its checkpoint says so (read once here,
+    // so a parent finished by an earlier run or another worker is seen too).
+    for shard in &shards {
+        let id = shard.shard_id.as_str();
+        if finished.contains(id) || running.contains_key(id) {
+            continue;
+        }
+        if checkpoint_finished(shared, id).await {
+            finished.insert(id.to_owned());
+            shared.state.update(id, |s| s.state = "finished");
+        }
+    }
     let mut startable = Vec::new();
     let mut waiting = 0;
     for shard in &shards {
@@ -450,13 +463,8 @@ async fn discover<K: KinesisApi>(
         if running.contains_key(id) || finished.contains(id) || parked.contains(id) {
             continue;
         }
-        if is_finished(id, finished) {
-            finished.insert(id.to_owned());
-            shared.state.update(id, |s| s.state = "finished");
-            continue;
-        }
         // Parent before child (DESIGN §4): a parent no longer listed has expired from the stream.
-        let parents_done = shard.parents().all(|p| !listed.contains(p) || is_finished(p, finished));
+        let parents_done = shard.parents().all(|p| !listed.contains(p) || finished.contains(p));
         if parents_done {
             startable.push(shard.clone());
         } else {
@@ -465,6 +473,19 @@ async fn discover<K: KinesisApi>(
         }
     }
     Ok((startable, waiting))
+}
+
+/// Whether the shard's checkpoint marks it finished. A store failure counts as "not yet": the
+/// next discovery asks again.
+async fn checkpoint_finished<K>(shared: &Shared<K>, shard_id: &str) -> bool {
+    match shared.store.get(&checkpoint_key(&shared.options.pipeline, shard_id)).await {
+        Ok(Some((bytes, _))) => ShardCheckpoint::from_bytes(&bytes).is_ok_and(|c| c.position == Position::Finished),
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(shard = shard_id, error = %e, "failed to read a checkpoint during discovery");
+            false
+        }
+    }
 }
 
 /// One shard's reading loop.
@@ -489,7 +510,7 @@ impl<K: KinesisApi> ShardTask<K> {
         control: watch::Receiver<Control>,
     ) -> Result<ShardExit, RunError> {
         let key = checkpoint_key(&shared.options.pipeline, &shard.shard_id);
-        let (processor, position, etag) = match shared.store.get(&key)? {
+        let (processor, position, etag) = match shared.store.get(&key).await? {
             Some((bytes, etag)) => {
                 let checkpoint = ShardCheckpoint::from_bytes(&bytes)?;
                 (checkpoint.restore(shared.config.clone())?, checkpoint.position, Some(etag))
@@ -730,15 +751,16 @@ impl<K: KinesisApi> ShardTask<K> {
             return Ok(());
         }
         let docs = documents_for(&self.shared.options.pipeline, &self.shard_id, &self.shared.config, closed, true);
-        self.shared.sink.lock().await.write(&docs)?;
-        self.shared.state.metrics.sink_documents.with_label_values(&["file"]).inc_by(docs.len() as u64);
+        let count = docs.len() as u64;
+        self.shared.sink.write(docs).await?;
+        self.shared.state.metrics.sink_documents.with_label_values(&[self.shared.sink.kind()]).inc_by(count);
         Ok(())
     }
 
     /// Flushes the sink, then writes the checkpoint. `Ok(false)`: fenced by another owner.
     async fn checkpoint(&mut self) -> Result<bool, RunError> {
         let started = Instant::now();
-        self.shared.sink.lock().await.flush()?;
+        self.shared.sink.flush().await?;
         let checkpoint = ShardCheckpoint::capture(
             &self.shard_id,
             self.position.clone(),
@@ -750,10 +772,13 @@ impl<K: KinesisApi> ShardTask<K> {
         let key = checkpoint_key(&self.shared.options.pipeline, &self.shard_id);
         let precondition = self.etag.clone().map_or(Precondition::Absent, Precondition::Matches);
         let metrics = &self.shared.state.metrics;
-        match self.shared.store.put(&key, &bytes, &precondition) {
+        match self.shared.store.put(&key, &bytes, &precondition).await {
             Ok(etag) => {
                 self.etag = Some(etag);
-                metrics.checkpoint_seconds.with_label_values(&["file"]).observe(started.elapsed().as_secs_f64());
+                metrics
+                    .checkpoint_seconds
+                    .with_label_values(&[self.shared.store.kind()])
+                    .observe(started.elapsed().as_secs_f64());
                 metrics
                     .checkpoint_bytes
                     .with_label_values(&[&self.shard_id])

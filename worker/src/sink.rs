@@ -14,6 +14,7 @@ use crate::analysis::{Aggregates, AirportAgg, AirportKey, ClosedWindows, MergedR
 use crate::config::EngineConfig;
 use crate::event::Millis;
 use crate::geo::Geohash;
+use crate::opensearch::{OpenSearchError, OpenSearchSettings, OpenSearchSink};
 use crate::window::Tumbling;
 
 /// Which analysis a document belongs to.
@@ -154,12 +155,65 @@ pub fn merge_documents(config: &EngineConfig, docs: impl IntoIterator<Item = Par
     final_results(config, &merged.take_all())
 }
 
+/// Where a worker's partial documents go: `file://…` or an OpenSearch `http(s)://…` URL.
+#[derive(Debug)]
+pub enum Sink {
+    /// JSON lines in a file.
+    File(tokio::sync::Mutex<FileSink>),
+    /// OpenSearch `_bulk`, with back-pressure and per-item error handling.
+    OpenSearch(OpenSearchSink),
+}
+
+impl Sink {
+    /// Opens the sink a URI names; `opensearch` supplies authentication, TLS, index prefix and
+    /// batching for `http(s)://` URIs (its `url` is replaced by `uri`).
+    pub async fn open(
+        uri: &str,
+        opensearch: &OpenSearchSettings,
+        registry: &prometheus::Registry,
+    ) -> Result<Sink, SinkError> {
+        if uri.starts_with("http://") || uri.starts_with("https://") {
+            let settings = OpenSearchSettings { url: uri.to_owned(), ..opensearch.clone() };
+            return Ok(Sink::OpenSearch(OpenSearchSink::connect(settings, registry).await?));
+        }
+        Ok(Sink::File(tokio::sync::Mutex::new(FileSink::open(uri)?)))
+    }
+
+    /// A bounded metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Sink::File(_) => "file",
+            Sink::OpenSearch(_) => "opensearch",
+        }
+    }
+
+    /// Queues documents (waits when the sink applies back-pressure).
+    pub async fn write(&self, docs: Vec<PartialDocument>) -> Result<(), SinkError> {
+        match self {
+            Sink::File(file) => file.lock().await.write(&docs),
+            Sink::OpenSearch(sink) => Ok(sink.write(docs).await?),
+        }
+    }
+
+    /// Returns once every document written before the call is durable: only then may a checkpoint
+    /// that covers them be written (DESIGN §6).
+    pub async fn flush(&self) -> Result<(), SinkError> {
+        match self {
+            Sink::File(file) => file.lock().await.flush().map(|_| ()),
+            Sink::OpenSearch(sink) => sink.flush().await.map(|_| ()).map_err(SinkError::from),
+        }
+    }
+}
+
 /// Failures of a sink.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// The sink URI is not understood.
-    #[error("unsupported sink {0:?}: expected file:///path/to/partials.jsonl")]
+    #[error("unsupported sink {0:?}: expected file:///path/to/partials.jsonl or an OpenSearch http(s):// URL")]
     UnsupportedUri(String),
+    /// OpenSearch failed.
+    #[error(transparent)]
+    OpenSearch(#[from] OpenSearchError),
     /// Writing failed.
     #[error("failed to write partial documents to {path}: {source}")]
     Io {

@@ -11,7 +11,9 @@ use taxi_worker::event::Event;
 use taxi_worker::input::{parse_json_record, read_records};
 use taxi_worker::kinesis::api::{KinesisApi, PutEntry, PutOutcome, SdkKinesis, StartingPosition, StreamState};
 use taxi_worker::kinesis::reader::PollingConfig;
+use taxi_worker::opensearch::OpenSearchSettings;
 use taxi_worker::run::{ConsumerKind, RunOptions, RunSummary, WorkerState, run_worker};
+use taxi_worker::store::S3Settings;
 
 /// The emulator's endpoint, or `None` (with a message) outside CI when it is not running.
 /// In CI a missing emulator fails the test: the services script must have started it.
@@ -107,6 +109,9 @@ pub fn run_options(stream: &str, dir: &Path, pipeline: &str) -> RunOptions {
         stream: stream.to_owned(),
         start: StartingPosition::TrimHorizon,
         checkpoint_uri: format!("file://{}", dir.join("checkpoints").display()),
+        s3: S3Settings::default(),
+        checkpoint_retain: 2,
+        opensearch: OpenSearchSettings::default(),
         checkpoint_interval: Duration::from_millis(300),
         sink_uri: format!("file://{}", dir.join("partials.jsonl").display()),
         shard_discovery_interval: Duration::from_millis(300),

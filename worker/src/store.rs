@@ -1,0 +1,720 @@
+//! One checkpoint-store interface over a local directory (`file://`) and S3 (`s3://`), with the
+//! conditional puts that fence a shard's previous owner (DESIGN §6) and a short history of past
+//! checkpoints per key for inspection.
+//!
+//! Both kinds behave alike: `get` returns the bytes and their [`ETag`]; `put` with
+//! [`Precondition::Absent`] creates, with [`Precondition::Matches`] replaces only the version the
+//! writer last saw, and fails with [`CheckpointError::Conflict`] at once (never after retries)
+//! otherwise. S3 requests are retried a few times on transient failures (5xx, timeouts, connection
+//! errors) and then surface as a retryable [`CheckpointError::S3`], so a caller whose store is down
+//! keeps its state and tries again at its next checkpoint interval.
+//!
+//! History: after each successful put of `key`, a copy is written to `history/{key}/{stamp}`
+//! (`stamp`: zero-padded nanoseconds since the epoch, increasing within a process) and all but
+//! the newest `retain` copies are deleted — best-effort, a failure there is logged and never fails
+//! the put. Keys whose first segment is `history` are therefore reserved.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Region};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+
+use crate::checkpoint::{CheckpointError, DirStore, ETag, Precondition};
+
+/// Number of history copies kept per key unless configured otherwise.
+pub const DEFAULT_RETAIN: usize = 3;
+
+/// The folder (directory or key prefix) under the store's root that holds history copies.
+const HISTORY: &str = "history";
+
+/// Serializes [`DirStore`] puts within the process (see [`CheckpointStore::put`]).
+static DIR_PUTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Attempts per S3 request (the first one included) before a transient failure is returned.
+const MAX_ATTEMPTS: u32 = 4;
+/// Back-off before the second attempt; doubled for each further one (100, 200, 400 ms), jittered.
+const BASE_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest back-off between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_millis(800);
+/// Time allowed to open a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Time allowed for one attempt of one request (checkpoints are small objects).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How to reach S3 (or an S3-compatible server); credentials come from the default AWS chain.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct S3Settings {
+    /// Endpoint of an S3-compatible server (e.g. `http://127.0.0.1:9000`); `None`: AWS S3.
+    pub endpoint_url: Option<String>,
+    /// Address buckets as `endpoint/bucket/key` instead of `bucket.endpoint/key` (most S3-compatible servers).
+    pub force_path_style: bool,
+    /// AWS region; `None`: from the AWS configuration chain, else `us-east-1` when `endpoint_url` is set.
+    pub region: Option<String>,
+}
+
+/// A checkpoint store: a local directory or an S3 bucket and prefix, with per-key history.
+#[derive(Clone, Debug)]
+pub enum CheckpointStore {
+    /// A local directory (`file:///dir` or a plain path).
+    Dir {
+        /// The directory.
+        store: DirStore,
+        /// History copies kept per key (0: none).
+        retain: usize,
+    },
+    /// An S3 bucket and prefix (`s3://bucket/prefix`).
+    S3 {
+        /// The bucket and prefix.
+        store: S3Store,
+        /// History copies kept per key (0: none).
+        retain: usize,
+    },
+}
+
+impl CheckpointStore {
+    /// Opens the store named by `uri`: `file:///dir`, a plain directory path, or `s3://bucket/prefix`
+    /// (credentials from the default AWS chain, `s3` for endpoint, addressing and region). `retain`
+    /// history copies are kept per key ([`DEFAULT_RETAIN`] is the usual choice, 0 keeps none).
+    pub async fn from_uri(uri: &str, s3: &S3Settings, retain: usize) -> Result<CheckpointStore, CheckpointError> {
+        match parse_uri(uri)? {
+            StoreUri::Dir(store) => Ok(CheckpointStore::Dir { store, retain }),
+            StoreUri::S3 { bucket, prefix } => {
+                Ok(CheckpointStore::S3 { store: S3Store::connect(bucket, prefix, s3).await?, retain })
+            }
+        }
+    }
+
+    /// The kind of store, `"file"` or `"s3"` (a metric label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CheckpointStore::Dir { .. } => "file",
+            CheckpointStore::S3 { .. } => "s3",
+        }
+    }
+
+    /// History copies kept per key.
+    pub fn retain(&self) -> usize {
+        match self {
+            CheckpointStore::Dir { retain, .. } | CheckpointStore::S3 { retain, .. } => *retain,
+        }
+    }
+
+    /// Reads an object and its tag, `None` if absent.
+    pub async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, ETag)>, CheckpointError> {
+        check_key(key)?;
+        match self {
+            CheckpointStore::Dir { store, .. } => {
+                let (store, owned) = (store.clone(), key.to_owned());
+                blocking(store.root().join(key), "read", move || store.get(&owned)).await
+            }
+            CheckpointStore::S3 { store, .. } => store.get(key).await,
+        }
+    }
+
+    /// Writes an object if `precondition` holds and returns its new tag; a failed precondition is
+    /// [`CheckpointError::Conflict`] (another writer owns the key). Then keeps a history copy.
+    ///
+    /// Directory puts are serialized within the process, so their check-and-write is atomic there
+    /// (as S3's is everywhere); across processes a directory still needs a single writer.
+    pub async fn put(&self, key: &str, bytes: &[u8], precondition: &Precondition) -> Result<ETag, CheckpointError> {
+        check_key(key)?;
+        let tag = self.put_raw(key, bytes, precondition).await?;
+        let retain = self.retain();
+        if retain > 0
+            && let Err(error) = self.keep_history(key, bytes, retain).await
+        {
+            tracing::warn!(store = self.kind(), key, %error, "failed to keep a history copy of a checkpoint");
+        }
+        Ok(tag)
+    }
+
+    /// Deletes the object `prefix`, every object under `prefix/`, and their history; absent is fine.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<(), CheckpointError> {
+        check_key(prefix)?;
+        let history = format!("{HISTORY}/{prefix}");
+        match self {
+            CheckpointStore::Dir { store, .. } => {
+                let (store, owned) = (store.clone(), prefix.to_owned());
+                blocking(store.root().join(prefix), "delete", move || {
+                    store.delete_prefix(&owned)?;
+                    store.delete_prefix(&history)
+                })
+                .await
+            }
+            CheckpointStore::S3 { store, .. } => {
+                store.delete_prefix(prefix).await?;
+                store.delete_prefix(&history).await
+            }
+        }
+    }
+
+    /// The history stamps kept for `key`, oldest first.
+    pub async fn history(&self, key: &str) -> Result<Vec<String>, CheckpointError> {
+        check_key(key)?;
+        let folder = format!("{HISTORY}/{key}");
+        let mut stamps = match self {
+            CheckpointStore::Dir { store, .. } => {
+                let dir = store.root().join(&folder);
+                blocking(dir.clone(), "list", move || list_dir(&dir)).await?
+            }
+            CheckpointStore::S3 { store, .. } => {
+                let prefix = format!("{folder}/");
+                let keys = store.list(&prefix).await?;
+                keys.into_iter().filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned)).collect()
+            }
+        };
+        stamps.retain(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
+        stamps.sort();
+        Ok(stamps)
+    }
+
+    async fn put_raw(&self, key: &str, bytes: &[u8], precondition: &Precondition) -> Result<ETag, CheckpointError> {
+        match self {
+            CheckpointStore::Dir { store, .. } => {
+                let (store, owned, bytes, precondition) =
+                    (store.clone(), key.to_owned(), bytes.to_vec(), precondition.clone());
+                blocking(store.root().join(key), "write", move || {
+                    // DirStore checks, then renames, through a temporary file named after the process:
+                    // one put at a time makes that atomic within this process, as S3's is.
+                    let _one_at_a_time = DIR_PUTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    store.put(&owned, &bytes, &precondition)
+                })
+                .await
+            }
+            CheckpointStore::S3 { store, .. } => store.put(key, bytes, precondition).await,
+        }
+    }
+
+    async fn delete_one(&self, key: &str) -> Result<(), CheckpointError> {
+        match self {
+            CheckpointStore::Dir { store, .. } => {
+                let (store, owned) = (store.clone(), key.to_owned());
+                blocking(store.root().join(key), "delete", move || store.delete_prefix(&owned)).await
+            }
+            CheckpointStore::S3 { store, .. } => store.delete(key).await,
+        }
+    }
+
+    async fn keep_history(&self, key: &str, bytes: &[u8], retain: usize) -> Result<(), CheckpointError> {
+        let folder = format!("{HISTORY}/{key}");
+        self.put_raw(&format!("{folder}/{}", history_stamp()), bytes, &Precondition::None).await?;
+        let stamps = self.history(key).await?;
+        let excess = stamps.len().saturating_sub(retain);
+        for stamp in &stamps[..excess] {
+            self.delete_one(&format!("{folder}/{stamp}")).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs a [`DirStore`] call on the blocking pool: its puts `fsync`, which can stall for many
+/// milliseconds and must not hold up the runtime's few worker threads (the machine has 2 cores).
+async fn blocking<T, F>(path: PathBuf, action: &'static str, f: F) -> Result<T, CheckpointError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, CheckpointError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(join) => Err(CheckpointError::Io { action, path, source: std::io::Error::other(join.to_string()) }),
+    }
+}
+
+/// File names in `dir`, none if it does not exist.
+fn list_dir(dir: &std::path::Path) -> Result<Vec<String>, CheckpointError> {
+    let io = |source| CheckpointError::Io { action: "list", path: dir.to_owned(), source };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        names.push(entry.map_err(io)?.file_name().to_string_lossy().into_owned());
+    }
+    Ok(names)
+}
+
+/// A name for the next history copy: zero-padded nanoseconds since the epoch, strictly increasing
+/// within this process, so names sort oldest first.
+fn history_stamp() -> String {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now =
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let previous = LAST.fetch_max(now, Ordering::Relaxed);
+    let stamp = if now > previous {
+        now
+    } else {
+        // Same or earlier clock reading than the last stamp: take the next free number.
+        LAST.fetch_add(1, Ordering::Relaxed) + 1
+    };
+    format!("{stamp:020}")
+}
+
+/// Keys are relative paths of non-empty normal segments, and not under the reserved history folder.
+fn check_key(key: &str) -> Result<(), CheckpointError> {
+    let normal = !key.is_empty() && key.split('/').all(|s| !s.is_empty() && s != "." && s != ".." && !s.contains('\\'));
+    let reserved = key.split('/').next() == Some(HISTORY);
+    if normal && !reserved { Ok(()) } else { Err(CheckpointError::BadKey(key.to_owned())) }
+}
+
+/// A parsed store URI.
+#[derive(Debug)]
+enum StoreUri {
+    Dir(DirStore),
+    S3 { bucket: String, prefix: String },
+}
+
+fn parse_uri(uri: &str) -> Result<StoreUri, CheckpointError> {
+    let invalid = |reason: &str| CheckpointError::InvalidUri { uri: uri.to_owned(), reason: reason.to_owned() };
+    let Some(rest) = uri.strip_prefix("s3://") else {
+        if uri.is_empty() {
+            return Err(invalid("it is empty"));
+        }
+        if !uri.starts_with("file://") && uri.contains("://") {
+            return Err(invalid("unknown scheme"));
+        }
+        return DirStore::from_uri(uri).map(StoreUri::Dir);
+    };
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(invalid("no bucket name"));
+    }
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && bucket.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && bucket.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+    if !bucket_ok {
+        return Err(invalid(
+            "bucket names are 3-63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit",
+        ));
+    }
+    let prefix = prefix.strip_suffix('/').unwrap_or(prefix);
+    if !prefix.is_empty() && prefix.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        return Err(invalid("the prefix has an empty, '.' or '..' segment"));
+    }
+    Ok(StoreUri::S3 { bucket: bucket.to_owned(), prefix: prefix.to_owned() })
+}
+
+/// Checkpoint objects in an S3 bucket under a prefix, with S3's conditional writes.
+#[derive(Clone, Debug)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
+}
+
+impl S3Store {
+    /// Connects with credentials and (unless `settings` names one) the region from the default AWS chain.
+    pub async fn connect(
+        bucket: impl Into<String>,
+        prefix: impl Into<String>,
+        settings: &S3Settings,
+    ) -> Result<S3Store, CheckpointError> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(region) = &settings.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        S3Store::new(&loader.load().await, settings, bucket, prefix)
+    }
+
+    /// A store using `sdk` (credentials, region) overridden by `settings`. The client's own retries are
+    /// turned off: this store retries transient failures itself and never retries a fenced write.
+    pub fn new(
+        sdk: &aws_config::SdkConfig,
+        settings: &S3Settings,
+        bucket: impl Into<String>,
+        prefix: impl Into<String>,
+    ) -> Result<S3Store, CheckpointError> {
+        let bucket = bucket.into();
+        let prefix = prefix.into().trim_end_matches('/').to_owned();
+        let mut config = aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(settings.force_path_style)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .build(),
+            );
+        if let Some(region) = &settings.region {
+            config = config.region(Region::new(region.clone()));
+        } else if sdk.region().is_none() {
+            if settings.endpoint_url.is_none() {
+                return Err(CheckpointError::S3 {
+                    action: "configure the client for",
+                    uri: format!("s3://{bucket}/{prefix}"),
+                    message: "no AWS region is configured: set AWS_REGION or the S3 region setting".to_owned(),
+                    retryable: false,
+                });
+            }
+            config = config.region(Region::new("us-east-1"));
+        }
+        if let Some(url) = &settings.endpoint_url {
+            config = config.endpoint_url(url);
+        }
+        Ok(S3Store { client: aws_sdk_s3::Client::from_conf(config.build()), bucket, prefix })
+    }
+
+    /// The bucket.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The key prefix (no trailing slash; empty: the bucket's root).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The underlying client.
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
+    fn object_key(&self, key: &str) -> String {
+        if self.prefix.is_empty() { key.to_owned() } else { format!("{}/{key}", self.prefix) }
+    }
+
+    fn uri(&self, key: &str) -> String {
+        format!("s3://{}/{}", self.bucket, self.object_key(key))
+    }
+
+    /// Reads the object `{prefix}/{key}` and its ETag (without quotes), `None` if absent.
+    pub async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, ETag)>, CheckpointError> {
+        let object = self.object_key(key);
+        let action = "read checkpoint";
+        self.retrying(action, key, || async {
+            let output = match self.client.get_object().bucket(&self.bucket).key(&object).send().await {
+                Ok(output) => output,
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+                Err(e) => return Err(self.sdk_error(action, key, &e)),
+            };
+            let tag = output.e_tag().map(etag_of).ok_or_else(|| self.no_etag(action, key))?;
+            let bytes = output.body.collect().await.map_err(|e| CheckpointError::S3 {
+                action,
+                uri: self.uri(key),
+                message: format!("reading the body: {}", chain(&e)),
+                retryable: true,
+            })?;
+            Ok(Some((bytes.to_vec(), tag)))
+        })
+        .await
+    }
+
+    /// Writes `{prefix}/{key}` if `precondition` holds (`If-None-Match: *` / `If-Match`), returning
+    /// its ETag. HTTP 412 and 409, and 404 for `If-Match` (the object is gone), are
+    /// [`CheckpointError::Conflict`], returned at once.
+    pub async fn put(&self, key: &str, bytes: &[u8], precondition: &Precondition) -> Result<ETag, CheckpointError> {
+        let object = self.object_key(key);
+        let action = "write checkpoint";
+        self.retrying(action, key, || async {
+            let mut request = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&object)
+                .content_type("application/json")
+                .body(ByteStream::from(bytes.to_vec()));
+            request = match precondition {
+                Precondition::None => request,
+                Precondition::Absent => request.if_none_match("*"),
+                Precondition::Matches(tag) => request.if_match(format!("\"{}\"", tag.0)),
+            };
+            match request.send().await {
+                Ok(output) => output.e_tag().map(etag_of).ok_or_else(|| self.no_etag(action, key)),
+                Err(e) => {
+                    let status = e.raw_response().map(|r| r.status().as_u16());
+                    let gone = matches!(precondition, Precondition::Matches(_)) && status == Some(404);
+                    if matches!(status, Some(412 | 409)) || gone {
+                        Err(CheckpointError::Conflict { key: key.to_owned() })
+                    } else {
+                        Err(self.sdk_error(action, key, &e))
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// Deletes `{prefix}/{key}`; absent is fine.
+    pub async fn delete(&self, key: &str) -> Result<(), CheckpointError> {
+        let object = self.object_key(key);
+        let action = "delete checkpoint";
+        self.retrying(action, key, || async {
+            match self.client.delete_object().bucket(&self.bucket).key(&object).send().await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(self.sdk_error(action, key, &e)),
+            }
+        })
+        .await
+    }
+
+    /// Keys (relative to the store's prefix) of every object whose key starts with `prefix`.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, CheckpointError> {
+        let full = self.object_key(prefix);
+        let root = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        let action = "list checkpoints under";
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .retrying(action, prefix, || async {
+                    self.client
+                        .list_objects_v2()
+                        .bucket(&self.bucket)
+                        .prefix(&full)
+                        .set_continuation_token(token.clone())
+                        .send()
+                        .await
+                        .map_err(|e| self.sdk_error(action, prefix, &e))
+                })
+                .await?;
+            keys.extend(
+                page.contents().iter().filter_map(|o| o.key()).filter_map(|k| k.strip_prefix(&root)).map(str::to_owned),
+            );
+            token = page.next_continuation_token().map(str::to_owned);
+            if !page.is_truncated().unwrap_or(false) || token.is_none() {
+                return Ok(keys);
+            }
+        }
+    }
+
+    /// Deletes the object `{prefix}/{key_prefix}` and every object under `{prefix}/{key_prefix}/`.
+    pub async fn delete_prefix(&self, key_prefix: &str) -> Result<(), CheckpointError> {
+        let under = format!("{key_prefix}/");
+        let mut keys = self.list(&under).await?;
+        keys.push(key_prefix.to_owned());
+        let action = "delete checkpoints under";
+        for chunk in keys.chunks(1000) {
+            let objects = chunk
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(self.object_key(k)).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| CheckpointError::S3 {
+                    action,
+                    uri: self.uri(key_prefix),
+                    message: e.to_string(),
+                    retryable: false,
+                })?;
+            let delete = Delete::builder().set_objects(Some(objects)).quiet(true).build().map_err(|e| {
+                CheckpointError::S3 { action, uri: self.uri(key_prefix), message: e.to_string(), retryable: false }
+            })?;
+            let output = self
+                .retrying(action, key_prefix, || async {
+                    self.client
+                        .delete_objects()
+                        .bucket(&self.bucket)
+                        .delete(delete.clone())
+                        .send()
+                        .await
+                        .map_err(|e| self.sdk_error(action, key_prefix, &e))
+                })
+                .await?;
+            if let Some(failed) = output.errors().first() {
+                return Err(CheckpointError::S3 {
+                    action,
+                    uri: self.uri(key_prefix),
+                    message: format!(
+                        "{} of {} objects not deleted, e.g. {}: {} {}",
+                        output.errors().len(),
+                        chunk.len(),
+                        failed.key().unwrap_or("?"),
+                        failed.code().unwrap_or("?"),
+                        failed.message().unwrap_or("")
+                    ),
+                    retryable: false,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `attempt` up to [`MAX_ATTEMPTS`] times while it fails with a retryable S3 error, with
+    /// exponential back-off and jitter in between. Any other outcome (a conflict above all) returns at once.
+    async fn retrying<T, F, Fut>(&self, action: &'static str, key: &str, mut attempt: F) -> Result<T, CheckpointError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, CheckpointError>>,
+    {
+        let mut backoff = BASE_BACKOFF;
+        for n in 1..=MAX_ATTEMPTS {
+            match attempt().await {
+                Err(CheckpointError::S3 { message, retryable: true, .. }) if n < MAX_ATTEMPTS => {
+                    // Full jitter over the upper half: [backoff/2, backoff].
+                    let half = backoff / 2;
+                    let delay = half + half.mul_f64(fastrand::f64());
+                    tracing::debug!(action, key, attempt = n, ?delay, %message, "transient S3 failure, retrying");
+                    tokio::time::sleep(delay).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(CheckpointError::S3 { action, uri, message, retryable: true }) => {
+                    return Err(CheckpointError::S3 {
+                        action,
+                        uri,
+                        message: format!("{message} (gave up after {MAX_ATTEMPTS} attempts)"),
+                        retryable: true,
+                    });
+                }
+                other => return other,
+            }
+        }
+        Err(CheckpointError::S3 {
+            action,
+            uri: self.uri(key),
+            message: "no attempt was made".to_owned(),
+            retryable: false,
+        })
+    }
+
+    fn no_etag(&self, action: &'static str, key: &str) -> CheckpointError {
+        CheckpointError::S3 {
+            action,
+            uri: self.uri(key),
+            message: "the response has no ETag, which conditional writes need".to_owned(),
+            retryable: false,
+        }
+    }
+
+    fn sdk_error<E>(&self, action: &'static str, key: &str, error: &SdkError<E>) -> CheckpointError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let (message, retryable) = describe(error);
+        CheckpointError::S3 { action, uri: self.uri(key), message, retryable }
+    }
+}
+
+/// A readable cause and whether it is transient: 5xx, 429, S3's throttling and timeout codes,
+/// timeouts, connection failures and unreadable responses are; client errors are not.
+fn describe<E>(error: &SdkError<E>) -> (String, bool)
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match error {
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let err = service.err();
+            let code = err.code().unwrap_or("unknown error");
+            let retryable =
+                status >= 500 || status == 429 || matches!(code, "SlowDown" | "RequestTimeout" | "InternalError");
+            let text = err.message().map_or_else(String::new, |m| format!(": {m}"));
+            (format!("HTTP {status} {code}{text}"), retryable)
+        }
+        SdkError::TimeoutError(_) => (format!("timed out: {}", chain(error)), true),
+        SdkError::DispatchFailure(failure) => {
+            let what = if failure.is_timeout() { "timed out" } else { "could not reach S3" };
+            (format!("{what}: {}", chain(error)), !failure.is_user())
+        }
+        SdkError::ResponseError(_) => (format!("unreadable response: {}", chain(error)), true),
+        _ => (chain(error), false),
+    }
+}
+
+/// An error and its sources, joined by ": " (without the Debug dump `DisplayErrorContext` appends).
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.ends_with(&next) {
+            text = format!("{text}: {next}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// An S3 ETag without its quotes, the form [`Precondition::Matches`] takes.
+fn etag_of(raw: &str) -> ETag {
+    ETag(raw.trim().trim_matches('"').to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s3(uri: &str) -> (String, String) {
+        match parse_uri(uri) {
+            Ok(StoreUri::S3 { bucket, prefix }) => (bucket, prefix),
+            other => panic!("{uri}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_s3_uris() {
+        assert_eq!(s3("s3://my-bucket/prefix/with/slashes"), ("my-bucket".into(), "prefix/with/slashes".into()));
+        assert_eq!(s3("s3://my-bucket/prefix/"), ("my-bucket".into(), "prefix".into()));
+        assert_eq!(s3("s3://my-bucket"), ("my-bucket".into(), String::new()));
+        assert_eq!(s3("s3://my-bucket/"), ("my-bucket".into(), String::new()));
+    }
+
+    #[test]
+    fn parses_directories() {
+        for (uri, root) in [("file:///tmp/cp", "/tmp/cp"), ("rel/cp", "rel/cp")] {
+            match parse_uri(uri) {
+                Ok(StoreUri::Dir(store)) => assert_eq!(store.root(), std::path::Path::new(root)),
+                other => panic!("{uri}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_bad_uris_clearly() {
+        for (uri, reason) in [
+            ("s3://", "no bucket"),
+            ("s3:///prefix", "no bucket"),
+            ("s3://ab/p", "bucket names"),
+            ("s3://My_Bucket/p", "bucket names"),
+            ("s3://bucket-/p", "bucket names"),
+            ("s3://bucket//p", "empty"),
+            ("s3://bucket/a/../b", "'..'"),
+            ("gs://bucket/p", "unknown scheme"),
+            ("", "empty"),
+        ] {
+            let error = parse_uri(uri).expect_err(uri);
+            let text = error.to_string();
+            assert!(matches!(error, CheckpointError::InvalidUri { .. }), "{uri}: {error:?}");
+            assert!(text.contains(reason) && text.contains("expected s3://bucket/prefix"), "{uri}: {text}");
+        }
+    }
+
+    #[test]
+    fn keys_are_relative_and_history_is_reserved() {
+        for key in ["a", "p/shard-1", "history-x/a"] {
+            assert!(check_key(key).is_ok(), "{key}");
+        }
+        for key in ["", "/a", "a/", "a//b", "../a", "a/./b", "history", "history/a", "a\\b"] {
+            assert!(matches!(check_key(key), Err(CheckpointError::BadKey(_))), "{key}");
+        }
+    }
+
+    #[test]
+    fn history_stamps_increase_and_sort() {
+        let stamps: Vec<String> = (0..1000).map(|_| history_stamp()).collect();
+        assert!(stamps.windows(2).all(|w| w[0] < w[1]));
+        assert!(stamps.iter().all(|s| s.len() == 20));
+    }
+
+    #[test]
+    fn etags_lose_their_quotes() {
+        assert_eq!(etag_of("\"abc\""), ETag("abc".into()));
+        assert_eq!(etag_of("abc"), ETag("abc".into()));
+    }
+
+    #[tokio::test]
+    async fn an_s3_store_needs_a_region_without_an_endpoint() {
+        let sdk = aws_config::SdkConfig::builder().behavior_version(BehaviorVersion::latest()).build();
+        let error = S3Store::new(&sdk, &S3Settings::default(), "bucket", "p").expect_err("no region");
+        assert!(error.to_string().contains("no AWS region"), "{error}");
+        let local = S3Settings { endpoint_url: Some("http://127.0.0.1:1".into()), ..S3Settings::default() };
+        let store = S3Store::new(&sdk, &local, "bucket", "p/").expect("endpoint implies us-east-1");
+        assert_eq!(store.client().config().region().map(|r| r.as_ref()), Some("us-east-1"));
+        assert_eq!(store.prefix(), "p");
+    }
+}
