@@ -130,6 +130,23 @@ impl PartialsState {
     }
 }
 
+/// Who writes checkpoints: the assignment epoch (DESIGN §7) and a process identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// Assignment epoch.
+    pub epoch: u64,
+    /// Unique per process (host name, process id and a random part).
+    pub id: String,
+}
+
+impl Owner {
+    /// An owner identity for this process at `epoch`.
+    pub fn this_process(epoch: u64) -> Owner {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".to_owned());
+        Owner { epoch, id: format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..)) }
+    }
+}
+
 /// The checkpoint of one shard (DESIGN §6).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ShardCheckpoint {
@@ -141,6 +158,10 @@ pub struct ShardCheckpoint {
     pub position: Position,
     /// Assignment epoch of the owner that wrote it (DESIGN §7).
     pub owner_epoch: u64,
+    /// The process that wrote it. Two owners never write identical bytes, so a content-derived
+    /// ETag (S3's MD5) still fences the previous owner after a claim that changed nothing else.
+    #[serde(default)]
+    pub owner_id: String,
     /// Watermark and max event time.
     pub clock: WatermarkState,
     /// Record counts.
@@ -150,11 +171,11 @@ pub struct ShardCheckpoint {
 }
 
 impl ShardCheckpoint {
-    /// Captures a shard processor's state at `position`.
+    /// Captures a shard processor's state at `position`, written by `owner`.
     pub fn capture(
         shard_id: &str,
         position: Position,
-        owner_epoch: u64,
+        owner: &Owner,
         shard: &ShardProcessor,
         config: &EngineConfig,
     ) -> Self {
@@ -162,7 +183,8 @@ impl ShardCheckpoint {
             format_version: FORMAT_VERSION,
             shard_id: shard_id.to_owned(),
             position,
-            owner_epoch,
+            owner_epoch: owner.epoch,
+            owner_id: owner.id.clone(),
             clock: shard.clock(),
             counters: shard.counters().clone(),
             partials: PartialsState::capture(config, shard.aggregates()),
@@ -405,7 +427,13 @@ mod tests {
         let config = Arc::new(EngineConfig::default());
         let shard = busy_shard(&config);
         let position = Position::Sequence { sequence_number: "4959".to_owned(), sub_sequence: Some(3) };
-        let checkpoint = ShardCheckpoint::capture("shardId-000000000001", position, 7, &shard, &config);
+        let checkpoint = ShardCheckpoint::capture(
+            "shardId-000000000001",
+            position,
+            &Owner { epoch: 7, id: "w-1".to_owned() },
+            &shard,
+            &config,
+        );
         assert_eq!(checkpoint.partials.hot_spots.len(), 2, "two windows, one cell");
         assert_eq!(checkpoint.partials.airport_trips.len(), 3, "JFK and LGA, then JFK again");
         let bytes = checkpoint.to_bytes().expect("encode");
@@ -426,7 +454,8 @@ mod tests {
     #[test]
     fn rejects_other_format_versions_and_unknown_airports() {
         let config = Arc::new(EngineConfig::default());
-        let mut checkpoint = ShardCheckpoint::capture("s", Position::Start, 0, &busy_shard(&config), &config);
+        let mut checkpoint =
+            ShardCheckpoint::capture("s", Position::Start, &Owner::this_process(0), &busy_shard(&config), &config);
         checkpoint.format_version = 99;
         let bytes = checkpoint.to_bytes().expect("encode");
         assert!(matches!(ShardCheckpoint::from_bytes(&bytes), Err(CheckpointError::FormatVersion { found: 99 })));

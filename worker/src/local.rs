@@ -22,7 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::analysis::{ClosedWindows, MergedResult};
 use crate::checkpoint::{
-    CheckpointError, DirStore, FORMAT_VERSION, PartialsState, Position, Precondition, ShardCheckpoint, decode_versioned,
+    CheckpointError, DirStore, FORMAT_VERSION, Owner, PartialsState, Position, Precondition, ShardCheckpoint,
+    decode_versioned,
 };
 use crate::config::{ConfigError, EngineConfig, WatermarkStrategy};
 use crate::event::{Event, InvalidReason, Millis};
@@ -355,6 +356,7 @@ pub async fn run_local(
             config: config.clone(),
             merge: merge_tx.clone(),
             idle_timeout,
+            owner: Owner { epoch: 0, id: "local".to_owned() },
         };
         shard_tasks.push(tokio::spawn(task.run(rx)));
     }
@@ -554,6 +556,7 @@ struct ShardTask {
     config: Arc<EngineConfig>,
     merge: mpsc::Sender<MergeMsg>,
     idle_timeout: Duration,
+    owner: Owner,
 }
 
 impl ShardTask {
@@ -610,7 +613,7 @@ impl ShardTask {
                     let _ = reply.send(ShardCheckpoint::capture(
                         &self.shard_id,
                         position,
-                        0,
+                        &self.owner,
                         &self.processor,
                         &self.config,
                     ));

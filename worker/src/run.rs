@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::checkpoint::{CheckpointError, ETag, Position, Precondition, ShardCheckpoint};
+use crate::checkpoint::{CheckpointError, ETag, Owner, Position, Precondition, ShardCheckpoint};
 use crate::config::EngineConfig;
 use crate::event::{Event, InvalidReason, Millis};
 use crate::input::parse_json_record;
@@ -249,6 +249,8 @@ struct Shared<K> {
     closed_shards: Mutex<HashSet<String>>,
     /// The enhanced fan-out consumer, when used.
     consumer_arn: Option<String>,
+    /// Who this worker is, in its checkpoints.
+    owner: Owner,
 }
 
 fn checkpoint_key(pipeline: &str, shard_id: &str) -> String {
@@ -276,6 +278,7 @@ pub async fn run_worker<K: KinesisApi>(
     }
     let store = CheckpointStore::from_uri(&options.checkpoint_uri, &options.s3, options.checkpoint_retain).await?;
     let sink = Sink::open(&options.sink_uri, &options.opensearch, state.metrics.registry()).await?;
+    let options_epoch = options.owner_epoch;
     let consumer_arn = match &options.consumer {
         ConsumerKind::Polling => None,
         ConsumerKind::EnhancedFanOut { consumer_name } => {
@@ -293,6 +296,7 @@ pub async fn run_worker<K: KinesisApi>(
         totals: Mutex::new(Counters::default()),
         closed_shards: Mutex::new(HashSet::new()),
         consumer_arn,
+        owner: Owner::this_process(options_epoch),
     });
     let (control_tx, control_rx) = watch::channel(Control::Run);
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Result<ShardExit, RunError>)>();
@@ -475,6 +479,23 @@ async fn discover<K: KinesisApi>(
     Ok((startable, waiting))
 }
 
+/// Attempts to claim a shard whose checkpoint keeps changing under us before giving up.
+const CLAIM_ATTEMPTS: u32 = 5;
+
+/// A shard's checkpointed processor, position and version, or a fresh start.
+async fn load_checkpoint<K>(
+    shared: &Shared<K>,
+    shard_id: &str,
+) -> Result<(ShardProcessor, Position, Option<ETag>), RunError> {
+    match shared.store.get(&checkpoint_key(&shared.options.pipeline, shard_id)).await? {
+        Some((bytes, etag)) => {
+            let checkpoint = ShardCheckpoint::from_bytes(&bytes)?;
+            Ok((checkpoint.restore(shared.config.clone())?, checkpoint.position, Some(etag)))
+        }
+        None => Ok((ShardProcessor::new(shared.config.clone()), Position::Start, None)),
+    }
+}
+
 /// Whether the shard's checkpoint marks it finished. A store failure counts as "not yet": the
 /// next discovery asks again.
 async fn checkpoint_finished<K>(shared: &Shared<K>, shard_id: &str) -> bool {
@@ -509,13 +530,32 @@ impl<K: KinesisApi> ShardTask<K> {
         shard: ShardInfo,
         control: watch::Receiver<Control>,
     ) -> Result<ShardExit, RunError> {
-        let key = checkpoint_key(&shared.options.pipeline, &shard.shard_id);
-        let (processor, position, etag) = match shared.store.get(&key).await? {
-            Some((bytes, etag)) => {
-                let checkpoint = ShardCheckpoint::from_bytes(&bytes)?;
-                (checkpoint.restore(shared.config.clone())?, checkpoint.position, Some(etag))
+        // Claim the shard (DESIGN §6–§7): write its checkpoint back, conditional on the version just
+        // read. From then on a previous owner still running is fenced at its next checkpoint.
+        let mut attempt = 0;
+        let (processor, position, etag) = loop {
+            let (processor, position, etag) = load_checkpoint(&shared, &shard.shard_id).await?;
+            if position == Position::Finished {
+                return Ok(ShardExit::Finished);
             }
-            None => (ShardProcessor::new(shared.config.clone()), Position::Start, None),
+            let checkpoint =
+                ShardCheckpoint::capture(&shard.shard_id, position.clone(), &shared.owner, &processor, &shared.config);
+            let key = checkpoint_key(&shared.options.pipeline, &shard.shard_id);
+            let precondition = etag.map_or(Precondition::Absent, Precondition::Matches);
+            match shared.store.put(&key, &checkpoint.to_bytes()?, &precondition).await {
+                Ok(claimed) => break (processor, position, Some(claimed)),
+                Err(CheckpointError::Conflict { .. }) if attempt < CLAIM_ATTEMPTS => {
+                    // The previous owner wrote in between: read its newer state and claim that.
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50 + fastrand::u64(..100))).await;
+                }
+                Err(CheckpointError::Conflict { .. }) => {
+                    tracing::warn!(shard = %shard.shard_id, "could not claim the shard: another owner keeps writing it");
+                    shared.state.update(&shard.shard_id, |s| s.state = "fenced");
+                    return Ok(ShardExit::Fenced);
+                }
+                Err(e) => return Err(e.into()),
+            }
         };
         let Some((start, skip_upto)) = resume_position(&position, &shared.options.start) else {
             return Ok(ShardExit::Finished);
@@ -764,7 +804,7 @@ impl<K: KinesisApi> ShardTask<K> {
         let checkpoint = ShardCheckpoint::capture(
             &self.shard_id,
             self.position.clone(),
-            self.shared.options.owner_epoch,
+            &self.shared.owner,
             &self.processor,
             &self.shared.config,
         );

@@ -2,11 +2,13 @@
 //! `.ci/services.sh`), a TCP proxy that can be stopped (the cluster "down"), and small fake
 //! servers in this file (scripted per-item errors, SigV4 capture).
 
+mod common;
+
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use common::proxy::Proxy;
 use opensearch::OpenSearch;
 use opensearch::http::Method;
 use opensearch::http::headers::HeaderMap;
@@ -21,25 +23,14 @@ use taxi_worker::opensearch::{
 use taxi_worker::shard::ShardProcessor;
 use taxi_worker::sink::{AnalysisKind, PartialDocument, documents_for, merge_documents};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 // ---- Helpers -------------------------------------------------------------------------------------
 
 /// The osmem endpoint, or `None` (skip) outside CI.
 fn endpoint() -> Option<String> {
-    match std::env::var("TAXI_TEST_OPENSEARCH_ENDPOINT") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("TAXI_TEST_OPENSEARCH_ENDPOINT is not set: CI must start the services with .ci/services.sh")
-        }
-        _ => {
-            eprintln!(
-                "skipping: TAXI_TEST_OPENSEARCH_ENDPOINT is not set; run `eval \"$(bash .ci/services.sh start)\"` first"
-            );
-            None
-        }
-    }
+    common::services::service_endpoint("TAXI_TEST_OPENSEARCH_ENDPOINT")
 }
 
 /// A fresh index prefix per test.
@@ -121,54 +112,6 @@ fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) 
         // A metric is either a counter or a gauge: the other reads 0.
         .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
         .sum()
-}
-
-/// A TCP proxy in front of a target that can be stopped (connections refused, open ones cut)
-/// and started again on the same port.
-struct Proxy {
-    addr: SocketAddr,
-    target: SocketAddr,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Proxy {
-    async fn start(target_url: &str) -> Proxy {
-        let target = target_url.trim_start_matches("http://").trim_end_matches('/').parse().expect("target address");
-        let addr = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
-        let mut proxy = Proxy { addr, target, task: None };
-        proxy.up();
-        proxy
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn up(&mut self) {
-        let socket = TcpSocket::new_v4().expect("socket");
-        socket.set_reuseaddr(true).expect("reuseaddr");
-        socket.bind(self.addr).expect("rebind the proxy port");
-        let listener = socket.listen(128).expect("listen");
-        let target = self.target;
-        self.task = Some(tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { continue };
-                conns.spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        }));
-    }
-
-    async fn down(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
-        }
-    }
 }
 
 /// A request seen by [`FakeServer`].

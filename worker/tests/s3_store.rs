@@ -1,6 +1,8 @@
 //! The checkpoint store against moto's S3 (`TAXI_TEST_S3_ENDPOINT`, started by `.ci/services.sh`)
 //! and a temporary directory: both kinds must fence writers alike (DESIGN §6).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,20 +12,7 @@ use taxi_worker::store::{CheckpointStore, S3Settings, S3Store};
 
 /// The moto endpoint, or `None` (after saying why) when the test should be skipped.
 fn s3_endpoint() -> Option<String> {
-    match std::env::var("TAXI_TEST_S3_ENDPOINT") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!(
-                "TAXI_TEST_S3_ENDPOINT is not set: CI must start the s3 service with .ci/services.sh (.ci/test does)"
-            )
-        }
-        _ => {
-            eprintln!(
-                "skipping: TAXI_TEST_S3_ENDPOINT is not set; run `eval \"$(bash .ci/services.sh start)\"` to test against moto"
-            );
-            None
-        }
-    }
+    common::services::service_endpoint("TAXI_TEST_S3_ENDPOINT")
 }
 
 /// Static credentials and a fixed region: the default chain could otherwise reach for instance metadata.

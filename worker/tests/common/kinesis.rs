@@ -16,20 +16,8 @@ use taxi_worker::run::{ConsumerKind, RunOptions, RunSummary, WorkerState, run_wo
 use taxi_worker::store::S3Settings;
 
 /// The emulator's endpoint, or `None` (with a message) outside CI when it is not running.
-/// In CI a missing emulator fails the test: the services script must have started it.
 pub fn emulator() -> Option<String> {
-    match std::env::var("TAXI_TEST_KINESIS_ENDPOINT") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!(
-                "TAXI_TEST_KINESIS_ENDPOINT is not set: CI must run the tests through .ci/test, which starts kinesis-mock (.ci/services.sh)"
-            )
-        }
-        _ => {
-            eprintln!("skipped: kinesis-mock is not running; start it with: eval \"$(bash .ci/services.sh start)\"");
-            None
-        }
-    }
+    super::services::service_endpoint("TAXI_TEST_KINESIS_ENDPOINT")
 }
 
 /// A client for the emulator (any credentials are accepted there).

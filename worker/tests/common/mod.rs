@@ -3,6 +3,8 @@
 #![allow(dead_code, reason = "each test binary uses a different subset of the helpers")]
 
 pub mod kinesis;
+pub mod proxy;
+pub mod services;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,0 +1,290 @@
+//! Exactly-once in effect (DESIGN §5–§6), against the three emulators: a `taxi-worker run` process
+//! with S3 checkpoints and the OpenSearch sink is killed, fenced, starved of OpenSearch or of S3 —
+//! and the merged results in OpenSearch still equal the batch oracle.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use common::kinesis::{client, fresh_stream, put_file};
+use common::proxy::Proxy;
+use common::services::service_endpoint;
+use common::{as_lines, batch_oracle};
+use taxi_worker::config::EngineConfig;
+use taxi_worker::generate::{GeneratorConfig, write_json_lines};
+
+const BIN: &str = env!("CARGO_BIN_EXE_taxi-worker");
+
+/// The three services, or `None` when they are not running (outside CI).
+struct Services {
+    kinesis: String,
+    s3: String,
+    opensearch: String,
+}
+
+fn services() -> Option<Services> {
+    Some(Services {
+        kinesis: service_endpoint("TAXI_TEST_KINESIS_ENDPOINT")?,
+        s3: service_endpoint("TAXI_TEST_S3_ENDPOINT")?,
+        opensearch: service_endpoint("TAXI_TEST_OPENSEARCH_ENDPOINT")?,
+    })
+}
+
+/// One pipeline under test: its stream, bucket, index prefix and input.
+struct Pipeline {
+    services: Services,
+    stream: String,
+    bucket: String,
+    index_prefix: String,
+    input: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn pipeline(services: Services, trips: u64, shards: u32) -> Pipeline {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("trips.jsonl");
+    let config = GeneratorConfig { trips, seed: trips, invalid_ratio: 0.002, ..GeneratorConfig::default() };
+    write_json_lines(&config, std::fs::File::create(&input).expect("create")).expect("generate");
+    let kinesis = client(&services.kinesis);
+    let stream = fresh_stream(&kinesis, shards).await;
+    put_file(&kinesis, &stream, &input).await;
+    let bucket = format!("taxi-{:016x}", fastrand::u64(..));
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "static"))
+            .endpoint_url(&services.s3)
+            .force_path_style(true)
+            .build(),
+    );
+    s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    let index_prefix = format!("t{:016x}", fastrand::u64(..));
+    Pipeline { services, stream, bucket, index_prefix, input, _dir: dir }
+}
+
+/// A `taxi-worker run` process and the address of its HTTP endpoints.
+struct Worker {
+    child: Child,
+    addr: String,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Pipeline {
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.env("AWS_ACCESS_KEY_ID", "test").env("AWS_SECRET_ACCESS_KEY", "test").env("AWS_REGION", "us-east-1");
+        cmd.env("TAXI_KINESIS_ENDPOINT_URL", &self.services.kinesis);
+        cmd.env("TAXI_S3_ENDPOINT_URL", &self.services.s3).env("TAXI_S3_FORCE_PATH_STYLE", "true");
+        cmd
+    }
+
+    /// Starts a worker; `sink` and `s3` override the endpoints (to put a proxy in between).
+    fn start_worker(&self, extra: &[&str], sink: Option<&str>, s3: Option<&str>) -> Worker {
+        let mut cmd = self.command();
+        if let Some(s3) = s3 {
+            cmd.env("TAXI_S3_ENDPOINT_URL", s3);
+        }
+        cmd.args(["run", "--pipeline", "nyc", "--stream", &self.stream, "--http-addr", "127.0.0.1:0"])
+            .args(["--checkpoint", &format!("s3://{}/checkpoints", self.bucket), "--checkpoint-interval", "300ms"])
+            .args(["--sink", sink.unwrap_or(&self.services.opensearch), "--index-prefix", &self.index_prefix])
+            .args(["--bulk-max-delay", "50ms", "--shard-discovery-interval", "500ms", "--max-records", "100"])
+            .args(extra)
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start taxi-worker run");
+        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let mut first = String::new();
+        stderr.read_line(&mut first).expect("first stderr line");
+        let addr = first
+            .split("http://")
+            .nth(1)
+            .and_then(|s| s.split('/').next())
+            .unwrap_or_else(|| panic!("the worker prints its address first, got {first:?}"))
+            .to_owned();
+        let stderr = std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = stderr.read_to_string(&mut rest);
+            rest
+        });
+        Worker { child, addr, stderr: Some(stderr) }
+    }
+
+    /// The merged results in OpenSearch, through `taxi-worker results`.
+    fn merged_results(&self) -> Vec<String> {
+        let out = self
+            .command()
+            .args(["results", "--opensearch", &self.services.opensearch, "--pipeline", "nyc"])
+            .args(["--index-prefix", &self.index_prefix])
+            .output()
+            .expect("results");
+        assert!(out.status.success(), "results: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8").lines().map(str::to_owned).collect()
+    }
+
+    fn assert_results_equal_the_oracle(&self) {
+        let expected = as_lines(&batch_oracle(&EngineConfig::default(), &self.input));
+        let actual = self.merged_results();
+        assert!(!expected.is_empty());
+        let first_difference = actual.iter().zip(&expected).position(|(a, b)| a != b);
+        assert!(
+            actual.len() == expected.len() && first_difference.is_none(),
+            "merged results differ from the oracle: {} vs {} lines, first difference at {first_difference:?}",
+            actual.len(),
+            expected.len()
+        );
+    }
+}
+
+impl Worker {
+    fn get(&self, path: &str) -> (u16, String) {
+        let Ok(mut stream) = std::net::TcpStream::connect(&self.addr) else { return (0, String::new()) };
+        let _ = write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        let status = response.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+        (status, body)
+    }
+
+    /// Records processed so far over every shard (restored counts included).
+    fn records(&self) -> u64 {
+        let (_, body) = self.get("/status");
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        status["shards"].as_object().map_or(0, |shards| shards.values().filter_map(|s| s["records"].as_u64()).sum())
+    }
+
+    fn wait_for_records(&self, at_least: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.records() < at_least {
+            assert!(Instant::now() < deadline, "the worker did not reach {at_least} records");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn metric(&self, name_and_labels: &str) -> f64 {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .filter(|l| l.starts_with(name_and_labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().expect("kill -9");
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the worker to exit by itself; returns what it printed.
+    fn finish(mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                let stderr = self.stderr.take().and_then(|t| t.join().ok()).unwrap_or_default();
+                assert!(status.success(), "worker failed: {stderr}");
+                return stderr;
+            }
+            assert!(Instant::now() < deadline, "the worker did not stop when idle");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Worker {
+    /// A failing test must not leave workers behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn records_in(path: &Path) -> u64 {
+    std::fs::read_to_string(path).expect("input").lines().filter(|l| !l.trim().is_empty()).count() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_several_points_loses_nothing_and_counts_nothing_twice() {
+    let Some(services) = services() else { return };
+    let p = pipeline(services, 4_000, 4).await;
+    let total = records_in(&p.input);
+    // Kill at growing progress, with jitter so kills land during bulks and checkpoint writes alike.
+    for fraction in [0.15, 0.45, 0.75] {
+        let worker = p.start_worker(&[], None, None);
+        worker.wait_for_records((total as f64 * fraction) as u64);
+        std::thread::sleep(Duration::from_millis(fastrand::u64(0..300)));
+        worker.kill_9();
+    }
+    let last = p.start_worker(&["--stop-when-idle", "2s"], None, None);
+    let said = last.finish();
+    assert!(said.contains("stopped:"), "{said}");
+    p.assert_results_equal_the_oracle();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombie_is_fenced_once_the_new_owner_claims_its_shards() {
+    let Some(services) = services() else { return };
+    let p = pipeline(services, 3_000, 1).await;
+    let zombie = p.start_worker(&[], None, None);
+    zombie.wait_for_records(300);
+    // The new owner claims the shard: from now on every checkpoint of the zombie fails with 412.
+    let owner = p.start_worker(&["--stop-when-idle", "2s"], None, None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while zombie.metric("taxi_checkpoint_failures_total{reason=\"conflict\"}") < 1.0 {
+        assert!(Instant::now() < deadline, "the zombie was never fenced");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, status) = zombie.get("/status");
+    assert!(status.contains("\"fenced\""), "the zombie stopped reading the shard: {status}");
+    let read_when_fenced = zombie.metric("taxi_kinesis_records_read_total");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(zombie.metric("taxi_kinesis_records_read_total"), read_when_fenced, "a fenced shard is not read");
+    owner.finish();
+    zombie.kill_9();
+    p.assert_results_equal_the_oracle();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opensearch_down_for_a_while_back_pressures_and_loses_nothing() {
+    let Some(services) = services() else { return };
+    let p = pipeline(services, 3_000, 2).await;
+    let mut proxy = Proxy::start(&p.services.opensearch).await;
+    let worker = p.start_worker(&["--stop-when-idle", "2s"], Some(&proxy.url()), None);
+    worker.wait_for_records(300);
+    proxy.down().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // While OpenSearch is away, checkpoints wait for the sink: no checkpoint covers unacknowledged
+    // documents.
+    let retries = worker.metric("taxi_sink_retries_total") + worker.metric("taxi_sink_bulk_request_errors_total");
+    proxy.up();
+    let said = tokio::task::spawn_blocking(move || worker.finish()).await.expect("join");
+    assert!(retries > 0.0, "the sink retried while OpenSearch was down: {said}");
+    p.assert_results_equal_the_oracle();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_unavailable_for_a_while_fails_checkpoints_then_recovers() {
+    let Some(services) = services() else { return };
+    let p = pipeline(services, 3_000, 2).await;
+    let mut proxy = Proxy::start(&p.services.s3).await;
+    let worker = p.start_worker(&["--stop-when-idle", "3s"], None, Some(&proxy.url()));
+    worker.wait_for_records(300);
+    proxy.down().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while worker.metric("taxi_checkpoint_failures_total{reason=\"io\"}") < 1.0 {
+        assert!(Instant::now() < deadline, "no checkpoint failed while S3 was down");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ready, body) = worker.get("/readyz");
+    assert_eq!(ready, 503, "readiness reflects failing checkpoints: {body}");
+    proxy.up();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while worker.get("/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "readiness did not recover after S3 came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::task::spawn_blocking(move || worker.finish()).await.expect("join");
+    p.assert_results_equal_the_oracle();
+}
