@@ -1908,9 +1908,28 @@ mod tests {
         assert_eq!(summary.trips, 300);
         let st = fake.state();
         assert!(st.calls.iter().all(|&(n, b)| n <= MAX_BATCH_ENTRIES && b <= MAX_BATCH_BYTES), "{:?}", st.calls);
-        let max_bytes = st.calls.iter().map(|c| c.1).max().unwrap_or(0);
-        // A batch goes out once more than 4 MiB wait (the next record could be 1 MiB).
-        assert!(max_bytes > MAX_BATCH_BYTES - MAX_RECORD_BYTES, "batches should fill up: {max_bytes}");
+    }
+
+    /// How full a batch gets is decided by the lane alone, whatever the timing: with 6 MiB
+    /// waiting, a batch takes records up to the 5 MiB limit.
+    #[test]
+    fn a_lane_fills_its_batch_up_to_the_byte_limit() {
+        let now = Instant::now();
+        let mut lane = Lane::default();
+        for id in 0..300_u64 {
+            let entry = PutEntry {
+                partition_key: id.to_string(),
+                explicit_hash_key: None,
+                data: Bytes::from(vec![b'x'; 20_000]),
+            };
+            lane.push_back(Item { entry, payload: Payload::Trip(0), attempts: 0 }, now);
+        }
+        let batch = lane.take_batch();
+        let bytes: usize = batch.iter().map(Item::bytes).sum();
+        assert!(bytes <= MAX_BATCH_BYTES && batch.len() <= MAX_BATCH_ENTRIES);
+        assert!(bytes > MAX_BATCH_BYTES - 20_100, "the batch stops only when the next record would not fit: {bytes}");
+        assert_eq!(lane.queue.len() + batch.len(), 300, "nothing is lost between batch and lane");
+        assert!(lane.in_flight);
     }
 
     #[tokio::test]
