@@ -4,40 +4,18 @@
 //! Needs `TAXI_TEST_KINESIS_ENDPOINT` (`eval "$(bash .ci/services.sh start)"`); without it the test is skipped,
 //! except in CI (`CI=true`), where it fails.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use aws_sdk_kinesis::config::{Credentials, Region};
+use common::kinesis::{client, emulator};
 use taxi_worker::event::{Event, Millis};
 use taxi_worker::generate::{GeneratorConfig, write_json_lines};
 use taxi_worker::input::parse_json_record;
 use taxi_worker::kinesis::api::{KinesisApi, SdkKinesis, StartingPosition};
 use taxi_worker::kinesis::kpl::{Deaggregated, deaggregate};
 use taxi_worker::replay::{ReplayOptions, ReplayProgress, replay};
-
-/// The emulator's endpoint; `None` (after a skip message) when it is not running outside CI.
-fn emulator() -> Option<String> {
-    match std::env::var("TAXI_TEST_KINESIS_ENDPOINT") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("TAXI_TEST_KINESIS_ENDPOINT is not set: in CI, .ci/test must start kinesis-mock (.ci/services.sh)")
-        }
-        _ => {
-            eprintln!("skipped: kinesis-mock is not running; start it with: eval \"$(bash .ci/services.sh start)\"");
-            None
-        }
-    }
-}
-
-fn client(endpoint: &str) -> SdkKinesis {
-    let config = aws_sdk_kinesis::Config::builder()
-        .behavior_version_latest()
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new("test", "test", None, None, "static"))
-        .build();
-    SdkKinesis::from_client(aws_sdk_kinesis::Client::from_conf(config))
-}
 
 /// What one shard holds, de-aggregated: (trip ids, watermark values, invalid records).
 #[derive(Debug, Default)]
