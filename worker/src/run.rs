@@ -123,11 +123,30 @@ pub enum RunError {
     Kinesis(#[from] KinesisError),
 }
 
+/// The life of a shard in a worker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardState {
+    /// Known, not started yet.
+    #[default]
+    Discovered,
+    /// A parent has not been read to its end yet (DESIGN §4).
+    WaitingForParents,
+    /// Being read.
+    Reading,
+    /// Read to its end and checkpointed as finished.
+    Finished,
+    /// Another owner took it (checkpoint conflict); not read here any more.
+    Fenced,
+    /// Stopped with a final checkpoint (shutdown, idle, or record budget).
+    Stopped,
+}
+
 /// What a shard is doing, for `/status`.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ShardStatus {
-    /// `waiting_for_parents`, `reading`, `finished`, `fenced` or `stopped`.
-    pub state: &'static str,
+    /// What the shard is doing.
+    pub state: ShardState,
     /// Last processed sequence number.
     pub position: Option<String>,
     /// MillisBehindLatest of the last page.
@@ -188,7 +207,7 @@ impl WorkerState {
     /// The `/status` document.
     pub fn status_json(&self) -> serde_json::Value {
         let shards = self.shards.lock().map(|s| s.clone()).unwrap_or_default();
-        let owned = shards.values().filter(|s| s.state == "reading").count();
+        let owned = shards.values().filter(|s| s.state == ShardState::Reading).count();
         serde_json::json!({ "owned_shards": owned, "shards": shards })
     }
 }
@@ -337,10 +356,12 @@ pub async fn run_worker<K: KinesisApi>(
                 }
                 Err(e) => {
                     shared.state.metrics.kinesis_errors.with_label_values(&["ListShards", e.category()]).inc();
-                    if !e.is_retryable() && matches!(e, KinesisError::Permanent { .. }) {
-                        tracing::error!(error = %e, "shard discovery failed");
-                    } else {
+                    // Discovery always retries (the stream may not exist yet); permanent causes,
+                    // such as missing permissions, are logged louder.
+                    if e.is_retryable() {
                         tracing::warn!(error = %e, "shard discovery failed; retrying");
+                    } else {
+                        tracing::error!(error = %e, "shard discovery failed; retrying with back-off");
                     }
                     next_discovery = Instant::now() + discovery_backoff.next_delay().max(Duration::from_millis(100));
                 }
@@ -457,7 +478,7 @@ async fn discover<K: KinesisApi>(
         }
         if checkpoint_finished(shared, id).await {
             finished.insert(id.to_owned());
-            shared.state.update(id, |s| s.state = "finished");
+            shared.state.update(id, |s| s.state = ShardState::Finished);
         }
     }
     let mut startable = Vec::new();
@@ -473,7 +494,7 @@ async fn discover<K: KinesisApi>(
             startable.push(shard.clone());
         } else {
             waiting += 1;
-            shared.state.update(id, |s| s.state = "waiting_for_parents");
+            shared.state.update(id, |s| s.state = ShardState::WaitingForParents);
         }
     }
     Ok((startable, waiting))
@@ -551,7 +572,7 @@ impl<K: KinesisApi> ShardTask<K> {
                 }
                 Err(CheckpointError::Conflict { .. }) => {
                     tracing::warn!(shard = %shard.shard_id, "could not claim the shard: another owner keeps writing it");
-                    shared.state.update(&shard.shard_id, |s| s.state = "fenced");
+                    shared.state.update(&shard.shard_id, |s| s.state = ShardState::Fenced);
                     return Ok(ShardExit::Fenced);
                 }
                 Err(e) => return Err(e.into()),
@@ -571,7 +592,7 @@ impl<K: KinesisApi> ShardTask<K> {
             ShardTask { shared, shard_id: shard.shard_id.clone(), processor, position, etag, skip, reported, budget };
         let elapsed = task.shared.state.elapsed_ms();
         task.shared.state.update(&task.shard_id, |s| {
-            s.state = "reading";
+            s.state = ShardState::Reading;
             s.started_at_ms = Some(elapsed);
         });
         let (api, options) = (task.shared.api.clone(), &task.shared.options);
@@ -615,7 +636,7 @@ impl<K: KinesisApi> ShardTask<K> {
                 }
                 return match self.checkpoint().await? {
                     true => {
-                        self.shared.state.update(&self.shard_id, |s| s.state = "stopped");
+                        self.shared.state.update(&self.shard_id, |s| s.state = ShardState::Stopped);
                         Ok(ShardExit::Stopped)
                     }
                     false => Ok(ShardExit::Fenced),
@@ -669,7 +690,7 @@ impl<K: KinesisApi> ShardTask<K> {
                     }
                     let elapsed = self.shared.state.elapsed_ms();
                     self.shared.state.update(&self.shard_id, |s| {
-                        s.state = "finished";
+                        s.state = ShardState::Finished;
                         s.finished_at_ms = Some(elapsed);
                     });
                     if let Ok(mut caught_up) = self.shared.caught_up_since.lock() {
@@ -838,7 +859,7 @@ impl<K: KinesisApi> ShardTask<K> {
             Err(CheckpointError::Conflict { .. }) => {
                 metrics.checkpoint_failures.with_label_values(&["conflict"]).inc();
                 tracing::warn!(shard = %self.shard_id, "checkpoint fenced: another worker owns the shard; stopping it");
-                self.shared.state.update(&self.shard_id, |s| s.state = "fenced");
+                self.shared.state.update(&self.shard_id, |s| s.state = ShardState::Fenced);
                 Ok(false)
             }
             Err(e) => {
