@@ -1,11 +1,12 @@
 # The few commands a newcomer needs; `make` alone lists them.
-.PHONY: help local test ci bench generate fmt lint
+.PHONY: help local test ci bench bench-kinesis generate fmt lint
 
 help:
 	@echo "make local     run the whole pipeline locally (taxi-worker local, release build)"
 	@echo "make test      run every test, starting the services they need (bash .ci/test)"
 	@echo "make ci        what CI runs: fmt check, clippy, tests (bash .ci/run)"
-	@echo "make bench     criterion benchmarks of the worker hot path"
+	@echo "make bench     criterion hot path, and S3/OpenSearch I/O when the services run"
+	@echo "make bench-kinesis  replay/run rates and the seed scenario against kinesis-mock"
 	@echo "make generate  write sample trips to trips.jsonl"
 	@echo "make fmt       format the code"
 	@echo "make lint      clippy, as strict as CI"
@@ -22,6 +23,9 @@ ci:
 
 bench:
 	cargo bench -p taxi-worker
+
+bench-kinesis:
+	bash bench/kinesis.sh
 
 generate:
 	cargo run --release -p taxi-worker -- generate --output trips.jsonl
