@@ -59,6 +59,20 @@ pub enum StartingPosition {
     AtSequenceNumber(String),
 }
 
+impl StartingPosition {
+    /// The iterator type, sequence number and timestamp the SDK's two position shapes (a shard
+    /// iterator request and a SubscribeToShard starting position) are built from.
+    fn parts(&self) -> (ShardIteratorType, Option<&str>, Option<DateTime>) {
+        match self {
+            StartingPosition::TrimHorizon => (ShardIteratorType::TrimHorizon, None, None),
+            StartingPosition::Latest => (ShardIteratorType::Latest, None, None),
+            StartingPosition::AtTimestamp(t) => (ShardIteratorType::AtTimestamp, None, Some(DateTime::from_millis(*t))),
+            StartingPosition::AfterSequenceNumber(seq) => (ShardIteratorType::AfterSequenceNumber, Some(seq), None),
+            StartingPosition::AtSequenceNumber(seq) => (ShardIteratorType::AtSequenceNumber, Some(seq), None),
+        }
+    }
+}
+
 /// One record as GetRecords or SubscribeToShard returns it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KinesisRecord {
@@ -415,19 +429,11 @@ impl KinesisApi for SdkKinesis {
         position: &StartingPosition,
     ) -> Result<String, KinesisError> {
         let request = self.client.get_shard_iterator().stream_name(stream).shard_id(shard_id);
-        let request = match position {
-            StartingPosition::TrimHorizon => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
-            StartingPosition::Latest => request.shard_iterator_type(ShardIteratorType::Latest),
-            StartingPosition::AtTimestamp(t) => {
-                request.shard_iterator_type(ShardIteratorType::AtTimestamp).timestamp(DateTime::from_millis(*t))
-            }
-            StartingPosition::AfterSequenceNumber(seq) => {
-                request.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).starting_sequence_number(seq)
-            }
-            StartingPosition::AtSequenceNumber(seq) => {
-                request.shard_iterator_type(ShardIteratorType::AtSequenceNumber).starting_sequence_number(seq)
-            }
-        };
+        let (kind, sequence_number, timestamp) = position.parts();
+        let request = request
+            .shard_iterator_type(kind)
+            .set_starting_sequence_number(sequence_number.map(str::to_owned))
+            .set_timestamp(timestamp);
         let out = request.send().await.map_err(|e| KinesisError::from_sdk("GetShardIterator", &e))?;
         out.shard_iterator().map(str::to_owned).ok_or_else(|| KinesisError::NotFound {
             operation: "GetShardIterator",
@@ -556,21 +562,13 @@ impl KinesisApi for SdkKinesis {
         position: &StartingPosition,
     ) -> Result<SdkSubscription, KinesisError> {
         use aws_sdk_kinesis::types::StartingPosition as SdkPosition;
-        let start = match position {
-            StartingPosition::TrimHorizon => SdkPosition::builder().r#type(ShardIteratorType::TrimHorizon),
-            StartingPosition::Latest => SdkPosition::builder().r#type(ShardIteratorType::Latest),
-            StartingPosition::AtTimestamp(t) => {
-                SdkPosition::builder().r#type(ShardIteratorType::AtTimestamp).timestamp(DateTime::from_millis(*t))
-            }
-            StartingPosition::AfterSequenceNumber(seq) => {
-                SdkPosition::builder().r#type(ShardIteratorType::AfterSequenceNumber).sequence_number(seq)
-            }
-            StartingPosition::AtSequenceNumber(seq) => {
-                SdkPosition::builder().r#type(ShardIteratorType::AtSequenceNumber).sequence_number(seq)
-            }
-        }
-        .build()
-        .map_err(|e| KinesisError::Permanent { operation: "SubscribeToShard", message: e.to_string() })?;
+        let (kind, sequence_number, timestamp) = position.parts();
+        let start = SdkPosition::builder()
+            .r#type(kind)
+            .set_sequence_number(sequence_number.map(str::to_owned))
+            .set_timestamp(timestamp)
+            .build()
+            .map_err(|e| KinesisError::Permanent { operation: "SubscribeToShard", message: e.to_string() })?;
         let out = self
             .client
             .subscribe_to_shard()
