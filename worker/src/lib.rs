@@ -8,9 +8,11 @@
 //! - [`generate`]: the synthetic NYC trip generator;
 //! - [`local`]: the whole pipeline embedded in one process (`taxi-worker local`);
 //! - [`kinesis`], [`run`], [`sink`], [`metrics`], [`http`]: the pod command (`taxi-worker run`);
+//! - [`assignment`]: which worker owns which shard (DESIGN §7), shared with the operator;
 //! - [`replay`]: the producer (`taxi-worker replay`).
 
 pub mod analysis;
+pub mod assignment;
 pub mod checkpoint;
 pub mod config;
 pub mod event;
