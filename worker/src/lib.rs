@@ -9,6 +9,7 @@
 //! - [`local`]: the whole pipeline embedded in one process (`taxi-worker local`);
 //! - [`kinesis`], [`run`], [`sink`], [`metrics`], [`http`]: the pod command (`taxi-worker run`);
 //! - [`assignment`]: which worker owns which shard (DESIGN §7), shared with the operator;
+//! - [`handoff`]: where a worker's assignment comes from, and moving shards between workers;
 //! - [`replay`]: the producer (`taxi-worker replay`).
 
 pub mod analysis;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod event;
 pub mod generate;
 pub mod geo;
+pub mod handoff;
 pub mod http;
 pub mod input;
 pub mod kinesis;
