@@ -8,6 +8,7 @@
 //! - [`generate`]: the synthetic NYC trip generator;
 //! - [`local`]: the whole pipeline embedded in one process (`taxi-worker local`);
 //! - [`kinesis`], [`run`], [`sink`], [`metrics`], [`http`]: the pod command (`taxi-worker run`);
+//! - [`settings`]: the pipeline settings the operator renders for its workers (`run --config`);
 //! - [`assignment`]: which worker owns which shard (DESIGN §7), shared with the operator;
 //! - [`handoff`]: where a worker's assignment comes from, and moving shards between workers;
 //! - [`replay`]: the producer (`taxi-worker replay`).
@@ -30,6 +31,7 @@ pub mod opensearch;
 pub mod partition;
 pub mod replay;
 pub mod run;
+pub mod settings;
 pub mod shard;
 pub mod sink;
 pub mod store;

@@ -15,14 +15,17 @@ use taxi_worker::config::{
 use taxi_worker::generate::{GeneratorConfig, write_json_lines};
 use taxi_worker::geo::BoundingBox;
 use taxi_worker::handoff::{AssignmentSource, pod_ordinal};
-use taxi_worker::kinesis::api::{KinesisEndpoint, SdkKinesis, StartingPosition};
+use taxi_worker::kinesis::api::{KinesisEndpoint, SdkKinesis};
 use taxi_worker::kinesis::reader::PollingConfig;
 use taxi_worker::local::{CheckpointOptions, LocalInput, LocalOptions, LocalRun, Outcome, Progress, run_local};
 use taxi_worker::opensearch::{BulkSettings, OpenSearchAuth, OpenSearchSettings, SigV4Service};
 use taxi_worker::replay::{ReplayOptions, ReplayProgress};
-use taxi_worker::run::{ConsumerKind, RunOptions, WorkerState, run_worker};
+use taxi_worker::run::{RunOptions, WorkerState, run_worker};
+use taxi_worker::settings::{
+    CheckpointSettings, ConsumerSetting, SigV4Setting, SinkAuthSetting, SinkSettings, StreamSettings, WorkerSettings,
+    parse_start_position,
+};
 use taxi_worker::sink::{merge_documents, read_documents};
-use taxi_worker::store::S3Settings;
 use taxi_worker::time::{format_timestamp, parse_timestamp};
 
 /// Command line of the worker binary.
@@ -200,55 +203,22 @@ enum Consumer {
     Efo,
 }
 
+/// `run`: the pipeline settings come either from `--config` (the operator's worker ConfigMap) or
+/// from the pipeline flags; the per-process flags apply either way.
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Pipeline name: used in document ids and checkpoint keys.
-    #[arg(long, env = "TAXI_PIPELINE")]
-    pipeline: String,
+    /// Read the pipeline settings from this JSON file (the `worker.json` the operator renders)
+    /// instead of the pipeline flags below, which then must not be given.
+    #[arg(long, env = "TAXI_WORKER_CONFIG")]
+    config: Option<PathBuf>,
     #[command(flatten)]
-    kinesis: KinesisArgs,
-    /// Polling (GetRecords) or enhanced fan-out.
-    #[arg(long, value_enum, default_value = "polling")]
-    consumer: Consumer,
-    /// Name of the enhanced fan-out consumer (default: taxi-<pipeline>).
-    #[arg(long)]
-    efo_consumer_name: Option<String>,
-    /// Where shards without a checkpoint start: trim-horizon, latest, or an ISO-8601 timestamp.
-    #[arg(long, default_value = "trim-horizon", value_parser = parse_start_position)]
-    start_position: StartingPosition,
-    /// Checkpoint store: s3://bucket/prefix, file:///dir or a directory.
-    #[arg(long, env = "TAXI_CHECKPOINT")]
-    checkpoint: String,
-    /// S3 endpoint for S3-compatible servers (default: AWS).
-    #[arg(long, env = "TAXI_S3_ENDPOINT_URL")]
-    s3_endpoint_url: Option<String>,
-    /// Path-style S3 addressing (http://host/bucket/key), as most S3-compatible servers need.
-    #[arg(long, env = "TAXI_S3_FORCE_PATH_STYLE")]
-    s3_force_path_style: bool,
-    /// Previous checkpoints kept per shard under history/ for inspection (0 = none).
-    #[arg(long, default_value_t = taxi_worker::store::DEFAULT_RETAIN)]
-    checkpoint_retain: usize,
-    /// Time between checkpoints of a shard.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    checkpoint_interval: Duration,
-    /// Shards to own: `all` (the operator's assignment comes later).
-    #[arg(long, default_value = "all", value_parser = ["all"])]
-    shards: String,
-    /// Where per-shard partial documents go: an OpenSearch URL (https://host:port) or
-    /// file:///path/partials.jsonl.
-    #[arg(long, env = "TAXI_SINK")]
-    sink: String,
-    #[command(flatten)]
-    opensearch: OpenSearchArgs,
+    pipeline: PipelineArgs,
     /// Exit after every shard has been caught up and quiet this long, closing open windows.
     #[arg(long, value_parser = parse_duration)]
     stop_when_idle: Option<Duration>,
     /// Records per GetRecords call (1–10 000).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(i32).range(1..=10_000))]
     max_records: i32,
-    /// Time between ListShards calls that discover new shards.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    shard_discovery_interval: Duration,
     /// Address of /healthz, /readyz, /metrics and /status.
     #[arg(long, default_value = "0.0.0.0:8080")]
     http_addr: std::net::SocketAddr,
@@ -263,8 +233,126 @@ struct RunArgs {
     /// How long a new owner waits for the previous owner to release a shard before taking it over.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     takeover_timeout: Duration,
+}
+
+/// The pipeline flags of `run`: another way to fill [`WorkerSettings`].
+#[derive(Debug, Args)]
+struct PipelineArgs {
+    /// Pipeline name: used in document ids and checkpoint keys.
+    #[arg(long, env = "TAXI_PIPELINE", required_unless_present = "config", conflicts_with = "config")]
+    pipeline: Option<String>,
+    /// Kinesis stream name.
+    #[arg(long, env = "TAXI_STREAM", required_unless_present = "config", conflicts_with = "config")]
+    stream: Option<String>,
+    /// AWS region (default: from the AWS configuration chain).
+    #[arg(long, env = "AWS_REGION")]
+    region: Option<String>,
+    /// Kinesis endpoint, e.g. a local emulator (http://127.0.0.1:4567).
+    #[arg(long, env = "TAXI_KINESIS_ENDPOINT_URL")]
+    endpoint_url: Option<String>,
+    /// Polling (GetRecords) or enhanced fan-out.
+    #[arg(long, value_enum, default_value = "polling")]
+    consumer: Consumer,
+    /// Name of the enhanced fan-out consumer (default: taxi-<pipeline>).
+    #[arg(long)]
+    efo_consumer_name: Option<String>,
+    /// Where shards without a checkpoint start: trim-horizon, latest, or an ISO-8601 timestamp.
+    #[arg(long, default_value = "trim-horizon", value_parser = validate_start_position)]
+    start_position: String,
+    /// Checkpoint store: s3://bucket/prefix, file:///dir or a directory.
+    #[arg(long, env = "TAXI_CHECKPOINT", required_unless_present = "config", conflicts_with = "config")]
+    checkpoint: Option<String>,
+    /// S3 endpoint for S3-compatible servers (default: AWS).
+    #[arg(long, env = "TAXI_S3_ENDPOINT_URL")]
+    s3_endpoint_url: Option<String>,
+    /// Path-style S3 addressing (http://host/bucket/key), as most S3-compatible servers need.
+    #[arg(long, env = "TAXI_S3_FORCE_PATH_STYLE")]
+    s3_force_path_style: bool,
+    /// Previous checkpoints kept per shard under history/ for inspection (0 = none).
+    #[arg(long, default_value_t = taxi_worker::store::DEFAULT_RETAIN)]
+    checkpoint_retain: usize,
+    /// Time between checkpoints of a shard.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    checkpoint_interval: Duration,
+    /// Where per-shard partial documents go: an OpenSearch URL (https://host:port) or
+    /// file:///path/partials.jsonl.
+    #[arg(long, env = "TAXI_SINK", required_unless_present = "config", conflicts_with = "config")]
+    sink: Option<String>,
+    #[command(flatten)]
+    opensearch: OpenSearchArgs,
+    /// Time between ListShards calls that discover new shards.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    shard_discovery_interval: Duration,
     #[command(flatten)]
     engine: EngineArgs,
+}
+
+impl RunArgs {
+    /// The pipeline settings, from `--config` or from the flags.
+    fn settings(&self) -> Result<WorkerSettings, String> {
+        let settings = match &self.config {
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|e| format!("failed to read {}: {e}", path.display()))?;
+                WorkerSettings::from_json(&bytes).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            None => self.pipeline.settings()?,
+        };
+        settings.validate().map_err(|e| e.to_string())?;
+        Ok(settings)
+    }
+}
+
+impl PipelineArgs {
+    fn settings(&self) -> Result<WorkerSettings, String> {
+        let required = |value: &Option<String>, flag: &str| value.clone().ok_or(format!("{flag} is required"));
+        let os = &self.opensearch;
+        Ok(WorkerSettings {
+            pipeline: required(&self.pipeline, "--pipeline")?,
+            stream: StreamSettings {
+                name: required(&self.stream, "--stream")?,
+                region: self.region.clone(),
+                endpoint_url: self.endpoint_url.clone(),
+                start_position: self.start_position.clone(),
+                consumer: match self.consumer {
+                    Consumer::Polling => ConsumerSetting::Polling,
+                    Consumer::Efo => ConsumerSetting::Efo,
+                },
+                efo_consumer_name: self.efo_consumer_name.clone(),
+                discovery_interval_ms: millis_u64(self.shard_discovery_interval),
+            },
+            checkpoint: CheckpointSettings {
+                uri: required(&self.checkpoint, "--checkpoint")?,
+                interval_ms: millis_u64(self.checkpoint_interval),
+                retain: self.checkpoint_retain,
+                s3_endpoint_url: self.s3_endpoint_url.clone(),
+                s3_force_path_style: self.s3_force_path_style,
+            },
+            sink: SinkSettings {
+                url: required(&self.sink, "--sink")?,
+                index_prefix: os.index_prefix.clone(),
+                auth: match os.sink_auth {
+                    SinkAuth::None => SinkAuthSetting::None,
+                    SinkAuth::Basic => SinkAuthSetting::Basic,
+                    SinkAuth::Sigv4 => SinkAuthSetting::Sigv4 {
+                        service: match os.sigv4_service {
+                            SigV4Kind::Es => SigV4Setting::Es,
+                            SigV4Kind::Aoss => SigV4Setting::Aoss,
+                        },
+                        region: os.sigv4_region.clone(),
+                    },
+                },
+                ca_cert: os.sink_ca_cert.clone(),
+                bulk_max_docs: os.bulk_max_docs,
+                bulk_max_bytes: os.bulk_max_bytes,
+                bulk_max_delay_ms: millis_u64(os.bulk_max_delay),
+            },
+            engine: self.engine.config(),
+        })
+    }
+}
+
+fn millis_u64(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug, Args)]
@@ -284,14 +372,8 @@ struct ResultsArgs {
     engine: EngineArgs,
 }
 
-fn parse_start_position(s: &str) -> Result<StartingPosition, String> {
-    match s {
-        "trim-horizon" | "TRIM_HORIZON" => Ok(StartingPosition::TrimHorizon),
-        "latest" | "LATEST" => Ok(StartingPosition::Latest),
-        other => parse_timestamp(other.as_bytes()).map(StartingPosition::AtTimestamp).ok_or_else(|| {
-            format!("invalid start position {other:?}: expected trim-horizon, latest or an ISO-8601 time")
-        }),
-    }
+fn validate_start_position(s: &str) -> Result<String, String> {
+    parse_start_position(s).map(|_| s.to_owned())
 }
 
 /// Analysis and event-time flags, shared by every command that runs the engine.
@@ -630,52 +712,45 @@ fn print_report(run: &LocalRun, args: &LocalArgs) {
 }
 
 fn run(args: RunArgs) -> Result<ExitCode, String> {
-    let engine = args.engine.config();
-    engine.validate().map_err(|e| format!("invalid configuration: {e}"))?;
+    let settings = args.settings()?;
+    let env = |name: &str| std::env::var(name).ok();
     let ordinal = match (&args.assignment, args.ordinal) {
         (_, Some(ordinal)) => Some(ordinal),
         (AssignmentSource::All, None) => None,
         (AssignmentSource::File(_), None) => return Err("--assignment file:PATH needs --ordinal N".to_owned()),
         (AssignmentSource::ConfigMap, None) => {
-            Some(pod_ordinal(std::env::var("POD_NAME").ok().as_deref(), std::env::var("HOSTNAME").ok().as_deref())?)
+            Some(pod_ordinal(env("POD_NAME").as_deref(), env("HOSTNAME").as_deref())?)
         }
     };
     let options = RunOptions {
-        pipeline: args.pipeline.clone(),
-        stream: args.kinesis.stream.clone(),
-        start: args.start_position.clone(),
-        checkpoint_uri: args.checkpoint.clone(),
-        s3: S3Settings {
-            endpoint_url: args.s3_endpoint_url.clone(),
-            force_path_style: args.s3_force_path_style,
-            region: args.kinesis.region.clone(),
-        },
-        checkpoint_retain: args.checkpoint_retain,
-        opensearch: args.opensearch.settings(&args.sink)?,
-        checkpoint_interval: args.checkpoint_interval,
-        sink_uri: args.sink.clone(),
-        shard_discovery_interval: args.shard_discovery_interval,
+        pipeline: settings.pipeline.clone(),
+        stream: settings.stream.name.clone(),
+        start: settings.start_position().map_err(|e| e.to_string())?,
+        checkpoint_uri: settings.checkpoint.uri.clone(),
+        s3: settings.s3(),
+        checkpoint_retain: settings.checkpoint.retain,
+        opensearch: settings.opensearch(env).map_err(|e| e.to_string())?,
+        checkpoint_interval: settings.checkpoint_interval(),
+        sink_uri: settings.sink.url.clone(),
+        shard_discovery_interval: settings.discovery_interval(),
         stop_when_idle: args.stop_when_idle,
         polling: PollingConfig { max_records: args.max_records, ..PollingConfig::default() },
-        engine,
+        engine: settings.engine.clone(),
         owner_epoch: 0,
         assignment: args.assignment.clone(),
         ordinal,
         takeover_timeout: args.takeover_timeout,
         stop_after_records: None,
-        consumer: match args.consumer {
-            Consumer::Polling => ConsumerKind::Polling,
-            Consumer::Efo => ConsumerKind::EnhancedFanOut {
-                consumer_name: args.efo_consumer_name.clone().unwrap_or_else(|| format!("taxi-{}", args.pipeline)),
-            },
-        },
+        consumer: settings.consumer(),
     };
+    let endpoint =
+        KinesisEndpoint { region: settings.stream.region.clone(), endpoint_url: settings.stream.endpoint_url.clone() };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("failed to start the runtime: {e}"))?;
     runtime.block_on(async move {
-        let kinesis = Arc::new(args.kinesis.connect().await);
+        let kinesis = Arc::new(SdkKinesis::connect(&endpoint).await);
         let state = Arc::new(WorkerState::default());
         let (addr, serve) = taxi_worker::http::bind(args.http_addr, state.clone())
             .await

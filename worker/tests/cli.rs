@@ -91,7 +91,9 @@ fn generate_is_reproducible_from_its_seed() {
 
 #[test]
 fn bad_flag_values_and_missing_files_fail_with_a_clear_message() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
+        (&["run", "--config", "/nonexistent/worker.json"], "failed to read /nonexistent/worker.json"),
+        (&["run", "--config", "w.json", "--pipeline", "nyc"], "cannot be used with"),
         (&["local", "--window", "10x"], "invalid duration \"10x\""),
         (&["local", "--geohash-precision", "13"], "13 is not in 1..=12"),
         (&["local", "--shards", "0"], "0 is not in 1..=1024"),

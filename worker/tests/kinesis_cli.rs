@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::kinesis::emulator;
+use taxi_worker::settings::WorkerSettings;
 
 const BIN: &str = env!("CARGO_BIN_EXE_taxi-worker");
 
@@ -64,18 +65,32 @@ fn walk_through(aggregate: bool) {
     let replayed = ok(replay.output().expect("replay"), "replay");
     assert!(replayed.contains("replayed 3000 trips"), "{replayed}");
 
-    let mut worker = taxi_worker(&endpoint)
-        .args(["run", "--pipeline", "nyc", "--stream", &stream, "--stop-when-idle", "2s", "--http-addr", "127.0.0.1:0"])
-        .args(["--shard-discovery-interval", "500ms", "--checkpoint-interval", "500ms"])
-        .args([
-            "--checkpoint",
-            &format!("file://{}", path("ckpt")),
-            "--sink",
-            &format!("file://{}", path("partials.jsonl")),
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run");
+    // The plain walk-through configures `run` with flags, the KPL one with the settings file the
+    // operator renders: both must read the same.
+    let mut worker = taxi_worker(&endpoint);
+    worker.args(["run", "--stop-when-idle", "2s", "--http-addr", "127.0.0.1:0"]);
+    if aggregate {
+        let settings = serde_json::json!({
+            "pipeline": "nyc",
+            "stream": {"name": stream, "endpoint_url": endpoint, "discovery_interval_ms": 500},
+            "checkpoint": {"uri": format!("file://{}", path("ckpt")), "interval_ms": 500},
+            "sink": {"url": format!("file://{}", path("partials.jsonl"))},
+        });
+        let settings = WorkerSettings::from_json(settings.to_string().as_bytes()).expect("valid settings");
+        std::fs::write(path("worker.json"), settings.to_json()).expect("write settings");
+        worker.args(["--config", &path("worker.json")]);
+    } else {
+        worker
+            .args(["--pipeline", "nyc", "--stream", &stream])
+            .args(["--shard-discovery-interval", "500ms", "--checkpoint-interval", "500ms"])
+            .args([
+                "--checkpoint",
+                &format!("file://{}", path("ckpt")),
+                "--sink",
+                &format!("file://{}", path("partials.jsonl")),
+            ]);
+    }
+    let mut worker = worker.stderr(Stdio::piped()).spawn().expect("run");
     let mut stderr = BufReader::new(worker.stderr.take().expect("stderr"));
     let mut first = String::new();
     stderr.read_line(&mut first).expect("first line");

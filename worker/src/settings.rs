@@ -1,0 +1,408 @@
+//! The configuration of one pipeline's workers: the one typed definition shared by the operator
+//! (which renders it into the worker ConfigMap, key [`SETTINGS_KEY`]) and `taxi-worker run` (which
+//! reads it with `--config`, or builds it from its flags). Operator and worker cannot disagree about
+//! a field because there is only this struct.
+//!
+//! Durations are whole milliseconds and every field has the DESIGN default, so a document written
+//! by an older operator still reads. Secrets never appear here: basic-auth credentials come from
+//! the environment (`TAXI_SINK_USERNAME`, `TAXI_SINK_PASSWORD`), which the operator fills from a
+//! Secret.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::EngineConfig;
+use crate::kinesis::api::StartingPosition;
+use crate::opensearch::{BulkSettings, OpenSearchAuth, OpenSearchSettings, SigV4Service};
+use crate::run::ConsumerKind;
+use crate::store::S3Settings;
+use crate::time::parse_timestamp;
+
+/// The worker ConfigMap key (and `--config` file format) holding [`WorkerSettings`] as JSON.
+pub const SETTINGS_KEY: &str = "worker.json";
+
+/// Environment variable holding the basic-auth user name of the sink.
+pub const SINK_USERNAME_ENV: &str = "TAXI_SINK_USERNAME";
+/// Environment variable holding the basic-auth password of the sink.
+pub const SINK_PASSWORD_ENV: &str = "TAXI_SINK_PASSWORD";
+
+/// Everything the workers of one pipeline share.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Pipeline name: used in document ids, checkpoint keys and the assignment ConfigMap name.
+    pub pipeline: String,
+    /// The Kinesis stream and how to read it.
+    pub stream: StreamSettings,
+    /// Where and how often shards are checkpointed.
+    pub checkpoint: CheckpointSettings,
+    /// Where results go.
+    pub sink: SinkSettings,
+    /// Event time and the analyses.
+    #[serde(default)]
+    pub engine: EngineConfig,
+}
+
+/// The Kinesis stream and how to read it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSettings {
+    /// Stream name.
+    pub name: String,
+    /// AWS region; `None`: from the AWS configuration chain.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Kinesis endpoint (an emulator); `None`: AWS.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// Where shards without a checkpoint start: `trim-horizon`, `latest` or an ISO-8601 time.
+    #[serde(default = "default_start_position")]
+    pub start_position: String,
+    /// How shards are consumed.
+    #[serde(default)]
+    pub consumer: ConsumerSetting,
+    /// Enhanced fan-out consumer name; `None`: `taxi-<pipeline>`.
+    #[serde(default)]
+    pub efo_consumer_name: Option<String>,
+    /// Time between ListShards calls, in milliseconds.
+    #[serde(default = "default_discovery_interval_ms")]
+    pub discovery_interval_ms: u64,
+}
+
+/// How shards are consumed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsumerSetting {
+    /// GetRecords polling.
+    #[default]
+    Polling,
+    /// Enhanced fan-out (SubscribeToShard).
+    Efo,
+}
+
+/// Where and how often shards are checkpointed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSettings {
+    /// `s3://bucket/prefix`, `file:///dir` or a directory.
+    pub uri: String,
+    /// Time between checkpoints of a shard, in milliseconds.
+    #[serde(default = "default_checkpoint_interval_ms")]
+    pub interval_ms: u64,
+    /// Previous checkpoints kept per shard under `history/`.
+    #[serde(default = "default_retain")]
+    pub retain: usize,
+    /// Endpoint of an S3-compatible server; `None`: AWS S3.
+    #[serde(default)]
+    pub s3_endpoint_url: Option<String>,
+    /// Path-style S3 addressing, as most S3-compatible servers need.
+    #[serde(default)]
+    pub s3_force_path_style: bool,
+}
+
+/// Where results go.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSettings {
+    /// An OpenSearch URL (`https://host:port`) or `file:///path/partials.jsonl`.
+    pub url: String,
+    /// Index name prefix: documents go to `<prefix>-hot-spots` and `<prefix>-airport-trips`.
+    #[serde(default = "default_index_prefix")]
+    pub index_prefix: String,
+    /// How requests authenticate.
+    #[serde(default)]
+    pub auth: SinkAuthSetting,
+    /// A PEM file of CA certificates to trust besides the system roots.
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
+    /// Most documents in one `_bulk` request.
+    #[serde(default = "default_bulk_max_docs")]
+    pub bulk_max_docs: usize,
+    /// Most bytes in one `_bulk` request.
+    #[serde(default = "default_bulk_max_bytes")]
+    pub bulk_max_bytes: usize,
+    /// Longest a document waits for its bulk request, in milliseconds.
+    #[serde(default = "default_bulk_max_delay_ms")]
+    pub bulk_max_delay_ms: u64,
+}
+
+/// How sink requests authenticate; credentials are never part of the settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SinkAuthSetting {
+    /// No authentication.
+    #[default]
+    None,
+    /// HTTP basic, with [`SINK_USERNAME_ENV`] and [`SINK_PASSWORD_ENV`] from the environment.
+    Basic,
+    /// AWS SigV4 with the default credential chain (IRSA in a cluster).
+    Sigv4 {
+        /// `es` (OpenSearch Service) or `aoss` (OpenSearch Serverless).
+        service: SigV4Setting,
+        /// Signing region; `None`: from the AWS configuration chain.
+        #[serde(default)]
+        region: Option<String>,
+    },
+}
+
+/// The AWS service a SigV4 signature is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SigV4Setting {
+    /// Amazon OpenSearch Service.
+    #[default]
+    Es,
+    /// Amazon OpenSearch Serverless.
+    Aoss,
+}
+
+/// Settings that cannot run, with the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The document is not valid JSON of [`WorkerSettings`].
+    #[error("failed to parse worker settings: {0}")]
+    Parse(#[from] serde_json::Error),
+    /// A field holds a value outside its domain.
+    #[error("invalid worker setting {field}: {reason}")]
+    Invalid {
+        /// Dotted path of the field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A credential the settings ask for is missing from the environment.
+    #[error("the sink uses basic auth, but {0} is not set")]
+    MissingCredential(&'static str),
+}
+
+fn default_start_position() -> String {
+    "trim-horizon".to_owned()
+}
+fn default_discovery_interval_ms() -> u64 {
+    10_000
+}
+fn default_checkpoint_interval_ms() -> u64 {
+    10_000
+}
+fn default_retain() -> usize {
+    crate::store::DEFAULT_RETAIN
+}
+fn default_index_prefix() -> String {
+    "taxi".to_owned()
+}
+fn default_bulk_max_docs() -> usize {
+    BulkSettings::default().max_docs
+}
+fn default_bulk_max_bytes() -> usize {
+    BulkSettings::default().max_bytes
+}
+fn default_bulk_max_delay_ms() -> u64 {
+    u64::try_from(BulkSettings::default().max_delay.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Parses a start position: `trim-horizon`, `latest` (either spelling) or an ISO-8601 time.
+pub fn parse_start_position(s: &str) -> Result<StartingPosition, String> {
+    match s {
+        "trim-horizon" | "TRIM_HORIZON" => Ok(StartingPosition::TrimHorizon),
+        "latest" | "LATEST" => Ok(StartingPosition::Latest),
+        other => parse_timestamp(other.as_bytes()).map(StartingPosition::AtTimestamp).ok_or_else(|| {
+            format!("invalid start position {other:?}: expected trim-horizon, latest or an ISO-8601 time")
+        }),
+    }
+}
+
+impl WorkerSettings {
+    /// Parses and validates a settings document.
+    pub fn from_json(bytes: &[u8]) -> Result<WorkerSettings, SettingsError> {
+        let settings: WorkerSettings = serde_json::from_slice(bytes)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The document, pretty-printed (as the operator stores it, so `kubectl get cm -o yaml` reads well).
+    pub fn to_json(&self) -> String {
+        // Strings, numbers and enums always serialize.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Checks every field a worker would otherwise trip over at start-up.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |field, reason: String| Err(SettingsError::Invalid { field, reason });
+        if self.pipeline.is_empty() || self.pipeline.contains('/') {
+            return invalid("pipeline", format!("{:?} must be non-empty and without '/'", self.pipeline));
+        }
+        if self.stream.name.is_empty() {
+            return invalid("stream.name", "must not be empty".to_owned());
+        }
+        if let Err(reason) = parse_start_position(&self.stream.start_position) {
+            return invalid("stream.start_position", reason);
+        }
+        if self.stream.discovery_interval_ms == 0 {
+            return invalid("stream.discovery_interval_ms", "must be positive".to_owned());
+        }
+        if self.checkpoint.uri.is_empty() {
+            return invalid("checkpoint.uri", "must not be empty".to_owned());
+        }
+        if self.checkpoint.interval_ms == 0 {
+            return invalid("checkpoint.interval_ms", "must be positive".to_owned());
+        }
+        if self.sink.url.is_empty() {
+            return invalid("sink.url", "must not be empty".to_owned());
+        }
+        if self.sink.bulk_max_docs == 0 || self.sink.bulk_max_bytes == 0 {
+            return invalid("sink.bulk_max_docs", "bulk limits must be positive".to_owned());
+        }
+        if let Err(e) = self.engine.validate() {
+            return invalid("engine", e.to_string());
+        }
+        Ok(())
+    }
+
+    /// Where shards without a checkpoint start.
+    pub fn start_position(&self) -> Result<StartingPosition, SettingsError> {
+        parse_start_position(&self.stream.start_position)
+            .map_err(|reason| SettingsError::Invalid { field: "stream.start_position", reason })
+    }
+
+    /// How shards are consumed.
+    pub fn consumer(&self) -> ConsumerKind {
+        match self.stream.consumer {
+            ConsumerSetting::Polling => ConsumerKind::Polling,
+            ConsumerSetting::Efo => ConsumerKind::EnhancedFanOut {
+                consumer_name: self
+                    .stream
+                    .efo_consumer_name
+                    .clone()
+                    .unwrap_or_else(|| format!("taxi-{}", self.pipeline)),
+            },
+        }
+    }
+
+    /// How to reach S3 (the stream's region signs S3 requests too).
+    pub fn s3(&self) -> S3Settings {
+        S3Settings {
+            endpoint_url: self.checkpoint.s3_endpoint_url.clone(),
+            force_path_style: self.checkpoint.s3_force_path_style,
+            region: self.stream.region.clone(),
+        }
+    }
+
+    /// The sink's OpenSearch settings, with credentials looked up through `env`.
+    pub fn opensearch(&self, env: impl Fn(&str) -> Option<String>) -> Result<OpenSearchSettings, SettingsError> {
+        let auth = match &self.sink.auth {
+            SinkAuthSetting::None => OpenSearchAuth::None,
+            SinkAuthSetting::Basic => OpenSearchAuth::Basic {
+                username: env(SINK_USERNAME_ENV).ok_or(SettingsError::MissingCredential(SINK_USERNAME_ENV))?,
+                password: env(SINK_PASSWORD_ENV).ok_or(SettingsError::MissingCredential(SINK_PASSWORD_ENV))?,
+            },
+            SinkAuthSetting::Sigv4 { service, region } => OpenSearchAuth::SigV4 {
+                service: match service {
+                    SigV4Setting::Es => SigV4Service::Es,
+                    SigV4Setting::Aoss => SigV4Service::Aoss,
+                },
+                region: region.clone(),
+            },
+        };
+        let defaults = OpenSearchSettings::default();
+        Ok(OpenSearchSettings {
+            url: self.sink.url.clone(),
+            auth,
+            index_prefix: self.sink.index_prefix.clone(),
+            ca_cert: self.sink.ca_cert.clone(),
+            bulk: BulkSettings {
+                max_docs: self.sink.bulk_max_docs,
+                max_bytes: self.sink.bulk_max_bytes,
+                max_delay: Duration::from_millis(self.sink.bulk_max_delay_ms),
+                ..defaults.bulk.clone()
+            },
+            ..defaults
+        })
+    }
+
+    /// Time between checkpoints of a shard.
+    pub fn checkpoint_interval(&self) -> Duration {
+        Duration::from_millis(self.checkpoint.interval_ms)
+    }
+
+    /// Time between ListShards calls.
+    pub fn discovery_interval(&self) -> Duration {
+        Duration::from_millis(self.stream.discovery_interval_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"{
+        "pipeline": "nyc",
+        "stream": {"name": "taxi-trips"},
+        "checkpoint": {"uri": "s3://bucket/checkpoints"},
+        "sink": {"url": "https://search.example.com"}
+    }"#;
+
+    #[test]
+    fn a_minimal_document_gets_the_design_defaults() {
+        let settings = WorkerSettings::from_json(MINIMAL.as_bytes()).expect("valid");
+        assert_eq!(settings.start_position().expect("default"), StartingPosition::TrimHorizon);
+        assert_eq!(settings.consumer(), ConsumerKind::Polling);
+        assert_eq!(settings.checkpoint_interval(), Duration::from_secs(10));
+        assert_eq!(settings.checkpoint.retain, crate::store::DEFAULT_RETAIN);
+        assert_eq!(settings.engine, EngineConfig::default());
+        let os = settings.opensearch(|_| None).expect("no credentials needed");
+        assert_eq!((os.index_prefix.as_str(), os.auth), ("taxi", OpenSearchAuth::None));
+        assert_eq!(os.bulk, BulkSettings::default());
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let mut settings = WorkerSettings::from_json(MINIMAL.as_bytes()).expect("valid");
+        settings.stream.consumer = ConsumerSetting::Efo;
+        settings.sink.auth = SinkAuthSetting::Sigv4 { service: SigV4Setting::Aoss, region: Some("eu-west-1".into()) };
+        settings.engine.hot_spots.geohash_precision = 7;
+        assert_eq!(WorkerSettings::from_json(settings.to_json().as_bytes()).expect("round trip"), settings);
+    }
+
+    #[test]
+    fn basic_auth_takes_credentials_from_the_environment_only() {
+        let mut settings = WorkerSettings::from_json(MINIMAL.as_bytes()).expect("valid");
+        settings.sink.auth = SinkAuthSetting::Basic;
+        let err = settings.opensearch(|_| None).expect_err("no credentials");
+        assert!(err.to_string().contains(SINK_USERNAME_ENV), "{err}");
+        let env = |name: &str| Some(format!("{name}-value"));
+        let os = settings.opensearch(env).expect("credentials");
+        assert_eq!(
+            os.auth,
+            OpenSearchAuth::Basic {
+                username: "TAXI_SINK_USERNAME-value".into(),
+                password: "TAXI_SINK_PASSWORD-value".into()
+            }
+        );
+        assert!(!settings.to_json().contains("value"), "no secret is ever serialized");
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_bad_values_with_the_field_name() {
+        let unknown = MINIMAL.replace("\"pipeline\"", "\"pipelin\": 1, \"pipeline\"");
+        assert!(WorkerSettings::from_json(unknown.as_bytes()).is_err());
+        for (from, to, field) in [
+            (
+                "\"name\": \"taxi-trips\"",
+                "\"name\": \"taxi-trips\", \"start_position\": \"yesterday\"",
+                "stream.start_position",
+            ),
+            (
+                "\"uri\": \"s3://bucket/checkpoints\"",
+                "\"uri\": \"s3://b\", \"interval_ms\": 0",
+                "checkpoint.interval_ms",
+            ),
+            ("\"pipeline\": \"nyc\"", "\"pipeline\": \"a/b\"", "pipeline"),
+        ] {
+            let doc = MINIMAL.replace(from, to);
+            let err = WorkerSettings::from_json(doc.as_bytes()).expect_err(field);
+            assert!(err.to_string().contains(field), "{field}: {err}");
+        }
+    }
+}
