@@ -397,13 +397,11 @@ impl Ownership {
     /// the shards in `running`. `Err` when the source is gone.
     fn next_plan<'a>(&mut self, running: impl IntoIterator<Item = &'a str>) -> Result<Option<&EpochPlan>, SourceError> {
         let Ownership::Assigned { ordinal, assignments, plan, granted_at } = self else { return Ok(None) };
-        if !assignments.has_changed().map_err(|_| SourceError::Ended)? {
-            return Ok(None);
-        }
-        let Some(assignment) = assignments.borrow_and_update().clone() else { return Ok(None) };
-        if plan.as_ref().is_some_and(|p| assignment.epoch <= p.epoch) {
-            return Ok(None);
-        }
+        // `assignment_changed` marks values seen, so compare epochs rather than ask `has_changed`.
+        assignments.has_changed().map_err(|_| SourceError::Ended)?;
+        let current = plan.as_ref().map(|p| p.epoch);
+        let newer = assignments.borrow_and_update().as_ref().filter(|a| current.is_none_or(|e| a.epoch > e)).cloned();
+        let Some(assignment) = newer else { return Ok(None) };
         let previously_owned = plan.take().map(|p| p.owned).unwrap_or_default();
         let next = plan_epoch(&assignment, *ordinal, &previously_owned, running);
         let now = Instant::now();
