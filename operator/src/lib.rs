@@ -2,3 +2,5 @@
 //! they land, the controller's pieces. The `taxi-operator` binary and the tests use it.
 
 pub mod crd;
+pub mod leader;
+pub mod metrics;
