@@ -1,0 +1,916 @@
+//! Leader election through a `coordination.k8s.io/v1` Lease, so that two operator replicas never
+//! reconcile at the same time.
+//!
+//! One replica holds the Lease and renews it every [`LeaseConfig::renew_interval`]; the others poll
+//! and take it over once it has not been renewed for [`LeaseConfig::lease_duration`] (plus
+//! [`LeaseConfig::clock_skew`]). Every write is a `PUT` carrying the `resourceVersion` just read, so
+//! of two replicas racing for the same Lease exactly one wins and the other gets `409 Conflict`.
+//!
+//! How the operator uses it:
+//!
+//! ```text
+//! let (leading_tx, leading_rx) = watch::channel(false);
+//! let (shutdown_tx, shutdown_rx) = watch::channel(false);
+//! let elector = LeaderElector::new(client.clone(), LeaseConfig::new(namespace, holder_identity(&pod)))?;
+//! let election = tokio::spawn(async move { elector.run(shutdown_rx, leading_tx, &metrics).await });
+//! // The controller runs only while leading: it is dropped (in-flight reconciles cancelled) as soon
+//! // as `false` is published, and started afresh when the Lease is won again.
+//! run_while_leading(leading_rx, || controller_future()).await;
+//! // On SIGTERM: stop the controller first, then `shutdown_tx.send(true)`; `run` publishes `false`
+//! // and clears the holder so that the other replica takes over without waiting for expiry.
+//! ```
+//!
+//! Leadership is published as `false` before the Lease can expire in anybody else's eyes: a replica
+//! that cannot renew stops leading once [`LeaseConfig::lease_duration`] has passed since the *start*
+//! of its last successful renewal, while the others wait that long after the renewal's *end* plus
+//! [`LeaseConfig::clock_skew`].
+
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PostParams};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::metrics::OperatorMetrics;
+
+/// Name of the operator's Lease when none is configured.
+pub const DEFAULT_LEASE_NAME: &str = "taxi-operator-leader";
+/// How long a Lease stays valid after its last renewal.
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
+/// How often the holder renews, and how often the others check whether the Lease has expired.
+pub const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_secs(5);
+/// How far apart the replicas' clocks may be; added before a foreign Lease counts as expired.
+pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(2);
+/// Field manager recorded on the Lease writes.
+pub const FIELD_MANAGER: &str = "taxi-operator";
+
+/// First delay after a failed attempt; it doubles per failure up to the renew interval.
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+
+/// Where the Lease lives, who we are and how long a term lasts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// Namespace of the Lease (the operator's own namespace).
+    pub namespace: String,
+    /// Name of the Lease.
+    pub name: String,
+    /// This replica's holder identity, unique per process (see [`holder_identity`]).
+    pub identity: String,
+    /// How long the Lease stays ours without renewal; written as `leaseDurationSeconds`.
+    pub lease_duration: Duration,
+    /// Time between renewals (and between checks while another replica leads).
+    pub renew_interval: Duration,
+    /// Extra time a foreign Lease must be overdue before it is taken over, for clock differences.
+    pub clock_skew: Duration,
+}
+
+impl LeaseConfig {
+    /// The defaults: Lease [`DEFAULT_LEASE_NAME`], 15 s duration, renewal every 5 s, 2 s clock skew.
+    pub fn new(namespace: impl Into<String>, identity: impl Into<String>) -> LeaseConfig {
+        LeaseConfig {
+            namespace: namespace.into(),
+            name: DEFAULT_LEASE_NAME.to_owned(),
+            identity: identity.into(),
+            lease_duration: DEFAULT_LEASE_DURATION,
+            renew_interval: DEFAULT_RENEW_INTERVAL,
+            clock_skew: DEFAULT_CLOCK_SKEW,
+        }
+    }
+
+    fn validate(&self) -> Result<(), LeaderError> {
+        let invalid = |reason: &'static str| Err(LeaderError::InvalidConfig { reason });
+        if self.namespace.is_empty() || self.name.is_empty() {
+            return invalid("the Lease needs a namespace and a name");
+        }
+        if self.identity.is_empty() {
+            return invalid("the holder identity must not be empty");
+        }
+        if self.lease_duration < Duration::from_secs(1) || self.lease_duration.as_secs() > i32::MAX as u64 {
+            return invalid("the lease duration must be between 1 s and i32::MAX seconds");
+        }
+        if self.renew_interval.is_zero() || self.renew_interval >= self.lease_duration {
+            return invalid("the renew interval must be positive and shorter than the lease duration");
+        }
+        Ok(())
+    }
+
+    fn duration_seconds(&self) -> i32 {
+        i32::try_from(self.lease_duration.as_secs()).unwrap_or(i32::MAX)
+    }
+}
+
+/// A holder identity for this process: the pod name and a random suffix, so that a restarted
+/// container with the same pod name is a different holder from its predecessor.
+pub fn holder_identity(pod_name: &str) -> String {
+    let suffix: String = std::iter::repeat_with(fastrand::lowercase).take(6).collect();
+    format!("{pod_name}-{suffix}")
+}
+
+/// What leader election failed at. Conflicts and races are not errors: they mean "not leading".
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    /// Reading the Lease failed (other than "not found").
+    #[error("failed to read Lease {lease}")]
+    Get {
+        /// `namespace/name` of the Lease.
+        lease: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Creating the Lease failed (other than "already exists").
+    #[error("failed to create Lease {lease}")]
+    Create {
+        /// `namespace/name` of the Lease.
+        lease: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Writing the Lease failed (other than a conflict).
+    #[error("failed to {action} Lease {lease}")]
+    Replace {
+        /// `renew`, `take over` or `release`.
+        action: &'static str,
+        /// `namespace/name` of the Lease.
+        lease: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The API server did not answer within the time left.
+    #[error("timed out after {after:?} acquiring or renewing Lease {lease}")]
+    Timeout {
+        /// `namespace/name` of the Lease.
+        lease: String,
+        /// How long the attempt was given.
+        after: Duration,
+    },
+    /// The settings cannot work.
+    #[error("invalid leader election settings: {reason}")]
+    InvalidConfig {
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+impl LeaderError {
+    /// A short fixed label for metrics: `forbidden`, `api`, `transport`, `serialization`,
+    /// `kubernetes`, `timeout` or `config`.
+    pub fn category(&self) -> &'static str {
+        match self {
+            LeaderError::Get { source, .. }
+            | LeaderError::Create { source, .. }
+            | LeaderError::Replace { source, .. } => match source {
+                kube::Error::Api(status) if status.is_forbidden() => "forbidden",
+                kube::Error::Api(_) => "api",
+                kube::Error::HyperError(_) | kube::Error::Service(_) => "transport",
+                kube::Error::SerdeError(_) => "serialization",
+                _ => "kubernetes",
+            },
+            LeaderError::Timeout { .. } => "timeout",
+            LeaderError::InvalidConfig { .. } => "config",
+        }
+    }
+}
+
+/// What to do with the Lease as read, decided by [`decide`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// There is no Lease: create it with us as holder.
+    Create,
+    /// We hold it: renew it.
+    Renew,
+    /// It is free or expired: take it over (a new term, `leaseTransitions` + 1).
+    TakeOver,
+    /// Another replica holds a valid Lease.
+    Wait {
+        /// The current holder.
+        holder: String,
+        /// Time until it may be taken over, by our clock.
+        remaining: Duration,
+    },
+}
+
+/// The pure election rule: given the Lease as read (`None` when absent), our identity and the local
+/// time, what to do. A Lease without holder is free; a foreign Lease expires `clock_skew` after
+/// `renewTime` (or `acquireTime`) + `leaseDurationSeconds`; one missing those times or with a
+/// non-positive duration counts as expired. Our own Lease is renewed even if we are late: the
+/// `resourceVersion` on the write detects whether anybody took it meanwhile.
+pub fn decide(lease: Option<&Lease>, identity: &str, now: Timestamp, clock_skew: Duration) -> Decision {
+    let Some(lease) = lease else { return Decision::Create };
+    let spec = lease.spec.as_ref();
+    let holder = spec.and_then(|s| s.holder_identity.as_deref()).unwrap_or_default();
+    if holder.is_empty() {
+        return Decision::TakeOver;
+    }
+    if holder == identity {
+        return Decision::Renew;
+    }
+    let renewed = spec.and_then(|s| s.renew_time.as_ref().or(s.acquire_time.as_ref()));
+    let duration = spec.and_then(|s| s.lease_duration_seconds).filter(|d| *d > 0);
+    let (Some(renewed), Some(duration)) = (renewed, duration) else { return Decision::TakeOver };
+    let skew = i64::try_from(clock_skew.as_micros()).unwrap_or(i64::MAX);
+    let expires = renewed.0.as_microsecond().saturating_add(i64::from(duration) * 1_000_000).saturating_add(skew);
+    let remaining = expires.saturating_sub(now.as_microsecond());
+    if remaining <= 0 {
+        Decision::TakeOver
+    } else {
+        Decision::Wait { holder: holder.to_owned(), remaining: Duration::from_micros(remaining.unsigned_abs()) }
+    }
+}
+
+/// The current time as a Kubernetes `MicroTime` value.
+fn now() -> Timestamp {
+    let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or_default();
+    Timestamp::from_microsecond(i64::try_from(micros).unwrap_or(i64::MAX)).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// Acquires, renews and releases the operator's Lease.
+#[derive(Clone)]
+pub struct LeaderElector {
+    api: Api<Lease>,
+    config: LeaseConfig,
+}
+
+impl std::fmt::Debug for LeaderElector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderElector").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl LeaderElector {
+    /// An elector for the Lease `config.namespace/config.name`; fails on settings that cannot work
+    /// (empty names, a renew interval not shorter than the lease duration).
+    pub fn new(client: kube::Client, config: LeaseConfig) -> Result<LeaderElector, LeaderError> {
+        config.validate()?;
+        Ok(LeaderElector { api: Api::namespaced(client, &config.namespace), config })
+    }
+
+    /// The settings this elector runs with.
+    pub fn config(&self) -> &LeaseConfig {
+        &self.config
+    }
+
+    fn lease_ref(&self) -> String {
+        format!("{}/{}", self.config.namespace, self.config.name)
+    }
+
+    fn post_params() -> PostParams {
+        PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PostParams::default() }
+    }
+
+    /// One election step: reads the Lease and creates, renews or takes it over as [`decide`] says.
+    /// `Ok(true)` means we hold the Lease for another term; `Ok(false)` means another replica holds
+    /// it or won a race for it (`409 Conflict`, `AlreadyExists`).
+    pub async fn try_acquire_or_renew(&self) -> Result<bool, LeaderError> {
+        let current = self
+            .api
+            .get_opt(&self.config.name)
+            .await
+            .map_err(|source| LeaderError::Get { lease: self.lease_ref(), source })?;
+        let now = now();
+        let micro = MicroTime(now);
+        let duration = self.config.duration_seconds();
+        match (decide(current.as_ref(), &self.config.identity, now, self.config.clock_skew), current) {
+            (Decision::Wait { holder, remaining }, _) => {
+                tracing::trace!(%holder, ?remaining, lease = %self.lease_ref(), "Lease held by another replica");
+                Ok(false)
+            }
+            (Decision::Create, _) | (_, None) => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.config.name.clone()),
+                        namespace: Some(self.config.namespace.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(LeaseSpec {
+                        holder_identity: Some(self.config.identity.clone()),
+                        acquire_time: Some(micro.clone()),
+                        renew_time: Some(micro),
+                        lease_duration_seconds: Some(duration),
+                        lease_transitions: Some(0),
+                        ..LeaseSpec::default()
+                    }),
+                };
+                match self.api.create(&Self::post_params(), &lease).await {
+                    Ok(_) => {
+                        let (identity, lease) = (&self.config.identity, self.lease_ref());
+                        tracing::info!(%identity, %lease, "created the Lease: leading");
+                        Ok(true)
+                    }
+                    Err(kube::Error::Api(status)) if status.is_already_exists() || status.is_conflict() => Ok(false),
+                    Err(source) => Err(LeaderError::Create { lease: self.lease_ref(), source }),
+                }
+            }
+            (Decision::Renew, Some(mut lease)) => {
+                let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+                spec.renew_time = Some(micro);
+                spec.lease_duration_seconds = Some(duration);
+                self.replace(&lease, "renew").await
+            }
+            (Decision::TakeOver, Some(mut lease)) => {
+                let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+                let previous = spec.holder_identity.replace(self.config.identity.clone());
+                spec.acquire_time = Some(micro.clone());
+                spec.renew_time = Some(micro);
+                spec.lease_duration_seconds = Some(duration);
+                spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
+                let taken = self.replace(&lease, "take over").await?;
+                if taken {
+                    tracing::info!(
+                        identity = %self.config.identity,
+                        previous = previous.as_deref().unwrap_or(""),
+                        lease = %self.lease_ref(),
+                        "took over the Lease: leading"
+                    );
+                }
+                Ok(taken)
+            }
+        }
+    }
+
+    /// `PUT` of a Lease read just before (so it carries that `resourceVersion`); a conflict means
+    /// another writer got there first.
+    async fn replace(&self, lease: &Lease, action: &'static str) -> Result<bool, LeaderError> {
+        match self.api.replace(&self.config.name, &Self::post_params(), lease).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.is_conflict() || status.is_not_found() => {
+                tracing::debug!(action, lease = %self.lease_ref(), "lost the race for the Lease");
+                Ok(false)
+            }
+            Err(source) => Err(LeaderError::Replace { action, lease: self.lease_ref(), source }),
+        }
+    }
+
+    /// Releases the Lease if we hold it, by clearing `holderIdentity`, so a successor need not wait
+    /// for it to expire. `Ok(true)` when released, `Ok(false)` when it was not ours (or changed
+    /// under us).
+    pub async fn step_down(&self) -> Result<bool, LeaderError> {
+        let current = self
+            .api
+            .get_opt(&self.config.name)
+            .await
+            .map_err(|source| LeaderError::Get { lease: self.lease_ref(), source })?;
+        let Some(mut lease) = current else { return Ok(false) };
+        let ours =
+            lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(self.config.identity.as_str());
+        if !ours {
+            return Ok(false);
+        }
+        if let Some(spec) = lease.spec.as_mut() {
+            spec.holder_identity = None;
+        }
+        let released = self.replace(&lease, "release").await?;
+        if released {
+            tracing::info!(identity = %self.config.identity, lease = %self.lease_ref(), "released the Lease");
+        }
+        Ok(released)
+    }
+
+    /// Runs the election until `shutdown` turns `true` (or its sender is dropped): acquires or renews
+    /// every renew interval, publishes on `leading` whether this replica leads (and on the metrics'
+    /// leader gauge), retries failures with a capped exponential backoff, counts them in
+    /// `taxi_operator_lease_errors_total`, and publishes `false` once renewals have failed for the
+    /// whole lease duration. On shutdown it publishes `false`, then releases the Lease if it held
+    /// it, so stop the controller before signalling shutdown.
+    pub async fn run(
+        &self,
+        mut shutdown: watch::Receiver<bool>,
+        leading: watch::Sender<bool>,
+        metrics: &OperatorMetrics,
+    ) {
+        let publish = |value: bool| {
+            metrics.set_leader(value);
+            leading.send_if_modified(|current| std::mem::replace(current, value) != value);
+        };
+        publish(false);
+        // Start of the last successful acquisition or renewal, while we believe we hold the Lease.
+        let mut held_since: Option<Instant> = None;
+        let mut failures: u32 = 0;
+        loop {
+            if *shutdown.borrow_and_update() {
+                break;
+            }
+            let started = Instant::now();
+            let term_end = held_since.map(|t| t + self.config.lease_duration);
+            if term_end.is_some_and(|end| started >= end) {
+                tracing::warn!(lease = %self.lease_ref(), "could not renew the Lease within its duration: not leading");
+                held_since = None;
+                publish(false);
+            }
+            // An attempt may take at most one renew interval, and never beyond the end of our term.
+            let limit = match held_since.and(term_end) {
+                Some(end) => self.config.renew_interval.min(end.saturating_duration_since(started)),
+                None => self.config.renew_interval,
+            };
+            let outcome = match tokio::time::timeout(limit, self.try_acquire_or_renew()).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(LeaderError::Timeout { lease: self.lease_ref(), after: limit }),
+            };
+            let delay = match outcome {
+                Ok(true) => {
+                    failures = 0;
+                    held_since = Some(started);
+                    publish(true);
+                    self.config.renew_interval
+                }
+                Ok(false) => {
+                    failures = 0;
+                    if held_since.take().is_some() {
+                        tracing::warn!(lease = %self.lease_ref(), "lost the Lease to another replica: not leading");
+                    }
+                    publish(false);
+                    jittered(self.config.renew_interval)
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    metrics.lease_error(error.category());
+                    tracing::warn!(error = %ErrorChain(&error), failures, "leader election attempt failed");
+                    let backoff = FIRST_RETRY.saturating_mul(1 << failures.min(16).saturating_sub(1));
+                    jittered(backoff.min(self.config.renew_interval))
+                }
+            };
+            // While leading, wake up at the end of the term at the latest, to stop leading in time.
+            let delay = match held_since.map(|t| t + self.config.lease_duration) {
+                Some(end) => delay.min(end.saturating_duration_since(Instant::now())),
+                None => delay,
+            };
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                changed = shutdown.changed() => if changed.is_err() { break },
+            }
+        }
+        publish(false);
+        if held_since.is_some() {
+            match tokio::time::timeout(self.config.renew_interval, self.step_down()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    metrics.lease_error(error.category());
+                    tracing::warn!(error = %ErrorChain(&error), "could not release the Lease; it expires by itself");
+                }
+                Err(_) => tracing::warn!("releasing the Lease timed out; it expires by itself"),
+            }
+        }
+    }
+}
+
+/// Displays an error with its sources, `outer: inner: …`.
+struct ErrorChain<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
+    }
+}
+
+/// `delay` plus up to a quarter more, so replicas do not poll in lockstep.
+fn jittered(delay: Duration) -> Duration {
+    delay + delay.mul_f64(fastrand::f64() / 4.0)
+}
+
+/// Runs `work` only while `leading` is `true`: waits for leadership, starts `work()`, and drops that
+/// future (cancelling it at its next `.await`) as soon as leadership is lost, starting a fresh one
+/// when it is won again. Returns when `work` finishes by itself or when the elector has stopped
+/// (its sender dropped) while not leading.
+///
+/// With the controller as `work`, a replica that loses the Lease stops reconciling before any other
+/// replica can take the Lease over (see the module documentation).
+pub async fn run_while_leading<F, Fut>(mut leading: watch::Receiver<bool>, mut work: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    loop {
+        if leading.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            () = work() => return,
+            lost = leading.wait_for(|l| !*l) => if lost.is_err() { return },
+        }
+        tracing::info!("leadership lost: reconciling stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http::{Method, Request, Response, StatusCode};
+    use kube::client::Body;
+    use serde_json::{Value, json};
+    use tower_test::mock::{self, Handle};
+
+    use super::*;
+
+    const NS: &str = "taxi-system";
+    const ME: &str = "taxi-operator-0-abcdef";
+    const OTHER: &str = "taxi-operator-1-zyxwvu";
+    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/taxi-system/leases";
+    const OLD: &str = "2025-01-01T00:00:00.000000Z";
+    const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/taxi-system/leases/taxi-operator-leader";
+
+    fn ts(rfc3339: &str) -> Timestamp {
+        rfc3339.parse().expect("valid timestamp")
+    }
+
+    fn lease_json(holder: Option<&str>, renewed: &str, transitions: i32) -> Value {
+        json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": "taxi-operator-leader", "namespace": NS, "resourceVersion": "4711"},
+            "spec": {
+                "holderIdentity": holder,
+                "acquireTime": OLD,
+                "renewTime": renewed,
+                "leaseDurationSeconds": 15,
+                "leaseTransitions": transitions,
+            }
+        })
+    }
+
+    fn lease(holder: Option<&str>, renewed: &str) -> Lease {
+        serde_json::from_value(lease_json(holder, renewed, 3)).expect("valid Lease")
+    }
+
+    fn not_found() -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+               "message": "leases.coordination.k8s.io \"taxi-operator-leader\" not found"})
+    }
+
+    fn conflict() -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
+               "message": "the object has been modified; please apply your changes to the latest version"})
+    }
+
+    fn recent() -> String {
+        now().to_string()
+    }
+
+    // --- the pure rule ---
+
+    #[test]
+    fn absent_lease_is_created() {
+        assert_eq!(decide(None, ME, ts("2025-01-01T00:00:00Z"), DEFAULT_CLOCK_SKEW), Decision::Create);
+    }
+
+    #[test]
+    fn own_lease_is_renewed_even_when_overdue() {
+        let l = lease(Some(ME), "2025-01-01T00:00:00Z");
+        assert_eq!(decide(Some(&l), ME, ts("2025-01-01T00:00:05Z"), DEFAULT_CLOCK_SKEW), Decision::Renew);
+        assert_eq!(decide(Some(&l), ME, ts("2025-01-01T01:00:00Z"), DEFAULT_CLOCK_SKEW), Decision::Renew);
+    }
+
+    #[test]
+    fn foreign_lease_is_respected_until_duration_and_skew_have_passed() {
+        let l = lease(Some(OTHER), "2025-01-01T00:00:00Z");
+        let skew = Duration::from_secs(2);
+        assert_eq!(
+            decide(Some(&l), ME, ts("2025-01-01T00:00:10Z"), skew),
+            Decision::Wait { holder: OTHER.to_owned(), remaining: Duration::from_secs(7) }
+        );
+        // Past 15 s but within the skew tolerance: still theirs.
+        assert!(matches!(decide(Some(&l), ME, ts("2025-01-01T00:00:16Z"), skew), Decision::Wait { .. }));
+        assert_eq!(decide(Some(&l), ME, ts("2025-01-01T00:00:17Z"), skew), Decision::TakeOver);
+    }
+
+    #[test]
+    fn released_or_incomplete_lease_is_free() {
+        let released = lease(None, "2025-01-01T00:00:00Z");
+        assert_eq!(decide(Some(&released), ME, ts("2025-01-01T00:00:01Z"), DEFAULT_CLOCK_SKEW), Decision::TakeOver);
+        let mut no_duration = lease(Some(OTHER), "2025-01-01T00:00:00Z");
+        if let Some(spec) = no_duration.spec.as_mut() {
+            spec.lease_duration_seconds = None;
+        }
+        assert_eq!(decide(Some(&no_duration), ME, ts("2025-01-01T00:00:01Z"), DEFAULT_CLOCK_SKEW), Decision::TakeOver);
+    }
+
+    #[test]
+    fn acquire_time_stands_in_for_a_missing_renew_time() {
+        let mut l = lease(Some(OTHER), "2025-01-01T00:00:00Z");
+        if let Some(spec) = l.spec.as_mut() {
+            spec.renew_time = None;
+            spec.acquire_time = Some(MicroTime(ts("2025-01-01T00:01:00Z")));
+        }
+        assert!(matches!(decide(Some(&l), ME, ts("2025-01-01T00:01:10Z"), Duration::ZERO), Decision::Wait { .. }));
+    }
+
+    #[test]
+    fn settings_are_validated() {
+        let ok = LeaseConfig::new(NS, ME);
+        assert!(ok.validate().is_ok());
+        let slow = LeaseConfig { renew_interval: Duration::from_secs(15), ..ok.clone() };
+        assert_eq!(slow.validate().map_err(|e| e.category()).err(), Some("config"));
+        let anonymous = LeaseConfig { identity: String::new(), ..ok };
+        assert!(anonymous.validate().is_err());
+    }
+
+    #[test]
+    fn identities_carry_the_pod_name_and_differ_per_process() {
+        let a = holder_identity("taxi-operator-0");
+        let b = holder_identity("taxi-operator-0");
+        assert!(a.starts_with("taxi-operator-0-") && a.len() == "taxi-operator-0-".len() + 6, "{a}");
+        assert_ne!(a, b);
+    }
+
+    // --- against a mocked API server ---
+
+    /// The API server side of a mocked client: each call states the request it expects next.
+    struct ApiServer(Handle<Request<Body>, Response<Body>>);
+
+    impl ApiServer {
+        /// Waits (up to 10 s) for the next request, checks its method and path, answers `status`
+        /// with `body` and returns the request's JSON body (`Null` when it had none).
+        async fn expect(&mut self, method: Method, path: &str, status: StatusCode, body: Value) -> Value {
+            let next = tokio::time::timeout(Duration::from_secs(10), self.0.next_request()).await;
+            let Ok(Some((request, respond))) = next else {
+                panic!("expected {method} {path}, but no request came");
+            };
+            let (parts, request_body) = request.into_parts();
+            assert_eq!(
+                (&parts.method, parts.uri.path()),
+                (&method, path),
+                "unexpected request {} {}",
+                parts.method,
+                parts.uri
+            );
+            if method != Method::GET {
+                assert!(
+                    parts.uri.query().unwrap_or_default().contains("fieldManager=taxi-operator"),
+                    "write without field manager: {}",
+                    parts.uri
+                );
+            }
+            let bytes = request_body.collect_bytes().await.expect("request body");
+            let response = Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&body).expect("JSON")))
+                .expect("response");
+            respond.send_response(response);
+            if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON request body") }
+        }
+
+        /// Asserts that no request comes within 200 ms.
+        async fn expect_nothing(&mut self) {
+            if let Ok(Some((request, _))) =
+                tokio::time::timeout(Duration::from_millis(200), self.0.next_request()).await
+            {
+                panic!("expected no request, got {} {}", request.method(), request.uri());
+            }
+        }
+    }
+
+    fn elector() -> (LeaderElector, ApiServer) {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let elector = LeaderElector::new(client, LeaseConfig::new(NS, ME)).expect("valid settings");
+        (elector, ApiServer(handle))
+    }
+
+    fn spec_field<'a>(body: &'a Value, field: &str) -> &'a Value {
+        &body["spec"][field]
+    }
+
+    #[tokio::test]
+    async fn absent_lease_is_created_with_us_as_holder() {
+        let (elector, mut server) = elector();
+        let api = async {
+            server.expect(Method::GET, LEASE, StatusCode::NOT_FOUND, not_found()).await;
+            let created = lease_json(Some(ME), &recent(), 0);
+            server.expect(Method::POST, LEASES, StatusCode::CREATED, created).await
+        };
+        let (leading, sent) = tokio::join!(elector.try_acquire_or_renew(), api);
+        assert!(leading.expect("no error"));
+        assert_eq!(sent["metadata"]["name"], "taxi-operator-leader");
+        assert_eq!(spec_field(&sent, "holderIdentity"), ME);
+        assert_eq!(spec_field(&sent, "leaseDurationSeconds"), 15);
+        assert_eq!(spec_field(&sent, "leaseTransitions"), 0);
+        assert_eq!(spec_field(&sent, "acquireTime"), spec_field(&sent, "renewTime"));
+        let renewed: Timestamp = spec_field(&sent, "renewTime").as_str().expect("renewTime").parse().expect("time");
+        assert!(now().duration_since(renewed).as_secs() < 5);
+    }
+
+    #[tokio::test]
+    async fn own_lease_is_renewed_with_the_resource_version_read() {
+        let (elector, mut server) = elector();
+        let api = async {
+            server.expect(Method::GET, LEASE, StatusCode::OK, lease_json(Some(ME), OLD, 3)).await;
+            server.expect(Method::PUT, LEASE, StatusCode::OK, lease_json(Some(ME), &recent(), 3)).await
+        };
+        let (leading, sent) = tokio::join!(elector.try_acquire_or_renew(), api);
+        assert!(leading.expect("no error"));
+        assert_eq!(sent["metadata"]["resourceVersion"], "4711");
+        assert_eq!(spec_field(&sent, "holderIdentity"), ME);
+        assert_eq!(spec_field(&sent, "leaseTransitions"), 3);
+        assert_eq!(spec_field(&sent, "acquireTime"), OLD);
+        assert_ne!(spec_field(&sent, "renewTime"), OLD);
+    }
+
+    #[tokio::test]
+    async fn expired_foreign_lease_is_taken_over_as_a_new_term() {
+        let (elector, mut server) = elector();
+        let api = async {
+            let expired = lease_json(Some(OTHER), OLD, 3);
+            server.expect(Method::GET, LEASE, StatusCode::OK, expired).await;
+            server.expect(Method::PUT, LEASE, StatusCode::OK, lease_json(Some(ME), &recent(), 4)).await
+        };
+        let (leading, sent) = tokio::join!(elector.try_acquire_or_renew(), api);
+        assert!(leading.expect("no error"));
+        assert_eq!(sent["metadata"]["resourceVersion"], "4711");
+        assert_eq!(spec_field(&sent, "holderIdentity"), ME);
+        assert_eq!(spec_field(&sent, "leaseTransitions"), 4);
+        assert_eq!(spec_field(&sent, "acquireTime"), spec_field(&sent, "renewTime"));
+        assert_ne!(spec_field(&sent, "acquireTime"), OLD);
+    }
+
+    #[tokio::test]
+    async fn valid_foreign_lease_is_left_alone() {
+        let (elector, mut server) = elector();
+        let api = async {
+            server.expect(Method::GET, LEASE, StatusCode::OK, lease_json(Some(OTHER), &recent(), 3)).await;
+        };
+        let (leading, ()) = tokio::join!(elector.try_acquire_or_renew(), api);
+        assert!(!leading.expect("no error"));
+        server.expect_nothing().await;
+    }
+
+    #[tokio::test]
+    async fn conflict_on_renewal_means_not_leading() {
+        let (elector, mut server) = elector();
+        let api = async {
+            server.expect(Method::GET, LEASE, StatusCode::OK, lease_json(Some(ME), &recent(), 3)).await;
+            server.expect(Method::PUT, LEASE, StatusCode::CONFLICT, conflict()).await;
+        };
+        let (leading, ()) = tokio::join!(elector.try_acquire_or_renew(), api);
+        assert!(!leading.expect("a conflict is not an error"));
+    }
+
+    #[tokio::test]
+    async fn racing_creation_means_not_leading() {
+        let (elector, mut server) = elector();
+        let exists = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists",
+                            "code": 409, "message": "already exists"});
+        let api = async {
+            server.expect(Method::GET, LEASE, StatusCode::NOT_FOUND, not_found()).await;
+            server.expect(Method::POST, LEASES, StatusCode::CONFLICT, exists).await;
+        };
+        let (leading, ()) = tokio::join!(elector.try_acquire_or_renew(), api);
+        assert!(!leading.expect("a lost race is not an error"));
+    }
+
+    #[tokio::test]
+    async fn forbidden_read_is_an_error_with_category() {
+        let (elector, mut server) = elector();
+        let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden",
+                               "code": 403, "message": "leases.coordination.k8s.io is forbidden"});
+        let api = async {
+            server.expect(Method::GET, LEASE, StatusCode::FORBIDDEN, forbidden).await;
+        };
+        let (result, ()) = tokio::join!(elector.try_acquire_or_renew(), api);
+        let error = result.expect_err("403 is an error");
+        assert_eq!(error.category(), "forbidden");
+        assert_eq!(error.to_string(), "failed to read Lease taxi-system/taxi-operator-leader");
+    }
+
+    #[tokio::test]
+    async fn step_down_clears_the_holder() {
+        let (elector, mut server) = elector();
+        let api = async {
+            server.expect(Method::GET, LEASE, StatusCode::OK, lease_json(Some(ME), &recent(), 3)).await;
+            server.expect(Method::PUT, LEASE, StatusCode::OK, lease_json(None, &recent(), 3)).await
+        };
+        let (released, sent) = tokio::join!(elector.step_down(), api);
+        assert!(released.expect("no error"));
+        assert_eq!(sent["metadata"]["resourceVersion"], "4711");
+        assert!(spec_field(&sent, "holderIdentity").is_null(), "{sent}");
+        assert_eq!(spec_field(&sent, "leaseTransitions"), 3);
+    }
+
+    #[tokio::test]
+    async fn step_down_leaves_a_foreign_lease_alone() {
+        let (elector, mut server) = elector();
+        let api = async {
+            server.expect(Method::GET, LEASE, StatusCode::OK, lease_json(Some(OTHER), &recent(), 3)).await;
+        };
+        let (released, ()) = tokio::join!(elector.step_down(), api);
+        assert!(!released.expect("no error"));
+        server.expect_nothing().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_publishes_leadership_stops_leading_when_renewals_fail_and_steps_down() {
+        let (elector, mut server) = elector();
+        let metrics = OperatorMetrics::new().expect("metrics");
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (leading_tx, mut leading_rx) = watch::channel(false);
+        let run = tokio::spawn({
+            let metrics = metrics.clone();
+            async move { elector.run(shutdown_rx, leading_tx, &metrics).await }
+        });
+        server.expect(Method::GET, LEASE, StatusCode::NOT_FOUND, not_found()).await;
+        server.expect(Method::POST, LEASES, StatusCode::CREATED, lease_json(Some(ME), &recent(), 0)).await;
+        leading_rx.wait_for(|l| *l).await.expect("leading");
+        let became_leader = Instant::now();
+        assert!(metrics.render().contains("taxi_operator_leader 1"));
+
+        // The API server fails from now on: leadership ends once the lease duration has passed.
+        let unavailable = json!({"kind": "Status", "status": "Failure", "reason": "InternalError", "code": 500});
+        loop {
+            tokio::select! {
+                lost = leading_rx.wait_for(|l| !*l) => { lost.expect("channel open"); break; }
+                _ = server.expect(Method::GET, LEASE, StatusCode::INTERNAL_SERVER_ERROR, unavailable.clone()) => {
+                    assert!(became_leader.elapsed() <= DEFAULT_LEASE_DURATION * 2, "still leading without renewals");
+                }
+            }
+        }
+        let led_for = became_leader.elapsed();
+        assert!(led_for <= DEFAULT_LEASE_DURATION, "kept leading for {led_for:?}");
+        assert!(led_for >= DEFAULT_LEASE_DURATION - DEFAULT_RENEW_INTERVAL, "stopped after {led_for:?}");
+        assert!(metrics.render().contains("taxi_operator_leader 0"));
+        assert!(metrics.render().contains(r#"taxi_operator_lease_errors_total{category="api"}"#));
+
+        // The API server recovers: the Lease is still ours, so we renew and lead again.
+        server.expect(Method::GET, LEASE, StatusCode::OK, lease_json(Some(ME), OLD, 0)).await;
+        server.expect(Method::PUT, LEASE, StatusCode::OK, lease_json(Some(ME), &recent(), 0)).await;
+        leading_rx.wait_for(|l| *l).await.expect("leading again");
+
+        // Shutdown: leadership is withdrawn first, then the Lease released.
+        shutdown_tx.send(true).expect("run listens");
+        leading_rx.wait_for(|l| !*l).await.expect("channel open");
+        server.expect(Method::GET, LEASE, StatusCode::OK, lease_json(Some(ME), &recent(), 0)).await;
+        let sent = server.expect(Method::PUT, LEASE, StatusCode::OK, lease_json(None, &recent(), 0)).await;
+        assert!(spec_field(&sent, "holderIdentity").is_null());
+        run.await.expect("run ends");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_stands_by_while_another_replica_leads_and_exits_without_writing() {
+        let (elector, mut server) = elector();
+        let metrics = OperatorMetrics::new().expect("metrics");
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (leading_tx, leading_rx) = watch::channel(true);
+        let run = tokio::spawn({
+            let metrics = metrics.clone();
+            async move { elector.run(shutdown_rx, leading_tx, &metrics).await }
+        });
+        for _ in 0..3 {
+            server.expect(Method::GET, LEASE, StatusCode::OK, lease_json(Some(OTHER), &recent(), 1)).await;
+            assert!(!*leading_rx.borrow());
+        }
+        drop(shutdown_tx);
+        run.await.expect("run ends when its shutdown sender is dropped");
+        server.expect_nothing().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_runs_only_while_leading() {
+        let (leading_tx, leading_rx) = watch::channel(false);
+        let started = Arc::new(AtomicUsize::new(0));
+        let dropped = Arc::new(AtomicUsize::new(0));
+        struct Guard(Arc<AtomicUsize>);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let runner = tokio::spawn({
+            let (started, dropped) = (started.clone(), dropped.clone());
+            run_while_leading(leading_rx, move || {
+                let guard = Guard(dropped.clone());
+                started.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let _guard = guard;
+                    std::future::pending::<()>().await;
+                }
+            })
+        });
+        let settle = || tokio::time::sleep(Duration::from_millis(20));
+        settle().await;
+        assert_eq!(started.load(Ordering::SeqCst), 0, "started without leadership");
+        leading_tx.send(true).expect("runner listens");
+        settle().await;
+        assert_eq!((started.load(Ordering::SeqCst), dropped.load(Ordering::SeqCst)), (1, 0));
+        leading_tx.send(false).expect("runner listens");
+        settle().await;
+        assert_eq!(dropped.load(Ordering::SeqCst), 1, "work not stopped on losing leadership");
+        leading_tx.send(true).expect("runner listens");
+        settle().await;
+        assert_eq!(started.load(Ordering::SeqCst), 2, "work not restarted on regaining leadership");
+        leading_tx.send(false).expect("runner listens");
+        drop(leading_tx);
+        runner.await.expect("runner ends with the elector");
+        assert_eq!(dropped.load(Ordering::SeqCst), 2);
+    }
+}
