@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::assignment::Assignment;
+use crate::assignment::{Assignment, startable};
 use crate::checkpoint::{CheckpointError, ETag, Owner, Position, Precondition, ShardCheckpoint};
 use crate::config::EngineConfig;
 use crate::event::{Event, InvalidReason, Millis};
@@ -730,7 +730,6 @@ async fn discover<K: KinesisApi>(
     parked: &HashMap<String, u64>,
 ) -> Result<(Vec<ShardInfo>, usize), KinesisError> {
     let shards = shared.api.list_shards(&shared.options.stream).await?;
-    let listed: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
     if let Ok(mut closed) = shared.closed_shards.lock() {
         closed.extend(shards.iter().filter(|s| !s.is_open()).map(|s| s.shard_id.clone()));
     }
@@ -750,24 +749,24 @@ async fn discover<K: KinesisApi>(
             shared.state.update(id, |s| s.state = ShardState::Finished);
         }
     }
+    // Parent before child (DESIGN §4): a parent no longer listed has expired from the stream.
+    let ready: HashSet<&str> = startable(&shards, finished).into_iter().map(|s| s.shard_id.as_str()).collect();
     let epoch = ownership.epoch();
-    let mut startable = Vec::new();
+    let mut start = Vec::new();
     let mut waiting = 0;
     for shard in owned {
         let id = shard.shard_id.as_str();
         if running.contains_key(id) || finished.contains(id) || parked.get(id).is_some_and(|at| *at >= epoch) {
             continue;
         }
-        // Parent before child (DESIGN §4): a parent no longer listed has expired from the stream.
-        let parents_done = shard.parents().all(|p| !listed.contains(p) || finished.contains(p));
-        if parents_done {
-            startable.push(shard.clone());
+        if ready.contains(id) {
+            start.push(shard.clone());
         } else {
             waiting += 1;
             shared.state.update(id, |s| s.state = ShardState::WaitingForParents);
         }
     }
-    Ok((startable, waiting))
+    Ok((start, waiting))
 }
 
 /// Attempts to claim a shard whose checkpoint keeps changing under us before giving up.
