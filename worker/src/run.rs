@@ -246,6 +246,11 @@ impl WorkerState {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// Epoch of the assignment in effect, if the worker follows one.
+    fn assignment_epoch(&self) -> Option<u64> {
+        self.assignment.lock().ok().and_then(|a| a.epoch)
+    }
+
     fn update_assignment(&self, f: impl FnOnce(&mut AssignmentStatus)) {
         if let Ok(mut assignment) = self.assignment.lock() {
             f(&mut assignment);
@@ -794,20 +799,18 @@ enum Claim {
 /// Claims a shard (DESIGN §6–§7): reads its checkpoint, waits for the previous owner's release
 /// when [`decide_claim`] says so, then writes the checkpoint back conditional on the version read.
 /// From then on a previous owner still running is fenced at its next checkpoint.
+///
+/// The claim is made at the worker's current epoch: a shard granted at E and still owned at a
+/// later epoch (the task would have been told to release it otherwise) accepts a release made at
+/// that later epoch, and writes it as its owner epoch.
 async fn claim<K>(
     shared: &Shared<K>,
     shard_id: &str,
-    owner: &Owner,
+    owner: &mut Owner,
     grant: &Grant,
     control: &mut watch::Receiver<Control>,
 ) -> Result<Claim, RunError> {
     let key = checkpoint_key(&shared.options.pipeline, shard_id);
-    let me = Claimant {
-        id: &owner.id,
-        ordinal: owner.ordinal,
-        epoch: grant.epoch,
-        wait_for_release: grant.wait_for_release,
-    };
     let mut conflicts = 0;
     let mut waiting = false;
     loop {
@@ -815,6 +818,13 @@ async fn claim<K>(
         if requested != Control::Run {
             return Ok(Claim::Interrupted(requested));
         }
+        owner.epoch = grant.epoch.max(shared.state.assignment_epoch().unwrap_or(0));
+        let me = Claimant {
+            id: &owner.id,
+            ordinal: owner.ordinal,
+            epoch: owner.epoch,
+            wait_for_release: grant.wait_for_release,
+        };
         let stored = match shared.store.get(&key).await {
             Ok(stored) => stored,
             Err(e @ CheckpointError::S3 { retryable: true, .. }) if grant.wait_for_release => {
@@ -932,10 +942,13 @@ impl<K: KinesisApi> ShardTask<K> {
         mut control: watch::Receiver<Control>,
         grant: Grant,
     ) -> Result<ShardExit, RunError> {
-        let owner = Owner { epoch: grant.epoch, ..shared.owner.clone() };
-        let claimed = match claim(&shared, &shard.shard_id, &owner, &grant, &mut control).await? {
+        let mut owner = Owner { epoch: grant.epoch, ..shared.owner.clone() };
+        let claimed = match claim(&shared, &shard.shard_id, &mut owner, &grant, &mut control).await? {
             Claim::Claimed(claimed) => *claimed,
-            Claim::Finished => return Ok(ShardExit::Finished),
+            Claim::Finished => {
+                shared.state.update(&shard.shard_id, |s| s.state = ShardState::Finished);
+                return Ok(ShardExit::Finished);
+            }
             Claim::Fenced => return Ok(ShardExit::Fenced),
             Claim::Interrupted(Control::Release { epoch }) => {
                 tracing::info!(shard = %shard.shard_id, epoch, "moved away before it was claimed");
