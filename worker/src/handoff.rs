@@ -434,6 +434,8 @@ pub fn decide_claim(
 mod tests {
     use std::collections::BTreeMap;
 
+    use tokio::sync::mpsc::UnboundedSender;
+
     use super::*;
 
     fn assignment(epoch: u64, replicas: u32, owners: &[(&str, u32)]) -> Assignment {
@@ -603,6 +605,96 @@ mod tests {
 
         write_atomically(&path, &assignment(3, 3, &[("a", 0), ("b", 2)]).to_json());
         assert_eq!(next_epoch(&mut rx).await, 3);
+    }
+
+    fn config_map_json(name: &str, version: u32, document: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": { "name": name, "namespace": "taxi", "resourceVersion": version.to_string() },
+            "data": { ASSIGNMENT_KEY: document },
+        })
+    }
+
+    /// The request lines a fake API server received.
+    type Requests = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+    /// A Kubernetes API server that knows one ConfigMap: it answers the watcher's list with it and
+    /// its watch with the events sent into the returned channel. Returns its URL and the requests.
+    async fn fake_api_server(initial: serde_json::Value) -> (String, UnboundedSender<serde_json::Value>, Requests) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (events, rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+        let requests = Requests::default();
+        let seen = requests.clone();
+        tokio::spawn(async move {
+            let mut rx = Some(rx);
+            loop {
+                let Ok((socket, _)) = listener.accept().await else { return };
+                let (read, mut write) = socket.into_split();
+                let mut read = BufReader::new(read);
+                // One connection serves requests in turn (the client keeps it alive).
+                loop {
+                    let mut request_line = String::new();
+                    if read.read_line(&mut request_line).await.unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let mut header = String::new();
+                    while read.read_line(&mut header).await.unwrap_or(0) > 2 {
+                        header.clear();
+                    }
+                    seen.lock().expect("requests").push(request_line.trim().to_owned());
+                    if request_line.contains("watch=true") {
+                        let head =
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+                        let _ = write.write_all(head.as_bytes()).await;
+                        let Some(mut events) = rx.take() else { return };
+                        while let Some(event) = events.recv().await {
+                            let line = format!("{event}\n");
+                            let chunk = format!("{:x}\r\n{line}\r\n", line.len());
+                            let _ = write.write_all(chunk.as_bytes()).await;
+                        }
+                        return;
+                    }
+                    let list = serde_json::json!({
+                        "apiVersion": "v1",
+                        "kind": "ConfigMapList",
+                        "metadata": { "resourceVersion": "1" },
+                        "items": [initial.clone()],
+                    })
+                    .to_string();
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{list}",
+                        list.len()
+                    );
+                    let _ = write.write_all(response.as_bytes()).await;
+                }
+            }
+        });
+        (url, events, requests)
+    }
+
+    #[tokio::test]
+    async fn the_config_map_source_follows_the_watch_and_keeps_the_last_good_document() {
+        let name = config_map_name("nyc");
+        let first = assignment(1, 2, &[("a", 0), ("b", 1)]);
+        let (url, events, requests) = fake_api_server(config_map_json(&name, 1, &first.to_json())).await;
+        let client = kube::Client::try_from(kube::Config::new(url.parse().expect("url"))).expect("client");
+        let metrics = WorkerMetrics::new();
+        let mut rx = watch_config_map(client, "taxi", &name, metrics.clone());
+        assert_eq!(next_epoch(&mut rx).await, 1, "from the initial list");
+        let list = requests.lock().expect("requests")[0].clone();
+        assert!(list.contains("/api/v1/namespaces/taxi/configmaps?"), "{list}");
+        assert!(list.contains("fieldSelector=metadata.name%3Dnyc-assignment"), "{list}");
+
+        let modified = |version, document: &str| serde_json::json!({ "type": "MODIFIED", "object": config_map_json(&name, version, document) });
+        events.send(modified(2, "{not json")).expect("send");
+        events.send(modified(3, &assignment(0, 1, &[("a", 0), ("b", 0)]).to_json())).expect("send");
+        events.send(modified(4, &assignment(2, 3, &[("a", 0), ("b", 2)]).to_json())).expect("send");
+        assert_eq!(next_epoch(&mut rx).await, 2, "the malformed and the older document were skipped");
+        assert_eq!(rx.borrow().as_ref().and_then(|a| a.owner_of("b")), Some(2));
+        assert_eq!((errors(&metrics, "malformed"), errors(&metrics, "stale_epoch")), (1, 1));
     }
 
     #[test]
