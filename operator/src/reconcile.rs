@@ -139,6 +139,9 @@ pub async fn reconcile<S: Streams, P: WorkerProbe>(
     };
     let started = Instant::now();
     let key = key_of(&pipeline);
+    if pipeline.meta().deletion_timestamp.is_some() {
+        ctx.state.metrics.forget(&pipeline_label(&pipeline.namespace().unwrap_or_default(), &pipeline.name_any()));
+    }
     let api: Api<TaxiPipeline> = Api::namespaced(ctx.client.clone(), &pipeline.namespace().unwrap_or_default());
     let wants_finalizer =
         pipeline.spec.checkpoint.cleanup_on_delete || pipeline.finalizers().iter().any(|f| f == FINALIZER);

@@ -76,7 +76,7 @@ pub fn validate(pipeline: &TaxiPipeline, defaults: &Defaults) -> Result<ValidPip
     if spec.parallelism < 0 {
         return Err(invalid("spec.parallelism", "must not be negative"));
     }
-    let settings = worker_settings(&name, spec)?;
+    let settings = worker_settings(&namespace, &name, spec)?;
     settings.validate().map_err(|e| invalid("spec", e.to_string()))?;
     let auth = &spec.sink.opensearch.auth;
     let basic_auth_secret = match (auth.type_, &auth.secret_ref) {
@@ -130,7 +130,7 @@ pub fn stream_ref(spec: &TaxiPipelineSpec) -> StreamRef {
 /// Time a new owner waits for the previous owner's release before taking a shard over.
 pub const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn worker_settings(pipeline: &str, spec: &TaxiPipelineSpec) -> Result<WorkerSettings, InvalidSpec> {
+fn worker_settings(namespace: &str, pipeline: &str, spec: &TaxiPipelineSpec) -> Result<WorkerSettings, InvalidSpec> {
     let stream = &spec.stream;
     let checkpoint = &spec.checkpoint;
     let opensearch = &spec.sink.opensearch;
@@ -163,7 +163,10 @@ fn worker_settings(pipeline: &str, spec: &TaxiPipelineSpec) -> Result<WorkerSett
                 ConsumerType::Polling => ConsumerSetting::Polling,
                 ConsumerType::Efo => ConsumerSetting::Efo,
             },
-            efo_consumer_name: stream.efo_consumer_name.clone(),
+            // Unique per TaxiPipeline, so two pipelines on one stream never share a consumer.
+            efo_consumer_name: Some(
+                stream.efo_consumer_name.clone().unwrap_or_else(|| format!("{namespace}-{pipeline}")),
+            ),
             discovery_interval_ms: 10_000,
         },
         checkpoint: CheckpointSettings {
