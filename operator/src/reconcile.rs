@@ -132,7 +132,20 @@ pub async fn reconcile<S: Streams, P: WorkerProbe>(
     let pipeline = match &guard.0 {
         Ok(pipeline) => Arc::new(pipeline.clone()),
         Err(invalid) => {
-            tracing::warn!(error = %invalid.error, "a TaxiPipeline does not match the schema; waiting for a change");
+            // Only an edit can fix it: say why on the object, and do not retry.
+            let meta = &invalid.metadata;
+            tracing::warn!(name = ?meta.name, namespace = ?meta.namespace, error = %invalid.error,
+                "a TaxiPipeline does not match the schema; waiting for a change");
+            let reference = ObjectReference {
+                api_version: Some(TaxiPipeline::api_version(&()).into_owned()),
+                kind: Some(TaxiPipeline::kind(&()).into_owned()),
+                name: meta.name.clone(),
+                namespace: meta.namespace.clone(),
+                uid: meta.uid.clone(),
+                ..ObjectReference::default()
+            };
+            let note = format!("the object does not match the TaxiPipeline schema: {}", invalid.error);
+            publish_to(&ctx, &reference, EventType::Warning, "InvalidSpec", "Deserialize", note).await;
             ctx.state.metrics.observe_reconcile(ReconcileOutcome::InvalidSpec, Duration::ZERO);
             return Ok(Action::await_change());
         }
@@ -538,10 +551,20 @@ async fn publish<S, P>(
     action: &str,
     note: String,
 ) {
-    let reference: ObjectReference = pipeline.object_ref(&());
+    publish_to(ctx, &pipeline.object_ref(&()), type_, reason, action, note).await;
+}
+
+async fn publish_to<S, P>(
+    ctx: &Context<S, P>,
+    reference: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
     let event =
         Event { type_, reason: reason.to_owned(), note: Some(note), action: action.to_owned(), secondary: None };
-    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+    if let Err(e) = ctx.recorder.publish(&event, reference).await {
         tracing::warn!(error = %e, reason, "failed to publish an Event");
     }
 }

@@ -488,3 +488,20 @@ async fn deleting_a_pipeline_with_cleanup_deletes_its_checkpoints_and_then_the_f
     let patch = sent[1].body.to_string();
     assert!(patch.contains("remove") && patch.contains("/metadata/finalizers"), "{patch}");
 }
+
+#[tokio::test]
+async fn an_object_that_does_not_deserialize_gets_a_warning_and_no_retry() {
+    let mut object = serde_json::to_value(pipeline(2, json!({}))).expect("JSON");
+    object["spec"]["parallelism"] = json!("three");
+    let guard: DeserializeGuard<TaxiPipeline> = serde_json::from_value(object).expect("the guard keeps the metadata");
+    assert!(guard.0.is_err());
+    let (ctx, handle) = context(Ok(four_open_shards()), FakeProbe::default());
+    let server = tokio::spawn(serve(handle, vec![event()]));
+    let action = reconcile(Arc::new(guard), ctx).await.expect("not an error to retry");
+    let sent = server.await.expect("server");
+    assert_eq!(action, Action::await_change());
+    assert_eq!(sent[0].body["type"], "Warning");
+    assert_eq!(sent[0].body["regarding"]["name"], "nyc");
+    let note = sent[0].body["note"].as_str().unwrap_or_default();
+    assert!(note.contains("\"three\""), "{note}");
+}
