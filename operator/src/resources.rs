@@ -281,10 +281,13 @@ fn pod_disruption_budget(pipeline: &ValidPipeline) -> PodDisruptionBudget {
 
 fn stateful_set(pipeline: &ValidPipeline, replicas: u32, service_account_name: &str, config_hash: &str) -> StatefulSet {
     let workers = names::workers(&pipeline.name);
-    let mut annotations = pipeline.pod.pod_annotations.clone();
-    annotations.insert("prometheus.io/scrape".into(), "true".into());
-    annotations.insert("prometheus.io/port".into(), HTTP_PORT.to_string());
-    annotations.insert("prometheus.io/path".into(), "/metrics".into());
+    // Scrape annotations are defaults the user's podAnnotations may override; the config hash is not.
+    let mut annotations = BTreeMap::from([
+        ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+        ("prometheus.io/port".to_owned(), HTTP_PORT.to_string()),
+        ("prometheus.io/path".to_owned(), "/metrics".to_owned()),
+    ]);
+    annotations.extend(pipeline.pod.pod_annotations.clone());
     annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash.to_owned());
     let mut pod_labels = labels(&pipeline.name);
     pod_labels.insert("taxipipeline.io/pipeline".into(), pipeline.name.clone());

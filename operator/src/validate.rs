@@ -13,6 +13,7 @@ use taxi_worker::config::{
 use taxi_worker::geo::{BoundingBox, Geofence};
 use taxi_worker::settings::{
     CheckpointSettings, ConsumerSetting, SigV4Setting, SinkAuthSetting, SinkSettings, StreamSettings, WorkerSettings,
+    parse_start_position,
 };
 
 use crate::crd::{
@@ -142,14 +143,19 @@ fn worker_settings(namespace: &str, pipeline: &str, spec: &TaxiPipelineSpec) -> 
         .iter()
         .map(|a| {
             let bounds = bounding_box(
-                "analyses.airportTrips.airports",
+                "spec.analyses.airportTrips.airports",
                 &BoundingBoxSpec { min_lat: a.min_lat, min_lon: a.min_lon, max_lat: a.max_lat, max_lon: a.max_lon },
             )?;
             Ok(Geofence { name: a.name.clone(), bounds })
         })
         .collect::<Result<Vec<_>, InvalidSpec>>()?;
     let precision = u8::try_from(analyses.hot_spots.geohash_precision)
-        .map_err(|_| invalid("spec.analyses.hotSpots.geohashPrecision", "must be between 1 and 12"))?;
+        .ok()
+        .filter(|p| (1..=12).contains(p))
+        .ok_or(invalid("spec.analyses.hotSpots.geohashPrecision", "must be between 1 and 12"))?;
+    if let Err(reason) = parse_start_position(&stream.start_position) {
+        return Err(invalid("spec.stream.startPosition", reason));
+    }
     let at_least_one =
         |field, n: i64| u64::try_from(n).ok().filter(|n| *n >= 1).ok_or(invalid(field, "must be at least 1"));
     Ok(WorkerSettings {

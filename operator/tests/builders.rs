@@ -692,32 +692,17 @@ fn invalid_specs_are_rejected_naming_the_field() {
         ),
         ("analyses: {hotSpots: {geohashPrecision: -1}}", "spec.analyses.hotSpots.geohashPrecision"),
         ("sink: {opensearch: {bulk: {maxDocs: 0}}}", "spec.sink.opensearch.bulk.maxDocs"),
+        ("stream: {startPosition: yesterday}", "spec.stream.startPosition"),
+        ("analyses: {hotSpots: {geohashPrecision: 13}}", "spec.analyses.hotSpots.geohashPrecision"),
+        (
+            "analyses: {airportTrips: {airports: [{name: JFK, minLat: 40.654, minLon: -73.800, \
+             maxLat: 40.632, maxLon: -73.761}]}}",
+            "spec.analyses.airportTrips.airports",
+        ),
     ];
     for (patch, field) in cases {
         let err = validate(&patched(&minimal(), patch), &defaults()).expect_err(patch);
         assert_eq!(err.field, field, "{patch}: {err}");
-    }
-}
-
-/// Today these are caught by `WorkerSettings::validate` (or an unprefixed field name) rather than by
-/// a check of their own in `validate`, so `InvalidSpec::field` is coarser than the CRD path; the
-/// message still names the value's field. When `validate` checks them itself, make these exact.
-#[test]
-fn invalid_specs_caught_by_the_worker_settings_check_name_the_field_in_the_message() {
-    let cases = [
-        ("stream: {startPosition: yesterday}", "spec", "stream.start_position"),
-        ("analyses: {hotSpots: {geohashPrecision: 13}}", "spec", "geohash precision"),
-        (
-            "analyses: {airportTrips: {airports: [{name: JFK, minLat: 40.654, minLon: -73.800, \
-             maxLat: 40.632, maxLon: -73.761}]}}",
-            "analyses.airportTrips.airports",
-            "min must be below max",
-        ),
-    ];
-    for (patch, field, message) in cases {
-        let err = validate(&patched(&minimal(), patch), &defaults()).expect_err(patch);
-        assert_eq!(err.field, field, "{patch}: {err}");
-        assert!(err.to_string().contains(message), "{patch}: {err}");
     }
 }
 
