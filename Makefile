@@ -1,5 +1,5 @@
 # The few commands a newcomer needs; `make` alone lists them.
-.PHONY: help local test ci bench bench-kinesis generate fmt lint
+.PHONY: help local test ci bench bench-kinesis generate crd fmt lint
 
 help:
 	@echo "make local     run the whole pipeline locally (taxi-worker local, release build)"
@@ -8,6 +8,7 @@ help:
 	@echo "make bench     criterion hot path, and S3/OpenSearch I/O when the services run"
 	@echo "make bench-kinesis  replay/run rates and the seed scenario against kinesis-mock"
 	@echo "make generate  write sample trips to trips.jsonl"
+	@echo "make crd       regenerate crds/taxipipelines.yaml from the Rust types (a test fails while it is stale)"
 	@echo "make fmt       format the code"
 	@echo "make lint      clippy, as strict as CI"
 	@echo "Services in the background for cargo test by hand: eval \"\$$(bash .ci/services.sh start)\""
@@ -29,6 +30,9 @@ bench-kinesis:
 
 generate:
 	cargo run --release -p taxi-worker -- generate --output trips.jsonl
+
+crd:
+	cargo run -q -p taxi-operator -- crd > crds/taxipipelines.yaml
 
 fmt:
 	cargo fmt --all

@@ -1,6 +1,20 @@
-//! The TaxiPipeline operator as a library: the `TaxiPipeline` custom resource ([`crd`]) and, as
-//! they land, the controller's pieces. The `taxi-operator` binary and the tests use it.
+//! The TaxiPipeline operator as a library; the `taxi-operator` binary and the tests use it.
+//!
+//! From the pure middle outwards:
+//! - [`crd`]: the `TaxiPipeline` custom resource (the CRD is generated from it);
+//! - [`validate`]: a TaxiPipeline to the builders' input, or the reason it cannot run;
+//! - [`rollout`]: how a replica change is staged so only moved shards pause;
+//! - [`resources`]: pure builders of every Kubernetes object of a pipeline;
+//! - [`observe`]: Kinesis shard listing and the workers' `/status`, behind traits;
+//! - [`reconcile`]: the reconcile pass (the only module that calls the Kubernetes API for it);
+//! - [`leader`], [`metrics`], [`controller`]: leader election, metrics and the running operator.
 
+pub mod controller;
 pub mod crd;
 pub mod leader;
 pub mod metrics;
+pub mod observe;
+pub mod reconcile;
+pub mod resources;
+pub mod rollout;
+pub mod validate;

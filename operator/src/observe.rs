@@ -1,0 +1,240 @@
+//! What the operator reads outside the Kubernetes API: the stream's shards (Kinesis ListShards)
+//! and the workers' `/status` (lag, watermark, last checkpoint, and whether they released their
+//! shards). Both are traits so reconcile tests run against fakes; the real ones live here too.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use taxi_worker::kinesis::api::{KinesisApi, KinesisEndpoint, KinesisError, SdkKinesis, ShardInfo};
+
+/// Which stream, and how to reach its Kinesis endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StreamRef {
+    /// Stream name.
+    pub name: String,
+    /// AWS region; `None`: the operator's default.
+    pub region: Option<String>,
+    /// Kinesis endpoint (an emulator); `None`: the operator's default, else AWS.
+    pub endpoint_url: Option<String>,
+}
+
+/// The Kinesis calls the operator makes.
+pub trait Streams: Send + Sync + 'static {
+    /// Every shard of the stream still listed (open and closed), with lineage; pages followed.
+    fn list_shards(&self, stream: &StreamRef) -> impl Future<Output = Result<Vec<ShardInfo>, KinesisError>> + Send;
+}
+
+/// (region, endpoint URL) of a Kinesis client.
+type EndpointKey = (Option<String>, Option<String>);
+
+/// [`Streams`] over the AWS SDK, one client per (region, endpoint), created on first use.
+#[derive(Default)]
+pub struct SdkStreams {
+    defaults: KinesisEndpoint,
+    clients: Mutex<HashMap<EndpointKey, Arc<SdkKinesis>>>,
+}
+
+impl SdkStreams {
+    /// Uses `defaults` for pipelines that name no region or endpoint of their own.
+    pub fn new(defaults: KinesisEndpoint) -> SdkStreams {
+        SdkStreams { defaults, clients: Mutex::new(HashMap::new()) }
+    }
+
+    async fn client(&self, stream: &StreamRef) -> Arc<SdkKinesis> {
+        let key = (
+            stream.region.clone().or_else(|| self.defaults.region.clone()),
+            stream.endpoint_url.clone().or_else(|| self.defaults.endpoint_url.clone()),
+        );
+        if let Some(client) = self.clients.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return client;
+        }
+        let client = Arc::new(
+            SdkKinesis::connect(&KinesisEndpoint { region: key.0.clone(), endpoint_url: key.1.clone() }).await,
+        );
+        if let Ok(mut clients) = self.clients.lock() {
+            clients.insert(key, client.clone());
+        }
+        client
+    }
+}
+
+impl Streams for SdkStreams {
+    async fn list_shards(&self, stream: &StreamRef) -> Result<Vec<ShardInfo>, KinesisError> {
+        self.client(stream).await.list_shards(&stream.name).await
+    }
+}
+
+/// What one worker's `/status` says, reduced to what the operator uses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct WorkerReport {
+    /// The assignment epoch the worker acts on (absent before its first assignment).
+    #[serde(default)]
+    pub assignment_epoch: Option<u64>,
+    /// Shards it is reading now.
+    #[serde(default)]
+    pub owned_shards: u64,
+    /// Per shard: lag, watermark, last checkpoint.
+    #[serde(default)]
+    pub shards: HashMap<String, ShardReport>,
+}
+
+/// One shard in a worker's `/status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct ShardReport {
+    /// `reading`, `finished`, `released`, …
+    #[serde(default)]
+    pub state: String,
+    /// MillisBehindLatest of the last page.
+    #[serde(default)]
+    pub millis_behind_latest: Option<i64>,
+    /// RFC 3339 watermark.
+    #[serde(default)]
+    pub watermark: Option<String>,
+    /// RFC 3339 time of the last successful checkpoint.
+    #[serde(default)]
+    pub last_checkpoint: Option<String>,
+}
+
+/// Why a worker could not be asked.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to read the status of worker {url}: {reason}")]
+pub struct ProbeError {
+    /// The URL asked.
+    pub url: String,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// Asks a worker pod for its `/status`.
+pub trait WorkerProbe: Send + Sync + 'static {
+    /// The status of the pod at `host` (`<pod>.<service>.<namespace>.svc`), port 8080.
+    fn status(&self, host: &str) -> impl Future<Output = Result<WorkerReport, ProbeError>> + Send;
+}
+
+/// [`WorkerProbe`] over plain HTTP/1.1 with a short timeout (the pods are in the cluster).
+#[derive(Clone, Debug)]
+pub struct HttpProbe {
+    /// Port of the workers' HTTP endpoints.
+    pub port: u16,
+    /// Timeout of one request.
+    pub timeout: Duration,
+}
+
+impl Default for HttpProbe {
+    fn default() -> Self {
+        HttpProbe { port: 8080, timeout: Duration::from_secs(2) }
+    }
+}
+
+impl WorkerProbe for HttpProbe {
+    async fn status(&self, host: &str) -> Result<WorkerReport, ProbeError> {
+        let url = format!("http://{host}:{}/status", self.port);
+        let failed = |reason: String| ProbeError { url: url.clone(), reason };
+        let body = tokio::time::timeout(self.timeout, http_get(host, self.port, "/status"))
+            .await
+            .map_err(|_| failed(format!("no answer within {:?}", self.timeout)))?
+            .map_err(|e| failed(e.to_string()))?;
+        serde_json::from_slice(&body).map_err(|e| failed(format!("not a worker status document: {e}")))
+    }
+}
+
+/// A minimal GET: the status documents are small and the pods speak plain HTTP/1.1.
+async fn http_get(host: &str, port: u16, path: &str) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect((host, port)).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no HTTP header end"))?;
+    let head = String::from_utf8_lossy(&response[..split]);
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(head.lines().next().unwrap_or_default().to_owned()));
+    }
+    Ok(response[split + 4..].to_vec())
+}
+
+/// Lag, watermark and last checkpoint over every worker that answered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PipelineProgress {
+    /// The largest MillisBehindLatest of any reading shard.
+    pub max_lag_millis: Option<i64>,
+    /// The smallest watermark of any reading shard (the pipeline's event-time progress).
+    pub watermark: Option<String>,
+    /// The latest checkpoint of any shard.
+    pub last_checkpoint: Option<String>,
+}
+
+impl PipelineProgress {
+    /// Folds the reports of the workers that answered. RFC 3339 UTC strings of one format
+    /// compare in time order.
+    pub fn from_reports<'a>(reports: impl IntoIterator<Item = &'a WorkerReport>) -> PipelineProgress {
+        let mut progress = PipelineProgress::default();
+        for shard in reports.into_iter().flat_map(|r| r.shards.values()) {
+            if shard.state == "reading" {
+                if let Some(lag) = shard.millis_behind_latest {
+                    progress.max_lag_millis = Some(progress.max_lag_millis.map_or(lag, |m| m.max(lag)));
+                }
+                if let Some(w) = &shard.watermark
+                    && progress.watermark.as_ref().is_none_or(|m| w < m)
+                {
+                    progress.watermark = Some(w.clone());
+                }
+            }
+            if let Some(c) = &shard.last_checkpoint
+                && progress.last_checkpoint.as_ref().is_none_or(|m| c > m)
+            {
+                progress.last_checkpoint = Some(c.clone());
+            }
+        }
+        progress
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_worker_status_document() {
+        let doc = r#"{"ordinal":1,"assignment_epoch":4,"owned_shards":1,"shards":{
+            "shardId-000000000001":{"state":"reading","millis_behind_latest":1200,"watermark":"2016-01-01T00:10:00Z",
+            "last_checkpoint":"2026-11-27T12:00:05Z","records":10}}}"#;
+        let report: WorkerReport = serde_json::from_str(doc).expect("status");
+        assert_eq!((report.assignment_epoch, report.owned_shards), (Some(4), 1));
+        assert_eq!(report.shards["shardId-000000000001"].millis_behind_latest, Some(1200));
+    }
+
+    #[test]
+    fn progress_takes_the_worst_lag_the_earliest_watermark_and_the_latest_checkpoint() {
+        let shard = |state: &str, lag, watermark: &str, checkpoint: &str| ShardReport {
+            state: state.into(),
+            millis_behind_latest: Some(lag),
+            watermark: Some(watermark.into()),
+            last_checkpoint: Some(checkpoint.into()),
+        };
+        let a = WorkerReport {
+            shards: [("s0".into(), shard("reading", 500, "2016-01-01T00:20:00Z", "2026-01-01T00:00:02Z"))].into(),
+            ..WorkerReport::default()
+        };
+        let b = WorkerReport {
+            shards: [
+                ("s1".into(), shard("reading", 90, "2016-01-01T00:10:00Z", "2026-01-01T00:00:01Z")),
+                // A finished shard's old watermark and lag do not hold the pipeline back.
+                ("s2".into(), shard("finished", 9_000, "2016-01-01T00:00:00Z", "2026-01-01T00:00:09Z")),
+            ]
+            .into(),
+            ..WorkerReport::default()
+        };
+        let p = PipelineProgress::from_reports([&a, &b]);
+        assert_eq!(p.max_lag_millis, Some(500));
+        assert_eq!(p.watermark.as_deref(), Some("2016-01-01T00:10:00Z"));
+        assert_eq!(p.last_checkpoint.as_deref(), Some("2026-01-01T00:00:09Z"));
+    }
+}

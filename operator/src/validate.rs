@@ -1,0 +1,244 @@
+//! From a TaxiPipeline to a [`ValidPipeline`], or the reason it cannot run.
+//!
+//! The CRD's CEL rules reject most bad specs at `kubectl apply`; this step checks again what the
+//! builders rely on (an API server may run without the rules, or an object may predate them) and
+//! converts the user-facing spec into the one worker settings type.
+
+use std::time::Duration;
+
+use kube::ResourceExt;
+use taxi_worker::config::{
+    AirportTripsConfig, EngineConfig, EventTimeConfig, HotSpotConfig, WatermarkStrategy as EngineWatermark,
+};
+use taxi_worker::geo::{BoundingBox, Geofence};
+use taxi_worker::settings::{
+    CheckpointSettings, ConsumerSetting, SigV4Setting, SinkAuthSetting, SinkSettings, StreamSettings, WorkerSettings,
+    parse_start_position,
+};
+
+use crate::crd::{
+    AuthType, BoundingBoxSpec, ConsumerType, SigV4Service, TaxiPipeline, TaxiPipelineSpec, WatermarkStrategy,
+    parse_duration,
+};
+use crate::observe::StreamRef;
+use crate::resources::{CA_DIR, ValidPipeline, WorkerPod};
+
+/// Operator-wide defaults a spec may leave out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Defaults {
+    /// Worker image when `spec.worker.image` is unset (the chart sets it to its own version).
+    pub worker_image: String,
+}
+
+/// A spec the operator cannot run, with the field and the reason (shown in the Ready condition).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidSpec {
+    /// Dotted path of the field (`spec.…`).
+    pub field: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidSpec {
+    InvalidSpec { field, reason: reason.into() }
+}
+
+/// A Go-syntax duration from the spec, in whole milliseconds.
+fn millis(field: &'static str, value: &str) -> Result<u64, InvalidSpec> {
+    let d = parse_duration(value).map_err(|e| invalid(field, e.to_string()))?;
+    Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn positive_millis(field: &'static str, value: &str) -> Result<u64, InvalidSpec> {
+    match millis(field, value)? {
+        0 => Err(invalid(field, "must be longer than zero")),
+        ms => Ok(ms),
+    }
+}
+
+fn signed(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+fn bounding_box(field: &'static str, b: &BoundingBoxSpec) -> Result<BoundingBox, InvalidSpec> {
+    if !(b.min_lat < b.max_lat && b.min_lon < b.max_lon) {
+        return Err(invalid(field, "min must be below max for both latitude and longitude"));
+    }
+    Ok(BoundingBox { min_lat: b.min_lat, max_lat: b.max_lat, min_lon: b.min_lon, max_lon: b.max_lon })
+}
+
+/// Checks a TaxiPipeline and turns it into the builders' input.
+pub fn validate(pipeline: &TaxiPipeline, defaults: &Defaults) -> Result<ValidPipeline, InvalidSpec> {
+    let name = pipeline.name_any();
+    let namespace = pipeline.namespace().ok_or_else(|| invalid("metadata.namespace", "the object has no namespace"))?;
+    let uid = pipeline.uid().ok_or_else(|| invalid("metadata.uid", "the object has no uid yet"))?;
+    let spec = &pipeline.spec;
+    if spec.parallelism < 0 {
+        return Err(invalid("spec.parallelism", "must not be negative"));
+    }
+    let settings = worker_settings(&namespace, &name, spec)?;
+    settings.validate().map_err(|e| invalid("spec", e.to_string()))?;
+    let auth = &spec.sink.opensearch.auth;
+    let basic_auth_secret = match (auth.type_, &auth.secret_ref) {
+        (AuthType::Basic, Some(secret)) => {
+            Some((secret.name.clone(), secret.username_key.clone(), secret.password_key.clone()))
+        }
+        (AuthType::Basic, None) => {
+            return Err(invalid(
+                "spec.sink.opensearch.auth.secretRef",
+                "basic auth needs a Secret with the credentials",
+            ));
+        }
+        _ => None,
+    };
+    let worker = &spec.worker;
+    Ok(ValidPipeline {
+        name,
+        namespace,
+        uid,
+        settings,
+        pod: WorkerPod {
+            image: worker.image.clone().unwrap_or_else(|| defaults.worker_image.clone()),
+            image_pull_policy: worker.image_pull_policy.clone(),
+            resources: worker.resources.clone(),
+            service_account_name: worker.service_account_name.clone(),
+            iam_role_arn: worker.iam_role_arn.clone(),
+            node_selector: worker.node_selector.clone(),
+            tolerations: worker.tolerations.clone(),
+            pod_annotations: worker.pod_annotations.clone(),
+            termination_grace_period_seconds: worker.termination_grace_period_seconds,
+            basic_auth_secret,
+            ca_secret: spec.sink.opensearch.ca_secret_ref.as_ref().map(|ca| (ca.name.clone(), ca.key.clone())),
+        },
+    })
+}
+
+/// Desired worker replicas from the spec (the autoscaler of a later step may raise it).
+pub fn desired_replicas(spec: &TaxiPipelineSpec) -> u32 {
+    u32::try_from(spec.parallelism).unwrap_or(0)
+}
+
+/// The stream the pipeline reads.
+pub fn stream_ref(spec: &TaxiPipelineSpec) -> StreamRef {
+    StreamRef {
+        name: spec.stream.name.clone(),
+        region: spec.stream.region.clone(),
+        endpoint_url: spec.stream.endpoint_url.clone(),
+    }
+}
+
+/// Time a new owner waits for the previous owner's release before taking a shard over.
+pub const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn worker_settings(namespace: &str, pipeline: &str, spec: &TaxiPipelineSpec) -> Result<WorkerSettings, InvalidSpec> {
+    let stream = &spec.stream;
+    let checkpoint = &spec.checkpoint;
+    let opensearch = &spec.sink.opensearch;
+    let event_time = &spec.event_time;
+    let analyses = &spec.analyses;
+    let airports = analyses
+        .airport_trips
+        .airports
+        .iter()
+        .map(|a| {
+            let bounds = bounding_box(
+                "spec.analyses.airportTrips.airports",
+                &BoundingBoxSpec { min_lat: a.min_lat, min_lon: a.min_lon, max_lat: a.max_lat, max_lon: a.max_lon },
+            )?;
+            Ok(Geofence { name: a.name.clone(), bounds })
+        })
+        .collect::<Result<Vec<_>, InvalidSpec>>()?;
+    let precision = u8::try_from(analyses.hot_spots.geohash_precision)
+        .ok()
+        .filter(|p| (1..=12).contains(p))
+        .ok_or(invalid("spec.analyses.hotSpots.geohashPrecision", "must be between 1 and 12"))?;
+    if let Err(reason) = parse_start_position(&stream.start_position) {
+        return Err(invalid("spec.stream.startPosition", reason));
+    }
+    let at_least_one =
+        |field, n: i64| u64::try_from(n).ok().filter(|n| *n >= 1).ok_or(invalid(field, "must be at least 1"));
+    Ok(WorkerSettings {
+        pipeline: pipeline.to_owned(),
+        stream: StreamSettings {
+            name: stream.name.clone(),
+            region: stream.region.clone(),
+            endpoint_url: stream.endpoint_url.clone(),
+            start_position: stream.start_position.clone(),
+            consumer: match stream.consumer {
+                ConsumerType::Polling => ConsumerSetting::Polling,
+                ConsumerType::Efo => ConsumerSetting::Efo,
+            },
+            // Unique per TaxiPipeline, so two pipelines on one stream never share a consumer.
+            efo_consumer_name: Some(
+                stream.efo_consumer_name.clone().unwrap_or_else(|| format!("{namespace}-{pipeline}")),
+            ),
+            discovery_interval_ms: 10_000,
+        },
+        checkpoint: CheckpointSettings {
+            uri: checkpoint.uri.clone(),
+            interval_ms: positive_millis("spec.checkpoint.interval", &checkpoint.interval)?,
+            retain: usize::try_from(checkpoint.retain)
+                .map_err(|_| invalid("spec.checkpoint.retain", "must not be negative"))?,
+            s3_endpoint_url: checkpoint.s3_endpoint_url.clone(),
+            s3_force_path_style: checkpoint.s3_force_path_style,
+        },
+        sink: SinkSettings {
+            url: opensearch.endpoint.clone(),
+            index_prefix: opensearch.index_prefix.clone(),
+            auth: match opensearch.auth.type_ {
+                AuthType::Anonymous => SinkAuthSetting::None,
+                AuthType::Basic => SinkAuthSetting::Basic,
+                AuthType::Sigv4 => {
+                    let sigv4 = opensearch.auth.sigv4.clone().unwrap_or_default();
+                    SinkAuthSetting::Sigv4 {
+                        service: match sigv4.service {
+                            SigV4Service::Es => SigV4Setting::Es,
+                            SigV4Service::Aoss => SigV4Setting::Aoss,
+                        },
+                        region: sigv4.region.or_else(|| stream.region.clone()),
+                    }
+                }
+            },
+            ca_cert: opensearch.ca_secret_ref.as_ref().map(|ca| format!("{CA_DIR}/{}", ca.key).into()),
+            bulk_max_docs: usize::try_from(opensearch.bulk.max_docs)
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or(invalid("spec.sink.opensearch.bulk.maxDocs", "must be at least 1"))?,
+            bulk_max_bytes: usize::try_from(opensearch.bulk.max_bytes)
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or(invalid("spec.sink.opensearch.bulk.maxBytes", "must be at least 1"))?,
+            bulk_max_delay_ms: millis("spec.sink.opensearch.bulk.maxDelay", &opensearch.bulk.max_delay)?,
+        },
+        engine: EngineConfig {
+            region: bounding_box("spec.analyses.region", &analyses.region)?,
+            event_time: EventTimeConfig {
+                watermark: match event_time.watermark {
+                    WatermarkStrategy::Bounded => EngineWatermark::Bounded,
+                    WatermarkStrategy::Punctuated => EngineWatermark::Punctuated,
+                    WatermarkStrategy::Arrival => EngineWatermark::Arrival,
+                },
+                max_out_of_orderness_ms: signed(millis(
+                    "spec.eventTime.maxOutOfOrderness",
+                    &event_time.max_out_of_orderness,
+                )?),
+                allowed_lateness_ms: signed(millis("spec.eventTime.allowedLateness", &event_time.allowed_lateness)?),
+                idle_timeout_ms: signed(millis("spec.eventTime.idleTimeout", &event_time.idle_timeout)?),
+            },
+            hot_spots: HotSpotConfig {
+                window_ms: signed(positive_millis("spec.analyses.hotSpots.window", &analyses.hot_spots.window)?),
+                geohash_precision: precision,
+                min_pickups: at_least_one("spec.analyses.hotSpots.minPickups", analyses.hot_spots.min_pickups)?,
+            },
+            airport_trips: AirportTripsConfig {
+                window_ms: signed(positive_millis(
+                    "spec.analyses.airportTrips.window",
+                    &analyses.airport_trips.window,
+                )?),
+                min_trips: at_least_one("spec.analyses.airportTrips.minTrips", analyses.airport_trips.min_trips)?,
+                airports,
+            },
+        },
+    })
+}

@@ -1,0 +1,507 @@
+//! Reconcile I/O against a mocked Kubernetes API server (kube's `tower_test::mock::pair`): each
+//! test lists the calls it expects, in order, with the answer the server gives, and checks the
+//! bodies the operator sent.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use http_body_util::BodyExt;
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::client::Body;
+use kube::core::error_boundary::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use serde_json::{Value, json};
+use taxi_operator::crd::TaxiPipeline;
+use taxi_operator::metrics::{OperatorMetrics, OperatorState};
+use taxi_operator::observe::{ProbeError, StreamRef, Streams, WorkerProbe, WorkerReport};
+use taxi_operator::reconcile::{Context, reconcile};
+use taxi_operator::validate::Defaults;
+use taxi_worker::assignment::Assignment;
+use taxi_worker::kinesis::api::{KinesisError, ShardInfo};
+
+/// The test's side of the mocked API server.
+type ApiHandle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// One call the test expects: method, a path prefix (query excluded), the status and body answered.
+struct Call {
+    method: Method,
+    path: String,
+    status: u16,
+    response: Value,
+}
+
+fn call(method: Method, path: &str, status: u16, response: Value) -> Call {
+    Call { method, path: path.to_owned(), status, response }
+}
+
+/// What the operator sent: method, path with query, JSON body.
+#[derive(Debug)]
+struct Sent {
+    method: Method,
+    uri: String,
+    body: Value,
+}
+
+/// Serves `calls` in order and returns what was sent; panics on any other request.
+async fn serve(mut handle: ApiHandle, calls: Vec<Call>) -> Vec<Sent> {
+    let mut sent = Vec::new();
+    for expected in calls {
+        let next = tokio::time::timeout(Duration::from_secs(5), handle.next_request()).await;
+        let (request, respond) = next
+            .unwrap_or_else(|_| panic!("timed out waiting for {} {}", expected.method, expected.path))
+            .unwrap_or_else(|| panic!("the client went away before {} {}", expected.method, expected.path));
+        let uri = request.uri().to_string();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        assert!(
+            method == expected.method && path == expected.path,
+            "expected {} {}, got {method} {uri}",
+            expected.method,
+            expected.path
+        );
+        let bytes = request.into_body().collect().await.expect("request body").to_bytes();
+        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
+        let response = Response::builder()
+            .status(expected.status)
+            .body(Body::from(serde_json::to_vec(&expected.response).expect("response")))
+            .expect("response");
+        respond.send_response(response);
+        sent.push(Sent { method, uri, body });
+    }
+    sent
+}
+
+fn not_found() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+}
+
+/// A shard of an even split of the hash space into `n` parts.
+fn shard(index: u32, n: u32, parent: Option<&str>, closed: bool) -> ShardInfo {
+    let width = u128::MAX / u128::from(n);
+    ShardInfo {
+        shard_id: format!("shardId-{index:012}"),
+        parent: parent.map(str::to_owned),
+        adjacent_parent: None,
+        starting_hash_key: width * u128::from(index % n),
+        ending_hash_key: width * u128::from(index % n + 1) - 1,
+        ending_sequence_number: closed.then(|| "49".to_owned()),
+    }
+}
+
+struct FakeStreams(Mutex<Result<Vec<ShardInfo>, ()>>);
+
+impl Streams for FakeStreams {
+    async fn list_shards(&self, stream: &StreamRef) -> Result<Vec<ShardInfo>, KinesisError> {
+        assert_eq!(stream.name, "taxi-trips");
+        self.0
+            .lock()
+            .expect("lock")
+            .clone()
+            .map_err(|()| KinesisError::Transient { operation: "ListShards", message: "connection refused".into() })
+    }
+}
+
+#[derive(Default)]
+struct FakeProbe(HashMap<String, WorkerReport>);
+
+impl WorkerProbe for FakeProbe {
+    async fn status(&self, host: &str) -> Result<WorkerReport, ProbeError> {
+        self.0.get(host).cloned().ok_or(ProbeError { url: host.to_owned(), reason: "no such pod".into() })
+    }
+}
+
+fn fixed_now() -> Timestamp {
+    "2026-11-27T12:00:00Z".parse().expect("timestamp")
+}
+
+fn context(shards: Result<Vec<ShardInfo>, ()>, probe: FakeProbe) -> (Arc<Context<FakeStreams, FakeProbe>>, ApiHandle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let reporter = Reporter { controller: "taxi-operator".into(), instance: Some("test".into()) };
+    let ctx = Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        streams: FakeStreams(Mutex::new(shards)),
+        probe,
+        state: Arc::new(OperatorState::new(
+            OperatorMetrics::new().expect("metrics"),
+            tokio::sync::watch::channel(true).1,
+        )),
+        defaults: Defaults { worker_image: "ghcr.io/taxipipeline/taxi:test".into() },
+        now: fixed_now,
+        failures: Mutex::new(HashMap::new()),
+    };
+    (Arc::new(ctx), handle)
+}
+
+/// The minimal example's spec with `parallelism` workers.
+fn pipeline(parallelism: i32, extra: Value) -> TaxiPipeline {
+    let mut object = json!({
+        "apiVersion": "taxipipeline.io/v1alpha1",
+        "kind": "TaxiPipeline",
+        "metadata": {"name": "nyc", "namespace": "taxi", "uid": "0b5e-uid", "generation": 4, "resourceVersion": "7"},
+        "spec": {
+            "stream": {"name": "taxi-trips", "shards": 4},
+            "parallelism": parallelism,
+            "checkpoint": {"uri": "s3://taxi-checkpoints/nyc"},
+            "sink": {"opensearch": {"endpoint": "https://search.example.com"}}
+        }
+    });
+    merge(&mut object, extra);
+    serde_json::from_value(object).expect("a TaxiPipeline")
+}
+
+fn merge(target: &mut Value, patch: Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                merge(t.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (t, p) => *t = p,
+    }
+}
+
+fn guard(pipeline: TaxiPipeline) -> Arc<DeserializeGuard<TaxiPipeline>> {
+    Arc::new(DeserializeGuard(Ok(pipeline)))
+}
+
+fn stateful_set(replicas: i32, ready: i32) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "nyc-worker", "namespace": "taxi"},
+        "spec": {"replicas": replicas, "serviceName": "nyc-worker", "selector": {}, "template": {}},
+        "status": {"replicas": replicas, "readyReplicas": ready}
+    })
+}
+
+fn assignment_map(assignment: &Assignment, assigned_at: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "nyc-assignment", "namespace": "taxi", "annotations": {"taxipipeline.io/assigned-at": assigned_at}},
+        "data": {"assignment.json": assignment.to_json()}
+    })
+}
+
+const NS: &str = "/api/v1/namespaces/taxi";
+const APPS: &str = "/apis/apps/v1/namespaces/taxi";
+const RBAC: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/taxi";
+const POLICY: &str = "/apis/policy/v1/namespaces/taxi";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/taxi/events";
+const TP: &str = "/apis/taxipipeline.io/v1alpha1/namespaces/taxi/taxipipelines/nyc";
+
+/// The applies of one pass, in order; `pdb` when the StatefulSet has more than one replica.
+fn applies(pdb: bool) -> Vec<Call> {
+    let ok = json!({});
+    let mut calls = vec![
+        call(Method::PATCH, &format!("{NS}/serviceaccounts/nyc-worker"), 200, ok.clone()),
+        call(Method::PATCH, &format!("{RBAC}/roles/nyc-worker"), 200, ok.clone()),
+        call(Method::PATCH, &format!("{RBAC}/rolebindings/nyc-worker"), 200, ok.clone()),
+        call(Method::PATCH, &format!("{NS}/services/nyc-worker"), 200, ok.clone()),
+        call(Method::PATCH, &format!("{NS}/configmaps/nyc-worker-config"), 200, ok.clone()),
+        call(Method::PATCH, &format!("{NS}/configmaps/nyc-assignment"), 200, ok.clone()),
+    ];
+    calls.push(if pdb {
+        call(Method::PATCH, &format!("{POLICY}/poddisruptionbudgets/nyc-worker"), 200, ok.clone())
+    } else {
+        call(Method::DELETE, &format!("{POLICY}/poddisruptionbudgets/nyc-worker"), 404, not_found())
+    });
+    calls.push(call(Method::PATCH, &format!("{APPS}/statefulsets/nyc-worker"), 200, ok));
+    calls
+}
+
+fn event() -> Call {
+    call(Method::POST, EVENTS, 201, json!({}))
+}
+
+/// The API server answers a TaxiPipeline write with the object.
+fn pipeline_json() -> Value {
+    serde_json::to_value(pipeline(1, json!({}))).expect("JSON")
+}
+
+fn status_patch() -> Call {
+    call(Method::PATCH, &format!("{TP}/status"), 200, pipeline_json())
+}
+
+fn find<'a>(sent: &'a [Sent], method: Method, path: &str) -> &'a Sent {
+    sent.iter()
+        .find(|s| s.method == method && s.uri.split('?').next() == Some(path))
+        .unwrap_or_else(|| panic!("no {method} {path} among {:?}", sent.iter().map(|s| &s.uri).collect::<Vec<_>>()))
+}
+
+fn sent_assignment(sent: &[Sent]) -> Assignment {
+    let cm = &find(sent, Method::PATCH, &format!("{NS}/configmaps/nyc-assignment")).body;
+    Assignment::from_json(cm["data"]["assignment.json"].as_str().expect("assignment.json").as_bytes()).expect("valid")
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+fn four_open_shards() -> Vec<ShardInfo> {
+    (0..4).map(|i| shard(i, 4, None, false)).collect()
+}
+
+#[tokio::test]
+async fn a_new_pipeline_gets_its_workers_an_assignment_and_a_status() {
+    let (ctx, handle) = context(Ok(four_open_shards()), FakeProbe::default());
+    let mut calls = vec![
+        call(Method::GET, &format!("{NS}/configmaps/nyc-assignment"), 404, not_found()),
+        call(Method::GET, &format!("{APPS}/statefulsets/nyc-worker"), 404, not_found()),
+    ];
+    calls.extend(applies(true));
+    calls.extend([event(), status_patch()]);
+    let server = tokio::spawn(serve(handle, calls));
+    let action = reconcile(guard(pipeline(2, json!({}))), ctx).await.expect("reconcile");
+    let sent = server.await.expect("server");
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+
+    // Every apply is a forced server-side apply by our one field manager.
+    for s in sent.iter().filter(|s| s.method == Method::PATCH && !s.uri.contains("/status")) {
+        assert!(s.uri.contains("fieldManager=taxi-operator") && s.uri.contains("force=true"), "{}", s.uri);
+        assert_eq!(s.body["metadata"]["ownerReferences"][0]["uid"], "0b5e-uid", "{}", s.uri);
+    }
+    let assignment = sent_assignment(&sent);
+    assert_eq!((assignment.epoch, assignment.replicas, assignment.owners.len()), (1, 2, 4));
+    assert_eq!(assignment.shards_of(0).count(), 2);
+    let sts = &find(&sent, Method::PATCH, &format!("{APPS}/statefulsets/nyc-worker")).body;
+    assert_eq!(sts["spec"]["replicas"], 2);
+    assert_eq!(sts["spec"]["template"]["spec"]["containers"][0]["image"], "ghcr.io/taxipipeline/taxi:test");
+    let rebalanced = &find(&sent, Method::POST, EVENTS).body;
+    assert_eq!(rebalanced["reason"], "Rebalanced");
+    let status = &find(&sent, Method::PATCH, &format!("{TP}/status")).body;
+    assert_eq!(status["status"]["observedGeneration"], 4);
+    assert_eq!(status["status"]["openShards"], 4);
+    assert_eq!(status["status"]["assignmentEpoch"], 1);
+    assert_eq!(status["status"]["selector"], "app.kubernetes.io/instance=nyc,app.kubernetes.io/name=taxi-worker");
+    assert_eq!(condition(status, "Ready")["status"], "False", "no worker is ready yet");
+}
+
+#[tokio::test]
+async fn scaling_up_grows_the_statefulset_first_and_moves_shards_once_the_pods_are_ready() {
+    let before = Assignment {
+        epoch: 1,
+        replicas: 2,
+        owners: four_open_shards().iter().enumerate().map(|(i, s)| (s.shard_id.clone(), (i / 2) as u32)).collect(),
+    };
+    // Pass 1: parallelism 2 → 3 (an edit or `kubectl scale`), two pods ready.
+    let (ctx, handle) = context(Ok(four_open_shards()), FakeProbe::default());
+    let mut calls = vec![
+        call(
+            Method::GET,
+            &format!("{NS}/configmaps/nyc-assignment"),
+            200,
+            assignment_map(&before, "2026-11-27T11:00:00Z"),
+        ),
+        call(Method::GET, &format!("{APPS}/statefulsets/nyc-worker"), 200, stateful_set(2, 2)),
+    ];
+    calls.extend(applies(true));
+    calls.extend([event(), status_patch()]);
+    let server = tokio::spawn(serve(handle, calls));
+    let action = reconcile(guard(pipeline(3, json!({}))), ctx).await.expect("reconcile");
+    let sent = server.await.expect("server");
+    assert_eq!(action, Action::requeue(Duration::from_secs(3)), "a rescale under way is watched closely");
+    assert_eq!(sent_assignment(&sent), before, "no shard moves to a pod that is not ready");
+    let sts = &find(&sent, Method::PATCH, &format!("{APPS}/statefulsets/nyc-worker")).body;
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert_eq!(find(&sent, Method::POST, EVENTS).body["reason"], "Scaled");
+    let status = &find(&sent, Method::PATCH, &format!("{TP}/status")).body;
+    assert_eq!(condition(status, "Progressing")["status"], "True");
+    assert_eq!(status["status"]["desiredReplicas"], 3);
+
+    // Pass 2: the third pod is ready: the assignment moves the fewest shards to it.
+    let (ctx, handle) = context(Ok(four_open_shards()), FakeProbe::default());
+    let mut calls = vec![
+        call(
+            Method::GET,
+            &format!("{NS}/configmaps/nyc-assignment"),
+            200,
+            assignment_map(&before, "2026-11-27T11:00:00Z"),
+        ),
+        call(Method::GET, &format!("{APPS}/statefulsets/nyc-worker"), 200, stateful_set(3, 3)),
+    ];
+    calls.extend(applies(true));
+    calls.extend([event(), status_patch()]);
+    let server = tokio::spawn(serve(handle, calls));
+    reconcile(guard(pipeline(3, json!({}))), ctx).await.expect("reconcile");
+    let sent = server.await.expect("server");
+    let after = sent_assignment(&sent);
+    assert_eq!((after.epoch, after.replicas), (2, 3));
+    let moved = before.owners.iter().filter(|(s, o)| after.owner_of(s) != Some(**o)).count();
+    assert_eq!(moved, 1, "4 shards over 3 workers: only one shard moves");
+    let ready = condition(&find(&sent, Method::PATCH, &format!("{TP}/status")).body, "Ready").clone();
+    assert_eq!(ready["status"], "True", "{ready}");
+}
+
+#[tokio::test]
+async fn scaling_down_removes_pods_only_after_they_released_their_shards() {
+    let shards = four_open_shards();
+    let three = taxi_worker::assignment::assign(&shards, 3, None);
+    // Pass 1: `kubectl scale tp/nyc --replicas=1`: the assignment shrinks, the pods stay.
+    let (ctx, handle) = context(Ok(shards.clone()), FakeProbe::default());
+    let mut calls = vec![
+        call(
+            Method::GET,
+            &format!("{NS}/configmaps/nyc-assignment"),
+            200,
+            assignment_map(&three, "2026-11-27T11:00:00Z"),
+        ),
+        call(Method::GET, &format!("{APPS}/statefulsets/nyc-worker"), 200, stateful_set(3, 3)),
+    ];
+    calls.extend(applies(true));
+    calls.extend([event(), status_patch()]);
+    let server = tokio::spawn(serve(handle, calls));
+    reconcile(guard(pipeline(1, json!({}))), ctx).await.expect("reconcile");
+    let sent = server.await.expect("server");
+    let one = sent_assignment(&sent);
+    assert_eq!((one.epoch, one.replicas, one.shards_of(0).count()), (three.epoch + 1, 1, 4));
+    let sts = &find(&sent, Method::PATCH, &format!("{APPS}/statefulsets/nyc-worker")).body;
+    assert_eq!(sts["spec"]["replicas"], 3, "the leaving pods must release first");
+
+    // Pass 2: workers 1 and 2 report the new epoch and no shard: the StatefulSet shrinks, and the
+    // PodDisruptionBudget of a multi-pod StatefulSet is removed.
+    let drained = WorkerReport { assignment_epoch: Some(one.epoch), owned_shards: 0, ..WorkerReport::default() };
+    let probe = FakeProbe(HashMap::from([
+        ("nyc-worker-1.nyc-worker.taxi.svc".to_owned(), drained.clone()),
+        ("nyc-worker-2.nyc-worker.taxi.svc".to_owned(), drained),
+    ]));
+    let (ctx, handle) = context(Ok(shards), probe);
+    let mut calls = vec![
+        call(
+            Method::GET,
+            &format!("{NS}/configmaps/nyc-assignment"),
+            200,
+            assignment_map(&one, "2026-11-27T11:59:58Z"),
+        ),
+        call(Method::GET, &format!("{APPS}/statefulsets/nyc-worker"), 200, stateful_set(3, 3)),
+    ];
+    calls.extend(applies(false));
+    calls.extend([event(), status_patch()]);
+    let server = tokio::spawn(serve(handle, calls));
+    reconcile(guard(pipeline(1, json!({}))), ctx).await.expect("reconcile");
+    let sent = server.await.expect("server");
+    assert_eq!(sent_assignment(&sent), one, "the assignment is already right");
+    let sts = &find(&sent, Method::PATCH, &format!("{APPS}/statefulsets/nyc-worker")).body;
+    assert_eq!(sts["spec"]["replicas"], 1);
+    let note = find(&sent, Method::POST, EVENTS).body["note"].as_str().unwrap_or_default().to_owned();
+    assert!(note.contains("3 → 1"), "{note}");
+}
+
+#[tokio::test]
+async fn new_child_shards_after_a_reshard_get_owners_in_a_new_epoch() {
+    let before = taxi_worker::assignment::assign(&four_open_shards(), 2, None);
+    // Shard 0 split into 4 and 5: the parent is closed, the children open.
+    let mut shards: Vec<ShardInfo> = four_open_shards();
+    shards[0].ending_sequence_number = Some("49".into());
+    let half = shards[0].starting_hash_key + (shards[0].ending_hash_key - shards[0].starting_hash_key) / 2;
+    let child = |index: u32, start: u128, end: u128| ShardInfo {
+        shard_id: format!("shardId-{index:012}"),
+        parent: Some("shardId-000000000000".into()),
+        adjacent_parent: None,
+        starting_hash_key: start,
+        ending_hash_key: end,
+        ending_sequence_number: None,
+    };
+    shards.push(child(4, shards[0].starting_hash_key, half));
+    shards.push(child(5, half + 1, shards[0].ending_hash_key));
+    let (ctx, handle) = context(Ok(shards), FakeProbe::default());
+    let mut calls = vec![
+        call(
+            Method::GET,
+            &format!("{NS}/configmaps/nyc-assignment"),
+            200,
+            assignment_map(&before, "2026-11-27T11:00:00Z"),
+        ),
+        call(Method::GET, &format!("{APPS}/statefulsets/nyc-worker"), 200, stateful_set(2, 2)),
+    ];
+    calls.extend(applies(true));
+    calls.extend([event(), status_patch()]);
+    let server = tokio::spawn(serve(handle, calls));
+    reconcile(guard(pipeline(2, json!({}))), ctx).await.expect("reconcile");
+    let sent = server.await.expect("server");
+    let after = sent_assignment(&sent);
+    assert_eq!(after.epoch, before.epoch + 1);
+    assert!(after.owner_of("shardId-000000000004").is_some() && after.owner_of("shardId-000000000005").is_some());
+    for (shard, owner) in &before.owners {
+        assert_eq!(after.owner_of(shard), Some(*owner), "{shard} kept its owner");
+    }
+    let status = &find(&sent, Method::PATCH, &format!("{TP}/status")).body;
+    assert_eq!(status["status"]["openShards"], 5);
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_reported_in_status_and_not_retried() {
+    let (ctx, handle) = context(Ok(four_open_shards()), FakeProbe::default());
+    let server = tokio::spawn(serve(handle, vec![event(), status_patch()]));
+    let bad = pipeline(2, json!({"spec": {"checkpoint": {"interval": "0s"}}}));
+    let action = reconcile(guard(bad), ctx).await.expect("an invalid spec is not an error to retry");
+    let sent = server.await.expect("server");
+    assert_eq!(action, Action::await_change());
+    assert_eq!(sent[0].body["type"], "Warning");
+    assert_eq!(sent[0].body["reason"], "InvalidSpec");
+    let ready = condition(&sent[1].body, "Ready");
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("InvalidSpec")));
+    let message = ready["message"].as_str().unwrap_or_default();
+    assert!(message.contains("spec.checkpoint.interval"), "{message}");
+}
+
+#[tokio::test]
+async fn an_unreachable_stream_degrades_the_pipeline_and_is_retried() {
+    let (ctx, handle) = context(Err(()), FakeProbe::default());
+    let server = tokio::spawn(serve(handle, vec![event(), status_patch()]));
+    let error = reconcile(guard(pipeline(2, json!({}))), ctx).await.expect_err("Kinesis is down");
+    let sent = server.await.expect("server");
+    assert_eq!(error.category(), "kinesis");
+    let degraded = condition(&sent[1].body, "Degraded");
+    assert_eq!((degraded["status"].as_str(), degraded["reason"].as_str()), (Some("True"), Some("StreamUnavailable")));
+}
+
+#[tokio::test]
+async fn deleting_a_pipeline_with_cleanup_deletes_its_checkpoints_and_then_the_finalizer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let checkpoints = dir.path().join("nyc/shards");
+    std::fs::create_dir_all(&checkpoints).expect("mkdir");
+    std::fs::write(checkpoints.join("shardId-000000000000.json"), "{}").expect("write");
+    let uri = format!("file://{}", dir.path().display());
+    let deleting = pipeline(
+        2,
+        json!({
+            "metadata": {"deletionTimestamp": "2026-11-27T11:59:00Z", "finalizers": ["taxipipeline.io/checkpoint-cleanup"]},
+            "spec": {"checkpoint": {"uri": uri, "cleanupOnDelete": true}}
+        }),
+    );
+    let (ctx, handle) = context(Ok(four_open_shards()), FakeProbe::default());
+    let server = tokio::spawn(serve(handle, vec![event(), call(Method::PATCH, TP, 200, pipeline_json())]));
+    let action = reconcile(guard(deleting), ctx).await.expect("cleanup");
+    let sent = server.await.expect("server");
+    assert_eq!(action, Action::await_change());
+    assert_eq!(sent[0].body["reason"], "CheckpointsDeleted");
+    assert!(!checkpoints.join("shardId-000000000000.json").exists(), "the checkpoints are gone");
+    // The finalizer is removed with a JSON patch guarded by a test of its position.
+    let patch = sent[1].body.to_string();
+    assert!(patch.contains("remove") && patch.contains("/metadata/finalizers"), "{patch}");
+}
+
+#[tokio::test]
+async fn an_object_that_does_not_deserialize_gets_a_warning_and_no_retry() {
+    let mut object = serde_json::to_value(pipeline(2, json!({}))).expect("JSON");
+    object["spec"]["parallelism"] = json!("three");
+    let guard: DeserializeGuard<TaxiPipeline> = serde_json::from_value(object).expect("the guard keeps the metadata");
+    assert!(guard.0.is_err());
+    let (ctx, handle) = context(Ok(four_open_shards()), FakeProbe::default());
+    let server = tokio::spawn(serve(handle, vec![event()]));
+    let action = reconcile(Arc::new(guard), ctx).await.expect("not an error to retry");
+    let sent = server.await.expect("server");
+    assert_eq!(action, Action::await_change());
+    assert_eq!(sent[0].body["type"], "Warning");
+    assert_eq!(sent[0].body["regarding"]["name"], "nyc");
+    let note = sent[0].body["note"].as_str().unwrap_or_default();
+    assert!(note.contains("\"three\""), "{note}");
+}
