@@ -375,7 +375,7 @@ pub struct Claimant<'a> {
     pub id: &'a str,
     /// This worker's ordinal, if it follows an assignment.
     pub ordinal: Option<u32>,
-    /// The epoch of the assignment under which it starts the shard.
+    /// The worker's current assignment epoch (at least the one that granted it the shard).
     pub epoch: u64,
     /// Wait for the previous owner's release (assignments); `false` claims at once (`all`).
     pub wait_for_release: bool,

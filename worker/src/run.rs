@@ -1236,7 +1236,16 @@ impl<K: KinesisApi> ShardTask<K> {
         let deadline = Instant::now() + self.shared.options.takeover_timeout;
         loop {
             match self.write_checkpoint(Some(epoch)).await? {
-                Written::Yes => break,
+                Written::Yes => {
+                    self.shared
+                        .state
+                        .metrics
+                        .shard_handoffs
+                        .with_label_values(&[HandoffOutcome::Released.as_str()])
+                        .inc();
+                    tracing::info!(shard = %self.shard_id, epoch, position = ?self.position, "shard released to its new owner");
+                    break;
+                }
                 Written::Fenced => return Ok(ShardExit::Fenced),
                 Written::Failed if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(500)).await,
                 Written::Failed => {
@@ -1245,8 +1254,6 @@ impl<K: KinesisApi> ShardTask<K> {
                 }
             }
         }
-        self.shared.state.metrics.shard_handoffs.with_label_values(&[HandoffOutcome::Released.as_str()]).inc();
-        tracing::info!(shard = %self.shard_id, epoch, position = ?self.position, "shard released to its new owner");
         self.shared.state.update(&self.shard_id, |s| s.state = ShardState::Released);
         if let Ok(mut caught_up) = self.shared.caught_up_since.lock() {
             caught_up.remove(&self.shard_id);
