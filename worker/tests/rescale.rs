@@ -1,12 +1,15 @@
 //! Live rescale end to end, without Kubernetes (DESIGN §7): three `taxi-worker run` processes
-//! follow an assignment file that the test rewrites as the operator would, while the producer
-//! is still writing the stream — replicas 2 → 3, a reshard 4 → 8 shards, then replicas 1 (the
-//! workers beyond it get SIGTERM once their shards are released, as Kubernetes would stop them).
+//! follow an assignment file that the test rewrites as the operator would (with
+//! `assignment::assign`) while the producer writes a day of trips: replicas 2 → 3, a reshard 4 → 8
+//! shards (between the producer's two phases), then replicas 1 — the workers beyond it get
+//! SIGTERM once their shards are released, as Kubernetes would stop them. At the end worker 0's
+//! pod is replaced and the new one reads to the end and stops when idle.
 //!
-//! Checked: the merged results in OpenSearch equal the batch oracle; only moved shards paused
-//! (a shard that kept its owner kept its reading task and its owner id in every checkpoint);
-//! every moved shard was released by its old owner and claimed by the new one (no takeover by
-//! timeout), each within [`MAX_PAUSE`]. The pauses are printed.
+//! Checked: the merged results in OpenSearch equal the batch oracle, and the final checkpoints
+//! count every stored trip once, none late; only moved shards paused (a shard that kept its owner
+//! kept its reading task, went on reading, and kept its owner id in every checkpoint); every moved
+//! shard was released by its old owner and claimed by the new one (no takeover by timeout), each
+//! within [`MAX_PAUSE`]. The pauses are printed.
 
 mod common;
 
@@ -28,14 +31,16 @@ use taxi_worker::config::EngineConfig;
 use taxi_worker::generate::{GeneratorConfig, write_json_lines};
 use taxi_worker::kinesis::api::{KinesisApi, SdkKinesis};
 use taxi_worker::opensearch::{OpenSearchSettings, merged_results};
-use taxi_worker::replay::{ReplayOptions, ReplayProgress, replay};
+use taxi_worker::replay::{ReplayError, ReplayOptions, ReplayProgress, ReplaySummary, replay};
 
 const BIN: &str = env!("CARGO_BIN_EXE_taxi-worker");
 const PIPELINE: &str = "nyc";
 /// Trips of the replayed day.
 const TRIPS: u64 = 24_000;
-/// Wall time the producer takes for the day: the rescale happens while it writes.
+/// Wall time the producer's pacing gives the day: the rescale happens while it writes.
 const REPLAY: Duration = Duration::from_secs(45);
+/// Share of the input lines the producer writes before the reshard (numerator, denominator).
+const PHASE_1: (usize, usize) = (2, 5);
 /// Longest acceptable handoff pause of a moved shard.
 const MAX_PAUSE: Duration = Duration::from_secs(15);
 /// Longest wait for an epoch to take effect everywhere.
@@ -158,8 +163,9 @@ impl Setup {
             .args(["--checkpoint", &format!("s3://{}/checkpoints", self.bucket), "--checkpoint-interval", "1s"])
             .args(["--sink", &self.services.opensearch, "--index-prefix", &self.index_prefix])
             .args(["--bulk-max-delay", "50ms", "--shard-discovery-interval", "500ms", "--max-records", "500"])
-            // The producer's lanes may reorder a little around the reshard (see replay.rs); a wide
-            // bound keeps every trip on time, so the results must equal the oracle exactly.
+            // Under load the producer's retries may put a few records of a lane behind later ones
+            // (see replay.rs); a wide bound keeps every trip on time, so the results must equal
+            // the oracle exactly.
             .args(["--max-out-of-orderness", "10m"])
             .args(["--assignment", &assignment, "--ordinal", &ordinal.to_string()])
             .args(extra)
@@ -346,6 +352,21 @@ fn summary(pauses: &[Duration]) -> String {
     }
 }
 
+/// Splits the input in two phases (first [`PHASE_1`] of its lines, then the rest): the stream is
+/// resharded between them, so no record is in flight while its shard closes (the producer's lanes
+/// may otherwise reorder a closed parent's last records behind its children's first ones).
+fn split_input(input: &Path) -> (PathBuf, PathBuf) {
+    let text = std::fs::read_to_string(input).expect("input");
+    let lines: Vec<&str> = text.lines().collect();
+    let (first, second) = lines.split_at(lines.len() * PHASE_1.0 / PHASE_1.1);
+    let write = |name: &str, part: &[&str]| {
+        let path = input.with_file_name(name);
+        std::fs::write(&path, part.join("\n") + "\n").expect("write phase");
+        path
+    };
+    (write("phase1.jsonl", first), write("phase2.jsonl", second))
+}
+
 async fn prepare(services: Services, dir: &Path) -> (Setup, PathBuf) {
     let input = dir.join("trips.jsonl");
     let config = GeneratorConfig { trips: TRIPS, seed: 77, invalid_ratio: 0.002, ..GeneratorConfig::default() };
@@ -368,37 +389,37 @@ async fn prepare(services: Services, dir: &Path) -> (Setup, PathBuf) {
     (Setup { services, kinesis, s3, stream, bucket, index_prefix, assignment_file }, input)
 }
 
+/// Replays `input` into the stream, paced so the whole day would take [`REPLAY`].
+fn produce(setup: &Setup, input: PathBuf) -> tokio::task::JoinHandle<Result<ReplaySummary, ReplayError>> {
+    let mut options = ReplayOptions::new(input, &setup.stream);
+    options.speedup = 86_400.0 / REPLAY.as_secs_f64();
+    options.watermark_interval = Duration::from_secs(1);
+    options.shard_refresh_interval = Duration::from_millis(500);
+    let kinesis = setup.kinesis.clone();
+    tokio::spawn(async move { replay(kinesis, &options, &ReplayProgress::new()).await })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn live_rescale_moves_only_what_it_must_pauses_briefly_and_loses_nothing() {
     let Some(services) = services() else { return };
     let started = Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
     let (setup, input) = prepare(services, dir.path()).await;
+    let (phase1, phase2) = split_input(&input);
     let (history, monitor) = watch_checkpoints(setup.s3.clone(), setup.bucket.clone());
 
     // Epoch 1: two replicas; the producer starts writing the day.
     let epoch1 = setup.publish(2, None).await;
-    let w0 = setup.start_worker(0, &["--stop-when-idle", "3s"]);
+    let w0 = setup.start_worker(0, &[]);
     let w1 = setup.start_worker(1, &[]);
-    let mut options = ReplayOptions::new(&input, &setup.stream);
-    options.speedup = 86_400.0 / REPLAY.as_secs_f64();
-    options.watermark_interval = Duration::from_secs(1);
-    options.shard_refresh_interval = Duration::from_millis(500);
-    let producer = {
-        let kinesis = setup.kinesis.clone();
-        tokio::spawn(async move { replay(kinesis, &options, &ReplayProgress::new()).await })
-    };
-    let replay_started = Instant::now();
-    let at = |secs: u64| async move {
-        let until = replay_started + Duration::from_secs(secs);
-        tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
-    };
+    let producer = produce(&setup, phase1);
     let two = [&w0, &w1];
     tokio::task::block_in_place(|| settle(&two, &epoch1, &BTreeSet::new(), &history));
     let mut pauses = Vec::new();
 
-    // Epoch 2: three replicas; the new pod starts first, as a StatefulSet scales up.
-    at(6).await;
+    // Epoch 2, while the producer writes: three replicas; the new pod starts first, as a
+    // StatefulSet scales up.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let w2 = setup.start_worker(2, &[]);
     let all = [&w0, &w1, &w2];
     let epoch2 = assign(&setup.kinesis.list_shards(&setup.stream).await.expect("list"), 3, Some(&epoch1));
@@ -411,8 +432,9 @@ async fn live_rescale_moves_only_what_it_must_pauses_briefly_and_loses_nothing()
     let after = tokio::task::block_in_place(|| snapshot(&all, &epoch2, &kept));
     assert_unmoved_kept_reading(epoch2.epoch, &before, &after, &history);
 
-    // A reshard 4 → 8 while reading; the children get owners at epoch 3 (the parents keep theirs).
-    at(14).await;
+    // Between the producer's two phases, a reshard 4 → 8 (the workers still read the parents);
+    // the children get owners at epoch 3, the parents keep theirs.
+    let sent1 = producer.await.expect("join").expect("replay, phase 1");
     setup
         .kinesis
         .client()
@@ -424,13 +446,16 @@ async fn live_rescale_moves_only_what_it_must_pauses_briefly_and_loses_nothing()
         .await
         .expect("reshard");
     wait_active(&setup.kinesis, &setup.stream).await;
+    let producer = produce(&setup, phase2);
+    let phase2_started = Instant::now();
     let epoch3 = setup.publish(3, Some(&epoch2)).await;
     let moving3 = moved(&epoch2, &epoch3);
     pauses.extend(tokio::task::block_in_place(|| settle(&all, &epoch3, &moving3, &history)));
     assert_eq!(epoch3.owners.len(), 12, "four closed parents and eight children");
 
-    // Epoch 4: one replica. Workers 1 and 2 release everything, then get SIGTERM.
-    at(26).await;
+    // Epoch 4, while the producer writes: one replica. Workers 1 and 2 release everything, then
+    // get SIGTERM.
+    tokio::time::sleep((phase2_started + Duration::from_secs(8)).saturating_duration_since(Instant::now())).await;
     let epoch4 = assign(&setup.kinesis.list_shards(&setup.stream).await.expect("list"), 1, Some(&epoch3));
     let (kept, moving) = (unmoved(&epoch3, &epoch4), moved(&epoch3, &epoch4));
     let before = tokio::task::block_in_place(|| snapshot(&all, &epoch3, &kept));
@@ -459,11 +484,16 @@ async fn live_rescale_moves_only_what_it_must_pauses_briefly_and_loses_nothing()
         w2.terminate();
     });
 
-    // The producer finishes; worker 0 reads to the end, closes its windows and stops when idle.
-    let sent = producer.await.expect("join").expect("replay");
-    assert!(sent.trips > 0);
-    let mut w0 = w0;
-    tokio::task::block_in_place(|| w0.wait_for_exit(Duration::from_secs(60), "stop when idle"));
+    // The producer finishes. Worker 0's pod is replaced (SIGTERM: final checkpoints); the new pod
+    // of ordinal 0 claims its shards at once, reads to the end, closes its windows and stops
+    // when idle.
+    let sent2 = producer.await.expect("join").expect("replay, phase 2");
+    let owners_before_restart = history.lock().expect("history").clone();
+    tokio::task::block_in_place(|| w0.terminate());
+    let restarted = Instant::now();
+    let mut last = setup.start_worker(0, &["--stop-when-idle", "2s"]);
+    tokio::task::block_in_place(|| last.wait_for_exit(Duration::from_secs(60), "stop when idle"));
+    assert!(restarted.elapsed() < Duration::from_secs(20), "a restarted pod claims its own shards without waiting");
     monitor.abort();
     record_checkpoints(&setup.s3, &setup.bucket, &history).await;
 
@@ -472,30 +502,33 @@ async fn live_rescale_moves_only_what_it_must_pauses_briefly_and_loses_nothing()
         .into_iter()
         .flat_map(|(a, b)| moved(a, b))
         .collect();
-    let history = history.lock().expect("history").clone();
-    for (shard, seen) in &history {
+    for (shard, seen) in &owners_before_restart {
         let owners: BTreeSet<&str> = seen.iter().map(|s| s.owner_id.as_str()).collect();
         if !ever_moved.contains(shard) {
             assert_eq!(owners.len(), 1, "{shard} never moved, so it kept its owner: {seen:?}");
         }
-        assert!(seen.last().is_some_and(|s| s.owner_epoch <= epoch4.epoch));
     }
+    let history = history.lock().expect("history").clone();
     assert!(history.values().any(|seen| seen.iter().any(|s| s.released_epoch.is_some())), "releases were seen");
+    assert!(history.values().all(|seen| seen.last().is_some_and(|s| s.owner_epoch <= epoch4.epoch)));
 
     // Every trip the producer stored was processed exactly once, none late: the final checkpoints
     // (restored counters carried across every handoff) count them.
     let mut processed = taxi_worker::shard::Counters::default();
+    let mut late = BTreeMap::new();
     for shard in history.keys() {
         let key = format!("checkpoints/{PIPELINE}/shards/{shard}.json");
         let object = setup.s3.get_object().bucket(&setup.bucket).key(&key).send().await.expect("checkpoint");
         let bytes = object.body.collect().await.expect("read").into_bytes();
         let checkpoint = ShardCheckpoint::from_bytes(&bytes).expect("decode");
         processed.add(&checkpoint.counters);
+        late.insert(shard.clone(), checkpoint.counters.late);
     }
     assert_eq!(
         (processed.trips, processed.late, processed.invalid_total()),
-        (sent.trips, 0, sent.invalid),
-        "trips, late trips and invalid records over the final checkpoints vs what the producer stored: {sent:?}"
+        (sent1.trips + sent2.trips, 0, sent1.invalid + sent2.invalid),
+        "trips, late trips and invalid records over the final checkpoints vs what the producer stored: \
+         {sent1:?} {sent2:?}; late per shard: {late:?}"
     );
 
     let settings = OpenSearchSettings {
