@@ -4,11 +4,14 @@
 //! - [`crd`]: the `TaxiPipeline` custom resource (the CRD is generated from it);
 //! - [`validate`]: a TaxiPipeline to the builders' input, or the reason it cannot run;
 //! - [`rollout`]: how a replica change is staged so only moved shards pause;
+//! - [`autoscale`]: the autoscaling policy, one pure function of an observation and a history;
+//! - [`simulate`]: a deterministic time-stepped pipeline to compare autoscaling policies on traces;
 //! - [`resources`]: pure builders of every Kubernetes object of a pipeline;
 //! - [`observe`]: Kinesis shard listing and the workers' `/status`, behind traits;
 //! - [`reconcile`]: the reconcile pass (the only module that calls the Kubernetes API for it);
 //! - [`leader`], [`metrics`], [`controller`]: leader election, metrics and the running operator.
 
+pub mod autoscale;
 pub mod controller;
 pub mod crd;
 pub mod leader;
@@ -17,4 +20,5 @@ pub mod observe;
 pub mod reconcile;
 pub mod resources;
 pub mod rollout;
+pub mod simulate;
 pub mod validate;

@@ -2,9 +2,12 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use taxi_operator::autoscale::Policy;
 use taxi_operator::controller::{RunConfig, run};
+use taxi_operator::simulate::{self, PolicyKind, SimConfig, Trace};
 use taxi_worker::kinesis::api::KinesisEndpoint;
 
 /// Command line of the operator binary.
@@ -22,6 +25,8 @@ enum Command {
     Run(RunArgs),
     /// Print the TaxiPipeline CustomResourceDefinition as YAML (what `crds/` holds).
     Crd,
+    /// Simulate a pipeline under an autoscaling policy and print the outcome as one JSON line.
+    Simulate(SimulateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -52,8 +57,113 @@ struct RunArgs {
     pod_name: String,
 }
 
+/// `taxi-operator simulate`: every setting defaults to `simulate::SimConfig::default()`.
+#[derive(Debug, Args)]
+struct SimulateArgs {
+    /// The policy deciding the replicas.
+    #[arg(long, value_enum, default_value_t = PolicyKind::Ours)]
+    policy: PolicyKind,
+    /// The input rate trace.
+    #[arg(long, value_enum, default_value_t = Trace::Step)]
+    trace: Trace,
+    /// Run every (policy, trace) pair, one JSON line each.
+    #[arg(long, conflicts_with_all = ["policy", "trace"])]
+    all: bool,
+    /// Open shards [default: 8].
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Records/s one replica consumes at most [default: 2500].
+    #[arg(long)]
+    capacity: Option<f64>,
+    /// Base input rate of the trace, records/s [default: 4000].
+    #[arg(long)]
+    rate: Option<f64>,
+    /// autoscaling.maxLag [default: 1m].
+    #[arg(long, value_parser = go_duration)]
+    max_lag: Option<Duration>,
+    /// autoscaling.scaleUpStabilization [default: 1m].
+    #[arg(long, value_parser = go_duration)]
+    scale_up_stabilization: Option<Duration>,
+    /// autoscaling.scaleDownStabilization [default: 10m].
+    #[arg(long, value_parser = go_duration)]
+    scale_down_stabilization: Option<Duration>,
+    /// autoscaling.minReplicas [default: 1].
+    #[arg(long)]
+    min_replicas: Option<u32>,
+    /// autoscaling.maxReplicas [default: 10].
+    #[arg(long)]
+    max_replicas: Option<u32>,
+    /// autoscaling.targetShardsPerReplica [default: 2].
+    #[arg(long)]
+    target_shards_per_replica: Option<u32>,
+    /// How often the policy is asked [default: 30s].
+    #[arg(long, value_parser = go_duration)]
+    interval: Option<Duration>,
+    /// How long a moved shard pauses [default: 10s].
+    #[arg(long, value_parser = go_duration)]
+    handoff_pause: Option<Duration>,
+    /// How long new pods take to become ready [default: 20s].
+    #[arg(long, value_parser = go_duration)]
+    pod_startup: Option<Duration>,
+    /// Seed of the noisy trace [default: 42].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Length of the run [default: the trace's, 1h or 24h for diurnal].
+    #[arg(long, value_parser = go_duration)]
+    duration: Option<Duration>,
+}
+
+impl SimulateArgs {
+    fn config(&self) -> SimConfig {
+        let base = SimConfig::default();
+        let policy = base.autoscaling.clone();
+        SimConfig {
+            policy: self.policy,
+            trace: self.trace,
+            shards: self.shards.unwrap_or(base.shards),
+            capacity_per_replica: self.capacity.unwrap_or(base.capacity_per_replica),
+            base_rate: self.rate.unwrap_or(base.base_rate),
+            autoscaling: Policy {
+                min_replicas: self.min_replicas.unwrap_or(policy.min_replicas),
+                max_replicas: self.max_replicas.unwrap_or(policy.max_replicas),
+                target_shards_per_replica: self.target_shards_per_replica.unwrap_or(policy.target_shards_per_replica),
+                max_lag: self.max_lag.unwrap_or(policy.max_lag),
+                scale_up_stabilization: self.scale_up_stabilization.unwrap_or(policy.scale_up_stabilization),
+                scale_down_stabilization: self.scale_down_stabilization.unwrap_or(policy.scale_down_stabilization),
+            },
+            interval: self.interval.unwrap_or(base.interval),
+            handoff_pause: self.handoff_pause.unwrap_or(base.handoff_pause),
+            pod_startup: self.pod_startup.unwrap_or(base.pod_startup),
+            seed: self.seed.unwrap_or(base.seed),
+            duration: self.duration.or(base.duration),
+        }
+    }
+}
+
+fn go_duration(s: &str) -> Result<Duration, String> {
+    taxi_operator::crd::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn simulate(args: &SimulateArgs) -> ExitCode {
+    let config = args.config();
+    let reports = if args.all { simulate::run_all(&config) } else { simulate::run(&config).map(|r| vec![r]) };
+    match reports {
+        Ok(reports) => {
+            for report in reports {
+                println!("{}", report.to_json());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("taxi-operator: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Simulate(args) => simulate(&args),
         Command::Crd => {
             print!("{}", taxi_operator::crd::crd_yaml());
             ExitCode::SUCCESS
