@@ -137,13 +137,15 @@ pub struct Owner {
     pub epoch: u64,
     /// Unique per process (host name, process id and a random part).
     pub id: String,
+    /// The worker ordinal of the assignment, when the worker follows one (not with `--assignment all`).
+    pub ordinal: Option<u32>,
 }
 
 impl Owner {
-    /// An owner identity for this process at `epoch`.
+    /// An owner identity for this process at `epoch`, without an ordinal.
     pub fn this_process(epoch: u64) -> Owner {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".to_owned());
-        Owner { epoch, id: format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..)) }
+        Owner { epoch, id: format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..)), ordinal: None }
     }
 }
 
@@ -162,6 +164,13 @@ pub struct ShardCheckpoint {
     /// ETag (S3's MD5) still fences the previous owner after a claim that changed nothing else.
     #[serde(default)]
     pub owner_id: String,
+    /// Ordinal of the worker that wrote it, when it followed an assignment (absent in older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_ordinal: Option<u32>,
+    /// Set on the final checkpoint of an owner that gave the shard up because the assignment of
+    /// this epoch moved it (DESIGN §7): the new owner may claim it at once. Absent in older checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_epoch: Option<u64>,
     /// Watermark and max event time.
     pub clock: WatermarkState,
     /// Record counts.
@@ -185,6 +194,8 @@ impl ShardCheckpoint {
             position,
             owner_epoch: owner.epoch,
             owner_id: owner.id.clone(),
+            owner_ordinal: owner.ordinal,
+            released_epoch: None,
             clock: shard.clock(),
             counters: shard.counters().clone(),
             partials: PartialsState::capture(config, shard.aggregates()),
@@ -430,7 +441,7 @@ mod tests {
         let checkpoint = ShardCheckpoint::capture(
             "shardId-000000000001",
             position,
-            &Owner { epoch: 7, id: "w-1".to_owned() },
+            &Owner { epoch: 7, id: "w-1".to_owned(), ordinal: Some(2) },
             &shard,
             &config,
         );
@@ -449,6 +460,26 @@ mod tests {
             format!("{:?}", crate::analysis::final_results(&config, &b))
         );
         assert_eq!(a.hot_spots.len(), b.hot_spots.len());
+    }
+
+    #[test]
+    fn a_release_marker_round_trips_and_checkpoints_without_one_still_read() {
+        let config = Arc::new(EngineConfig::default());
+        let owner = Owner { epoch: 3, id: "w-0".to_owned(), ordinal: Some(1) };
+        let mut checkpoint = ShardCheckpoint::capture("s", Position::Start, &owner, &busy_shard(&config), &config);
+        checkpoint.released_epoch = Some(4);
+        let decoded = ShardCheckpoint::from_bytes(&checkpoint.to_bytes().expect("encode")).expect("decode");
+        assert_eq!((decoded.released_epoch, decoded.owner_ordinal, decoded.owner_epoch), (Some(4), Some(1), 3));
+
+        // A checkpoint written before handoffs existed has neither field.
+        let mut old: serde_json::Value = serde_json::to_value(&checkpoint).expect("json");
+        let fields = old.as_object_mut().expect("object");
+        fields.remove("released_epoch");
+        fields.remove("owner_ordinal");
+        let decoded = ShardCheckpoint::from_bytes(&serde_json::to_vec(&old).expect("bytes")).expect("old format");
+        assert_eq!((decoded.released_epoch, decoded.owner_ordinal), (None, None));
+        let unreleased = ShardCheckpoint { released_epoch: None, ..checkpoint };
+        assert!(!String::from_utf8(unreleased.to_bytes().expect("encode")).expect("utf-8").contains("released_epoch"));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`kinesis`], [`run`], [`sink`], [`metrics`], [`http`]: the pod command (`taxi-worker run`);
 //! - [`settings`]: the pipeline settings the operator renders for its workers (`run --config`);
 //! - [`assignment`]: which worker owns which shard (DESIGN §7), shared with the operator;
+//! - [`handoff`]: where a worker's assignment comes from, and moving shards between workers;
 //! - [`replay`]: the producer (`taxi-worker replay`).
 
 pub mod analysis;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod event;
 pub mod generate;
 pub mod geo;
+pub mod handoff;
 pub mod http;
 pub mod input;
 pub mod kinesis;

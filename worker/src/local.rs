@@ -356,7 +356,7 @@ pub async fn run_local(
             config: config.clone(),
             merge: merge_tx.clone(),
             idle_timeout,
-            owner: Owner { epoch: 0, id: "local".to_owned() },
+            owner: Owner { epoch: 0, id: "local".to_owned(), ordinal: None },
         };
         shard_tasks.push(tokio::spawn(task.run(rx)));
     }

@@ -14,6 +14,7 @@ use taxi_worker::config::{
 };
 use taxi_worker::generate::{GeneratorConfig, write_json_lines};
 use taxi_worker::geo::BoundingBox;
+use taxi_worker::handoff::{AssignmentSource, pod_ordinal};
 use taxi_worker::kinesis::api::{KinesisEndpoint, SdkKinesis};
 use taxi_worker::kinesis::reader::PollingConfig;
 use taxi_worker::local::{CheckpointOptions, LocalInput, LocalOptions, LocalRun, Outcome, Progress, run_local};
@@ -221,6 +222,17 @@ struct RunArgs {
     /// Address of /healthz, /readyz, /metrics and /status.
     #[arg(long, default_value = "0.0.0.0:8080")]
     http_addr: std::net::SocketAddr,
+    /// Which shards this worker owns: all, file:PATH (an assignment document, DESIGN §7, read
+    /// every 250 ms) or configmap (the operator's ConfigMap <pipeline>-assignment, watched).
+    #[arg(long, default_value = "all", env = "TAXI_ASSIGNMENT")]
+    assignment: AssignmentSource,
+    /// This worker's ordinal in the assignment. Required with file:PATH; with configmap it
+    /// defaults to the numeric suffix of the pod name (env POD_NAME, else HOSTNAME).
+    #[arg(long)]
+    ordinal: Option<u32>,
+    /// How long a new owner waits for the previous owner to release a shard before taking it over.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    takeover_timeout: Duration,
 }
 
 /// The pipeline flags of `run`: another way to fill [`WorkerSettings`].
@@ -702,6 +714,14 @@ fn print_report(run: &LocalRun, args: &LocalArgs) {
 fn run(args: RunArgs) -> Result<ExitCode, String> {
     let settings = args.settings()?;
     let env = |name: &str| std::env::var(name).ok();
+    let ordinal = match (&args.assignment, args.ordinal) {
+        (_, Some(ordinal)) => Some(ordinal),
+        (AssignmentSource::All, None) => None,
+        (AssignmentSource::File(_), None) => return Err("--assignment file:PATH needs --ordinal N".to_owned()),
+        (AssignmentSource::ConfigMap, None) => {
+            Some(pod_ordinal(env("POD_NAME").as_deref(), env("HOSTNAME").as_deref())?)
+        }
+    };
     let options = RunOptions {
         pipeline: settings.pipeline.clone(),
         stream: settings.stream.name.clone(),
@@ -717,6 +737,9 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         polling: PollingConfig { max_records: args.max_records, ..PollingConfig::default() },
         engine: settings.engine.clone(),
         owner_epoch: 0,
+        assignment: args.assignment.clone(),
+        ordinal,
+        takeover_timeout: args.takeover_timeout,
         stop_after_records: None,
         consumer: settings.consumer(),
     };

@@ -2,8 +2,13 @@
 //! (shard id, outcome, reason, operation) — never a record key or an error message.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// Outcomes of `taxi_shard_handoffs_total` (DESIGN §7).
+pub const HANDOFF_OUTCOMES: [&str; 3] = ["released", "claimed_after_release", "taken_over_after_timeout"];
+/// Reasons of `taxi_assignment_errors_total`: why an assignment document was not used.
+pub const ASSIGNMENT_ERROR_REASONS: [&str; 4] = ["missing", "malformed", "stale_epoch", "watch"];
 
 /// Every metric a worker exports, registered in one registry.
 #[derive(Clone, Debug)]
@@ -35,6 +40,15 @@ pub struct WorkerMetrics {
     pub sink_documents: IntCounterVec,
     /// Shards this worker reads.
     pub owned_shards: IntGauge,
+    /// Shard handoffs (DESIGN §7), by outcome ([`HANDOFF_OUTCOMES`]): `released` by the old owner,
+    /// `claimed_after_release` or `taken_over_after_timeout` by the new one.
+    pub shard_handoffs: IntCounterVec,
+    /// New owner's pause per handoff: from seeing the assignment that grants a shard until reading it.
+    pub handoff_pause_seconds: Histogram,
+    /// Epoch of the assignment this worker follows (0 before the first, and with `--assignment all`).
+    pub assignment_epoch: IntGauge,
+    /// Assignment documents not used, by reason ([`ASSIGNMENT_ERROR_REASONS`]).
+    pub assignment_errors: IntCounterVec,
 }
 
 impl WorkerMetrics {
@@ -61,6 +75,27 @@ impl WorkerMetrics {
         let owned_shards =
             IntGauge::new("taxi_owned_shards", "Shards this worker reads").expect("valid metric definition");
         registry.register(Box::new(owned_shards.clone())).expect("metric registered once");
+        let assignment_epoch = IntGauge::new("taxi_assignment_epoch", "Epoch of the assignment this worker follows")
+            .expect("valid metric definition");
+        registry.register(Box::new(assignment_epoch.clone())).expect("metric registered once");
+        let handoff_pause_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "taxi_shard_handoff_pause_seconds",
+                "New owner's pause per shard handoff, from the assignment granting it until reading it",
+            )
+            .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0]),
+        )
+        .expect("valid metric definition");
+        registry.register(Box::new(handoff_pause_seconds.clone())).expect("metric registered once");
+        let shard_handoffs = counter("taxi_shard_handoffs_total", "Shard handoffs, by outcome", &["outcome"]);
+        for outcome in HANDOFF_OUTCOMES {
+            shard_handoffs.with_label_values(&[outcome]);
+        }
+        let assignment_errors =
+            counter("taxi_assignment_errors_total", "Assignment documents not used, by reason", &["reason"]);
+        for reason in ASSIGNMENT_ERROR_REASONS {
+            assignment_errors.with_label_values(&[reason]);
+        }
         WorkerMetrics {
             records: counter("taxi_records_total", "Records processed, by outcome", &["outcome"]),
             invalid: counter("taxi_invalid_records_total", "Invalid records, by reason", &["reason"]),
@@ -96,6 +131,10 @@ impl WorkerMetrics {
             checkpoint_bytes: gauge("taxi_checkpoint_bytes", "Size of the last checkpoint", &["shard"]),
             sink_documents: counter("taxi_sink_documents_total", "Partial documents written", &["sink"]),
             owned_shards,
+            shard_handoffs,
+            handoff_pause_seconds,
+            assignment_epoch,
+            assignment_errors,
             registry,
         }
     }
@@ -134,5 +173,19 @@ mod tests {
         assert!(text.contains("taxi_records_total{outcome=\"aggregated\"} 3"), "{text}");
         assert!(text.contains("taxi_millis_behind_latest{shard=\"shardId-000000000001\"} 1500"), "{text}");
         assert!(text.contains("taxi_owned_shards 4"), "{text}");
+    }
+
+    #[test]
+    fn handoff_metrics_show_every_outcome_from_the_start() {
+        let m = WorkerMetrics::new();
+        m.assignment_epoch.set(7);
+        m.handoff_pause_seconds.observe(1.5);
+        let text = m.render();
+        for outcome in HANDOFF_OUTCOMES {
+            assert!(text.contains(&format!("taxi_shard_handoffs_total{{outcome=\"{outcome}\"}} 0")), "{text}");
+        }
+        assert!(text.contains("taxi_assignment_errors_total{reason=\"malformed\"} 0"), "{text}");
+        assert!(text.contains("taxi_assignment_epoch 7"), "{text}");
+        assert!(text.contains("taxi_shard_handoff_pause_seconds_bucket{le=\"2\"} 1"), "{text}");
     }
 }

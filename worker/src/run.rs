@@ -2,10 +2,22 @@
 //! per-shard partial documents to the sink and checkpoint each shard (DESIGN §4–§6).
 //!
 //! A coordinator discovers shards (ListShards every `shard_discovery_interval`, and at once when a
-//! shard ends), starts one task per shard whose parents are finished, and stops them on shutdown
-//! or once every shard stayed caught up for `stop_when_idle`. Each shard task owns its reader, its
-//! [`ShardProcessor`] and its checkpoint; the order per shard is: process records → write the
-//! documents of closed windows → flush the sink → write the checkpoint (fenced by ETag).
+//! shard ends), starts one task per owned shard whose parents are finished, and stops them on
+//! shutdown or once every shard stayed caught up for `stop_when_idle`. Each shard task owns its
+//! reader, its [`ShardProcessor`] and its checkpoint; the order per shard is: process records →
+//! write the documents of closed windows → flush the sink → write the checkpoint (fenced by ETag).
+//!
+//! # Ownership and handoff (DESIGN §7)
+//!
+//! With [`AssignmentSource::All`] the worker owns every shard. Otherwise it owns the shards an
+//! assignment gives its ordinal, and owns nothing until it has seen one. Each running shard has
+//! its own control channel; on a new epoch E the coordinator sends [`Control::Release`] to every
+//! running shard it no longer owns: the task flushes the sink, writes a final checkpoint marked
+//! released at E (open windows stay in its partials) and exits. Newly owned shards start through
+//! the usual parent-before-child gating; their task claims the checkpoint at once when nobody
+//! holds it (or it is released), and otherwise re-reads it every [`RELEASE_POLL_INTERVAL`] until it
+//! is released or the takeover timeout has passed ([`decide_claim`]). Shards that keep their owner
+//! are not touched.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -14,9 +26,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::assignment::{Assignment, startable};
 use crate::checkpoint::{CheckpointError, ETag, Owner, Position, Precondition, ShardCheckpoint};
 use crate::config::EngineConfig;
 use crate::event::{Event, InvalidReason, Millis};
+use crate::handoff::{
+    AssignmentSource, ClaimDecision, Claimant, EpochPlan, HandoffOutcome, Holder, RELEASE_POLL_INTERVAL, SourceError,
+    decide_claim, plan_epoch,
+};
 use crate::input::parse_json_record;
 use crate::kinesis::api::{KinesisApi, KinesisError, ShardInfo, StartingPosition};
 use crate::kinesis::efo::EfoReader;
@@ -57,8 +74,15 @@ pub struct RunOptions {
     pub polling: PollingConfig,
     /// Analyses and event time.
     pub engine: EngineConfig,
-    /// Assignment epoch written into checkpoints (DESIGN §7).
+    /// Assignment epoch written into checkpoints with [`AssignmentSource::All`] (DESIGN §7); with an
+    /// assignment, a claim writes the epoch of the assignment under which the shard starts.
     pub owner_epoch: u64,
+    /// Which shards this worker owns: all of them, or those an assignment gives [`Self::ordinal`].
+    pub assignment: AssignmentSource,
+    /// This worker's ordinal in the assignment (required unless `assignment` is `All`).
+    pub ordinal: Option<u32>,
+    /// How long a new owner waits for the previous owner's release before taking a shard over.
+    pub takeover_timeout: Duration,
     /// How shards are consumed.
     pub consumer: ConsumerKind,
     /// Stop each shard (with a checkpoint) after processing this many user records in this run,
@@ -121,6 +145,9 @@ pub enum RunError {
     /// Kinesis failed in a way retrying cannot fix.
     #[error(transparent)]
     Kinesis(#[from] KinesisError),
+    /// The assignment source could not be started, or stopped.
+    #[error(transparent)]
+    Assignment(#[from] SourceError),
 }
 
 /// The life of a shard in a worker.
@@ -136,10 +163,15 @@ pub enum ShardState {
     Reading,
     /// Read to its end and checkpointed as finished.
     Finished,
+    /// Owned here now, but its previous owner may still read it: waiting for its release (or the
+    /// takeover timeout) before claiming it (DESIGN §7).
+    WaitingForRelease,
     /// Another owner took it (checkpoint conflict); not read here any more.
     Fenced,
     /// Stopped with a final checkpoint (shutdown, idle, or record budget).
     Stopped,
+    /// Moved to another worker by a new assignment: final checkpoint marked released.
+    Released,
 }
 
 /// What a shard is doing, for `/status`.
@@ -163,6 +195,20 @@ pub struct ShardStatus {
     pub started_at_ms: Option<u64>,
     /// When it finished (since the process started, in ms).
     pub finished_at_ms: Option<u64>,
+    /// Pause of its last handoff to this worker: from seeing the assignment that granted it until
+    /// reading it (waiting for the previous owner's release included).
+    pub handoff_pause_ms: Option<u64>,
+}
+
+/// The assignment a worker follows, for `/status` and `/readyz`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AssignmentStatus {
+    /// This worker's ordinal (none with `--assignment all`).
+    pub ordinal: Option<u32>,
+    /// Epoch of the assignment in effect (none before the first).
+    pub epoch: Option<u64>,
+    /// Why the worker owns nothing yet: it waits for a first assignment from this source.
+    pub awaiting: Option<String>,
 }
 
 /// State shared between the worker, its HTTP endpoints and tests.
@@ -172,13 +218,20 @@ pub struct WorkerState {
     pub metrics: WorkerMetrics,
     /// Per-shard status.
     pub shards: Mutex<BTreeMap<String, ShardStatus>>,
+    /// The assignment in effect.
+    pub assignment: Mutex<AssignmentStatus>,
     /// When the worker started.
     pub started: Instant,
 }
 
 impl Default for WorkerState {
     fn default() -> Self {
-        WorkerState { metrics: WorkerMetrics::new(), shards: Mutex::new(BTreeMap::new()), started: Instant::now() }
+        WorkerState {
+            metrics: WorkerMetrics::new(),
+            shards: Mutex::new(BTreeMap::new()),
+            assignment: Mutex::new(AssignmentStatus::default()),
+            started: Instant::now(),
+        }
     }
 }
 
@@ -193,8 +246,24 @@ impl WorkerState {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Ready unless a shard's checkpoints are failing.
+    /// Epoch of the assignment in effect, if the worker follows one.
+    fn assignment_epoch(&self) -> Option<u64> {
+        self.assignment.lock().ok().and_then(|a| a.epoch)
+    }
+
+    fn update_assignment(&self, f: impl FnOnce(&mut AssignmentStatus)) {
+        if let Ok(mut assignment) = self.assignment.lock() {
+            f(&mut assignment);
+        }
+    }
+
+    /// Ready unless the worker still waits for its first assignment or a shard's checkpoints are
+    /// failing.
     pub fn readiness(&self) -> Result<(), String> {
+        let awaiting = self.assignment.lock().map_err(|_| "status lock poisoned".to_owned())?.awaiting.clone();
+        if let Some(source) = awaiting {
+            return Err(format!("owns no shard yet: waiting for a first shard assignment from {source}"));
+        }
         let shards = self.shards.lock().map_err(|_| "status lock poisoned".to_owned())?;
         match shards.iter().find(|(_, s)| s.checkpoint_error.is_some()) {
             Some((id, s)) => {
@@ -208,7 +277,13 @@ impl WorkerState {
     pub fn status_json(&self) -> serde_json::Value {
         let shards = self.shards.lock().map(|s| s.clone()).unwrap_or_default();
         let owned = shards.values().filter(|s| s.state == ShardState::Reading).count();
-        serde_json::json!({ "owned_shards": owned, "shards": shards })
+        let assignment = self.assignment.lock().map(|a| a.clone()).unwrap_or_default();
+        serde_json::json!({
+            "owned_shards": owned,
+            "ordinal": assignment.ordinal,
+            "assignment_epoch": assignment.epoch,
+            "shards": shards,
+        })
     }
 }
 
@@ -235,13 +310,18 @@ pub struct RunSummary {
     pub counters: Counters,
 }
 
-/// How the coordinator tells shard tasks to stop.
+/// What the coordinator asks of one shard task (each running shard has its own channel).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Control {
     Run,
     /// Stop after a final checkpoint; with `close_windows`, emit every open window first.
     Stop {
         close_windows: bool,
+    },
+    /// The assignment of `epoch` moved the shard away: flush, write a final checkpoint marked
+    /// released at `epoch` (open windows stay in it) and exit.
+    Release {
+        epoch: u64,
     },
 }
 
@@ -251,6 +331,97 @@ enum ShardExit {
     Finished,
     Fenced,
     Stopped,
+    /// Given up to its new owner (or never claimed: released while waiting).
+    Released,
+}
+
+/// Under which assignment a shard task starts.
+#[derive(Clone, Copy, Debug)]
+struct Grant {
+    /// Written into the checkpoint as the owner epoch.
+    epoch: u64,
+    /// When the assignment granting the shard was seen: the start of a handoff pause and of the
+    /// takeover timeout.
+    requested_at: Instant,
+    /// Wait for the previous owner's release before claiming (assignments); `all` claims at once.
+    wait_for_release: bool,
+}
+
+/// Which shards this worker may run.
+enum Ownership {
+    /// Every shard, at a fixed epoch.
+    All { epoch: u64 },
+    /// The shards an assignment gives `ordinal`.
+    Assigned {
+        ordinal: u32,
+        assignments: watch::Receiver<Option<Assignment>>,
+        /// The epoch in effect; `None` until the first assignment.
+        plan: Option<EpochPlan>,
+        /// When each shard granted by the current epoch (and not started yet) was granted.
+        granted_at: HashMap<String, Instant>,
+    },
+}
+
+impl Ownership {
+    fn owns(&self, shard: &str) -> bool {
+        match self {
+            Ownership::All { .. } => true,
+            Ownership::Assigned { plan, .. } => plan.as_ref().is_some_and(|p| p.owned.contains(shard)),
+        }
+    }
+
+    fn epoch(&self) -> u64 {
+        match self {
+            Ownership::All { epoch } => *epoch,
+            Ownership::Assigned { plan, .. } => plan.as_ref().map_or(0, |p| p.epoch),
+        }
+    }
+
+    /// Whether the worker knows what it owns (with an assignment: once it has seen one).
+    fn settled(&self) -> bool {
+        match self {
+            Ownership::All { .. } => true,
+            Ownership::Assigned { plan, .. } => plan.is_some(),
+        }
+    }
+
+    /// The grant under which `shard` starts now.
+    fn grant(&mut self, shard: &str) -> Grant {
+        let now = Instant::now();
+        match self {
+            Ownership::All { epoch } => Grant { epoch: *epoch, requested_at: now, wait_for_release: false },
+            Ownership::Assigned { plan, granted_at, .. } => Grant {
+                epoch: plan.as_ref().map_or(0, |p| p.epoch),
+                requested_at: granted_at.remove(shard).unwrap_or(now),
+                wait_for_release: true,
+            },
+        }
+    }
+
+    /// A new assignment, if one arrived since the last call: the plan for its epoch, diffed against
+    /// the shards in `running`. `Err` when the source is gone.
+    fn next_plan<'a>(&mut self, running: impl IntoIterator<Item = &'a str>) -> Result<Option<&EpochPlan>, SourceError> {
+        let Ownership::Assigned { ordinal, assignments, plan, granted_at } = self else { return Ok(None) };
+        // `assignment_changed` marks values seen, so compare epochs rather than ask `has_changed`.
+        assignments.has_changed().map_err(|_| SourceError::Ended)?;
+        let current = plan.as_ref().map(|p| p.epoch);
+        let newer = assignments.borrow_and_update().as_ref().filter(|a| current.is_none_or(|e| a.epoch > e)).cloned();
+        let Some(assignment) = newer else { return Ok(None) };
+        let previously_owned = plan.take().map(|p| p.owned).unwrap_or_default();
+        let next = plan_epoch(&assignment, *ordinal, &previously_owned, running);
+        let now = Instant::now();
+        granted_at.retain(|shard, _| next.owned.contains(shard));
+        for shard in &next.granted {
+            granted_at.insert(shard.clone(), now);
+        }
+        Ok(Some(plan.insert(next)))
+    }
+}
+
+/// A running shard task and its control channel.
+struct Running {
+    task: tokio::task::JoinHandle<()>,
+    control: watch::Sender<Control>,
 }
 
 struct Shared<K> {
@@ -295,9 +466,28 @@ pub async fn run_worker<K: KinesisApi>(
             options.pipeline
         )));
     }
+    let ordinal = match (&options.assignment, options.ordinal) {
+        (AssignmentSource::All, _) => None,
+        (_, Some(ordinal)) => Some(ordinal),
+        (source, None) => {
+            return Err(RunError::Config(format!("--assignment {source} needs the worker's ordinal (--ordinal N)")));
+        }
+    };
     let store = CheckpointStore::from_uri(&options.checkpoint_uri, &options.s3, options.checkpoint_retain).await?;
     let sink = Sink::open(&options.sink_uri, &options.opensearch, state.metrics.registry()).await?;
-    let options_epoch = options.owner_epoch;
+    let mut ownership =
+        match (crate::handoff::subscribe(&options.assignment, &options.pipeline, &state.metrics)?, ordinal) {
+            (Some(assignments), Some(ordinal)) => {
+                let source = options.assignment.to_string();
+                state.update_assignment(|a| {
+                    a.ordinal = Some(ordinal);
+                    a.awaiting = Some(source);
+                });
+                Ownership::Assigned { ordinal, assignments, plan: None, granted_at: HashMap::new() }
+            }
+            _ => Ownership::All { epoch: options.owner_epoch },
+        };
+    let owner = Owner { ordinal, ..Owner::this_process(options.owner_epoch) };
     let consumer_arn = match &options.consumer {
         ConsumerKind::Polling => None,
         ConsumerKind::EnhancedFanOut { consumer_name } => {
@@ -315,14 +505,14 @@ pub async fn run_worker<K: KinesisApi>(
         totals: Mutex::new(Counters::default()),
         closed_shards: Mutex::new(HashSet::new()),
         consumer_arn,
-        owner: Owner::this_process(options_epoch),
+        owner,
     });
-    let (control_tx, control_rx) = watch::channel(Control::Run);
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Result<ShardExit, RunError>)>();
-    let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut running: HashMap<String, Running> = HashMap::new();
     let mut finished: HashSet<String> = HashSet::new();
-    // Shards not to start again in this run: fenced by another owner, or out of record budget.
-    let mut parked: HashSet<String> = HashSet::new();
+    // Shards not to start again at this epoch (with `all`: in this run): fenced by another owner,
+    // or out of record budget; by the epoch at which they were parked.
+    let mut parked: HashMap<String, u64> = HashMap::new();
     let mut summary = RunSummary::default();
     let mut waiting = 0_usize;
     let mut discovery_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -330,28 +520,47 @@ pub async fn run_worker<K: KinesisApi>(
     let mut stopping: Option<Control> = None;
 
     loop {
+        if stopping.is_none() {
+            match ownership.next_plan(running.keys().map(String::as_str)) {
+                Ok(Some(plan)) => {
+                    apply_plan(&shared, plan, &running);
+                    // Start what this epoch grants at once.
+                    next_discovery = Instant::now();
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "lost the shard assignment: stopping every shard");
+                    stop_all(running, Control::Stop { close_windows: false }).await;
+                    return Err(e.into());
+                }
+            }
+        }
         if stopping.is_none() && Instant::now() >= next_discovery {
-            match discover(&shared, &mut finished, &running, &parked).await {
+            match discover(&shared, &ownership, &mut finished, &running, &parked).await {
                 Ok((startable, blocked)) => {
-                    if startable.is_empty() && running.is_empty() && shared.options.stop_after_records.is_some() {
+                    if startable.is_empty()
+                        && running.is_empty()
+                        && ownership.settled()
+                        && shared.options.stop_after_records.is_some()
+                    {
                         tracing::info!("every shard spent its record budget or finished: stopping");
                         break;
                     }
                     discovery_backoff.reset();
                     waiting = blocked;
                     for shard in startable {
-                        let task = ShardTask::start(shared.clone(), shard.clone(), control_rx.clone());
-                        let exit = exit_tx.clone();
                         let id = shard.shard_id.clone();
-                        running.insert(
-                            id.clone(),
-                            tokio::spawn(async move {
-                                let result = task.await;
-                                let _ = exit.send((id, result));
-                            }),
-                        );
+                        let grant = ownership.grant(&id);
+                        let (control, control_rx) = watch::channel(Control::Run);
+                        let task = ShardTask::start(shared.clone(), shard, control_rx, grant);
+                        let exit = exit_tx.clone();
+                        let task_id = id.clone();
+                        let task = tokio::spawn(async move {
+                            let result = task.await;
+                            let _ = exit.send((task_id, result));
+                        });
+                        running.insert(id, Running { task, control });
                     }
-                    shared.state.metrics.owned_shards.set(i64::try_from(running.len()).unwrap_or(i64::MAX));
                     next_discovery = Instant::now() + shared.options.shard_discovery_interval;
                 }
                 Err(e) => {
@@ -367,6 +576,8 @@ pub async fn run_worker<K: KinesisApi>(
                 }
             }
         }
+        let owned_running = running.keys().filter(|id| ownership.owns(id)).count();
+        shared.state.metrics.owned_shards.set(i64::try_from(owned_running).unwrap_or(i64::MAX));
 
         if let (None, Some(idle)) = (stopping, shared.options.stop_when_idle)
             && waiting == 0
@@ -377,7 +588,9 @@ pub async fn run_worker<K: KinesisApi>(
             stopping = Some(Control::Stop { close_windows: true });
         }
         if let Some(control) = stopping {
-            let _ = control_tx.send(control);
+            for shard in running.values() {
+                request_stop(&shard.control, control);
+            }
             if running.is_empty() {
                 break;
             }
@@ -387,7 +600,6 @@ pub async fn run_worker<K: KinesisApi>(
         tokio::select! {
             Some((id, result)) = exit_rx.recv() => {
                 running.remove(&id);
-                shared.state.metrics.owned_shards.set(i64::try_from(running.len()).unwrap_or(i64::MAX));
                 match result {
                     Ok(ShardExit::Finished) => {
                         finished.insert(id.clone());
@@ -396,21 +608,24 @@ pub async fn run_worker<K: KinesisApi>(
                         next_discovery = Instant::now();
                     }
                     Ok(ShardExit::Fenced) => {
-                        // Another owner has it: never restart it here.
-                        parked.insert(id.clone());
+                        // Another owner has it: not restarted here before the next epoch.
+                        parked.insert(id.clone(), ownership.epoch());
                         summary.fenced_shards.push(id);
                     }
                     Ok(ShardExit::Stopped) => {
                         if stopping.is_none() {
                             // Its record budget is spent (`stop_after_records`).
-                            parked.insert(id);
+                            parked.insert(id, ownership.epoch());
+                        }
+                    }
+                    Ok(ShardExit::Released) => {
+                        // Granted back while it was being released: start it again.
+                        if ownership.owns(&id) {
+                            next_discovery = Instant::now();
                         }
                     }
                     Err(e) => {
-                        let _ = control_tx.send(Control::Stop { close_windows: false });
-                        for (_, task) in running.drain() {
-                            let _ = task.await;
-                        }
+                        stop_all(running, Control::Stop { close_windows: false }).await;
                         return Err(e);
                     }
                 }
@@ -421,11 +636,68 @@ pub async fn run_worker<K: KinesisApi>(
                     stopping = Some(Control::Stop { close_windows: false });
                 }
             }
+            () = assignment_changed(&mut ownership), if stopping.is_none() => {}
             _ = tick => {}
         }
     }
     summary.counters = shared.totals.lock().map(|c| c.clone()).unwrap_or_default();
     Ok(summary)
+}
+
+/// Resolves when a new assignment may have arrived (or its source is gone); never with `all`.
+async fn assignment_changed(ownership: &mut Ownership) {
+    match ownership {
+        // An error (the source is gone) is handled at the top of the coordinator loop.
+        Ownership::Assigned { assignments, .. } => {
+            let _ = assignments.changed().await;
+        }
+        Ownership::All { .. } => std::future::pending().await,
+    }
+}
+
+/// Puts a new epoch into effect: releases the running shards it moved away, and shows it.
+fn apply_plan<K>(shared: &Shared<K>, plan: &EpochPlan, running: &HashMap<String, Running>) {
+    tracing::info!(
+        epoch = plan.epoch,
+        owned = plan.owned.len(),
+        release = ?plan.release,
+        granted = ?plan.granted,
+        "shard assignment in effect"
+    );
+    for shard in &plan.release {
+        if let Some(running) = running.get(shard) {
+            running.control.send_replace(Control::Release { epoch: plan.epoch });
+        }
+    }
+    let metrics = &shared.state.metrics;
+    metrics.assignment_epoch.set(i64::try_from(plan.epoch).unwrap_or(i64::MAX));
+    shared.state.update_assignment(|a| {
+        a.epoch = Some(plan.epoch);
+        a.awaiting = None;
+    });
+}
+
+/// Asks a shard to stop, unless it is already being released (a release writes a final
+/// checkpoint too, and tells the new owner it may claim the shard at once).
+fn request_stop(control: &watch::Sender<Control>, stop: Control) {
+    control.send_if_modified(|current| match current {
+        Control::Release { .. } => false,
+        _ if *current == stop => false,
+        _ => {
+            *current = stop;
+            true
+        }
+    });
+}
+
+/// Stops every running shard and waits for them.
+async fn stop_all(running: HashMap<String, Running>, stop: Control) {
+    for shard in running.values() {
+        request_stop(&shard.control, stop);
+    }
+    for (_, shard) in running {
+        let _ = shard.task.await;
+    }
 }
 
 /// Registers the enhanced fan-out consumer, retrying transient failures until shutdown.
@@ -448,32 +720,33 @@ async fn register_with_retry<K: KinesisApi>(
     }
 }
 
-fn all_caught_up_for<K>(
-    shared: &Shared<K>,
-    running: &HashMap<String, tokio::task::JoinHandle<()>>,
-    idle: Duration,
-) -> bool {
+fn all_caught_up_for<K>(shared: &Shared<K>, running: &HashMap<String, Running>, idle: Duration) -> bool {
     let Ok(caught_up) = shared.caught_up_since.lock() else { return false };
     running.keys().all(|id| caught_up.get(id).is_some_and(|since| since.elapsed() >= idle))
 }
 
-/// Lists shards and returns those that can start now, and how many wait for their parents.
+/// Lists shards and returns the owned ones that can start now, and how many owned ones wait for
+/// their parents.
 async fn discover<K: KinesisApi>(
     shared: &Shared<K>,
+    ownership: &Ownership,
     finished: &mut HashSet<String>,
-    running: &HashMap<String, tokio::task::JoinHandle<()>>,
-    parked: &HashSet<String>,
+    running: &HashMap<String, Running>,
+    parked: &HashMap<String, u64>,
 ) -> Result<(Vec<ShardInfo>, usize), KinesisError> {
     let shards = shared.api.list_shards(&shared.options.stream).await?;
-    let listed: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
     if let Ok(mut closed) = shared.closed_shards.lock() {
         closed.extend(shards.iter().filter(|s| !s.is_open()).map(|s| s.shard_id.clone()));
     }
+    // Only owned shards and their parents matter here.
+    let owned: Vec<&ShardInfo> = shards.iter().filter(|s| ownership.owns(&s.shard_id)).collect();
+    let relevant: HashSet<&str> =
+        owned.iter().flat_map(|s| std::iter::once(s.shard_id.as_str()).chain(s.parents())).collect();
     // A shard is finished when this run finished it or its checkpoint says so (read once here,
     // so a parent finished by an earlier run or another worker is seen too).
     for shard in &shards {
         let id = shard.shard_id.as_str();
-        if finished.contains(id) || running.contains_key(id) {
+        if !relevant.contains(id) || finished.contains(id) || running.contains_key(id) {
             continue;
         }
         if checkpoint_finished(shared, id).await {
@@ -481,39 +754,144 @@ async fn discover<K: KinesisApi>(
             shared.state.update(id, |s| s.state = ShardState::Finished);
         }
     }
-    let mut startable = Vec::new();
+    // Parent before child (DESIGN §4): a parent no longer listed has expired from the stream.
+    let ready: HashSet<&str> = startable(&shards, finished).into_iter().map(|s| s.shard_id.as_str()).collect();
+    let epoch = ownership.epoch();
+    let mut start = Vec::new();
     let mut waiting = 0;
-    for shard in &shards {
+    for shard in owned {
         let id = shard.shard_id.as_str();
-        if running.contains_key(id) || finished.contains(id) || parked.contains(id) {
+        if running.contains_key(id) || finished.contains(id) || parked.get(id).is_some_and(|at| *at >= epoch) {
             continue;
         }
-        // Parent before child (DESIGN §4): a parent no longer listed has expired from the stream.
-        let parents_done = shard.parents().all(|p| !listed.contains(p) || finished.contains(p));
-        if parents_done {
-            startable.push(shard.clone());
+        if ready.contains(id) {
+            start.push(shard.clone());
         } else {
             waiting += 1;
             shared.state.update(id, |s| s.state = ShardState::WaitingForParents);
         }
     }
-    Ok((startable, waiting))
+    Ok((start, waiting))
 }
 
 /// Attempts to claim a shard whose checkpoint keeps changing under us before giving up.
 const CLAIM_ATTEMPTS: u32 = 5;
 
-/// A shard's checkpointed processor, position and version, or a fresh start.
-async fn load_checkpoint<K>(
+/// A claimed shard: its restored state and the version of the checkpoint the claim wrote.
+struct Claimed {
+    processor: ShardProcessor,
+    position: Position,
+    etag: ETag,
+    /// Set when the shard came from another owner (or back from a release).
+    handoff: Option<HandoffOutcome>,
+}
+
+/// How claiming a shard ended.
+enum Claim {
+    Claimed(Box<Claimed>),
+    Finished,
+    /// Another owner kept writing the checkpoint.
+    Fenced,
+    /// Stopped or released before it was claimed.
+    Interrupted(Control),
+}
+
+/// Claims a shard (DESIGN §6–§7): reads its checkpoint, waits for the previous owner's release
+/// when [`decide_claim`] says so, then writes the checkpoint back conditional on the version read.
+/// From then on a previous owner still running is fenced at its next checkpoint.
+///
+/// The claim is made at the worker's current epoch: a shard granted at E and still owned at a
+/// later epoch (the task would have been told to release it otherwise) accepts a release made at
+/// that later epoch, and writes it as its owner epoch.
+async fn claim<K>(
     shared: &Shared<K>,
     shard_id: &str,
-) -> Result<(ShardProcessor, Position, Option<ETag>), RunError> {
-    match shared.store.get(&checkpoint_key(&shared.options.pipeline, shard_id)).await? {
-        Some((bytes, etag)) => {
-            let checkpoint = ShardCheckpoint::from_bytes(&bytes)?;
-            Ok((checkpoint.restore(shared.config.clone())?, checkpoint.position, Some(etag)))
+    owner: &mut Owner,
+    grant: &Grant,
+    control: &mut watch::Receiver<Control>,
+) -> Result<Claim, RunError> {
+    let key = checkpoint_key(&shared.options.pipeline, shard_id);
+    let mut conflicts = 0;
+    let mut waiting = false;
+    loop {
+        let requested = *control.borrow_and_update();
+        if requested != Control::Run {
+            return Ok(Claim::Interrupted(requested));
         }
-        None => Ok((ShardProcessor::new(shared.config.clone()), Position::Start, None)),
+        owner.epoch = grant.epoch.max(shared.state.assignment_epoch().unwrap_or(0));
+        let me = Claimant {
+            id: &owner.id,
+            ordinal: owner.ordinal,
+            epoch: owner.epoch,
+            wait_for_release: grant.wait_for_release,
+        };
+        let stored = match shared.store.get(&key).await {
+            Ok(stored) => stored,
+            Err(e @ CheckpointError::S3 { retryable: true, .. }) if grant.wait_for_release => {
+                // The store is unavailable for now: keep waiting, as the previous owner must too.
+                tracing::warn!(shard = shard_id, error = %e, "failed to read the checkpoint to claim; retrying");
+                wait_or_interrupt(control).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (checkpoint, etag) = match stored {
+            Some((bytes, etag)) => (Some(ShardCheckpoint::from_bytes(&bytes)?), Some(etag)),
+            None => (None, None),
+        };
+        let holder = checkpoint.as_ref().map(|c| Holder {
+            finished: c.position == Position::Finished,
+            owner_id: &c.owner_id,
+            owner_ordinal: c.owner_ordinal,
+            released_epoch: c.released_epoch,
+        });
+        let handoff =
+            match decide_claim(holder.as_ref(), &me, grant.requested_at.elapsed(), shared.options.takeover_timeout) {
+                ClaimDecision::Finished => return Ok(Claim::Finished),
+                ClaimDecision::Claim(handoff) => handoff,
+                ClaimDecision::Wait => {
+                    if !waiting {
+                        waiting = true;
+                        tracing::info!(
+                            shard = shard_id,
+                            epoch = grant.epoch,
+                            "waiting for the previous owner to release the shard"
+                        );
+                        shared.state.update(shard_id, |s| s.state = ShardState::WaitingForRelease);
+                    }
+                    wait_or_interrupt(control).await;
+                    continue;
+                }
+            };
+        let (processor, position) = match checkpoint {
+            Some(checkpoint) => (checkpoint.restore(shared.config.clone())?, checkpoint.position),
+            None => (ShardProcessor::new(shared.config.clone()), Position::Start),
+        };
+        let claimed = ShardCheckpoint::capture(shard_id, position.clone(), owner, &processor, &shared.config);
+        let precondition = etag.map_or(Precondition::Absent, Precondition::Matches);
+        match shared.store.put(&key, &claimed.to_bytes()?, &precondition).await {
+            Ok(etag) => return Ok(Claim::Claimed(Box::new(Claimed { processor, position, etag, handoff }))),
+            Err(CheckpointError::Conflict { .. }) if conflicts < CLAIM_ATTEMPTS => {
+                // The previous owner wrote in between: read its newer state and decide again.
+                conflicts += 1;
+                tokio::time::sleep(Duration::from_millis(50 + fastrand::u64(..100))).await;
+            }
+            Err(CheckpointError::Conflict { .. }) => {
+                tracing::warn!(shard = shard_id, "could not claim the shard: another owner keeps writing it");
+                shared.state.update(shard_id, |s| s.state = ShardState::Fenced);
+                return Ok(Claim::Fenced);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Sleeps [`RELEASE_POLL_INTERVAL`], or less when the coordinator sends a new request (read at the
+/// top of the claim loop).
+async fn wait_or_interrupt(control: &mut watch::Receiver<Control>) {
+    tokio::select! {
+        () = tokio::time::sleep(RELEASE_POLL_INTERVAL) => {}
+        Ok(()) = control.changed() => {}
     }
 }
 
@@ -534,6 +912,8 @@ async fn checkpoint_finished<K>(shared: &Shared<K>, shard_id: &str) -> bool {
 struct ShardTask<K> {
     shared: Arc<Shared<K>>,
     shard_id: String,
+    /// This process, at the epoch under which the shard started.
+    owner: Owner,
     processor: ShardProcessor,
     position: Position,
     etag: Option<ETag>,
@@ -545,39 +925,42 @@ struct ShardTask<K> {
     reported: Counters,
 }
 
+/// How writing a checkpoint went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Written {
+    Yes,
+    /// Another owner took the shard (412).
+    Fenced,
+    /// The store failed; the state is kept for the next attempt.
+    Failed,
+}
+
 impl<K: KinesisApi> ShardTask<K> {
     async fn start(
         shared: Arc<Shared<K>>,
         shard: ShardInfo,
-        control: watch::Receiver<Control>,
+        mut control: watch::Receiver<Control>,
+        grant: Grant,
     ) -> Result<ShardExit, RunError> {
-        // Claim the shard (DESIGN §6–§7): write its checkpoint back, conditional on the version just
-        // read. From then on a previous owner still running is fenced at its next checkpoint.
-        let mut attempt = 0;
-        let (processor, position, etag) = loop {
-            let (processor, position, etag) = load_checkpoint(&shared, &shard.shard_id).await?;
-            if position == Position::Finished {
+        let mut owner = Owner { epoch: grant.epoch, ..shared.owner.clone() };
+        let claimed = match claim(&shared, &shard.shard_id, &mut owner, &grant, &mut control).await? {
+            Claim::Claimed(claimed) => *claimed,
+            Claim::Finished => {
+                shared.state.update(&shard.shard_id, |s| s.state = ShardState::Finished);
                 return Ok(ShardExit::Finished);
             }
-            let checkpoint =
-                ShardCheckpoint::capture(&shard.shard_id, position.clone(), &shared.owner, &processor, &shared.config);
-            let key = checkpoint_key(&shared.options.pipeline, &shard.shard_id);
-            let precondition = etag.map_or(Precondition::Absent, Precondition::Matches);
-            match shared.store.put(&key, &checkpoint.to_bytes()?, &precondition).await {
-                Ok(claimed) => break (processor, position, Some(claimed)),
-                Err(CheckpointError::Conflict { .. }) if attempt < CLAIM_ATTEMPTS => {
-                    // The previous owner wrote in between: read its newer state and claim that.
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(50 + fastrand::u64(..100))).await;
-                }
-                Err(CheckpointError::Conflict { .. }) => {
-                    tracing::warn!(shard = %shard.shard_id, "could not claim the shard: another owner keeps writing it");
-                    shared.state.update(&shard.shard_id, |s| s.state = ShardState::Fenced);
-                    return Ok(ShardExit::Fenced);
-                }
-                Err(e) => return Err(e.into()),
+            Claim::Fenced => return Ok(ShardExit::Fenced),
+            Claim::Interrupted(Control::Release { epoch }) => {
+                tracing::info!(shard = %shard.shard_id, epoch, "moved away before it was claimed");
+                shared.state.update(&shard.shard_id, |s| s.state = ShardState::Released);
+                return Ok(ShardExit::Released);
+            }
+            Claim::Interrupted(_) => {
+                shared.state.update(&shard.shard_id, |s| s.state = ShardState::Stopped);
+                return Ok(ShardExit::Stopped);
             }
         };
+        let Claimed { processor, position, etag, handoff } = claimed;
         let Some((start, skip_upto)) = resume_position(&position, &shared.options.start) else {
             return Ok(ShardExit::Finished);
         };
@@ -585,16 +968,20 @@ impl<K: KinesisApi> ShardTask<K> {
             (Position::Sequence { sequence_number, .. }, Some(done)) => Some((sequence_number.clone(), done)),
             _ => None,
         };
-        tracing::info!(shard = %shard.shard_id, ?start, "starting shard");
+        tracing::info!(shard = %shard.shard_id, ?start, epoch = grant.epoch, "starting shard");
         let reported = processor.counters().clone();
         let budget = shared.options.stop_after_records;
-        let mut task =
-            ShardTask { shared, shard_id: shard.shard_id.clone(), processor, position, etag, skip, reported, budget };
-        let elapsed = task.shared.state.elapsed_ms();
-        task.shared.state.update(&task.shard_id, |s| {
-            s.state = ShardState::Reading;
-            s.started_at_ms = Some(elapsed);
-        });
+        let mut task = ShardTask {
+            shared,
+            shard_id: shard.shard_id.clone(),
+            owner,
+            processor,
+            position,
+            etag: Some(etag),
+            skip,
+            reported,
+            budget,
+        };
         let (api, options) = (task.shared.api.clone(), &task.shared.options);
         let reader = match &task.shared.consumer_arn {
             None => ShardSource::Polling(Box::new(PollingReader::new(
@@ -613,7 +1000,26 @@ impl<K: KinesisApi> ShardTask<K> {
                 options.polling.clone(),
             ))),
         };
+        let elapsed = task.shared.state.elapsed_ms();
+        let pause = handoff.map(|outcome| task.note_handoff(outcome, grant.requested_at.elapsed()));
+        task.shared.state.update(&task.shard_id, |s| {
+            s.state = ShardState::Reading;
+            s.started_at_ms = Some(elapsed);
+            if pause.is_some() {
+                s.handoff_pause_ms = pause;
+            }
+        });
         task.read(reader, control).await
+    }
+
+    /// Counts a handoff to this worker and its pause; returns the pause in ms.
+    fn note_handoff(&self, outcome: HandoffOutcome, pause: Duration) -> u64 {
+        let metrics = &self.shared.state.metrics;
+        metrics.shard_handoffs.with_label_values(&[outcome.as_str()]).inc();
+        metrics.handoff_pause_seconds.observe(pause.as_secs_f64());
+        let pause_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(shard = %self.shard_id, outcome = outcome.as_str(), pause_ms, epoch = self.owner.epoch, "shard handed over to this worker");
+        pause_ms
     }
 
     async fn read(
@@ -629,18 +1035,22 @@ impl<K: KinesisApi> ShardTask<K> {
                 reader.mark_closed();
             }
             let requested = *control.borrow_and_update();
-            if let Control::Stop { close_windows } = requested {
-                if close_windows {
-                    let closed = self.processor.take_all();
-                    self.emit(&closed).await?;
-                }
-                return match self.checkpoint().await? {
-                    true => {
-                        self.shared.state.update(&self.shard_id, |s| s.state = ShardState::Stopped);
-                        Ok(ShardExit::Stopped)
+            match requested {
+                Control::Run => {}
+                Control::Stop { close_windows } => {
+                    if close_windows {
+                        let closed = self.processor.take_all();
+                        self.emit(&closed).await?;
                     }
-                    false => Ok(ShardExit::Fenced),
-                };
+                    return match self.checkpoint().await? {
+                        true => {
+                            self.shared.state.update(&self.shard_id, |s| s.state = ShardState::Stopped);
+                            Ok(ShardExit::Stopped)
+                        }
+                        false => Ok(ShardExit::Fenced),
+                    };
+                }
+                Control::Release { epoch } => return self.release(epoch).await,
             }
             if Instant::now() >= next_checkpoint {
                 if !self.checkpoint().await? {
@@ -818,17 +1228,57 @@ impl<K: KinesisApi> ShardTask<K> {
         Ok(())
     }
 
-    /// Flushes the sink, then writes the checkpoint. `Ok(false)`: fenced by another owner.
+    /// Gives the shard up to its new owner (DESIGN §7): flushes the sink and writes a final
+    /// checkpoint marked released at `epoch`. Open windows stay in the checkpoint's partials for
+    /// the new owner. A store failure is retried until the takeover timeout, after which the new
+    /// owner takes the shard over anyway.
+    async fn release(&mut self, epoch: u64) -> Result<ShardExit, RunError> {
+        let deadline = Instant::now() + self.shared.options.takeover_timeout;
+        loop {
+            match self.write_checkpoint(Some(epoch)).await? {
+                Written::Yes => {
+                    self.shared
+                        .state
+                        .metrics
+                        .shard_handoffs
+                        .with_label_values(&[HandoffOutcome::Released.as_str()])
+                        .inc();
+                    tracing::info!(shard = %self.shard_id, epoch, position = ?self.position, "shard released to its new owner");
+                    break;
+                }
+                Written::Fenced => return Ok(ShardExit::Fenced),
+                Written::Failed if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(500)).await,
+                Written::Failed => {
+                    tracing::warn!(shard = %self.shard_id, epoch, "could not write the release; the new owner takes the shard over after its timeout");
+                    break;
+                }
+            }
+        }
+        self.shared.state.update(&self.shard_id, |s| s.state = ShardState::Released);
+        if let Ok(mut caught_up) = self.shared.caught_up_since.lock() {
+            caught_up.remove(&self.shard_id);
+        }
+        Ok(ShardExit::Released)
+    }
+
+    /// Flushes the sink, then writes the checkpoint. `Ok(false)`: fenced by another owner; a store
+    /// failure is retried at the next interval.
     async fn checkpoint(&mut self) -> Result<bool, RunError> {
+        Ok(self.write_checkpoint(None).await? != Written::Fenced)
+    }
+
+    /// Flushes the sink, then writes the checkpoint, marked released at `released` if given.
+    async fn write_checkpoint(&mut self, released: Option<u64>) -> Result<Written, RunError> {
         let started = Instant::now();
         self.shared.sink.flush().await?;
-        let checkpoint = ShardCheckpoint::capture(
+        let mut checkpoint = ShardCheckpoint::capture(
             &self.shard_id,
             self.position.clone(),
-            &self.shared.owner,
+            &self.owner,
             &self.processor,
             &self.shared.config,
         );
+        checkpoint.released_epoch = released;
         let bytes = checkpoint.to_bytes()?;
         let key = checkpoint_key(&self.shared.options.pipeline, &self.shard_id);
         let precondition = self.etag.clone().map_or(Precondition::Absent, Precondition::Matches);
@@ -854,13 +1304,13 @@ impl<K: KinesisApi> ShardTask<K> {
                     s.checkpoint_error = None;
                     s.position = position;
                 });
-                Ok(true)
+                Ok(Written::Yes)
             }
             Err(CheckpointError::Conflict { .. }) => {
                 metrics.checkpoint_failures.with_label_values(&["conflict"]).inc();
                 tracing::warn!(shard = %self.shard_id, "checkpoint fenced: another worker owns the shard; stopping it");
                 self.shared.state.update(&self.shard_id, |s| s.state = ShardState::Fenced);
-                Ok(false)
+                Ok(Written::Fenced)
             }
             Err(e) => {
                 // Keep the in-memory state and try again at the next interval.
@@ -868,7 +1318,7 @@ impl<K: KinesisApi> ShardTask<K> {
                 tracing::warn!(shard = %self.shard_id, error = %e, "checkpoint failed; will retry");
                 let message = e.to_string();
                 self.shared.state.update(&self.shard_id, |s| s.checkpoint_error = Some(message));
-                Ok(true)
+                Ok(Written::Failed)
             }
         }
     }

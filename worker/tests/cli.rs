@@ -91,7 +91,12 @@ fn generate_is_reproducible_from_its_seed() {
 
 #[test]
 fn bad_flag_values_and_missing_files_fail_with_a_clear_message() {
-    let cases: [(&[&str], &str); 8] = [
+    let run = ["run", "--pipeline", "nyc", "--stream", "s", "--checkpoint", "/tmp/c", "--sink", "file:///tmp/p.jsonl"];
+    let with = |extra: &'static [&'static str]| -> Vec<&str> { run.iter().chain(extra).copied().collect() };
+    let (needs_ordinal, bad_source) = (with(&["--assignment", "file:/tmp/a.json"]), with(&["--assignment", "some"]));
+    let cases: [(&[&str], &str); 10] = [
+        (&needs_ordinal, "--assignment file:PATH needs --ordinal N"),
+        (&bad_source, "expected all, file:PATH or configmap"),
         (&["run", "--config", "/nonexistent/worker.json"], "failed to read /nonexistent/worker.json"),
         (&["run", "--config", "w.json", "--pipeline", "nyc"], "cannot be used with"),
         (&["local", "--window", "10x"], "invalid duration \"10x\""),

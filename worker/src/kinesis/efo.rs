@@ -32,6 +32,8 @@ pub struct EfoReader<K: KinesisApi> {
     drain: Option<PollingReader<K>>,
     stats: ReaderStats,
     sessions: u64,
+    /// The last event of a closed shard carried records: they were handed out, the end comes next.
+    end: Option<Vec<String>>,
 }
 
 impl<K: KinesisApi> std::fmt::Debug for EfoReader<K> {
@@ -68,6 +70,7 @@ impl<K: KinesisApi> EfoReader<K> {
             drain: None,
             stats: ReaderStats::default(),
             sessions: 0,
+            end: None,
         }
     }
 
@@ -97,6 +100,9 @@ impl<K: KinesisApi> EfoReader<K> {
 
     /// The next batch of records, or the end of the shard.
     pub async fn next(&mut self) -> Result<ReadOutcome, KinesisError> {
+        if let Some(children) = self.end.take() {
+            return Ok(ReadOutcome::End { children });
+        }
         loop {
             if let Some(drain) = &mut self.drain {
                 return drain.next().await;
@@ -128,7 +134,16 @@ impl<K: KinesisApi> EfoReader<K> {
                         self.position = StartingPosition::AfterSequenceNumber(last.sequence_number.clone());
                     }
                     let Some(continuation) = event.continuation_sequence_number else {
-                        return Ok(ReadOutcome::End { children: event.child_shards });
+                        if event.records.is_empty() {
+                            return Ok(ReadOutcome::End { children: event.child_shards });
+                        }
+                        // The last event of a closed shard may carry its last records: hand them
+                        // out first, the end comes next.
+                        self.end = Some(event.child_shards);
+                        return Ok(ReadOutcome::Records {
+                            records: event.records,
+                            millis_behind_latest: event.millis_behind_latest,
+                        });
                     };
                     self.position = StartingPosition::AfterSequenceNumber(continuation);
                     let caught_up = event.records.is_empty() && event.millis_behind_latest.is_none_or(|m| m == 0);

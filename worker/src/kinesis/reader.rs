@@ -113,6 +113,8 @@ pub struct PollingReader<K> {
     idle_delay: Duration,
     backoff: Backoff,
     stats: ReaderStats,
+    /// The last page of a closed shard carried records: they were handed out, the end comes next.
+    end: Option<Vec<String>>,
 }
 
 impl<K: KinesisApi> PollingReader<K> {
@@ -130,6 +132,7 @@ impl<K: KinesisApi> PollingReader<K> {
             next_call_at: Instant::now(),
             backoff,
             stats: ReaderStats::default(),
+            end: None,
         }
     }
 
@@ -146,6 +149,9 @@ impl<K: KinesisApi> PollingReader<K> {
     /// The next page of records. Throttling, server errors and expired iterators are handled
     /// here (waiting as needed); other errors are returned, and the reader can be called again.
     pub async fn next(&mut self) -> Result<ReadOutcome, KinesisError> {
+        if let Some(children) = self.end.take() {
+            return Ok(ReadOutcome::End { children });
+        }
         loop {
             tokio::time::sleep_until(self.next_call_at.into()).await;
             match self.try_once().await {
@@ -203,7 +209,12 @@ impl<K: KinesisApi> PollingReader<K> {
         };
         self.next_call_at = started + self.idle_delay;
         match page.next_iterator {
-            None => Ok(ReadOutcome::End { children: page.child_shards }),
+            None if page.records.is_empty() => Ok(ReadOutcome::End { children: page.child_shards }),
+            // The last page of a closed shard may carry its last records: hand them out first.
+            None => {
+                self.end = Some(page.child_shards);
+                Ok(ReadOutcome::Records { records: page.records, millis_behind_latest: page.millis_behind_latest })
+            }
             Some(_) => {
                 Ok(ReadOutcome::Records { records: page.records, millis_behind_latest: page.millis_behind_latest })
             }
@@ -245,6 +256,87 @@ mod tests {
         assert_eq!(b.attempts(), 10);
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    /// A closed shard whose single page carries its last two records and no next iterator.
+    struct LastPage;
+
+    struct NoSubscription;
+
+    impl crate::kinesis::api::Subscription for NoSubscription {
+        async fn next_event(&mut self) -> Result<Option<crate::kinesis::api::SubscriptionEvent>, KinesisError> {
+            Ok(None)
+        }
+    }
+
+    impl KinesisApi for LastPage {
+        type Subscription = NoSubscription;
+
+        async fn list_shards(&self, _: &str) -> Result<Vec<crate::kinesis::api::ShardInfo>, KinesisError> {
+            Ok(Vec::new())
+        }
+        async fn get_shard_iterator(&self, _: &str, _: &str, _: &StartingPosition) -> Result<String, KinesisError> {
+            Ok("it".to_owned())
+        }
+        async fn get_records(&self, _: &str, _: i32) -> Result<crate::kinesis::api::RecordsPage, KinesisError> {
+            let record = |seq: &str| crate::kinesis::api::KinesisRecord {
+                sequence_number: seq.to_owned(),
+                partition_key: "1".to_owned(),
+                data: bytes::Bytes::from_static(b"{}"),
+                arrival: None,
+            };
+            Ok(crate::kinesis::api::RecordsPage {
+                records: vec![record("1"), record("2")],
+                next_iterator: None,
+                millis_behind_latest: Some(0),
+                child_shards: vec!["shardId-000000000004".to_owned()],
+            })
+        }
+        async fn put_records(
+            &self,
+            _: &str,
+            _: Vec<crate::kinesis::api::PutEntry>,
+        ) -> Result<Vec<crate::kinesis::api::PutOutcome>, KinesisError> {
+            Ok(Vec::new())
+        }
+        async fn stream_state(&self, _: &str) -> Result<crate::kinesis::api::StreamState, KinesisError> {
+            Ok(crate::kinesis::api::StreamState::Missing)
+        }
+        async fn create_stream(&self, _: &str, _: u32) -> Result<(), KinesisError> {
+            Ok(())
+        }
+        async fn register_consumer(&self, _: &str, _: &str) -> Result<String, KinesisError> {
+            Ok(String::new())
+        }
+        async fn subscribe_to_shard(
+            &self,
+            _: &str,
+            _: &str,
+            _: &StartingPosition,
+        ) -> Result<NoSubscription, KinesisError> {
+            Ok(NoSubscription)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_last_records_of_a_closed_shard_come_before_its_end() {
+        let mut reader = PollingReader::new(
+            Arc::new(LastPage),
+            "s",
+            "shardId-000000000000",
+            StartingPosition::TrimHorizon,
+            PollingConfig::default(),
+        );
+        match reader.next().await.expect("page") {
+            ReadOutcome::Records { records, .. } => {
+                assert_eq!(records.iter().map(|r| r.sequence_number.as_str()).collect::<Vec<_>>(), ["1", "2"]);
+            }
+            ReadOutcome::End { .. } => panic!("the last page's records were dropped"),
+        }
+        match reader.next().await.expect("end") {
+            ReadOutcome::End { children } => assert_eq!(children, ["shardId-000000000004"]),
+            ReadOutcome::Records { .. } => panic!("the end follows the last records"),
+        }
     }
 
     #[test]

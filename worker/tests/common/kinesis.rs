@@ -8,6 +8,7 @@ use aws_sdk_kinesis::config::{Credentials, Region};
 use bytes::Bytes;
 use taxi_worker::config::EngineConfig;
 use taxi_worker::event::Event;
+use taxi_worker::handoff::AssignmentSource;
 use taxi_worker::input::{parse_json_record, read_records};
 use taxi_worker::kinesis::api::{KinesisApi, PutEntry, PutOutcome, SdkKinesis, StartingPosition, StreamState};
 use taxi_worker::kinesis::reader::PollingConfig;
@@ -111,6 +112,9 @@ pub fn run_options(stream: &str, dir: &Path, pipeline: &str) -> RunOptions {
         },
         engine: EngineConfig::default(),
         owner_epoch: 0,
+        assignment: AssignmentSource::All,
+        ordinal: None,
+        takeover_timeout: Duration::from_secs(30),
         consumer: ConsumerKind::Polling,
         stop_after_records: None,
     }

@@ -1,0 +1,116 @@
+//! Shard handoff in one `run_worker` against the Kinesis emulator (DESIGN §7): a new owner waits
+//! for a previous owner that never releases, can be moved away while it waits, and takes the
+//! shard over once the takeover timeout has passed — reading from the checkpointed position.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::kinesis::{client, emulator, fresh_stream, put_file, run_options};
+use common::{as_lines, batch_oracle};
+use taxi_worker::assignment::Assignment;
+use taxi_worker::checkpoint::{DirStore, Owner, Position, Precondition, ShardCheckpoint};
+use taxi_worker::config::EngineConfig;
+use taxi_worker::generate::{GeneratorConfig, write_json_lines};
+use taxi_worker::handoff::AssignmentSource;
+use taxi_worker::run::{ShardState, WorkerState, run_worker};
+use taxi_worker::shard::ShardProcessor;
+use taxi_worker::sink::{merge_documents, read_documents};
+
+const SHARD: &str = "shardId-000000000000";
+
+fn publish(path: &Path, epoch: u64, owner: u32) {
+    let assignment = Assignment { epoch, replicas: 2, owners: [(SHARD.to_owned(), owner)].into() };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, assignment.to_json()).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+fn state_of(state: &WorkerState) -> Option<ShardState> {
+    state.shards.lock().expect("status").get(SHARD).map(|s| s.state)
+}
+
+async fn wait_for_state(state: &WorkerState, expected: ShardState) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state_of(state) != Some(expected) {
+        assert!(Instant::now() < deadline, "shard never {expected:?}: {:?}", state_of(state));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owner_waits_for_a_release_that_never_comes_then_takes_the_shard_over() {
+    let Some(endpoint) = emulator() else { return };
+    let api = Arc::new(client(&endpoint));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("trips.jsonl");
+    let config = GeneratorConfig { trips: 1_500, seed: 31, invalid_ratio: 0.002, ..GeneratorConfig::default() };
+    write_json_lines(&config, std::fs::File::create(&input).expect("create")).expect("generate");
+    let stream = fresh_stream(&api, 1).await;
+    put_file(&api, &stream, &input).await;
+
+    // A previous owner (ordinal 0) claimed the shard and vanished without releasing it.
+    let engine = Arc::new(EngineConfig::default());
+    let gone = Owner { epoch: 1, id: "worker-0-gone".to_owned(), ordinal: Some(0) };
+    let checkpoint =
+        ShardCheckpoint::capture(SHARD, Position::Start, &gone, &ShardProcessor::new(engine.clone()), &engine);
+    let store = DirStore::new(dir.path().join("checkpoints"));
+    let key = format!("nyc/shards/{SHARD}.json");
+    store.put(&key, &checkpoint.to_bytes().expect("encode"), &Precondition::Absent).expect("put");
+
+    let assignment = dir.path().join("assignment.json");
+    let takeover_timeout = Duration::from_secs(2);
+    let mut options = run_options(&stream, dir.path(), "nyc");
+    options.assignment = AssignmentSource::File(assignment.clone());
+    options.ordinal = Some(1);
+    options.takeover_timeout = takeover_timeout;
+    let state = Arc::new(WorkerState::default());
+    let (_keep, never) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(run_worker(api.clone(), options, state.clone(), never));
+
+    // No assignment yet: the worker owns nothing and says so.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let not_ready = state.readiness().expect_err("not ready before the first assignment");
+    assert!(not_ready.contains("assignment"), "{not_ready}");
+    assert_eq!(state_of(&state), None, "nothing is started without an assignment");
+
+    // Epoch 2 gives the shard to ordinal 1: it waits for ordinal 0's release.
+    publish(&assignment, 2, 1);
+    wait_for_state(&state, ShardState::WaitingForRelease).await;
+    assert!(state.readiness().is_ok());
+
+    // Epoch 3 moves it back to ordinal 0 before the timeout: the wait ends, nothing is claimed.
+    publish(&assignment, 3, 0);
+    wait_for_state(&state, ShardState::Released).await;
+    let (bytes, _) = store.get(&key).expect("get").expect("present");
+    assert_eq!(ShardCheckpoint::from_bytes(&bytes).expect("decode").owner_id, "worker-0-gone", "not claimed");
+
+    // Epoch 4 gives it to ordinal 1 again; ordinal 0 never releases it: taken over after the timeout.
+    let granted = Instant::now();
+    publish(&assignment, 4, 1);
+    wait_for_state(&state, ShardState::Reading).await;
+    assert!(granted.elapsed() >= takeover_timeout, "waited for the timeout: {:?}", granted.elapsed());
+    let summary = tokio::time::timeout(Duration::from_secs(60), worker)
+        .await
+        .expect("stops when idle")
+        .expect("join")
+        .expect("run");
+
+    let metrics = state.metrics.render();
+    assert!(metrics.contains("taxi_shard_handoffs_total{outcome=\"taken_over_after_timeout\"} 1"), "{metrics}");
+    assert!(metrics.contains("taxi_shard_handoffs_total{outcome=\"claimed_after_release\"} 0"), "{metrics}");
+    assert!(metrics.contains("taxi_assignment_epoch 4"), "{metrics}");
+    let pause = state.shards.lock().expect("status")[SHARD].handoff_pause_ms.expect("pause");
+    assert!(pause >= 2_000, "the pause includes the wait: {pause} ms");
+    let status = state.status_json();
+    assert_eq!((status["ordinal"].as_u64(), status["assignment_epoch"].as_u64()), (Some(1), Some(4)), "{status}");
+
+    let (bytes, _) = store.get(&key).expect("get").expect("present");
+    let last = ShardCheckpoint::from_bytes(&bytes).expect("decode");
+    assert_eq!((last.owner_epoch, last.owner_ordinal), (4, Some(1)), "claimed at epoch 4 by ordinal 1");
+    assert_eq!(summary.counters.records, common::kinesis::count_records(&input), "read from the checkpoint");
+    let partials = read_documents(&dir.path().join("partials.jsonl")).expect("partials");
+    assert_eq!(as_lines(&merge_documents(&engine, partials)), as_lines(&batch_oracle(&engine, &input)));
+}
