@@ -91,7 +91,7 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
     let controllers = run_while_leading(leading_rx, || run_controllers(client.clone(), &config, state.clone()));
     tokio::select! {
         () = controllers => {}
-        () = wait_for_termination() => tracing::info!("shutting down"),
+        () = taxi_worker::signals::terminated() => tracing::info!("shutting down"),
     }
     // Stop reconciling before the Lease is released, so no successor overlaps with us.
     let _ = shutdown_tx.send(true);
@@ -163,19 +163,4 @@ async fn controller(client: Client, namespace: Option<String>, ctx: Arc<Context<
 
 fn object_name(object: &ObjectRef<DeserializeGuard<TaxiPipeline>>) -> String {
     format!("{}/{}", object.namespace.as_deref().unwrap_or(""), object.name)
-}
-
-/// Resolves on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
-async fn wait_for_termination() {
-    #[cfg(unix)]
-    {
-        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -7,7 +7,8 @@
 //! - [`checkpoint`]: per-shard checkpoint state and its stores;
 //! - [`generate`]: the synthetic NYC trip generator;
 //! - [`local`]: the whole pipeline embedded in one process (`taxi-worker local`);
-//! - [`kinesis`], [`run`], [`sink`], [`metrics`], [`http`]: the pod command (`taxi-worker run`);
+//! - [`kinesis`], [`run`], [`sink`], [`metrics`], [`http`], [`signals`]: the pod command
+//!   (`taxi-worker run`);
 //! - [`settings`]: the pipeline settings the operator renders for its workers (`run --config`);
 //! - [`assignment`]: which worker owns which shard (DESIGN §7), shared with the operator;
 //! - [`handoff`]: where a worker's assignment comes from, and moving shards between workers;
@@ -33,6 +34,7 @@ pub mod replay;
 pub mod run;
 pub mod settings;
 pub mod shard;
+pub mod signals;
 pub mod sink;
 pub mod store;
 pub mod time;

@@ -759,7 +759,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         let server = tokio::spawn(serve);
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let signals = tokio::spawn(async move {
-            wait_for_termination().await;
+            taxi_worker::signals::terminated().await;
             let _ = shutdown_tx.send(true);
         });
         let started = Instant::now();
@@ -780,21 +780,6 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         );
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// Resolves on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
-async fn wait_for_termination() {
-    #[cfg(unix)]
-    {
-        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn results(args: &ResultsArgs) -> Result<ExitCode, String> {

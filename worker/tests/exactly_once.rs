@@ -4,13 +4,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use common::kinesis::{client, fresh_stream, put_file};
+use common::process::{WorkerProcess, spawn_worker};
 use common::proxy::Proxy;
 use common::services::service_endpoint;
 use common::{as_lines, batch_oracle};
@@ -93,23 +94,8 @@ impl Pipeline {
             .args(["--checkpoint", &format!("s3://{}/checkpoints", self.bucket), "--checkpoint-interval", "300ms"])
             .args(["--sink", sink.unwrap_or(&self.services.opensearch), "--index-prefix", &self.index_prefix])
             .args(["--bulk-max-delay", "50ms", "--shard-discovery-interval", "500ms", "--max-records", "100"])
-            .args(extra)
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start taxi-worker run");
-        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-        let mut first = String::new();
-        stderr.read_line(&mut first).expect("first stderr line");
-        let addr = first
-            .split("http://")
-            .nth(1)
-            .and_then(|s| s.split('/').next())
-            .unwrap_or_else(|| panic!("the worker prints its address first, got {first:?}"))
-            .to_owned();
-        let stderr = std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = stderr.read_to_string(&mut rest);
-            rest
-        });
+            .args(extra);
+        let WorkerProcess { child, addr, stderr } = spawn_worker(cmd);
         Worker { child, addr, stderr: Some(stderr) }
     }
 

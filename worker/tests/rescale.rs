@@ -14,15 +14,16 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::types::ScalingType;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use common::kinesis::{client, fresh_stream, wait_active};
+use common::process::{WorkerProcess, spawn_worker};
 use common::services::service_endpoint;
 use common::{as_lines, batch_oracle};
 use taxi_worker::assignment::{Assignment, assign, moved_shards};
@@ -168,23 +169,8 @@ impl Setup {
             // the oracle exactly.
             .args(["--max-out-of-orderness", "10m"])
             .args(["--assignment", &assignment, "--ordinal", &ordinal.to_string()])
-            .args(extra)
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start taxi-worker run");
-        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-        let mut first = String::new();
-        stderr.read_line(&mut first).expect("first stderr line");
-        let addr = first
-            .split("http://")
-            .nth(1)
-            .and_then(|s| s.split('/').next())
-            .unwrap_or_else(|| panic!("the worker prints its address first, got {first:?}"))
-            .to_owned();
-        let stderr = std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = stderr.read_to_string(&mut rest);
-            rest
-        });
+            .args(extra);
+        let WorkerProcess { child, addr, stderr } = spawn_worker(cmd);
         Worker { ordinal, child, addr, stderr: Some(stderr) }
     }
 

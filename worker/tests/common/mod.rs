@@ -3,6 +3,7 @@
 #![allow(dead_code, reason = "each test binary uses a different subset of the helpers")]
 
 pub mod kinesis;
+pub mod process;
 pub mod proxy;
 pub mod services;
 
