@@ -214,6 +214,26 @@ fn applies(pdb: bool) -> Vec<Call> {
     calls
 }
 
+/// A whole pass over an existing pipeline: read the assignment and the StatefulSet (`None`: absent),
+/// apply everything, publish one Event, patch the status.
+fn pass(assignment: Option<(&Assignment, &str)>, statefulset: Option<(i32, i32)>, pdb: bool) -> Vec<Call> {
+    let mut calls = vec![
+        match assignment {
+            Some((a, at)) => call(Method::GET, &format!("{NS}/configmaps/nyc-assignment"), 200, assignment_map(a, at)),
+            None => call(Method::GET, &format!("{NS}/configmaps/nyc-assignment"), 404, not_found()),
+        },
+        match statefulset {
+            Some((replicas, ready)) => {
+                call(Method::GET, &format!("{APPS}/statefulsets/nyc-worker"), 200, stateful_set(replicas, ready))
+            }
+            None => call(Method::GET, &format!("{APPS}/statefulsets/nyc-worker"), 404, not_found()),
+        },
+    ];
+    calls.extend(applies(pdb));
+    calls.extend([event(), status_patch()]);
+    calls
+}
+
 fn event() -> Call {
     call(Method::POST, EVENTS, 201, json!({}))
 }
@@ -252,13 +272,7 @@ fn four_open_shards() -> Vec<ShardInfo> {
 #[tokio::test]
 async fn a_new_pipeline_gets_its_workers_an_assignment_and_a_status() {
     let (ctx, handle) = context(Ok(four_open_shards()), FakeProbe::default());
-    let mut calls = vec![
-        call(Method::GET, &format!("{NS}/configmaps/nyc-assignment"), 404, not_found()),
-        call(Method::GET, &format!("{APPS}/statefulsets/nyc-worker"), 404, not_found()),
-    ];
-    calls.extend(applies(true));
-    calls.extend([event(), status_patch()]);
-    let server = tokio::spawn(serve(handle, calls));
+    let server = tokio::spawn(serve(handle, pass(None, None, true)));
     let action = reconcile(guard(pipeline(2, json!({}))), ctx).await.expect("reconcile");
     let sent = server.await.expect("server");
     assert_eq!(action, Action::requeue(Duration::from_secs(30)));
@@ -293,18 +307,7 @@ async fn scaling_up_grows_the_statefulset_first_and_moves_shards_once_the_pods_a
     };
     // Pass 1: parallelism 2 → 3 (an edit or `kubectl scale`), two pods ready.
     let (ctx, handle) = context(Ok(four_open_shards()), FakeProbe::default());
-    let mut calls = vec![
-        call(
-            Method::GET,
-            &format!("{NS}/configmaps/nyc-assignment"),
-            200,
-            assignment_map(&before, "2026-11-27T11:00:00Z"),
-        ),
-        call(Method::GET, &format!("{APPS}/statefulsets/nyc-worker"), 200, stateful_set(2, 2)),
-    ];
-    calls.extend(applies(true));
-    calls.extend([event(), status_patch()]);
-    let server = tokio::spawn(serve(handle, calls));
+    let server = tokio::spawn(serve(handle, pass(Some((&before, "2026-11-27T11:00:00Z")), Some((2, 2)), true)));
     let action = reconcile(guard(pipeline(3, json!({}))), ctx).await.expect("reconcile");
     let sent = server.await.expect("server");
     assert_eq!(action, Action::requeue(Duration::from_secs(3)), "a rescale under way is watched closely");
@@ -318,18 +321,7 @@ async fn scaling_up_grows_the_statefulset_first_and_moves_shards_once_the_pods_a
 
     // Pass 2: the third pod is ready: the assignment moves the fewest shards to it.
     let (ctx, handle) = context(Ok(four_open_shards()), FakeProbe::default());
-    let mut calls = vec![
-        call(
-            Method::GET,
-            &format!("{NS}/configmaps/nyc-assignment"),
-            200,
-            assignment_map(&before, "2026-11-27T11:00:00Z"),
-        ),
-        call(Method::GET, &format!("{APPS}/statefulsets/nyc-worker"), 200, stateful_set(3, 3)),
-    ];
-    calls.extend(applies(true));
-    calls.extend([event(), status_patch()]);
-    let server = tokio::spawn(serve(handle, calls));
+    let server = tokio::spawn(serve(handle, pass(Some((&before, "2026-11-27T11:00:00Z")), Some((3, 3)), true)));
     reconcile(guard(pipeline(3, json!({}))), ctx).await.expect("reconcile");
     let sent = server.await.expect("server");
     let after = sent_assignment(&sent);
@@ -346,18 +338,7 @@ async fn scaling_down_removes_pods_only_after_they_released_their_shards() {
     let three = taxi_worker::assignment::assign(&shards, 3, None);
     // Pass 1: `kubectl scale tp/nyc --replicas=1`: the assignment shrinks, the pods stay.
     let (ctx, handle) = context(Ok(shards.clone()), FakeProbe::default());
-    let mut calls = vec![
-        call(
-            Method::GET,
-            &format!("{NS}/configmaps/nyc-assignment"),
-            200,
-            assignment_map(&three, "2026-11-27T11:00:00Z"),
-        ),
-        call(Method::GET, &format!("{APPS}/statefulsets/nyc-worker"), 200, stateful_set(3, 3)),
-    ];
-    calls.extend(applies(true));
-    calls.extend([event(), status_patch()]);
-    let server = tokio::spawn(serve(handle, calls));
+    let server = tokio::spawn(serve(handle, pass(Some((&three, "2026-11-27T11:00:00Z")), Some((3, 3)), true)));
     reconcile(guard(pipeline(1, json!({}))), ctx).await.expect("reconcile");
     let sent = server.await.expect("server");
     let one = sent_assignment(&sent);
@@ -373,18 +354,7 @@ async fn scaling_down_removes_pods_only_after_they_released_their_shards() {
         ("nyc-worker-2.nyc-worker.taxi.svc".to_owned(), drained),
     ]));
     let (ctx, handle) = context(Ok(shards), probe);
-    let mut calls = vec![
-        call(
-            Method::GET,
-            &format!("{NS}/configmaps/nyc-assignment"),
-            200,
-            assignment_map(&one, "2026-11-27T11:59:58Z"),
-        ),
-        call(Method::GET, &format!("{APPS}/statefulsets/nyc-worker"), 200, stateful_set(3, 3)),
-    ];
-    calls.extend(applies(false));
-    calls.extend([event(), status_patch()]);
-    let server = tokio::spawn(serve(handle, calls));
+    let server = tokio::spawn(serve(handle, pass(Some((&one, "2026-11-27T11:59:58Z")), Some((3, 3)), false)));
     reconcile(guard(pipeline(1, json!({}))), ctx).await.expect("reconcile");
     let sent = server.await.expect("server");
     assert_eq!(sent_assignment(&sent), one, "the assignment is already right");
@@ -412,18 +382,7 @@ async fn new_child_shards_after_a_reshard_get_owners_in_a_new_epoch() {
     shards.push(child(4, shards[0].starting_hash_key, half));
     shards.push(child(5, half + 1, shards[0].ending_hash_key));
     let (ctx, handle) = context(Ok(shards), FakeProbe::default());
-    let mut calls = vec![
-        call(
-            Method::GET,
-            &format!("{NS}/configmaps/nyc-assignment"),
-            200,
-            assignment_map(&before, "2026-11-27T11:00:00Z"),
-        ),
-        call(Method::GET, &format!("{APPS}/statefulsets/nyc-worker"), 200, stateful_set(2, 2)),
-    ];
-    calls.extend(applies(true));
-    calls.extend([event(), status_patch()]);
-    let server = tokio::spawn(serve(handle, calls));
+    let server = tokio::spawn(serve(handle, pass(Some((&before, "2026-11-27T11:00:00Z")), Some((2, 2)), true)));
     reconcile(guard(pipeline(2, json!({}))), ctx).await.expect("reconcile");
     let sent = server.await.expect("server");
     let after = sent_assignment(&sent);
