@@ -1579,6 +1579,10 @@ mod tests {
             st.polls_until_active = 2;
             Ok(())
         }
+
+        async fn update_shard_count(&self, _stream: &str, _target_open_shards: u32) -> Result<(), KinesisError> {
+            Err(permanent("UpdateShardCount"))
+        }
     }
 
     const T0: Millis = 1_451_606_400_000;

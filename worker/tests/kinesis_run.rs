@@ -221,6 +221,9 @@ impl KinesisApi for Faulty {
     async fn create_stream(&self, stream: &str, shards: u32) -> Result<(), KinesisError> {
         self.inner.create_stream(stream, shards).await
     }
+    async fn update_shard_count(&self, stream: &str, target_open_shards: u32) -> Result<(), KinesisError> {
+        self.inner.update_shard_count(stream, target_open_shards).await
+    }
     async fn register_consumer(&self, stream: &str, name: &str) -> Result<String, KinesisError> {
         self.inner.register_consumer(stream, name).await
     }

@@ -10,7 +10,7 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::config::http::HttpResponse;
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::{Blob, DateTime};
-use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType, StreamStatus};
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ScalingType, ShardIteratorType, StreamStatus};
 use bytes::Bytes;
 
 use crate::event::Millis;
@@ -285,6 +285,14 @@ pub trait KinesisApi: Send + Sync + 'static {
     fn stream_state(&self, stream: &str) -> impl Future<Output = Result<StreamState, KinesisError>> + Send;
     /// Creates a provisioned stream with `shards` shards.
     fn create_stream(&self, stream: &str, shards: u32) -> impl Future<Output = Result<(), KinesisError>> + Send;
+    /// Starts resharding an ACTIVE stream to `target_open_shards` open shards (UpdateShardCount,
+    /// UNIFORM_SCALING); the stream is UPDATING until it is done. Kinesis allows at most ×2 or ÷2
+    /// of the current open shard count per call and a few calls per rolling 24 hours.
+    fn update_shard_count(
+        &self,
+        stream: &str,
+        target_open_shards: u32,
+    ) -> impl Future<Output = Result<(), KinesisError>> + Send;
     /// Registers (or finds) the enhanced fan-out consumer `name` and waits until it is active,
     /// returning its ARN.
     fn register_consumer(&self, stream: &str, name: &str) -> impl Future<Output = Result<String, KinesisError>> + Send;
@@ -515,6 +523,19 @@ impl KinesisApi for SdkKinesis {
         Ok(())
     }
 
+    async fn update_shard_count(&self, stream: &str, target_open_shards: u32) -> Result<(), KinesisError> {
+        let target = i32::try_from(target_open_shards).unwrap_or(i32::MAX);
+        self.client
+            .update_shard_count()
+            .stream_name(stream)
+            .target_shard_count(target)
+            .scaling_type(ScalingType::UniformScaling)
+            .send()
+            .await
+            .map_err(|e| KinesisError::from_sdk("UpdateShardCount", &e))?;
+        Ok(())
+    }
+
     async fn register_consumer(&self, stream: &str, name: &str) -> Result<String, KinesisError> {
         use aws_sdk_kinesis::types::ConsumerStatus;
         let summary = self
@@ -605,6 +626,17 @@ mod tests {
         let denied = c(Some("AccessDeniedException"), Some(400));
         assert!(!denied.is_retryable());
         assert_eq!(denied.category(), "permanent");
+    }
+
+    #[test]
+    fn classifies_the_refusals_of_update_shard_count() {
+        let c = |code: &str| classify("UpdateShardCount", Some(code), Some(400), "m".to_owned());
+        // Beyond ×2 or below ÷2 of the open shards: the same call never succeeds.
+        assert_eq!(c("InvalidArgumentException").category(), "permanent");
+        // The stream is not ACTIVE (still UPDATING): the same call succeeds later.
+        assert!(c("ResourceInUseException").is_retryable());
+        // Too many calls in 24 hours, or too many streams updating at once.
+        assert_eq!(c("LimitExceededException").category(), "throttled");
     }
 
     #[test]

@@ -305,6 +305,9 @@ mod tests {
         async fn create_stream(&self, _: &str, _: u32) -> Result<(), KinesisError> {
             Ok(())
         }
+        async fn update_shard_count(&self, _: &str, _: u32) -> Result<(), KinesisError> {
+            Ok(())
+        }
         async fn register_consumer(&self, _: &str, _: &str) -> Result<String, KinesisError> {
             Ok(String::new())
         }
