@@ -364,6 +364,40 @@ fn human(ms: u64) -> String {
     }
 }
 
+impl Reason {
+    /// Every value of [`Reason::kind`].
+    pub const KINDS: [&'static str; 11] = [
+        "shard_baseline",
+        "steady",
+        "draining",
+        "lag_high",
+        "lag_rising",
+        "lag_low",
+        "held_by_stabilization",
+        "lag_unknown",
+        "clamped_to_min",
+        "clamped_to_max",
+        "capped_at_open_shards",
+    ];
+
+    /// A fixed name of the reason, for metric labels (a bounded set).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Reason::ShardBaseline { .. } => "shard_baseline",
+            Reason::Steady { .. } => "steady",
+            Reason::Draining { .. } => "draining",
+            Reason::LagHigh { .. } => "lag_high",
+            Reason::LagRising { .. } => "lag_rising",
+            Reason::LagLow { .. } => "lag_low",
+            Reason::HeldByStabilization { .. } => "held_by_stabilization",
+            Reason::LagUnknown => "lag_unknown",
+            Reason::ClampedToMin { .. } => "clamped_to_min",
+            Reason::ClampedToMax { .. } => "clamped_to_max",
+            Reason::CappedAtOpenShards { .. } => "capped_at_open_shards",
+        }
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -115,6 +115,7 @@ async fn run_controllers(client: Client, config: &RunConfig, state: Arc<Operator
         defaults: Defaults { worker_image: config.worker_image.clone() },
         now: k8s_openapi::jiff::Timestamp::now,
         failures: Mutex::new(HashMap::new()),
+        scaling: Mutex::new(HashMap::new()),
     });
     let scopes: Vec<Option<String>> =
         if config.namespaces.is_empty() { vec![None] } else { config.namespaces.iter().cloned().map(Some).collect() };

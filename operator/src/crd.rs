@@ -124,8 +124,8 @@ pub struct TaxiPipelineSpec {
     /// The Kinesis data stream the trips and watermark events are read from.
     pub stream: StreamSpec,
     /// Number of worker pods (StatefulSet replicas). Default 1. 0 pauses the pipeline: the workers
-    /// write a final checkpoint and stop. Ignored while `autoscaling.enabled` is true; the scale
-    /// subresource (`kubectl scale`) sets this field.
+    /// write a final checkpoint and stop. While `autoscaling.enabled` is true it is the floor: the
+    /// autoscaler never runs fewer workers. The scale subresource (`kubectl scale`) sets this field.
     #[serde(default = "default_parallelism")]
     #[schemars(range(min = 0))]
     pub parallelism: i32,
@@ -215,8 +215,11 @@ pub enum ConsumerType {
     .message("autoscaling.minReplicas must not be greater than autoscaling.maxReplicas"))]
 pub struct AutoscalingSpec {
     /// Whether the operator sets the number of workers itself. Default false: `parallelism`
-    /// decides. When true the operator aims at `ceil(open shards / targetShardsPerReplica)` workers,
-    /// adds one while the lag exceeds `maxLag`, and stays within `minReplicas`..`maxReplicas`.
+    /// decides. When true the operator aims at `ceil(open shards / targetShardsPerReplica)` workers;
+    /// when the worst shard lag stays above `maxLag` for `scaleUpStabilization` it scales to the
+    /// workers that drain the backlog within `maxLag` (sized from the measured throughput), and it
+    /// scales down only after the lag stayed low for `scaleDownStabilization`. Always within
+    /// `minReplicas`..`maxReplicas`, at least `parallelism`, at most the open shards.
     #[serde(default)]
     pub enabled: bool,
     /// Fewest worker pods while autoscaling, at least 1. Default 1.
@@ -230,8 +233,8 @@ pub struct AutoscalingSpec {
     #[serde(default = "default_target_shards_per_replica")]
     #[x_kube(validation = Rule::new("self >= 1").message("autoscaling.targetShardsPerReplica must be at least 1"))]
     pub target_shards_per_replica: i32,
-    /// Consumer lag (millisBehindLatest, worst shard) above which one more worker is added, as a
-    /// Go duration. Default `1m`.
+    /// Consumer lag (millisBehindLatest, worst shard) the autoscaler keeps the pipeline under, as a
+    /// Go duration. Default `1m`. Lag above it for `scaleUpStabilization` scales up.
     #[serde(default = "default_max_lag")]
     #[schemars(length(max = 64), regex(pattern = DURATION_PATTERN))]
     #[x_kube(validation = Rule::new(POSITIVE_DURATION).message("autoscaling.maxLag must be a positive duration"))]

@@ -3,6 +3,7 @@
 //! From the pure middle outwards:
 //! - [`crd`]: the `TaxiPipeline` custom resource (the CRD is generated from it);
 //! - [`validate`]: a TaxiPipeline to the builders' input, or the reason it cannot run;
+//! - [`scaling`]: the replicas of a pass: `spec.parallelism`, or the autoscaler with it as the floor;
 //! - [`rollout`]: how a replica change is staged so only moved shards pause;
 //! - [`autoscale`]: the autoscaling policy, one pure function of an observation and a history;
 //! - [`simulate`]: a deterministic time-stepped pipeline to compare autoscaling policies on traces;
@@ -20,5 +21,6 @@ pub mod observe;
 pub mod reconcile;
 pub mod resources;
 pub mod rollout;
+pub mod scaling;
 pub mod simulate;
 pub mod validate;

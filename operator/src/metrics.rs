@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::sync::watch;
 
@@ -30,8 +30,18 @@ pub const LEADER: &str = "taxi_operator_leader";
 /// Failed leader election attempts by category (`category` label).
 pub const LEASE_ERRORS_TOTAL: &str = "taxi_operator_lease_errors_total";
 
+/// Largest shard lag the autoscaler saw, per pipeline (ms).
+pub const AUTOSCALE_MAX_LAG_MS: &str = "taxi_operator_autoscale_max_lag_ms";
+/// Records per second the workers consumed over all shards, per pipeline.
+pub const AUTOSCALE_CONSUMED_RECORDS_PER_SECOND: &str = "taxi_operator_autoscale_consumed_records_per_second";
+/// Replicas the autoscaler recommends before stabilization, per pipeline.
+pub const AUTOSCALE_RECOMMENDED_REPLICAS: &str = "taxi_operator_autoscale_recommended_replicas";
+/// Autoscaler decisions by pipeline and reason kind.
+pub const AUTOSCALE_DECISIONS_TOTAL: &str = "taxi_operator_autoscale_decisions_total";
+
 /// Label names.
 const OUTCOME: &str = "outcome";
+const REASON: &str = "reason";
 const CATEGORY: &str = "category";
 const PIPELINE: &str = "pipeline";
 
@@ -78,6 +88,10 @@ pub struct OperatorMetrics {
     open_shards: IntGaugeVec,
     leader: IntGauge,
     lease_errors: IntCounterVec,
+    autoscale_max_lag_ms: IntGaugeVec,
+    autoscale_consumed: GaugeVec,
+    autoscale_recommended: IntGaugeVec,
+    autoscale_decisions: IntCounterVec,
 }
 
 impl OperatorMetrics {
@@ -103,6 +117,19 @@ impl OperatorMetrics {
                 .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
         )?;
         registry.register(Box::new(reconcile_duration.clone()))?;
+        let autoscale_consumed = GaugeVec::new(
+            Opts::new(
+                AUTOSCALE_CONSUMED_RECORDS_PER_SECOND,
+                "Records per second consumed over all shards, per pipeline",
+            ),
+            &[PIPELINE],
+        )?;
+        registry.register(Box::new(autoscale_consumed.clone()))?;
+        let autoscale_decisions = IntCounterVec::new(
+            Opts::new(AUTOSCALE_DECISIONS_TOTAL, "Autoscaler decisions, by pipeline and reason"),
+            &[PIPELINE, REASON],
+        )?;
+        registry.register(Box::new(autoscale_decisions.clone()))?;
         let leader = IntGauge::new(LEADER, "1 while this replica holds the leader Lease, else 0")?;
         registry.register(Box::new(leader.clone()))?;
         Ok(OperatorMetrics {
@@ -114,6 +141,13 @@ impl OperatorMetrics {
             open_shards: pipeline_gauge(OPEN_SHARDS, "Open shards of the pipeline's Kinesis stream, per pipeline")?,
             leader,
             lease_errors: counter(LEASE_ERRORS_TOTAL, "Failed leader election attempts, by category", CATEGORY)?,
+            autoscale_max_lag_ms: pipeline_gauge(AUTOSCALE_MAX_LAG_MS, "Largest shard lag the autoscaler saw (ms)")?,
+            autoscale_consumed,
+            autoscale_recommended: pipeline_gauge(
+                AUTOSCALE_RECOMMENDED_REPLICAS,
+                "Replicas the autoscaler recommends before stabilization",
+            )?,
+            autoscale_decisions,
             registry,
         })
     }
@@ -156,10 +190,37 @@ impl OperatorMetrics {
 
     /// Removes every series of a deleted pipeline.
     pub fn forget(&self, pipeline: &str) {
-        for gauge in [&self.desired_replicas, &self.assignment_epoch, &self.open_shards] {
+        for gauge in [
+            &self.desired_replicas,
+            &self.assignment_epoch,
+            &self.open_shards,
+            &self.autoscale_max_lag_ms,
+            &self.autoscale_recommended,
+        ] {
             // Not found only means that series was never set.
             let _ = gauge.remove_label_values(&[pipeline]);
         }
+        let _ = self.autoscale_consumed.remove_label_values(&[pipeline]);
+        for reason in crate::autoscale::Reason::KINDS {
+            let _ = self.autoscale_decisions.remove_label_values(&[pipeline, reason]);
+        }
+    }
+
+    /// Records the autoscaler's inputs and its decision for a pipeline.
+    pub fn observe_autoscale(
+        &self,
+        pipeline: &str,
+        max_lag_ms: Option<u64>,
+        consumed_per_s: f64,
+        recommended: u32,
+        reason: &'static str,
+    ) {
+        if let Some(lag) = max_lag_ms {
+            self.autoscale_max_lag_ms.with_label_values(&[pipeline]).set(i64::try_from(lag).unwrap_or(i64::MAX));
+        }
+        self.autoscale_consumed.with_label_values(&[pipeline]).set(consumed_per_s);
+        self.autoscale_recommended.with_label_values(&[pipeline]).set(i64::from(recommended));
+        self.autoscale_decisions.with_label_values(&[pipeline, reason]).inc();
     }
 
     /// Sets the leader gauge.

@@ -70,6 +70,9 @@ impl Streams for SdkStreams {
 /// What one worker's `/status` says, reduced to what the operator uses.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct WorkerReport {
+    /// The worker's ordinal (absent from workers that read every shard).
+    #[serde(default)]
+    pub ordinal: Option<u32>,
     /// The assignment epoch the worker acts on (absent before its first assignment).
     #[serde(default)]
     pub assignment_epoch: Option<u64>,
@@ -96,6 +99,9 @@ pub struct ShardReport {
     /// RFC 3339 time of the last successful checkpoint.
     #[serde(default)]
     pub last_checkpoint: Option<String>,
+    /// Records processed since the worker started the shard (the autoscaler's throughput).
+    #[serde(default)]
+    pub records: u64,
 }
 
 /// Why a worker could not be asked.
@@ -218,6 +224,7 @@ mod tests {
             millis_behind_latest: Some(lag),
             watermark: Some(watermark.into()),
             last_checkpoint: Some(checkpoint.into()),
+            records: 0,
         };
         let a = WorkerReport {
             shards: [("s0".into(), shard("reading", 500, "2016-01-01T00:20:00Z", "2026-01-01T00:00:02Z"))].into(),

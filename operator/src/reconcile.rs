@@ -33,6 +33,7 @@ use crate::metrics::{OperatorState, ReconcileOutcome, pipeline_label};
 use crate::observe::{PipelineProgress, Streams, WorkerProbe, WorkerReport};
 use crate::resources::{ASSIGNED_AT_ANNOTATION, Resources, ValidPipeline, build, names, selector_string};
 use crate::rollout::{Rollout, WorkersSeen, plan};
+use crate::scaling::{self, ScalingDecision, ScalingMemory};
 use crate::validate::{Defaults, InvalidSpec, TAKEOVER_TIMEOUT, desired_replicas, stream_ref, validate};
 
 /// The one field manager of every server-side apply.
@@ -62,6 +63,8 @@ pub struct Context<S, P> {
     pub now: fn() -> Timestamp,
     /// Consecutive failures per pipeline, for the back-off of [`error_policy`].
     pub failures: Mutex<HashMap<String, u32>>,
+    /// What each pipeline's scaling keeps between passes.
+    pub scaling: Mutex<HashMap<String, ScalingMemory>>,
 }
 
 /// Why a reconcile pass failed; every case is retried with back-off.
@@ -213,6 +216,7 @@ pub fn backoff_delay(failures: u32) -> Duration {
 /// What the apply step saw and decided, for status and Events.
 struct Pass {
     desired: u32,
+    scaling: ScalingDecision,
     open_shards: usize,
     rollout: Rollout,
     assignment: Assignment,
@@ -249,10 +253,15 @@ async fn apply<S: Streams, P: WorkerProbe>(pipeline: &TaxiPipeline, ctx: &Contex
         statefulset.as_ref().and_then(|s| s.spec.replicas).and_then(|r| u32::try_from(r).ok());
     let ready = statefulset.as_ref().and_then(|s| s.status.as_ref()).and_then(|s| s.ready_replicas).unwrap_or(0);
 
-    let desired = desired_replicas(&pipeline.spec);
     let running = previous_statefulset_replicas.unwrap_or(0);
     let reports = probe_workers(ctx, &valid, running).await;
     let now = (ctx.now)();
+    let open_shards = shards.iter().filter(|s| s.is_open()).count();
+    let scaling = match decide_scaling(pipeline, ctx, &reports, open_shards, previous_statefulset_replicas, now) {
+        Ok(scaling) => scaling,
+        Err(invalid) => return reject(pipeline, ctx, &invalid).await,
+    };
+    let desired = scaling.replicas;
     let assigned_at = current_cm.as_ref().and_then(assigned_at);
     let seen = WorkersSeen {
         ready_replicas: u32::try_from(ready).unwrap_or(0),
@@ -274,7 +283,8 @@ async fn apply<S: Streams, P: WorkerProbe>(pipeline: &TaxiPipeline, ctx: &Contex
 
     let pass = Pass {
         desired,
-        open_shards: shards.iter().filter(|s| s.is_open()).count(),
+        scaling,
+        open_shards,
         rollout,
         assignment,
         moved,
@@ -289,6 +299,41 @@ async fn apply<S: Streams, P: WorkerProbe>(pipeline: &TaxiPipeline, ctx: &Contex
     ctx.state.metrics.set_open_shards(&label, pass.open_shards);
     patch_status(pipeline, ctx, running_status(pipeline, &valid, &pass, now)).await?;
     Ok(Action::requeue(if pass.rollout.waiting.is_some() { ROLLOUT_REQUEUE } else { STEADY_REQUEUE }))
+}
+
+/// The replicas of this pass ([`scaling::decide`]), with the pipeline's scaling memory kept in the
+/// context between passes and the autoscaler's inputs and decision exported as metrics.
+fn decide_scaling<S, P>(
+    pipeline: &TaxiPipeline,
+    ctx: &Context<S, P>,
+    reports: &BTreeMap<u32, WorkerReport>,
+    open_shards: usize,
+    statefulset_replicas: Option<u32>,
+    now: Timestamp,
+) -> Result<ScalingDecision, InvalidSpec> {
+    let key = key_of(pipeline);
+    let memory = ctx.scaling.lock().ok().and_then(|m| m.get(&key).cloned()).unwrap_or_default();
+    let floor = desired_replicas(&pipeline.spec);
+    let current = statefulset_replicas.unwrap_or(floor);
+    let now_ms = u64::try_from(now.as_millisecond()).unwrap_or(0);
+    let reports: Vec<&WorkerReport> = reports.values().collect();
+    let open = u32::try_from(open_shards).unwrap_or(u32::MAX);
+    let (decision, memory) = scaling::decide(&pipeline.spec, &memory, &reports, open, current, now_ms)
+        .map_err(|e| InvalidSpec { field: "spec.autoscaling", reason: e.to_string() })?;
+    if let Ok(mut all) = ctx.scaling.lock() {
+        all.insert(key, memory);
+    }
+    if let Some(reason) = &decision.policy_reason {
+        let label = pipeline_label(&pipeline.namespace().unwrap_or_default(), &pipeline.name_any());
+        ctx.state.metrics.observe_autoscale(
+            &label,
+            decision.max_lag_ms,
+            decision.consumed_per_s,
+            decision.desired,
+            reason.kind(),
+        );
+    }
+    Ok(decision)
 }
 
 fn read_assignment(cm: &ConfigMap) -> Option<Assignment> {
@@ -479,8 +524,11 @@ fn running_status(pipeline: &TaxiPipeline, valid: &ValidPipeline, pass: &Pass, n
     status.selector = Some(selector_string(&valid.name));
     status.open_shards = Some(i32::try_from(pass.open_shards).unwrap_or(i32::MAX));
     status.assignment_epoch = Some(i64::try_from(pass.assignment.epoch).unwrap_or(i64::MAX));
-    status.desired_replicas = Some(desired);
-    status.scaling_reason = Some(format!("spec.parallelism is {desired}"));
+    status.desired_replicas = Some(i32::try_from(pass.scaling.desired).unwrap_or(i32::MAX));
+    status.scaling_reason = Some(pass.scaling.reason.clone());
+    if pass.previous_statefulset_replicas.is_some_and(|r| r != pass.rollout.statefulset_replicas) {
+        status.last_scale_time = Some(Time(now));
+    }
     status.max_lag_millis = pass.progress.max_lag_millis.or(status.max_lag_millis);
     status.watermark = pass.progress.watermark.clone().or(status.watermark);
     if let Some(at) = pass.progress.last_checkpoint.as_deref().and_then(|t| t.parse::<Timestamp>().ok()) {
@@ -535,6 +583,11 @@ async fn publish_decisions<S, P>(pipeline: &TaxiPipeline, ctx: &Context<S, P>, p
             if pass.moved.is_empty() { "none".to_owned() } else { pass.moved.join(", ") }
         );
         publish(ctx, pipeline, EventType::Normal, "Rebalanced", "Assign", note).await;
+    }
+    if pass.scaling.policy_reason.is_some() && pass.previous_statefulset_replicas.is_some_and(|r| r != pass.desired) {
+        let from = pass.previous_statefulset_replicas.unwrap_or(0);
+        let note = format!("autoscaler: {from} → {} workers: {}", pass.desired, pass.scaling.reason);
+        publish(ctx, pipeline, EventType::Normal, "Autoscaled", "Autoscale", note).await;
     }
     let target = pass.rollout.statefulset_replicas;
     if pass.previous_statefulset_replicas.is_some_and(|r| r != target) {

@@ -17,7 +17,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{Value, json};
 use taxi_operator::crd::TaxiPipeline;
 use taxi_operator::metrics::{OperatorMetrics, OperatorState};
-use taxi_operator::observe::{ProbeError, StreamRef, Streams, WorkerProbe, WorkerReport};
+use taxi_operator::observe::{ProbeError, ShardReport, StreamRef, Streams, WorkerProbe, WorkerReport};
 use taxi_operator::reconcile::{Context, reconcile};
 use taxi_operator::validate::Defaults;
 use taxi_worker::assignment::Assignment;
@@ -134,6 +134,7 @@ fn context(shards: Result<Vec<ShardInfo>, ()>, probe: FakeProbe) -> (Arc<Context
         defaults: Defaults { worker_image: "ghcr.io/taxipipeline/taxi:test".into() },
         now: fixed_now,
         failures: Mutex::new(HashMap::new()),
+        scaling: Mutex::new(HashMap::new()),
     };
     (Arc::new(ctx), handle)
 }
@@ -217,6 +218,16 @@ fn applies(pdb: bool) -> Vec<Call> {
 /// A whole pass over an existing pipeline: read the assignment and the StatefulSet (`None`: absent),
 /// apply everything, publish one Event, patch the status.
 fn pass(assignment: Option<(&Assignment, &str)>, statefulset: Option<(i32, i32)>, pdb: bool) -> Vec<Call> {
+    pass_with_events(assignment, statefulset, pdb, 1)
+}
+
+/// [`pass`] with `events` Events published.
+fn pass_with_events(
+    assignment: Option<(&Assignment, &str)>,
+    statefulset: Option<(i32, i32)>,
+    pdb: bool,
+    events: usize,
+) -> Vec<Call> {
     let mut calls = vec![
         match assignment {
             Some((a, at)) => call(Method::GET, &format!("{NS}/configmaps/nyc-assignment"), 200, assignment_map(a, at)),
@@ -230,7 +241,8 @@ fn pass(assignment: Option<(&Assignment, &str)>, statefulset: Option<(i32, i32)>
         },
     ];
     calls.extend(applies(pdb));
-    calls.extend([event(), status_patch()]);
+    calls.extend((0..events).map(|_| event()));
+    calls.push(status_patch());
     calls
 }
 
@@ -463,4 +475,76 @@ async fn an_object_that_does_not_deserialize_gets_a_warning_and_no_retry() {
     assert_eq!(sent[0].body["regarding"]["name"], "nyc");
     let note = sent[0].body["note"].as_str().unwrap_or_default();
     assert!(note.contains("\"three\""), "{note}");
+}
+
+/// The wall clock of the autoscaling test, moved by the test (milliseconds since the epoch).
+static AUTOSCALE_CLOCK_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1_795_000_000_000);
+
+fn autoscale_now() -> Timestamp {
+    Timestamp::from_millisecond(AUTOSCALE_CLOCK_MS.load(std::sync::atomic::Ordering::SeqCst)).expect("timestamp")
+}
+
+#[tokio::test]
+async fn lag_above_max_lag_for_the_stabilization_window_scales_the_workers_up() {
+    let shards = four_open_shards();
+    let two = taxi_worker::assignment::assign(&shards, 2, None);
+    // Both workers report every shard two minutes behind (maxLag is one minute).
+    let report = |ordinal: u32| WorkerReport {
+        ordinal: Some(ordinal),
+        assignment_epoch: Some(two.epoch),
+        owned_shards: 2,
+        shards: two
+            .shards_of(ordinal)
+            .map(|s| {
+                let shard = ShardReport {
+                    state: "reading".into(),
+                    millis_behind_latest: Some(120_000),
+                    records: 1_000,
+                    ..ShardReport::default()
+                };
+                (s.to_owned(), shard)
+            })
+            .collect(),
+    };
+    let probe = FakeProbe(HashMap::from([
+        ("nyc-worker-0.nyc-worker.taxi.svc".to_owned(), report(0)),
+        ("nyc-worker-1.nyc-worker.taxi.svc".to_owned(), report(1)),
+    ]));
+    let (ctx, handle) = context(Ok(shards), probe);
+    let mut ctx = Arc::into_inner(ctx).expect("one owner");
+    ctx.now = autoscale_now;
+    let ctx = Arc::new(ctx);
+    let autoscaled = pipeline(
+        1,
+        json!({"spec": {"autoscaling": {"enabled": true, "minReplicas": 1, "maxReplicas": 4,
+            "maxLag": "1m", "scaleUpStabilization": "1m"}}}),
+    );
+    let assigned = "2026-11-27T11:00:00Z";
+    // Pass 1: the lag is new; the workers stay at the shard baseline (4 shards / 2 per replica).
+    let mut calls = pass_with_events(Some((&two, assigned)), Some((2, 2)), true, 0);
+    // Pass 2, 90 s later: lag above maxLag for longer than the window: scale up, say why.
+    calls.extend(pass_with_events(Some((&two, assigned)), Some((2, 2)), true, 2));
+    let server = tokio::spawn(serve(handle, calls));
+    reconcile(guard(autoscaled.clone()), ctx.clone()).await.expect("pass 1");
+    AUTOSCALE_CLOCK_MS.fetch_add(90_000, std::sync::atomic::Ordering::SeqCst);
+    reconcile(guard(autoscaled), ctx.clone()).await.expect("pass 2");
+    let sent = server.await.expect("server");
+    let statefulsets: Vec<&Sent> =
+        sent.iter().filter(|s| s.uri.starts_with(&format!("{APPS}/statefulsets/nyc-worker?"))).collect();
+    assert_eq!(statefulsets[0].body["spec"]["replicas"], 2, "first pass: the shard baseline");
+    let scaled = statefulsets[1].body["spec"]["replicas"].as_i64().expect("replicas");
+    assert!(scaled > 2 && scaled <= 4, "scaled up within maxReplicas and the open shards: {scaled}");
+    let statuses: Vec<&Sent> = sent.iter().filter(|s| s.uri.starts_with(&format!("{TP}/status"))).collect();
+    let reason = statuses[1].body["status"]["scalingReason"].as_str().unwrap_or_default();
+    assert!(reason.contains("above maxLag"), "{reason}");
+    assert_eq!(statuses[1].body["status"]["desiredReplicas"], scaled);
+    let events: Vec<&str> =
+        sent.iter().filter(|s| s.uri.starts_with(EVENTS)).filter_map(|s| s.body["reason"].as_str()).collect();
+    assert_eq!(events, ["Autoscaled", "Scaled"]);
+    let metrics = ctx.state.metrics.render();
+    assert!(
+        metrics.contains("taxi_operator_autoscale_decisions_total{pipeline=\"taxi/nyc\",reason=\"lag_high\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("taxi_operator_autoscale_max_lag_ms{pipeline=\"taxi/nyc\"} 120000"), "{metrics}");
 }
