@@ -1,6 +1,7 @@
-//! What the operator reads outside the Kubernetes API: the stream's shards (Kinesis ListShards)
-//! and the workers' `/status` (lag, watermark, last checkpoint, and whether they released their
-//! shards). Both are traits so reconcile tests run against fakes; the real ones live here too.
+//! What the operator reads and changes outside the Kubernetes API: the stream (Kinesis ListShards,
+//! and for a managed stream its state, creation and resharding) and the workers' `/status` (lag,
+//! watermark, last checkpoint, and whether they released their shards). Both are traits so
+//! reconcile tests run against fakes; the real ones live here too.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -8,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
-use taxi_worker::kinesis::api::{KinesisApi, KinesisEndpoint, KinesisError, SdkKinesis, ShardInfo};
+use taxi_worker::kinesis::api::{KinesisApi, KinesisEndpoint, KinesisError, SdkKinesis, ShardInfo, StreamState};
 
 /// Which stream, and how to reach its Kinesis endpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -25,6 +26,18 @@ pub struct StreamRef {
 pub trait Streams: Send + Sync + 'static {
     /// Every shard of the stream still listed (open and closed), with lineage; pages followed.
     fn list_shards(&self, stream: &StreamRef) -> impl Future<Output = Result<Vec<ShardInfo>, KinesisError>> + Send;
+    /// Whether the stream is missing, busy (creating, updating, deleting) or ACTIVE, and then with
+    /// how many open shards.
+    fn stream_state(&self, stream: &StreamRef) -> impl Future<Output = Result<StreamState, KinesisError>> + Send;
+    /// Creates the stream (provisioned) with `shards` shards; it is busy until ACTIVE.
+    fn create_stream(&self, stream: &StreamRef, shards: u32) -> impl Future<Output = Result<(), KinesisError>> + Send;
+    /// Starts one reshard step of an ACTIVE stream to `target` open shards (UpdateShardCount,
+    /// UNIFORM_SCALING; at most ×2 or ÷2 of the open shards); it is busy until ACTIVE again.
+    fn update_shard_count(
+        &self,
+        stream: &StreamRef,
+        target: u32,
+    ) -> impl Future<Output = Result<(), KinesisError>> + Send;
 }
 
 /// (region, endpoint URL) of a Kinesis client.
@@ -43,11 +56,25 @@ impl SdkStreams {
         SdkStreams { defaults, clients: Mutex::new(HashMap::new()) }
     }
 
+    /// Uses `client` for the streams whose region and endpoint resolve to `endpoint` (after the
+    /// defaults), instead of a client with the default AWS credential chain: for emulators and
+    /// tests, with static credentials.
+    pub fn with_client(self, endpoint: &KinesisEndpoint, client: SdkKinesis) -> SdkStreams {
+        if let Ok(mut clients) = self.clients.lock() {
+            clients.insert(self.key(endpoint.region.as_deref(), endpoint.endpoint_url.as_deref()), Arc::new(client));
+        }
+        self
+    }
+
+    fn key(&self, region: Option<&str>, endpoint_url: Option<&str>) -> EndpointKey {
+        (
+            region.or(self.defaults.region.as_deref()).map(str::to_owned),
+            endpoint_url.or(self.defaults.endpoint_url.as_deref()).map(str::to_owned),
+        )
+    }
+
     async fn client(&self, stream: &StreamRef) -> Arc<SdkKinesis> {
-        let key = (
-            stream.region.clone().or_else(|| self.defaults.region.clone()),
-            stream.endpoint_url.clone().or_else(|| self.defaults.endpoint_url.clone()),
-        );
+        let key = self.key(stream.region.as_deref(), stream.endpoint_url.as_deref());
         if let Some(client) = self.clients.lock().ok().and_then(|c| c.get(&key).cloned()) {
             return client;
         }
@@ -64,6 +91,18 @@ impl SdkStreams {
 impl Streams for SdkStreams {
     async fn list_shards(&self, stream: &StreamRef) -> Result<Vec<ShardInfo>, KinesisError> {
         self.client(stream).await.list_shards(&stream.name).await
+    }
+
+    async fn stream_state(&self, stream: &StreamRef) -> Result<StreamState, KinesisError> {
+        self.client(stream).await.stream_state(&stream.name).await
+    }
+
+    async fn create_stream(&self, stream: &StreamRef, shards: u32) -> Result<(), KinesisError> {
+        self.client(stream).await.create_stream(&stream.name, shards).await
+    }
+
+    async fn update_shard_count(&self, stream: &StreamRef, target: u32) -> Result<(), KinesisError> {
+        self.client(stream).await.update_shard_count(&stream.name, target).await
     }
 }
 

@@ -21,7 +21,7 @@ use taxi_operator::observe::{ProbeError, ShardReport, StreamRef, Streams, Worker
 use taxi_operator::reconcile::{Context, reconcile};
 use taxi_operator::validate::Defaults;
 use taxi_worker::assignment::Assignment;
-use taxi_worker::kinesis::api::{KinesisError, ShardInfo};
+use taxi_worker::kinesis::api::{KinesisError, ShardInfo, StreamState};
 
 /// The test's side of the mocked API server.
 type ApiHandle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -92,7 +92,9 @@ fn shard(index: u32, n: u32, parent: Option<&str>, closed: bool) -> ShardInfo {
     }
 }
 
-struct FakeStreams(Mutex<Result<Vec<ShardInfo>, ()>>);
+/// ListShards answers `.0` (or fails); DescribeStreamSummary finds the stream ACTIVE with the open
+/// shards of that list; CreateStream and UpdateShardCount calls are recorded in `.1`.
+struct FakeStreams(Mutex<Result<Vec<ShardInfo>, ()>>, Mutex<Vec<String>>);
 
 impl Streams for FakeStreams {
     async fn list_shards(&self, stream: &StreamRef) -> Result<Vec<ShardInfo>, KinesisError> {
@@ -102,6 +104,22 @@ impl Streams for FakeStreams {
             .expect("lock")
             .clone()
             .map_err(|()| KinesisError::Transient { operation: "ListShards", message: "connection refused".into() })
+    }
+
+    async fn stream_state(&self, stream: &StreamRef) -> Result<StreamState, KinesisError> {
+        let shards = self.list_shards(stream).await?;
+        let open_shards = u32::try_from(shards.iter().filter(|s| s.is_open()).count()).expect("open shards");
+        Ok(StreamState::Active { open_shards })
+    }
+
+    async fn create_stream(&self, stream: &StreamRef, shards: u32) -> Result<(), KinesisError> {
+        self.1.lock().expect("lock").push(format!("CreateStream {} {shards}", stream.name));
+        Ok(())
+    }
+
+    async fn update_shard_count(&self, stream: &StreamRef, target: u32) -> Result<(), KinesisError> {
+        self.1.lock().expect("lock").push(format!("UpdateShardCount {} {target}", stream.name));
+        Ok(())
     }
 }
 
@@ -125,7 +143,7 @@ fn context(shards: Result<Vec<ShardInfo>, ()>, probe: FakeProbe) -> (Arc<Context
     let ctx = Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
-        streams: FakeStreams(Mutex::new(shards)),
+        streams: FakeStreams(Mutex::new(shards), Mutex::default()),
         probe,
         state: Arc::new(OperatorState::new(
             OperatorMetrics::new().expect("metrics"),
