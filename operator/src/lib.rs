@@ -9,6 +9,7 @@
 //! - [`simulate`]: a deterministic time-stepped pipeline to compare autoscaling policies on traces;
 //! - [`resources`]: pure builders of every Kubernetes object of a pipeline;
 //! - [`observe`]: Kinesis shard listing and the workers' `/status`, behind traits;
+//! - [`reshard`]: a managed stream's creation and resharding within Kinesis' limits, planned purely;
 //! - [`reconcile`]: the reconcile pass (the only module that calls the Kubernetes API for it);
 //! - [`leader`], [`metrics`], [`controller`]: leader election, metrics and the running operator.
 
@@ -19,6 +20,7 @@ pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod reconcile;
+pub mod reshard;
 pub mod resources;
 pub mod rollout;
 pub mod scaling;
