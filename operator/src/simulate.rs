@@ -69,7 +69,7 @@ pub enum Trace {
     Ramp,
     /// The base rate with ±30 % uniform noise per second from a seeded PRNG; 1 hour.
     Noisy,
-    /// A weekday of NYC-like demand from midnight, peaking at [`DIURNAL_PEAK`] × the base rate at
+    /// A weekday of NYC-like demand from midnight, peaking at 2.75 × the base rate at
     /// 7 pm (11000 records/s by default: 10 % over what the 4-replica baseline consumes); 24 hours.
     Diurnal,
 }
@@ -132,7 +132,7 @@ impl fmt::Display for Trace {
 /// A scaling policy to simulate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum PolicyKind {
-    /// [`autoscale::recommend`], as the operator runs it.
+    /// The operator's own policy (`autoscale::recommend`), as the operator runs it.
     Ours,
     /// KEDA's Kinesis scaler with its default `shardCount: 2`: `⌈open shards / 2⌉`, whatever the lag.
     Keda,
