@@ -30,7 +30,8 @@ use crate::crd::{
     DEGRADED, PROGRESSING, READY, SCALING, STREAM_RESHARDING, TaxiPipeline, TaxiPipelineStatus, set_condition,
 };
 use crate::metrics::{OperatorState, ReconcileOutcome, pipeline_label};
-use crate::observe::{PipelineProgress, Streams, WorkerProbe, WorkerReport};
+use crate::observe::{PipelineProgress, StreamRef, Streams, WorkerProbe, WorkerReport};
+use crate::reshard::{Plan, StreamStep, manage_stream};
 use crate::resources::{ASSIGNED_AT_ANNOTATION, Resources, ValidPipeline, build, names, selector_string};
 use crate::rollout::{Rollout, WorkersSeen, plan};
 use crate::scaling::{self, ScalingDecision, ScalingMemory};
@@ -79,8 +80,8 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// Kinesis could not list the stream's shards.
-    #[error("failed to list the shards of stream {stream}: {source}")]
+    /// A Kinesis call about the pipeline's stream failed (listing, describing, creating, resharding).
+    #[error("Kinesis failed for stream {stream}: {source}")]
     Kinesis {
         /// The stream.
         stream: String,
@@ -215,6 +216,7 @@ pub fn backoff_delay(failures: u32) -> Duration {
 
 /// What the apply step saw and decided, for status and Events.
 struct Pass {
+    stream: Option<StreamStep>,
     desired: u32,
     scaling: ScalingDecision,
     open_shards: usize,
@@ -232,6 +234,11 @@ async fn apply<S: Streams, P: WorkerProbe>(pipeline: &TaxiPipeline, ctx: &Contex
         Err(invalid) => return reject(pipeline, ctx, &invalid).await,
     };
     let stream = stream_ref(&pipeline.spec);
+    let stream_step = match manage(pipeline, ctx, &stream).await? {
+        // A stream being created has no shards to assign yet: report and come back.
+        ManagedStream::Creating(step) => return creating(pipeline, ctx, step).await,
+        ManagedStream::Step(step) => step,
+    };
     let shards = match ctx.streams.list_shards(&stream).await {
         Ok(shards) => shards,
         Err(source) => {
@@ -282,6 +289,7 @@ async fn apply<S: Streams, P: WorkerProbe>(pipeline: &TaxiPipeline, ctx: &Contex
     apply_resources(ctx, &valid, resources).await?;
 
     let pass = Pass {
+        stream: stream_step,
         desired,
         scaling,
         open_shards,
@@ -293,12 +301,63 @@ async fn apply<S: Streams, P: WorkerProbe>(pipeline: &TaxiPipeline, ctx: &Contex
         progress: PipelineProgress::from_reports(reports.values()),
     };
     publish_decisions(pipeline, ctx, &pass, changed).await;
+    if let Some(event) = pass.stream.as_ref().and_then(|step| step.event.clone()) {
+        publish(ctx, pipeline, event.type_, event.reason, event.action, event.note).await;
+    }
     let label = pipeline_label(&valid.namespace, &valid.name);
     ctx.state.metrics.set_desired_replicas(&label, i32::try_from(pass.desired).unwrap_or(i32::MAX));
     ctx.state.metrics.set_assignment_epoch(&label, pass.assignment.epoch);
     ctx.state.metrics.set_open_shards(&label, pass.open_shards);
     patch_status(pipeline, ctx, running_status(pipeline, &valid, &pass, now)).await?;
-    Ok(Action::requeue(if pass.rollout.waiting.is_some() { ROLLOUT_REQUEUE } else { STEADY_REQUEUE }))
+    let requeue = if pass.rollout.waiting.is_some() { ROLLOUT_REQUEUE } else { STEADY_REQUEUE };
+    let stream_requeue = pass.stream.as_ref().and_then(|step| step.requeue_after).unwrap_or(requeue);
+    Ok(Action::requeue(requeue.min(stream_requeue)))
+}
+
+/// What [`manage`] found: a stream being created, or the step of a stream that exists.
+enum ManagedStream {
+    Creating(StreamStep),
+    Step(Option<StreamStep>),
+}
+
+/// With `spec.stream.manage`, creates the stream or takes the next reshard step (DESIGN: within
+/// ×2/÷2 per call, 10 calls per rolling 24 h); without it, only reads.
+async fn manage<S: Streams, P>(
+    pipeline: &TaxiPipeline,
+    ctx: &Context<S, P>,
+    stream: &StreamRef,
+) -> Result<ManagedStream, Error> {
+    if !pipeline.spec.stream.manage {
+        return Ok(ManagedStream::Step(None));
+    }
+    let calls: Vec<Timestamp> =
+        pipeline.status.as_ref().map(|s| s.reshard_calls.iter().map(|t| t.0).collect()).unwrap_or_default();
+    let desired = u32::try_from(pipeline.spec.stream.shards).unwrap_or(1);
+    match manage_stream(&ctx.streams, stream, true, desired, &calls, (ctx.now)()).await {
+        Ok(step) if matches!(step.plan, Plan::Create { .. }) => Ok(ManagedStream::Creating(step)),
+        Ok(step) => Ok(ManagedStream::Step(Some(step))),
+        Err(source) => {
+            let error = Error::Kinesis { stream: stream.name.clone(), source };
+            degraded(pipeline, ctx, "StreamUnavailable", &error.to_string()).await?;
+            Err(error)
+        }
+    }
+}
+
+/// The stream was just created: say so and come back when it may be ACTIVE.
+async fn creating<S, P>(pipeline: &TaxiPipeline, ctx: &Context<S, P>, step: StreamStep) -> Result<Action, Error> {
+    if let Some(event) = step.event.clone() {
+        publish(ctx, pipeline, event.type_, event.reason, event.action, event.note).await;
+    }
+    let now = (ctx.now)();
+    let mut status = pipeline.status.clone().unwrap_or_default();
+    status.observed_generation = pipeline.metadata.generation;
+    status.reshard_calls = step.reshard_calls.iter().map(|t| Time(*t)).collect();
+    let c = &step.condition;
+    set_condition(&mut status.conditions, condition(STREAM_RESHARDING, c.status, c.reason, &c.message, pipeline, now));
+    set_condition(&mut status.conditions, condition(READY, false, "CreatingStream", &c.message, pipeline, now));
+    patch_status(pipeline, ctx, status).await?;
+    Ok(Action::requeue(step.requeue_after.unwrap_or(ROLLOUT_REQUEUE)))
 }
 
 /// The replicas of this pass ([`scaling::decide`]), with the pipeline's scaling memory kept in the
@@ -548,7 +607,11 @@ fn running_status(pipeline: &TaxiPipeline, valid: &ValidPipeline, pass: &Pass, n
     }
     set_condition(conditions, cond(DEGRADED, false, "Healthy", "Kinesis and the Kubernetes API answer"));
     let spec_shards = pipeline.spec.stream.shards;
-    let resharding = if pipeline.spec.stream.manage || usize::try_from(spec_shards).ok() == Some(pass.open_shards) {
+    let resharding = if let Some(step) = &pass.stream {
+        status.reshard_calls = step.reshard_calls.iter().map(|t| Time(*t)).collect();
+        let c = &step.condition;
+        cond(STREAM_RESHARDING, c.status, c.reason, &c.message)
+    } else if usize::try_from(spec_shards).ok() == Some(pass.open_shards) {
         cond(STREAM_RESHARDING, false, "Stable", &format!("{} open shards", pass.open_shards))
     } else {
         cond(

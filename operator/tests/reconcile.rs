@@ -566,3 +566,45 @@ async fn lag_above_max_lag_for_the_stabilization_window_scales_the_workers_up() 
     );
     assert!(metrics.contains("taxi_operator_autoscale_max_lag_ms{pipeline=\"taxi/nyc\"} 120000"), "{metrics}");
 }
+
+#[tokio::test]
+async fn a_shard_count_edit_reshards_in_steps_of_at_most_double_and_records_each_call() {
+    let managed = |calls: &Value| {
+        pipeline(2, json!({"spec": {"stream": {"shards": 16, "manage": true}}, "status": {"reshardCalls": calls}}))
+    };
+    let even = |n: u32| -> Vec<ShardInfo> { (0..n).map(|i| shard(i, n, None, false)).collect() };
+    let mut calls = json!([]);
+    let mut previous: Option<Assignment> = None;
+    // Each pass finds the stream ACTIVE with the open shards of the previous step: 4 → 8 → 16.
+    for (open, expected_call) in [(4, Some(8)), (8, Some(16)), (16, None)] {
+        let (ctx, handle) = context(Ok(even(open)), FakeProbe::default());
+        let events = if expected_call.is_some() { 2 } else { 1 };
+        let assigned = previous.as_ref().map(|a| (a, "2026-11-27T11:00:00Z"));
+        let server = tokio::spawn(serve(handle, pass_with_events(assigned, Some((2, 2)), true, events)));
+        let action = reconcile(guard(managed(&calls)), ctx.clone()).await.expect("reconcile");
+        let sent = server.await.expect("server");
+        let recorded = ctx.streams.1.lock().expect("lock").clone();
+        let status = &find(&sent, Method::PATCH, &format!("{TP}/status")).body;
+        let resharding = condition(status, "StreamResharding");
+        let events: Vec<&str> =
+            sent.iter().filter(|s| s.uri.starts_with(EVENTS)).filter_map(|s| s.body["reason"].as_str()).collect();
+        match expected_call {
+            Some(to) => {
+                assert_eq!(recorded, [format!("UpdateShardCount taxi-trips {to}")], "at most ×2 from {open}");
+                assert_eq!(resharding["reason"], "Resharding");
+                assert_eq!(events, ["Rebalanced", "Resharding"]);
+                assert_eq!(action, Action::requeue(Duration::from_secs(5)), "a reshard is watched closely");
+            }
+            None => {
+                assert!(recorded.is_empty(), "16 open shards: nothing to do, got {recorded:?}");
+                assert_eq!(
+                    (resharding["status"].as_str(), resharding["reason"].as_str()),
+                    (Some("False"), Some("Stable"))
+                );
+            }
+        }
+        calls = status["status"]["reshardCalls"].clone();
+        previous = Some(sent_assignment(&sent));
+    }
+    assert_eq!(calls.as_array().map(Vec::len), Some(2), "both calls are counted against the 24 h budget: {calls}");
+}
