@@ -13,27 +13,12 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use common::kinesis::{client, fresh_stream, put_file};
 use common::process::{WorkerProcess, spawn_worker};
 use common::proxy::Proxy;
-use common::services::service_endpoint;
+use common::services::{Services, services};
 use common::{as_lines, batch_oracle};
 use taxi_worker::config::EngineConfig;
 use taxi_worker::generate::{GeneratorConfig, write_json_lines};
 
 const BIN: &str = env!("CARGO_BIN_EXE_taxi-worker");
-
-/// The three services, or `None` when they are not running (outside CI).
-struct Services {
-    kinesis: String,
-    s3: String,
-    opensearch: String,
-}
-
-fn services() -> Option<Services> {
-    Some(Services {
-        kinesis: service_endpoint("TAXI_TEST_KINESIS_ENDPOINT")?,
-        s3: service_endpoint("TAXI_TEST_S3_ENDPOINT")?,
-        opensearch: service_endpoint("TAXI_TEST_OPENSEARCH_ENDPOINT")?,
-    })
-}
 
 /// One pipeline under test: its stream, bucket, index prefix and input.
 struct Pipeline {

@@ -24,7 +24,7 @@ use aws_sdk_kinesis::types::ScalingType;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use common::kinesis::{client, fresh_stream, wait_active};
 use common::process::{WorkerProcess, spawn_worker};
-use common::services::service_endpoint;
+use common::services::{Services, services};
 use common::{as_lines, batch_oracle};
 use taxi_worker::assignment::{Assignment, assign, moved_shards};
 use taxi_worker::checkpoint::{Position, ShardCheckpoint};
@@ -46,21 +46,6 @@ const PHASE_1: (usize, usize) = (2, 5);
 const MAX_PAUSE: Duration = Duration::from_secs(15);
 /// Longest wait for an epoch to take effect everywhere.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(40);
-
-/// The three services, or `None` when they are not running (outside CI).
-struct Services {
-    kinesis: String,
-    s3: String,
-    opensearch: String,
-}
-
-fn services() -> Option<Services> {
-    Some(Services {
-        kinesis: service_endpoint("TAXI_TEST_KINESIS_ENDPOINT")?,
-        s3: service_endpoint("TAXI_TEST_S3_ENDPOINT")?,
-        opensearch: service_endpoint("TAXI_TEST_OPENSEARCH_ENDPOINT")?,
-    })
-}
 
 /// Shards that changed owner between two assignments (shards new in `next` did not move).
 fn moved(previous: &Assignment, next: &Assignment) -> BTreeSet<String> {

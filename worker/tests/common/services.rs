@@ -18,3 +18,22 @@ pub fn service_endpoint(var: &str) -> Option<String> {
         }
     }
 }
+
+/// The endpoints of all three services.
+pub struct Services {
+    /// kinesis-mock.
+    pub kinesis: String,
+    /// moto's S3.
+    pub s3: String,
+    /// osmem-server's OpenSearch API.
+    pub opensearch: String,
+}
+
+/// All three endpoints, or `None` when one is not running (outside CI; see [`service_endpoint`]).
+pub fn services() -> Option<Services> {
+    Some(Services {
+        kinesis: service_endpoint("TAXI_TEST_KINESIS_ENDPOINT")?,
+        s3: service_endpoint("TAXI_TEST_S3_ENDPOINT")?,
+        opensearch: service_endpoint("TAXI_TEST_OPENSEARCH_ENDPOINT")?,
+    })
+}
