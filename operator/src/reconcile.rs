@@ -410,23 +410,24 @@ fn assigned_at(cm: &ConfigMap) -> Option<Timestamp> {
     cm.annotations().get(ASSIGNED_AT_ANNOTATION)?.parse().ok()
 }
 
-/// Asks every running worker for its `/status`; those that do not answer are left out.
+/// Asks every running worker for its `/status`, all at once (a pod that does not answer costs one
+/// probe timeout per pass, not one per pod); those that do not answer are left out.
 async fn probe_workers<S, P: WorkerProbe>(
     ctx: &Context<S, P>,
     valid: &ValidPipeline,
     running: u32,
 ) -> BTreeMap<u32, WorkerReport> {
-    let mut reports = BTreeMap::new();
-    for ordinal in 0..running {
+    let probes = (0..running).map(|ordinal| async move {
         let host = names::pod_host(&valid.name, &valid.namespace, ordinal);
         match ctx.probe.status(&host).await {
-            Ok(report) => {
-                reports.insert(ordinal, report);
+            Ok(report) => Some((ordinal, report)),
+            Err(e) => {
+                tracing::debug!(error = %e, "worker did not answer");
+                None
             }
-            Err(e) => tracing::debug!(error = %e, "worker did not answer"),
         }
-    }
-    reports
+    });
+    futures::future::join_all(probes).await.into_iter().flatten().collect()
 }
 
 /// Whether every pod at an ordinal `desired..running` acts on `epoch` (or later) and reads nothing.
