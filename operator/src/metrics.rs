@@ -21,6 +21,8 @@ pub const RECONCILE_DURATION_SECONDS: &str = "taxi_operator_reconcile_duration_s
 pub const RECONCILE_ERRORS_TOTAL: &str = "taxi_operator_reconcile_errors_total";
 /// Worker replicas the operator wants, per pipeline.
 pub const DESIRED_REPLICAS: &str = "taxi_operator_desired_replicas";
+/// Ready replicas of the worker StatefulSet as the last pass observed them, per pipeline.
+pub const READY_REPLICAS: &str = "taxi_operator_ready_replicas";
 /// Epoch of the current shard assignment, per pipeline.
 pub const ASSIGNMENT_EPOCH: &str = "taxi_operator_assignment_epoch";
 /// Open Kinesis shards of the pipeline's stream, per pipeline.
@@ -84,6 +86,7 @@ pub struct OperatorMetrics {
     reconcile_duration: Histogram,
     reconcile_errors: IntCounterVec,
     desired_replicas: IntGaugeVec,
+    ready_replicas: IntGaugeVec,
     assignment_epoch: IntGaugeVec,
     open_shards: IntGaugeVec,
     leader: IntGauge,
@@ -137,6 +140,10 @@ impl OperatorMetrics {
             reconcile_duration,
             reconcile_errors: counter(RECONCILE_ERRORS_TOTAL, "Failed reconciles, by error category", CATEGORY)?,
             desired_replicas: pipeline_gauge(DESIRED_REPLICAS, "Worker replicas the operator wants, per pipeline")?,
+            ready_replicas: pipeline_gauge(
+                READY_REPLICAS,
+                "Ready replicas of the worker StatefulSet at the last reconcile, per pipeline",
+            )?,
             assignment_epoch: pipeline_gauge(ASSIGNMENT_EPOCH, "Epoch of the current shard assignment, per pipeline")?,
             open_shards: pipeline_gauge(OPEN_SHARDS, "Open shards of the pipeline's Kinesis stream, per pipeline")?,
             leader,
@@ -178,6 +185,11 @@ impl OperatorMetrics {
         self.desired_replicas.with_label_values(&[pipeline]).set(i64::from(replicas));
     }
 
+    /// Sets the ready replicas of `pipeline`'s worker StatefulSet, as observed by a reconcile.
+    pub fn set_ready_replicas(&self, pipeline: &str, replicas: i32) {
+        self.ready_replicas.with_label_values(&[pipeline]).set(i64::from(replicas));
+    }
+
     /// Sets the epoch of `pipeline`'s current shard assignment.
     pub fn set_assignment_epoch(&self, pipeline: &str, epoch: u64) {
         self.assignment_epoch.with_label_values(&[pipeline]).set(i64::try_from(epoch).unwrap_or(i64::MAX));
@@ -192,6 +204,7 @@ impl OperatorMetrics {
     pub fn forget(&self, pipeline: &str) {
         for gauge in [
             &self.desired_replicas,
+            &self.ready_replicas,
             &self.assignment_epoch,
             &self.open_shards,
             &self.autoscale_max_lag_ms,
@@ -377,6 +390,7 @@ mod tests {
         metrics.observe_reconcile(ReconcileOutcome::InvalidSpec, Duration::from_millis(2));
         metrics.reconcile_error("kinesis");
         metrics.set_desired_replicas(&pipeline_label("rides", "nyc"), 3);
+        metrics.set_ready_replicas("rides/nyc", 2);
         metrics.set_assignment_epoch("rides/nyc", 7);
         metrics.set_open_shards("rides/nyc", 12);
         metrics.set_leader(true);
@@ -389,6 +403,7 @@ mod tests {
         assert!(text.contains(r#"taxi_operator_reconcile_duration_seconds_bucket{le="0.025"} 1"#), "{text}");
         assert!(text.contains(r#"taxi_operator_reconcile_errors_total{category="kinesis"} 1"#), "{text}");
         assert!(text.contains(r#"taxi_operator_desired_replicas{pipeline="rides/nyc"} 3"#), "{text}");
+        assert!(text.contains(r#"taxi_operator_ready_replicas{pipeline="rides/nyc"} 2"#), "{text}");
         assert!(text.contains(r#"taxi_operator_assignment_epoch{pipeline="rides/nyc"} 7"#), "{text}");
         assert!(text.contains(r#"taxi_operator_open_shards{pipeline="rides/nyc"} 12"#), "{text}");
         assert!(text.contains("taxi_operator_leader 1"), "{text}");
@@ -401,6 +416,7 @@ mod tests {
         let metrics = OperatorMetrics::new().expect("metrics");
         for (pipeline, replicas) in [("rides/nyc", 3), ("rides/chicago", 5)] {
             metrics.set_desired_replicas(pipeline, replicas);
+            metrics.set_ready_replicas(pipeline, replicas);
             metrics.set_assignment_epoch(pipeline, 1);
             metrics.set_open_shards(pipeline, 4);
         }
@@ -408,7 +424,7 @@ mod tests {
         metrics.forget("never/seen");
         let text = metrics.render();
         assert!(!text.contains("rides/nyc"), "{text}");
-        for name in [DESIRED_REPLICAS, ASSIGNMENT_EPOCH, OPEN_SHARDS] {
+        for name in [DESIRED_REPLICAS, READY_REPLICAS, ASSIGNMENT_EPOCH, OPEN_SHARDS] {
             assert_eq!(lines_with(&text, name).len(), 1, "{name} in {text}");
         }
         assert!(text.contains(r#"taxi_operator_desired_replicas{pipeline="rides/chicago"} 5"#), "{text}");

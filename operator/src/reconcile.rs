@@ -306,6 +306,7 @@ async fn apply<S: Streams, P: WorkerProbe>(pipeline: &TaxiPipeline, ctx: &Contex
     }
     let label = pipeline_label(&valid.namespace, &valid.name);
     ctx.state.metrics.set_desired_replicas(&label, i32::try_from(pass.desired).unwrap_or(i32::MAX));
+    ctx.state.metrics.set_ready_replicas(&label, ready);
     ctx.state.metrics.set_assignment_epoch(&label, pass.assignment.epoch);
     ctx.state.metrics.set_open_shards(&label, pass.open_shards);
     patch_status(pipeline, ctx, running_status(pipeline, &valid, &pass, now)).await?;

@@ -338,7 +338,7 @@ async fn scaling_up_grows_the_statefulset_first_and_moves_shards_once_the_pods_a
     // Pass 1: parallelism 2 → 3 (an edit or `kubectl scale`), two pods ready.
     let (ctx, handle) = context(Ok(four_open_shards()), FakeProbe::default());
     let server = tokio::spawn(serve(handle, pass(Some((&before, "2026-11-27T11:00:00Z")), Some((2, 2)), true)));
-    let action = reconcile(guard(pipeline(3, json!({}))), ctx).await.expect("reconcile");
+    let action = reconcile(guard(pipeline(3, json!({}))), ctx.clone()).await.expect("reconcile");
     let sent = server.await.expect("server");
     assert_eq!(action, Action::requeue(Duration::from_secs(3)), "a rescale under way is watched closely");
     assert_eq!(sent_assignment(&sent), before, "no shard moves to a pod that is not ready");
@@ -348,6 +348,10 @@ async fn scaling_up_grows_the_statefulset_first_and_moves_shards_once_the_pods_a
     let status = &find(&sent, Method::PATCH, &format!("{TP}/status")).body;
     assert_eq!(condition(status, "Progressing")["status"], "True");
     assert_eq!(status["status"]["desiredReplicas"], 3);
+    // What the "fewer ready workers than desired" alert compares.
+    let metrics = ctx.state.metrics.render();
+    assert!(metrics.contains("taxi_operator_desired_replicas{pipeline=\"taxi/nyc\"} 3"), "{metrics}");
+    assert!(metrics.contains("taxi_operator_ready_replicas{pipeline=\"taxi/nyc\"} 2"), "{metrics}");
 
     // Pass 2: the third pod is ready: the assignment moves the fewest shards to it.
     let (ctx, handle) = context(Ok(four_open_shards()), FakeProbe::default());

@@ -36,6 +36,9 @@ pub struct WorkerMetrics {
     pub checkpoint_failures: IntCounterVec,
     /// Size of the last checkpoint written, by shard.
     pub checkpoint_bytes: IntGaugeVec,
+    /// Wall clock (Unix seconds) of each shard's last successful checkpoint: its age is what the
+    /// missed-checkpoint alert watches.
+    pub checkpoint_last_success: IntGaugeVec,
     /// Partial documents written to the sink.
     pub sink_documents: IntCounterVec,
     /// Shards this worker reads.
@@ -129,6 +132,11 @@ impl WorkerMetrics {
                 &["reason"],
             ),
             checkpoint_bytes: gauge("taxi_checkpoint_bytes", "Size of the last checkpoint", &["shard"]),
+            checkpoint_last_success: gauge(
+                "taxi_checkpoint_last_success_timestamp_seconds",
+                "Unix time of the shard's last successful checkpoint (s)",
+                &["shard"],
+            ),
             sink_documents: counter("taxi_sink_documents_total", "Partial documents written", &["sink"]),
             owned_shards,
             shard_handoffs,
@@ -142,6 +150,27 @@ impl WorkerMetrics {
     /// The registry, for components that register their own metrics (e.g. the OpenSearch sink).
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Records a checkpoint of `shard` written at `unix_millis`, `bytes` long.
+    pub fn checkpoint_written(&self, shard: &str, unix_millis: i64, bytes: usize) {
+        self.checkpoint_bytes.with_label_values(&[shard]).set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.checkpoint_last_success.with_label_values(&[shard]).set(unix_millis.div_euclid(1000));
+    }
+
+    /// Removes the per-shard gauges of a shard this worker no longer reads (released, fenced,
+    /// finished): their last values would otherwise stay, and alerts on lag or checkpoint age
+    /// would fire for a shard another worker now reads. Counters stay: their rate drops to zero.
+    pub fn forget_shard(&self, shard: &str) {
+        for gauge in [
+            &self.millis_behind_latest,
+            &self.watermark_lag_seconds,
+            &self.checkpoint_bytes,
+            &self.checkpoint_last_success,
+        ] {
+            // Not found only means that gauge was never set for the shard.
+            let _ = gauge.remove_label_values(&[shard]);
+        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -173,6 +202,29 @@ mod tests {
         assert!(text.contains("taxi_records_total{outcome=\"aggregated\"} 3"), "{text}");
         assert!(text.contains("taxi_millis_behind_latest{shard=\"shardId-000000000001\"} 1500"), "{text}");
         assert!(text.contains("taxi_owned_shards 4"), "{text}");
+    }
+
+    #[test]
+    fn a_checkpoint_sets_its_shards_time_and_size_and_forgetting_the_shard_removes_only_its_gauges() {
+        let m = WorkerMetrics::new();
+        m.checkpoint_written("shardId-000000000001", 1_767_225_600_999, 512);
+        m.checkpoint_written("shardId-000000000002", 1_767_225_700_000, 256);
+        m.millis_behind_latest.with_label_values(&["shardId-000000000001"]).set(40);
+        m.records_read.with_label_values(&["shardId-000000000001"]).inc_by(9);
+        let text = m.render();
+        let one = r#"taxi_checkpoint_last_success_timestamp_seconds{shard="shardId-000000000001"} 1767225600"#;
+        assert!(text.contains(one), "whole seconds, rounded down: {text}");
+        assert!(text.contains(r#"taxi_checkpoint_bytes{shard="shardId-000000000001"} 512"#), "{text}");
+
+        m.forget_shard("shardId-000000000001");
+        m.forget_shard("shardId-never-read");
+        let text = m.render();
+        assert!(!text.contains(one), "{text}");
+        assert!(!text.contains(r#"taxi_millis_behind_latest{shard="shardId-000000000001"}"#), "{text}");
+        assert!(!text.contains(r#"taxi_checkpoint_bytes{shard="shardId-000000000001"}"#), "{text}");
+        let two = r#"taxi_checkpoint_last_success_timestamp_seconds{shard="shardId-000000000002"} 1767225700"#;
+        assert!(text.contains(two), "{text}");
+        assert!(text.contains(r#"taxi_kinesis_records_read_total{shard="shardId-000000000001"} 9"#), "{text}");
     }
 
     #[test]

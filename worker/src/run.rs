@@ -600,6 +600,7 @@ pub async fn run_worker<K: KinesisApi>(
         tokio::select! {
             Some((id, result)) = exit_rx.recv() => {
                 running.remove(&id);
+                shared.state.metrics.forget_shard(&id);
                 match result {
                     Ok(ShardExit::Finished) => {
                         finished.insert(id.clone());
@@ -1290,11 +1291,9 @@ impl<K: KinesisApi> ShardTask<K> {
                     .checkpoint_seconds
                     .with_label_values(&[self.shared.store.kind()])
                     .observe(started.elapsed().as_secs_f64());
-                metrics
-                    .checkpoint_bytes
-                    .with_label_values(&[&self.shard_id])
-                    .set(i64::try_from(bytes.len()).unwrap_or(0));
-                let now = crate::time::format_timestamp(wall_clock_millis());
+                let written_at = wall_clock_millis();
+                metrics.checkpoint_written(&self.shard_id, written_at, bytes.len());
+                let now = crate::time::format_timestamp(written_at);
                 let position = match &self.position {
                     Position::Sequence { sequence_number, .. } => Some(sequence_number.clone()),
                     _ => None,
