@@ -315,6 +315,7 @@ async fn managed_stream_is_created_and_resharded_4_8_3_in_steps_while_workers_lo
         checkpoint: None,
         stop_after_records: None,
         parse_threads: 2,
+        speedup: None,
     };
     let local = run_local(local, Arc::new(AtomicBool::new(false)), Arc::new(Progress::default())).await.expect("local");
     let expected = as_lines(&local.results);

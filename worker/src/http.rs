@@ -1,4 +1,5 @@
-//! The worker's HTTP endpoints (DESIGN §8): `/healthz`, `/readyz`, `/metrics` and `/status`.
+//! The worker's HTTP endpoints (DESIGN §8): `/healthz`, `/readyz`, `/metrics` and `/status`, and the
+//! small HTTP/1 server they (and the local dashboard) run on.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,7 +10,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
@@ -23,7 +24,8 @@ pub trait Endpoints: Send + Sync + 'static {
     fn status(&self) -> serde_json::Value;
 }
 
-fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+/// A response with a body and its content type.
+pub fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     if let Ok(value) = content_type.parse() {
@@ -58,15 +60,28 @@ pub async fn bind<E: Endpoints>(
     addr: SocketAddr,
     endpoints: Arc<E>,
 ) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = ()> + Send)> {
+    serve(addr, move |method, uri| route(endpoints.as_ref(), method, uri.path())).await
+}
+
+/// Binds `addr` and answers every request with `handler` until the task is dropped. Returns the
+/// bound address (useful with port 0) and the serving future.
+pub async fn serve<H>(
+    addr: SocketAddr,
+    handler: H,
+) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = ()> + Send)>
+where
+    H: Fn(&Method, &Uri) -> Response<Full<Bytes>> + Send + Sync + 'static,
+{
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let handler = Arc::new(handler);
     let serve = async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let endpoints = endpoints.clone();
+            let handler = handler.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
-                    let response = route(endpoints.as_ref(), req.method(), req.uri().path());
+                    let response = handler(req.method(), req.uri());
                     async move { Ok::<_, Infallible>(response) }
                 });
                 if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {

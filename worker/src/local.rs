@@ -13,8 +13,8 @@
 //! as one consistent checkpoint (per-shard objects plus the run's own state, DESIGN §6).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -93,6 +93,9 @@ pub struct LocalOptions {
     pub stop_after_records: Option<u64>,
     /// Threads parsing records (at least 1).
     pub parse_threads: usize,
+    /// Replay event time at this many times wall-clock speed (the live dashboard's pace);
+    /// `None` runs as fast as possible.
+    pub speedup: Option<f64>,
 }
 
 /// How a run ended.
@@ -145,13 +148,88 @@ pub struct LocalRun {
     pub outcome: Outcome,
 }
 
-/// Live figures for a progress line.
+/// Live figures of a running local run, read by the progress line and the dashboard while the
+/// run writes them. The run's [`Summary`] is the exact account once it ends.
 #[derive(Debug, Default)]
 pub struct Progress {
     /// Input records handed to the shards.
     pub records: AtomicU64,
     /// The merged watermark (ms since epoch), `i64::MIN` before there is one.
     pub watermark: AtomicI64,
+    /// Valid trips parsed.
+    pub trips: AtomicU64,
+    /// Watermark events parsed.
+    pub watermarks: AtomicU64,
+    /// Invalid records skipped.
+    pub invalid: AtomicU64,
+    /// Trips outside the region.
+    pub outside_region: AtomicU64,
+    /// Trips that came after their window closed (in a shard or at the merge).
+    pub late: AtomicU64,
+    /// Final merged results in the order they became final; kept only when asked for.
+    results: Option<Mutex<Vec<MergedResult>>>,
+}
+
+impl Progress {
+    /// Live figures that also keep every final result as it comes (for the dashboard).
+    pub fn keeping_results() -> Progress {
+        Progress { results: Some(Mutex::new(Vec::new())), ..Progress::default() }
+    }
+
+    /// The final results kept so far whose window starts after `after` (all with `None`); empty
+    /// unless made by [`Progress::keeping_results`].
+    pub fn results_after(&self, after: Option<Millis>) -> Vec<MergedResult> {
+        let Some(results) = &self.results else { return Vec::new() };
+        let results = results.lock().unwrap_or_else(PoisonError::into_inner);
+        results.iter().filter(|r| after.is_none_or(|a| r.window_start() > a)).cloned().collect()
+    }
+
+    /// Keeps results that just became final (when keeping results at all).
+    pub(crate) fn keep(&self, new: &[MergedResult]) {
+        if let (Some(results), false) = (&self.results, new.is_empty()) {
+            results.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(new);
+        }
+    }
+
+    fn add_input(&self, counters: &Counters) {
+        self.trips.fetch_add(counters.trips, Ordering::Relaxed);
+        self.watermarks.fetch_add(counters.watermarks, Ordering::Relaxed);
+        self.invalid.fetch_add(counters.invalid_total(), Ordering::Relaxed);
+    }
+}
+
+/// Replays event time at a fixed multiple of wall-clock time: records of event time `t` are handed
+/// on no earlier than `(t - first) / speedup` after the first. A gap in the data is compressed to
+/// at most [`Pacer::MAX_WAIT`], so one far-off timestamp cannot stall the run.
+#[derive(Debug)]
+pub struct Pacer {
+    speedup: f64,
+    /// Wall-clock instant and event time the pace is measured from.
+    origin: Option<(Instant, Millis)>,
+}
+
+impl Pacer {
+    /// The longest single wait.
+    pub const MAX_WAIT: Duration = Duration::from_secs(1);
+
+    /// A pacer at `speedup` × wall-clock time (must be positive).
+    pub fn new(speedup: f64) -> Pacer {
+        Pacer { speedup, origin: None }
+    }
+
+    /// How long to wait at `now` before handing on records up to event time `event_time`.
+    pub fn wait(&mut self, event_time: Millis, now: Instant) -> Duration {
+        let (start, first) = *self.origin.get_or_insert((now, event_time));
+        let due_ms = (event_time - first) as f64 / self.speedup;
+        let due = start + Duration::from_secs_f64(due_ms.max(0.0) / 1000.0);
+        let wait = due.saturating_duration_since(now);
+        if wait > Self::MAX_WAIT {
+            // Re-anchor so that this gap costs MAX_WAIT and later records keep the pace.
+            self.origin = Some((now + Self::MAX_WAIT, event_time));
+            return Self::MAX_WAIT;
+        }
+        wait
+    }
 }
 
 /// Why a local run failed.
@@ -227,6 +305,8 @@ struct ParsedBatch {
     per_shard: Vec<Vec<Event>>,
     counters: Counters,
     last_record: u64,
+    /// The latest event time in the batch (for pacing).
+    max_event_time: Option<Millis>,
 }
 
 enum Parsed {
@@ -305,6 +385,14 @@ pub async fn run_local(
     let format = *reader.format();
     progress.records.store(resume_from, Ordering::Relaxed);
     progress.watermark.store(i64::MIN, Ordering::Relaxed);
+    if let Some(r) = &restored {
+        progress.add_input(&r.run.input_counters);
+        let mut shards = Counters::default();
+        r.shards.iter().for_each(|s| shards.add(s.counters()));
+        progress.outside_region.store(shards.outside_region, Ordering::Relaxed);
+        progress.late.store(shards.late + r.run.merge_late_trips, Ordering::Relaxed);
+        progress.keep(&r.run.results);
+    }
 
     // Stage wiring.
     let parse_threads = options.parse_threads.max(1);
@@ -357,6 +445,7 @@ pub async fn run_local(
             merge: merge_tx.clone(),
             idle_timeout,
             owner: Owner { epoch: 0, id: "local".to_owned(), ordinal: None },
+            progress: progress.clone(),
         };
         shard_tasks.push(tokio::spawn(task.run(rx)));
     }
@@ -369,6 +458,7 @@ pub async fn run_local(
 
     // The dispatcher runs here: it restores input order and drives barriers.
     let mut outcome = Outcome::Completed;
+    let mut pacer = options.speedup.filter(|s| *s > 0.0).map(Pacer::new);
     let mut parsed_rxs = parsed_rxs;
     let mut turn = 0;
     loop {
@@ -376,7 +466,14 @@ pub async fn run_local(
         turn = (turn + 1) % parsed_rxs.len();
         match msg {
             Parsed::Batch(batch) => {
+                if let (Some(pacer), Some(t)) = (&mut pacer, batch.max_event_time) {
+                    let wait = pacer.wait(t, Instant::now());
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
                 input_counters.add(&batch.counters);
+                progress.add_input(&batch.counters);
                 for (tx, events) in shard_txs.iter().zip(batch.per_shard) {
                     if !events.is_empty() {
                         tx.send(ShardMsg::Events(events)).await.map_err(|_| LocalError::Stage("shard"))?;
@@ -525,6 +622,7 @@ fn parse_chunk(format: &Format, router: &ShardRouter, chunk: &Chunk, limit: Opti
     let mut per_shard: Vec<Vec<Event>> = (0..router.shards()).map(|_| Vec::new()).collect();
     let mut counters = Counters::default();
     let mut last_record = 0;
+    let mut max_event_time: Option<Millis> = None;
     for (record_no, line) in chunk.lines() {
         if limit.is_some_and(|l| record_no > l) {
             break;
@@ -534,18 +632,20 @@ fn parse_chunk(format: &Format, router: &ShardRouter, chunk: &Chunk, limit: Opti
             Ok(Event::Trip(trip)) => {
                 counters.records += 1;
                 counters.trips += 1;
+                max_event_time = max_event_time.max(Some(trip.event_time()));
                 per_shard[router.shard_for_trip(trip.trip_id)].push(Event::Trip(trip));
             }
-            Ok(watermark @ Event::Watermark(_)) => {
+            Ok(watermark @ Event::Watermark(t)) => {
                 // A watermark event reaches every shard, as the producer sends it (DESIGN §4).
                 counters.records += 1;
+                max_event_time = max_event_time.max(Some(t));
                 counters.watermarks += 1;
                 per_shard.iter_mut().for_each(|events| events.push(watermark));
             }
             Err(reason) => counters.count_invalid(reason),
         }
     }
-    ParsedBatch { per_shard, counters, last_record }
+    ParsedBatch { per_shard, counters, last_record, max_event_time }
 }
 
 /// One shard's processing loop.
@@ -557,6 +657,7 @@ struct ShardTask {
     merge: mpsc::Sender<MergeMsg>,
     idle_timeout: Duration,
     owner: Owner,
+    progress: Arc<Progress>,
 }
 
 impl ShardTask {
@@ -597,9 +698,14 @@ impl ShardTask {
             match msg {
                 ShardMsg::Events(events) => {
                     let before = self.processor.watermark();
+                    let counted = (self.processor.counters().outside_region, self.processor.counters().late);
                     for event in &events {
                         self.processor.process(event, None);
                     }
+                    // The live figures; the run's summary adds up the shards' own counters at the end.
+                    let counters = self.processor.counters();
+                    self.progress.outside_region.fetch_add(counters.outside_region - counted.0, Ordering::Relaxed);
+                    self.progress.late.fetch_add(counters.late - counted.1, Ordering::Relaxed);
                     let closed = self.processor.take_closed();
                     let watermark = self.processor.watermark();
                     if (!closed.is_empty() || watermark != before)
@@ -637,6 +743,7 @@ async fn run_merge(
     progress: Arc<Progress>,
 ) -> MergeOutcome {
     let mut shard_counters = Counters::default();
+    let mut late_counted = merger.late_trips();
     while let Some(msg) = inbox.recv().await {
         match msg {
             MergeMsg::Progress { shard, closed, watermark } => {
@@ -663,7 +770,11 @@ async fn run_merge(
                 continue;
             }
         }
-        results.extend(merger.take_final());
+        let new = merger.take_final();
+        progress.keep(&new);
+        results.extend(new);
+        progress.late.fetch_add(merger.late_trips() - late_counted, Ordering::Relaxed);
+        late_counted = merger.late_trips();
         if let Some(w) = merger.merged_watermark().filter(|w| *w != Millis::MAX) {
             progress.watermark.store(w, Ordering::Relaxed);
         }
@@ -807,5 +918,36 @@ fn summarize(
             .filter(|r| input.invalid[r.index()] > 0)
             .map(|r| (r.as_str().to_owned(), input.invalid[r.index()]))
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: Millis = 60_000;
+
+    #[test]
+    fn the_pacer_holds_records_until_their_event_time_is_due() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(600.0); // ten minutes of event time per wall-clock second
+        assert_eq!(pacer.wait(0, start), Duration::ZERO, "the first record sets the origin");
+        assert_eq!(pacer.wait(5 * MINUTE, start), Duration::from_millis(500));
+        // Already past due: no wait.
+        assert_eq!(pacer.wait(5 * MINUTE, start + Duration::from_secs(2)), Duration::ZERO);
+        // Older records (disorder) are never held.
+        assert_eq!(pacer.wait(-MINUTE, start), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_pacer_compresses_gaps_to_its_longest_wait() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(600.0);
+        pacer.wait(0, start);
+        // A day's gap would be 144 s at this pace: it costs one MAX_WAIT instead …
+        assert_eq!(pacer.wait(24 * 60 * MINUTE, start), Pacer::MAX_WAIT);
+        // … and the pace continues from there.
+        let resumed = start + Pacer::MAX_WAIT;
+        assert_eq!(pacer.wait(24 * 60 * MINUTE + 5 * MINUTE, resumed), Duration::from_millis(500));
     }
 }

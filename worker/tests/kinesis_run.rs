@@ -35,6 +35,7 @@ async fn local_results(input: &Path, shards: u32) -> Vec<String> {
         checkpoint: None,
         stop_after_records: None,
         parse_threads: 2,
+        speedup: None,
     };
     let run = run_local(options, Arc::new(AtomicBool::new(false)), Arc::new(Progress::default())).await.expect("local");
     as_lines(&run.results)

@@ -40,6 +40,7 @@ fn options(input: &Path, checkpoint: Option<CheckpointOptions>, stop_after: Opti
         checkpoint,
         stop_after_records: stop_after,
         parse_threads: 2,
+        speedup: None,
     }
 }
 

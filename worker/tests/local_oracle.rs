@@ -24,6 +24,7 @@ fn run(input: &Path, shards: u32, engine: EngineConfig) -> LocalRun {
         checkpoint: None,
         stop_after_records: None,
         parse_threads: 2,
+        speedup: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     runtime
