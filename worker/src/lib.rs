@@ -6,7 +6,8 @@
 //! - [`window`], [`analysis`], [`shard`], [`merge`]: per-shard event-time aggregation and the merge;
 //! - [`checkpoint`]: per-shard checkpoint state and its stores;
 //! - [`generate`]: the synthetic NYC trip generator;
-//! - [`local`]: the whole pipeline embedded in one process (`taxi-worker local`);
+//! - [`local`]: the whole pipeline embedded in one process (`taxi-worker local`), and
+//!   [`dashboard`], its live page and JSON API;
 //! - [`kinesis`], [`run`], [`sink`], [`metrics`], [`http`], [`signals`]: the pod command
 //!   (`taxi-worker run`);
 //! - [`settings`]: the pipeline settings the operator renders for its workers (`run --config`);
@@ -18,6 +19,7 @@ pub mod analysis;
 pub mod assignment;
 pub mod checkpoint;
 pub mod config;
+pub mod dashboard;
 pub mod event;
 pub mod generate;
 pub mod geo;

@@ -1,6 +1,7 @@
 //! `taxi-worker`: the TaxiPipeline worker binary.
 
 use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use taxi_worker::analysis::MergedResult;
 use taxi_worker::config::{
     AirportTripsConfig, EngineConfig, EventTimeConfig, HotSpotConfig, WatermarkStrategy, parse_duration, to_millis,
 };
+use taxi_worker::dashboard::{Dashboard, RunState};
 use taxi_worker::generate::{GeneratorConfig, write_json_lines};
 use taxi_worker::geo::BoundingBox;
 use taxi_worker::handoff::{AssignmentSource, pod_ordinal};
@@ -221,7 +223,7 @@ struct RunArgs {
     max_records: i32,
     /// Address of /healthz, /readyz, /metrics and /status.
     #[arg(long, default_value = "0.0.0.0:8080")]
-    http_addr: std::net::SocketAddr,
+    http_addr: SocketAddr,
     /// Which shards this worker owns: all, file:PATH (an assignment document, DESIGN §7, read
     /// every 250 ms) or configmap (the operator's ConfigMap <pipeline>-assignment, watched).
     #[arg(long, default_value = "all", env = "TAXI_ASSIGNMENT")]
@@ -469,8 +471,31 @@ struct LocalArgs {
     /// Print the progress line even when stderr is not a terminal.
     #[arg(long)]
     progress: bool,
+    /// Serve the live dashboard at this address (port 0 picks a free one). Default: 127.0.0.1:8080
+    /// when run from a terminal without --output or --summary.
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_dashboard")]
+    dashboard: Option<SocketAddr>,
+    /// Do not serve the dashboard.
+    #[arg(long)]
+    no_dashboard: bool,
+    /// Replay event time at this many times wall-clock speed (6480: a day in ~13 s; 0: as fast as
+    /// possible). Default: 6480 with the dashboard, as fast as possible without.
+    #[arg(long, value_parser = parse_speedup)]
+    speedup: Option<f64>,
     #[command(flatten)]
     engine: EngineArgs,
+}
+
+/// The pace of a run with the dashboard: the seed's, a day of trips in about 13 s.
+const DASHBOARD_SPEEDUP: f64 = 6480.0;
+/// Where the dashboard listens when it is on by default.
+const DEFAULT_DASHBOARD_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+
+fn parse_speedup(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("invalid speedup {s:?}: expected a number ≥ 0 (0 runs as fast as possible)")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -578,6 +603,18 @@ fn local(args: LocalArgs) -> Result<ExitCode, String> {
     };
     let interactive = std::io::stderr().is_terminal();
     let show_progress = args.progress || interactive;
+    // (address, whether the user chose it)
+    let dashboard_addr = match (args.dashboard, args.no_dashboard) {
+        (Some(addr), _) => Some((addr, true)),
+        (None, true) => None,
+        (None, false) => {
+            (interactive && args.output.is_none() && args.summary.is_none()).then_some((DEFAULT_DASHBOARD_ADDR, false))
+        }
+    };
+    let speedup = match args.speedup {
+        Some(s) => Some(s).filter(|s| *s > 0.0),
+        None => dashboard_addr.map(|_| DASHBOARD_SPEEDUP),
+    };
     let options = LocalOptions {
         input,
         shards: args.shards,
@@ -591,6 +628,7 @@ fn local(args: LocalArgs) -> Result<ExitCode, String> {
         parse_threads: args
             .parse_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        speedup,
     };
     options.engine.validate().map_err(|e| format!("invalid configuration: {e}"))?;
 
@@ -599,7 +637,15 @@ fn local(args: LocalArgs) -> Result<ExitCode, String> {
         .build()
         .map_err(|e| format!("failed to start the runtime: {e}"))?;
     let stop = Arc::new(AtomicBool::new(false));
-    let progress = Arc::new(Progress::default());
+    let progress = Arc::new(if dashboard_addr.is_some() { Progress::keeping_results() } else { Progress::default() });
+    let dashboard =
+        dashboard_addr.map(|_| Arc::new(Dashboard::new(&options.engine, options.shards, speedup, progress.clone())));
+    let dashboard_url = match (dashboard_addr, &dashboard) {
+        (Some((addr, chosen)), Some(dashboard)) => {
+            Some(runtime.block_on(start_dashboard(addr, chosen, dashboard.clone()))?)
+        }
+        _ => None,
+    };
     let run = runtime.block_on(async {
         let ctrl_c = {
             let stop = stop.clone();
@@ -621,7 +667,21 @@ fn local(args: LocalArgs) -> Result<ExitCode, String> {
         }
         run
     });
-    let run = run.map_err(|e| e.to_string())?;
+    let run = match run {
+        Ok(run) => run,
+        Err(e) => {
+            if let Some(d) = &dashboard {
+                d.set_state(RunState::Failed(e.to_string()));
+            }
+            return Err(e.to_string());
+        }
+    };
+    if let Some(d) = &dashboard {
+        d.set_state(match run.outcome {
+            Outcome::Completed => RunState::Finished(run.summary.clone()),
+            Outcome::Stopped { .. } => RunState::Stopped(run.summary.clone()),
+        });
+    }
 
     // A stopped run's results are incomplete: they are written by the run that completes.
     if let (Some(path), Outcome::Completed) = (&args.output, run.outcome) {
@@ -632,7 +692,36 @@ fn local(args: LocalArgs) -> Result<ExitCode, String> {
         std::fs::write(path, json).map_err(|e| format!("failed to write summary to {}: {e}", path.display()))?;
     }
     print_report(&run, &args);
+    // A finished run's dashboard stays up to be explored; an interrupted run just ends.
+    if let (Some(url), Outcome::Completed) = (&dashboard_url, run.outcome) {
+        eprintln!("\nthe run is complete; the dashboard stays up at {url} — Ctrl-C to quit");
+        runtime.block_on(async {
+            let _ = tokio::signal::ctrl_c().await;
+        });
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Binds the dashboard and serves it in the background; returns its URL. When the default port
+/// is taken, any free port will do (the URL is printed); a chosen address must be honoured.
+async fn start_dashboard(addr: SocketAddr, chosen: bool, dashboard: Arc<Dashboard>) -> Result<String, String> {
+    let bound = match taxi_worker::dashboard::serve(addr, dashboard.clone()).await {
+        Err(e) if !chosen && e.kind() == std::io::ErrorKind::AddrInUse => {
+            let any_port = SocketAddr::new(addr.ip(), 0);
+            eprintln!("{addr} is in use; serving the dashboard on another port (choose one with --dashboard ADDR)");
+            taxi_worker::dashboard::serve(any_port, dashboard).await
+        }
+        other => other,
+    };
+    let (local, serve) = bound.map_err(|e| {
+        format!(
+            "failed to serve the dashboard on {addr}: {e} (choose another with --dashboard ADDR, or --no-dashboard)"
+        )
+    })?;
+    tokio::spawn(serve);
+    let url = format!("http://{local}/");
+    eprintln!("dashboard: {url}");
+    Ok(url)
 }
 
 fn write_results(path: &Path, results: &[MergedResult]) -> std::io::Result<()> {
