@@ -22,6 +22,8 @@ use taxi_worker::settings::{SETTINGS_KEY, SINK_PASSWORD_ENV, SINK_USERNAME_ENV, 
 
 /// Port of the workers' `/healthz`, `/readyz`, `/metrics` and `/status` (DESIGN §8).
 pub const HTTP_PORT: i32 = 8080;
+/// Where the image (`Dockerfile`) puts the worker binary.
+pub const WORKER_BINARY: &str = "/usr/local/bin/taxi-worker";
 /// Where the worker ConfigMap is mounted.
 const CONFIG_DIR: &str = "/etc/taxi";
 /// Where a custom CA bundle for the sink is mounted.
@@ -414,6 +416,8 @@ fn worker_container(pipeline: &ValidPipeline) -> Container {
         name: "worker".into(),
         image: Some(pod.image.clone()),
         image_pull_policy: pod.image_pull_policy.clone(),
+        // The image holds both binaries (its entrypoint is the operator's), so name the worker's.
+        command: Some(vec![WORKER_BINARY.to_owned()]),
         args: Some(
             [
                 "run",
