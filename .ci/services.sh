@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Services the TaxiPipeline tests run against (Kinesis, S3 and OpenSearch emulators).
+# Services the TaxiPipeline tests run against (Kinesis, S3 and OpenSearch emulators), and the
+# browser the dashboard test drives (Debian's Chromium with npm's playwright-core).
 #
 # `.ci/test` sources this file, starts every service in TAXI_SERVICES and stops them on exit.
 # To keep them running in the background while you run `cargo test` by hand:
@@ -80,6 +81,30 @@ service_start() {
   if [[ -n "$health" ]]; then wait_for_http "$url$health" "${TAXI_SERVICE_TIMEOUT:-60}" "$name" || return 1; fi
   printf 'export %s=%q\n' "$var" "$url" >"$TAXI_SERVICES_DIR/$name.env"
   export "$var=$url"
+}
+
+# ---- Tools: installed, not started -------------------------------------------------------------
+# The dashboard's browser test (worker/tests/dashboard_browser.rs) reads TAXI_TEST_CHROMIUM (the
+# browser) and TAXI_TEST_PLAYWRIGHT (a node_modules folder holding playwright-core). Playwright's own
+# browser download does not work here, so it drives Debian's chromium.
+PLAYWRIGHT_CORE=playwright-core@1.65.1
+
+tools_install() { # install the tools and export their variables (also into browser.env, for `start`)
+  if [[ ! -x /usr/bin/chromium ]]; then
+    local sudo=()
+    [[ "$(id -u)" == 0 ]] || sudo=(sudo)
+    svc_log "apt-get install chromium"
+    "${sudo[@]}" apt-get update -qq >&2 &&
+      DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends chromium >&2 ||
+      { svc_log "error: could not install Debian's chromium"; return 1; }
+  fi
+  npm_install "$PLAYWRIGHT_CORE" || return 1
+  printf 'export TAXI_TEST_CHROMIUM=%q
+export TAXI_TEST_PLAYWRIGHT=%q
+' \
+    /usr/bin/chromium "$SVC_NODE/node_modules" >"$TAXI_SERVICES_DIR/browser.env"
+  # shellcheck source=/dev/null
+  source "$TAXI_SERVICES_DIR/browser.env"
 }
 
 # ---- Framework -------------------------------------------------------------------------------
@@ -209,6 +234,7 @@ services_start_all() { # install and start every registered service, exporting t
   mkdir -p "$TAXI_SERVICES_DIR"
   for name in "${TAXI_SERVICES[@]}"; do service_install "$name" || return 1; done
   for name in "${TAXI_SERVICES[@]}"; do service_start "$name" || return 1; done
+  tools_install
 }
 
 services_stop_all() { # stop what this shell started (not services it found already running)
