@@ -33,6 +33,7 @@ generate:
 
 crd:
 	cargo run -q -p taxi-operator -- crd > crds/taxipipelines.yaml
+	cp crds/taxipipelines.yaml charts/taxi-pipeline/files/crds/taxipipelines.yaml
 
 fmt:
 	cargo fmt --all

@@ -1,0 +1,87 @@
+{{/*
+Helpers shared by every template of the chart (the dashboards templates use them too).
+*/}}
+
+{{/* The chart name, or nameOverride. */}}
+{{- define "taxi-pipeline.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The prefix of every object name: fullnameOverride, else <release>-<name>, or just the release name
+when it already contains the chart name. 63 characters at most (DNS label).
+*/}}
+{{- define "taxi-pipeline.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* chart-version, for the helm.sh/chart label. */}}
+{{- define "taxi-pipeline.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every object of the release. */}}
+{{- define "taxi-pipeline.labels" -}}
+helm.sh/chart: {{ include "taxi-pipeline.chart" . }}
+{{ include "taxi-pipeline.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: taxi-pipeline
+{{- end }}
+
+{{/* The labels that identify the release's objects (immutable: they end up in selectors). */}}
+{{- define "taxi-pipeline.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "taxi-pipeline.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+The operator pods' selector: the release's selector labels plus the component, so that other pods
+of the release (the saved-objects Job) are never selected by the operator's Service or PDB.
+*/}}
+{{- define "taxi-pipeline.operatorSelectorLabels" -}}
+{{ include "taxi-pipeline.selectorLabels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/* repository:tag of the chart image; the tag defaults to the chart's appVersion. */}}
+{{- define "taxi-pipeline.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The worker image the operator gives pipelines without spec.worker.image. */}}
+{{- define "taxi-pipeline.workerImage" -}}
+{{- default (include "taxi-pipeline.image" .) .Values.operator.workerImage }}
+{{- end }}
+
+{{/* The operator's ServiceAccount. */}}
+{{- define "taxi-pipeline.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "taxi-pipeline.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The namespaces the operator watches, as a JSON list (use with fromJsonArray): operator.watchNamespaces,
+else the release namespace; an empty list means every namespace (only with rbac.clusterWide).
+*/}}
+{{- define "taxi-pipeline.watchNamespaces" -}}
+{{- if .Values.operator.watchNamespaces }}
+{{- .Values.operator.watchNamespaces | uniq | toJson }}
+{{- else if .Values.rbac.clusterWide }}
+{{- list | toJson }}
+{{- else }}
+{{- list .Release.Namespace | toJson }}
+{{- end }}
+{{- end }}
