@@ -4,8 +4,9 @@
 //! a series is absent from `/metrics`), rendered by the function the `/metrics` endpoint calls, and
 //! every `taxi_…` name in the dashboard's queries and the alert rules must be among the exported
 //! names; every label they match on or group by must be a label of one of the expression's metrics
-//! (or a target label a per-pod scrape adds). The OpenSearch sink registers its metrics when it
-//! connects, so a small fake OpenSearch answers it here: one failed bulk request, then an item error.
+//! (or a target label a per-pod scrape adds); and every expression must parse as PromQL. The
+//! OpenSearch sink registers its metrics when it connects, so a small fake OpenSearch answers it
+//! here: one failed bulk request, then an item error.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -200,8 +201,9 @@ fn operator_metrics() -> String {
     state.metrics()
 }
 
-/// The PromQL expressions of the Grafana dashboard: every target's `expr` and every query variable.
-fn dashboard_exprs() -> Vec<String> {
+/// The PromQL expressions of the Grafana dashboard: every target's `expr`, then every query
+/// variable (`label_values(…)`, Grafana's, not PromQL).
+fn dashboard_exprs() -> (Vec<String>, Vec<String>) {
     let dashboard: Value = serde_json::from_str(&chart_file("dashboards/taxi-pipeline.json")).expect("dashboard JSON");
     let mut exprs = Vec::new();
     for panel in dashboard["panels"].as_array().expect("panels") {
@@ -209,12 +211,24 @@ fn dashboard_exprs() -> Vec<String> {
             exprs.push(target["expr"].as_str().expect("expr").to_owned());
         }
     }
-    for variable in dashboard["templating"]["list"].as_array().expect("variables") {
-        if let Some(query) = variable["definition"].as_str() {
-            exprs.push(query.to_owned());
-        }
-    }
-    exprs
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+        .iter()
+        .filter_map(|v| v["definition"].as_str().map(str::to_owned))
+        .collect();
+    (exprs, variables)
+}
+
+/// Whether `expr` parses as PromQL once Grafana's variables and Helm's values are filled in.
+fn syntax_error(expr: &str) -> Option<String> {
+    let helm_value = Regex::new(r"\{\{-?\s*[^}]*\}\}").expect("regex");
+    let filled = helm_value
+        .replace_all(expr, "1")
+        .replace("$__rate_interval", "5m")
+        .replace("$namespace", ".*")
+        .replace("$pipeline", ".*");
+    promql_parser::parser::parse(&filled).err().map(|e| format!("does not parse ({e})"))
 }
 
 /// The alert expressions of the PrometheusRule template: from `expr:` up to the rule's `for:`.
@@ -287,19 +301,23 @@ async fn the_dashboard_and_the_alerts_query_only_exported_metrics_and_labels() {
     }
     assert!(exported["taxi_sink_item_errors_total"].contains("reason"));
 
-    let dashboard = dashboard_exprs();
+    let (dashboard, variables) = dashboard_exprs();
     let rules = rule_exprs();
     assert!(dashboard.len() >= 20, "the dashboard's queries were found: {dashboard:?}");
     assert_eq!(rules.len(), 5, "one expression per alert: {rules:?}");
     let mut unknown = Vec::new();
-    for (source, expr) in dashboard.iter().map(|e| ("dashboard", e)).chain(rules.iter().map(|e| ("alert", e))) {
+    let promql = dashboard.iter().map(|e| ("dashboard", e)).chain(rules.iter().map(|e| ("alert", e)));
+    for (source, expr) in promql.clone().chain(variables.iter().map(|e| ("variable", e))) {
         for problem in problems(expr, &exported) {
             unknown.push(format!("{source}: {problem}\n    in {expr}"));
         }
     }
+    for (source, expr) in promql {
+        unknown.extend(syntax_error(expr).map(|e| format!("{source}: {e}\n    in {expr}")));
+    }
     assert!(
         unknown.is_empty(),
-        "the chart queries what the binaries do not export:\n{}\nexported: {:?}",
+        "the chart's queries do not parse or use what the binaries do not export:\n{}\nexported: {:?}",
         unknown.join("\n"),
         exported.keys()
     );
@@ -313,6 +331,15 @@ async fn the_dashboard_and_the_alerts_query_only_exported_metrics_and_labels() {
         .filter(|n| !exported.contains_key(n))
         .collect();
     assert!(mentioned.is_empty(), "unknown names in the PrometheusRule template: {mentioned:?}");
+}
+
+#[test]
+fn a_syntax_error_is_reported_and_variables_are_filled_in() {
+    let ok =
+        r#"sum by (shard) (rate(taxi_records_total{pod=~"($pipeline)-worker-[0-9]+"}[$__rate_interval])) > {{ .x }}"#;
+    assert_eq!(syntax_error(ok), None);
+    assert!(syntax_error("sum by (shard) (rate(taxi_records_total[5m])").is_some(), "unbalanced");
+    assert!(syntax_error("max by (shard) taxi_records_total and on(instance)").is_some());
 }
 
 #[test]
