@@ -175,6 +175,12 @@ async function expectFigures(page, summary) {
   });
 }
 
+// A hung browser must not hang the Rust test that waits for this process.
+setTimeout(() => {
+  console.error(`FAIL: the browser test did not finish within ${3 * TIMEOUT_MS} ms`);
+  process.exit(1);
+}, 3 * TIMEOUT_MS).unref();
+
 main().catch((err) => {
   console.error(err instanceof Failure ? `FAIL: ${err.message}` : `FAIL: ${err.stack || err}`);
   process.exit(1);
