@@ -118,7 +118,7 @@ impl Dashboard {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let p = &self.progress;
         let watermark = Some(p.watermark.load(Ordering::Relaxed)).filter(|w| *w != i64::MIN).map(format_timestamp);
-        let windows = group_windows(&p.results_after(None)).len();
+        let kept = p.kept_counts();
         let (figures, current, error) = match &state {
             RunState::Finished(s) | RunState::Stopped(s) => (s.clone(), s.events_per_s, None),
             RunState::Running | RunState::Failed(_) => {
@@ -144,7 +144,7 @@ impl Dashboard {
         };
         let (hot_spots, airport_trips) = match &state {
             RunState::Finished(s) | RunState::Stopped(s) => (s.hot_spots, s.airport_trips),
-            _ => count_kinds(&p.results_after(None)),
+            _ => (kept.hot_spots, kept.airport_trips),
         };
         json!({
             "state": state.name(),
@@ -160,7 +160,7 @@ impl Dashboard {
             "events_per_s": figures.events_per_s,
             "current_events_per_s": current,
             "watermark": watermark,
-            "windows": windows,
+            "windows": kept.windows,
             "error": error,
         })
     }
@@ -363,11 +363,6 @@ fn window_of(windows: &mut BTreeMap<Millis, WindowView>, start: Millis, end: Mil
         window.window_end = end;
     }
     window
-}
-
-fn count_kinds(results: &[MergedResult]) -> (u64, u64) {
-    let hot_spots = results.iter().filter(|r| matches!(r, MergedResult::HotSpot { .. })).count() as u64;
-    (hot_spots, results.len() as u64 - hot_spots)
 }
 
 #[cfg(test)]

@@ -184,6 +184,15 @@ impl Progress {
         results.iter().filter(|r| after.is_none_or(|a| r.window_start() > a)).cloned().collect()
     }
 
+    /// How many final windows, hot spots and airport results are kept so far (without copying them).
+    pub fn kept_counts(&self) -> KeptCounts {
+        let Some(results) = &self.results else { return KeptCounts::default() };
+        let results = results.lock().unwrap_or_else(PoisonError::into_inner);
+        let windows: std::collections::BTreeSet<Millis> = results.iter().map(MergedResult::window_start).collect();
+        let hot_spots = results.iter().filter(|r| matches!(r, MergedResult::HotSpot { .. })).count() as u64;
+        KeptCounts { windows: windows.len() as u64, hot_spots, airport_trips: results.len() as u64 - hot_spots }
+    }
+
     /// Keeps results that just became final (when keeping results at all).
     pub(crate) fn keep(&self, new: &[MergedResult]) {
         if let (Some(results), false) = (&self.results, new.is_empty()) {
@@ -196,6 +205,17 @@ impl Progress {
         self.watermarks.fetch_add(counters.watermarks, Ordering::Relaxed);
         self.invalid.fetch_add(counters.invalid_total(), Ordering::Relaxed);
     }
+}
+
+/// Counts of the results a [`Progress`] keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeptCounts {
+    /// Distinct final windows.
+    pub windows: u64,
+    /// Hot-spot results.
+    pub hot_spots: u64,
+    /// Airport-trip results.
+    pub airport_trips: u64,
 }
 
 /// Replays event time at a fixed multiple of wall-clock time: records of event time `t` are handed

@@ -31,9 +31,8 @@ fn live_figures_and_kept_results_match_the_summary() {
     };
     let progress = Arc::new(Progress::keeping_results());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let run = runtime
-        .block_on(run_local(options, Arc::new(AtomicBool::new(false)), progress.clone()))
-        .expect("local run");
+    let run =
+        runtime.block_on(run_local(options, Arc::new(AtomicBool::new(false)), progress.clone())).expect("local run");
 
     let s = &run.summary;
     assert!(s.invalid > 0 && s.outside_region > 0 && s.late > 0, "the fixture exercises every counter: {s:?}");
@@ -50,6 +49,11 @@ fn live_figures_and_kept_results_match_the_summary() {
     let windows = group_windows(&kept);
     let hot_spots: usize = windows.iter().map(|w| w.hot_spots.len()).sum();
     assert_eq!(hot_spots as u64, s.hot_spots);
+    let counts = progress.kept_counts();
+    assert_eq!(
+        (counts.windows, counts.hot_spots, counts.airport_trips),
+        (windows.len() as u64, s.hot_spots, s.airport_trips)
+    );
     let first = windows.first().expect("windows").start_s * 1000;
     assert!(progress.results_after(Some(first)).iter().all(|r| r.window_start() > first));
 }
