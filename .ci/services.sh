@@ -95,7 +95,7 @@ tools_install() { # install the tools and export their variables (also into brow
     [[ "$(id -u)" == 0 ]] || sudo=(sudo)
     svc_log "apt-get install chromium"
     "${sudo[@]}" apt-get update -qq >&2 &&
-      DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends chromium >&2 ||
+      DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq chromium >&2 ||
       { svc_log "error: could not install Debian's chromium"; return 1; }
   fi
   npm_install "$PLAYWRIGHT_CORE" || return 1
