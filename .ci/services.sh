@@ -99,9 +99,7 @@ tools_install() { # install the tools and export their variables (also into brow
       { svc_log "error: could not install Debian's chromium"; return 1; }
   fi
   npm_install "$PLAYWRIGHT_CORE" || return 1
-  printf 'export TAXI_TEST_CHROMIUM=%q
-export TAXI_TEST_PLAYWRIGHT=%q
-' \
+  printf 'export TAXI_TEST_CHROMIUM=%q\nexport TAXI_TEST_PLAYWRIGHT=%q\n' \
     /usr/bin/chromium "$SVC_NODE/node_modules" >"$TAXI_SERVICES_DIR/browser.env"
   # shellcheck source=/dev/null
   source "$TAXI_SERVICES_DIR/browser.env"
