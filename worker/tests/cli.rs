@@ -94,7 +94,7 @@ fn bad_flag_values_and_missing_files_fail_with_a_clear_message() {
     let run = ["run", "--pipeline", "nyc", "--stream", "s", "--checkpoint", "/tmp/c", "--sink", "file:///tmp/p.jsonl"];
     let with = |extra: &'static [&'static str]| -> Vec<&str> { run.iter().chain(extra).copied().collect() };
     let (needs_ordinal, bad_source) = (with(&["--assignment", "file:/tmp/a.json"]), with(&["--assignment", "some"]));
-    let cases: [(&[&str], &str); 10] = [
+    let cases: [(&[&str], &str); 13] = [
         (&needs_ordinal, "--assignment file:PATH needs --ordinal N"),
         (&bad_source, "expected all, file:PATH or configmap"),
         (&["run", "--config", "/nonexistent/worker.json"], "failed to read /nonexistent/worker.json"),
@@ -105,6 +105,9 @@ fn bad_flag_values_and_missing_files_fail_with_a_clear_message() {
         (&["local", "--watermark", "sometimes"], "invalid value 'sometimes'"),
         (&["local", "--input", "/nonexistent/trips.jsonl"], "input file /nonexistent/trips.jsonl does not exist"),
         (&["local", "--resume"], "--checkpoint-dir"),
+        (&["local", "--speedup=-1"], "invalid speedup \"-1\""),
+        (&["local", "--dashboard", "localhost"], "invalid socket address"),
+        (&["local", "--dashboard", "127.0.0.1:0", "--no-dashboard"], "cannot be used with"),
     ];
     for (args, expected) in cases {
         let run = taxi_worker(args);
@@ -123,4 +126,22 @@ fn an_unreadable_input_format_is_named_in_the_error() {
     assert!(!run.status.success());
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("notes.txt") || stderr.contains("hello world"), "{stderr}");
+}
+
+#[test]
+fn a_scripted_local_run_has_no_dashboard_and_exits() {
+    // Not on a terminal and no --dashboard: no server, full speed, and the process ends by itself.
+    let run = taxi_worker(&["local", "--generate", "2000"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(!String::from_utf8_lossy(&run.stderr).contains("dashboard:"));
+}
+
+#[test]
+fn a_dashboard_address_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let run = taxi_worker(&["local", "--generate", "2000", "--dashboard", &addr]);
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains(&format!("failed to serve the dashboard on {addr}")), "{stderr}");
 }
