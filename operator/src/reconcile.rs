@@ -241,11 +241,7 @@ async fn apply<S: Streams, P: WorkerProbe>(pipeline: &TaxiPipeline, ctx: &Contex
     };
     let shards = match ctx.streams.list_shards(&stream).await {
         Ok(shards) => shards,
-        Err(source) => {
-            let error = Error::Kinesis { stream: stream.name.clone(), source };
-            degraded(pipeline, ctx, "StreamUnavailable", &error.to_string()).await?;
-            return Err(error);
-        }
+        Err(source) => return Err(stream_unavailable(pipeline, ctx, &stream.name, "ListShards", source).await),
     };
     let ns = valid.namespace.clone();
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
@@ -337,11 +333,7 @@ async fn manage<S: Streams, P>(
     match manage_stream(&ctx.streams, stream, true, desired, &calls, (ctx.now)()).await {
         Ok(step) if matches!(step.plan, Plan::Create { .. }) => Ok(ManagedStream::Creating(step)),
         Ok(step) => Ok(ManagedStream::Step(Some(step))),
-        Err(source) => {
-            let error = Error::Kinesis { stream: stream.name.clone(), source };
-            degraded(pipeline, ctx, "StreamUnavailable", &error.to_string()).await?;
-            Err(error)
-        }
+        Err(source) => Err(stream_unavailable(pipeline, ctx, &stream.name, "ManageStream", source).await),
     }
 }
 
@@ -538,20 +530,29 @@ async fn reject<S, P>(pipeline: &TaxiPipeline, ctx: &Context<S, P>, invalid: &In
     Ok(Action::await_change())
 }
 
-/// A failing dependency: `Degraded=True` and `Ready=False` with the reason.
-async fn degraded<S, P>(
+/// Kinesis failed during `action`: a Warning Event, `Degraded=True` and `Ready=False`
+/// (`StreamUnavailable`), and the error the pass returns so that it is retried with back-off (or
+/// the status write's own error, when that failed too).
+async fn stream_unavailable<S, P>(
     pipeline: &TaxiPipeline,
     ctx: &Context<S, P>,
-    reason: &str,
-    message: &str,
-) -> Result<(), Error> {
-    publish(ctx, pipeline, EventType::Warning, reason, "ListShards", message.to_owned()).await;
+    stream: &str,
+    action: &str,
+    source: KinesisError,
+) -> Error {
+    const REASON: &str = "StreamUnavailable";
+    let error = Error::Kinesis { stream: stream.to_owned(), source };
+    let message = error.to_string();
+    publish(ctx, pipeline, EventType::Warning, REASON, action, message.clone()).await;
     let now = (ctx.now)();
     let mut status = pipeline.status.clone().unwrap_or_default();
     status.observed_generation = pipeline.metadata.generation;
-    set_condition(&mut status.conditions, condition(DEGRADED, true, reason, message, pipeline, now));
-    set_condition(&mut status.conditions, condition(READY, false, reason, message, pipeline, now));
-    patch_status(pipeline, ctx, status).await
+    set_condition(&mut status.conditions, condition(DEGRADED, true, REASON, &message, pipeline, now));
+    set_condition(&mut status.conditions, condition(READY, false, REASON, &message, pipeline, now));
+    match patch_status(pipeline, ctx, status).await {
+        Ok(()) => error,
+        Err(status_error) => status_error,
+    }
 }
 
 fn condition(
