@@ -1,14 +1,15 @@
 # The few commands a newcomer needs; `make` alone lists them.
-.PHONY: help local test ci bench bench-kinesis generate crd fmt lint
+.PHONY: help local test chart-test ci bench bench-kinesis generate crd fmt lint
 
 help:
 	@echo "make local     run the whole pipeline locally (taxi-worker local, release build)"
 	@echo "make test      run every test, starting the services they need (bash .ci/test)"
+	@echo "make chart-test  only the Helm chart's and the Dockerfile's tests (bash .ci/chart-test)"
 	@echo "make ci        what CI runs: fmt check, clippy, tests (bash .ci/run)"
 	@echo "make bench     criterion hot path, and S3/OpenSearch I/O when the services run"
 	@echo "make bench-kinesis  replay/run rates and the seed scenario against kinesis-mock"
 	@echo "make generate  write sample trips to trips.jsonl"
-	@echo "make crd       regenerate crds/taxipipelines.yaml from the Rust types (a test fails while it is stale)"
+	@echo "make crd       regenerate crds/taxipipelines.yaml (and the chart's copy) from the Rust types (a test fails while it is stale)"
 	@echo "make fmt       format the code"
 	@echo "make lint      clippy, as strict as CI"
 	@echo "Services in the background for cargo test by hand: eval \"\$$(bash .ci/services.sh start)\""
@@ -18,6 +19,9 @@ local:
 
 test:
 	bash .ci/test
+
+chart-test:
+	bash .ci/chart-test
 
 ci:
 	bash .ci/run
