@@ -21,6 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use taxi_worker::geo::{BoundingBox, Geofence};
 
 /// API group of the TaxiPipeline resource.
 pub const GROUP: &str = "taxipipeline.io";
@@ -464,10 +465,23 @@ pub struct BoundingBoxSpec {
     pub max_lon: f64,
 }
 
-impl BoundingBoxSpec {
-    /// The NYC region filter of DESIGN §3 (the worker's `BoundingBox::NYC`).
-    pub const NYC: BoundingBoxSpec =
-        BoundingBoxSpec { min_lat: 40.4774, min_lon: -74.2591, max_lat: 40.9176, max_lon: -73.7004 };
+impl From<BoundingBox> for BoundingBoxSpec {
+    fn from(b: BoundingBox) -> BoundingBoxSpec {
+        BoundingBoxSpec { min_lat: b.min_lat, min_lon: b.min_lon, max_lat: b.max_lat, max_lon: b.max_lon }
+    }
+}
+
+impl From<&Geofence> for AirportSpec {
+    fn from(g: &Geofence) -> AirportSpec {
+        let b = g.bounds;
+        AirportSpec {
+            name: g.name.clone(),
+            min_lat: b.min_lat,
+            min_lon: b.min_lon,
+            max_lat: b.max_lat,
+            max_lon: b.max_lon,
+        }
+    }
 }
 
 /// Checkpoint storage (DESIGN §6).
@@ -965,15 +979,13 @@ fn default_geohash_precision() -> i32 {
 fn default_min_count() -> i64 {
     2
 }
+/// The worker's NYC region filter (DESIGN §3): one definition for both.
 fn default_region() -> BoundingBoxSpec {
-    BoundingBoxSpec::NYC
+    BoundingBox::NYC.into()
 }
-/// JFK then LGA, with the worker's `BoundingBox::JFK` / `BoundingBox::LGA` numbers (DESIGN §3).
+/// The worker's airports, JFK then LGA (DESIGN §3).
 fn default_airports() -> Vec<AirportSpec> {
-    vec![
-        AirportSpec { name: "JFK".to_owned(), min_lat: 40.632, min_lon: -73.800, max_lat: 40.654, max_lon: -73.761 },
-        AirportSpec { name: "LGA".to_owned(), min_lat: 40.766, min_lon: -73.881, max_lat: 40.778, max_lon: -73.859 },
-    ]
+    Geofence::default_airports().iter().map(AirportSpec::from).collect()
 }
 fn default_checkpoint_interval() -> String {
     "10s".to_owned()
@@ -1186,7 +1198,7 @@ mod tests {
     #[test]
     fn default_geography_matches_design_section_3() {
         assert_eq!(
-            BoundingBoxSpec::NYC,
+            default_region(),
             BoundingBoxSpec { min_lat: 40.4774, min_lon: -74.2591, max_lat: 40.9176, max_lon: -73.7004 }
         );
         let airports = default_airports();
