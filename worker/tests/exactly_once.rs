@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use common::kinesis::{client, fresh_stream, put_file};
 use common::process::{WorkerProcess, spawn_worker};
 use common::proxy::Proxy;
@@ -39,15 +38,7 @@ async fn pipeline(services: Services, trips: u64, shards: u32) -> Pipeline {
     let stream = fresh_stream(&kinesis, shards).await;
     put_file(&kinesis, &stream, &input).await;
     let bucket = format!("taxi-{:016x}", fastrand::u64(..));
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("test", "test", None, None, "static"))
-            .endpoint_url(&services.s3)
-            .force_path_style(true)
-            .build(),
-    );
+    let s3 = common::s3::client(&services.s3);
     s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
     let index_prefix = format!("t{:016x}", fastrand::u64(..));
     Pipeline { services, stream, bucket, index_prefix, input, _dir: dir }

@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::types::ScalingType;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use common::kinesis::{client, fresh_stream, wait_active};
 use common::process::{WorkerProcess, spawn_worker};
 use common::services::{Services, services};
@@ -344,15 +343,7 @@ async fn prepare(services: Services, dir: &Path) -> (Setup, PathBuf) {
     write_json_lines(&config, std::fs::File::create(&input).expect("create")).expect("generate");
     let kinesis = Arc::new(client(&services.kinesis));
     let stream = fresh_stream(&kinesis, 4).await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("test", "test", None, None, "static"))
-            .endpoint_url(&services.s3)
-            .force_path_style(true)
-            .build(),
-    );
+    let s3 = common::s3::client(&services.s3);
     let bucket = format!("taxi-{:016x}", fastrand::u64(..));
     s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
     let index_prefix = format!("t{:016x}", fastrand::u64(..));

@@ -5,6 +5,7 @@
 pub mod kinesis;
 pub mod process;
 pub mod proxy;
+pub mod s3;
 pub mod services;
 
 use std::collections::BTreeMap;
