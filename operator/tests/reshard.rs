@@ -17,7 +17,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::config::{Credentials, Region};
 use k8s_openapi::jiff::Timestamp;
 use taxi_operator::observe::{SdkStreams, StreamRef, Streams};
 use taxi_operator::reshard::{Plan, StreamStep, manage_stream};
@@ -33,6 +32,17 @@ use taxi_worker::run::{ConsumerKind, RunOptions, WorkerState, run_worker};
 use taxi_worker::sink::{merge_documents, read_documents};
 use taxi_worker::store::S3Settings;
 
+use common::kinesis::{client, emulator};
+
+/// The worker's helpers for tests against the emulators, included rather than copied (an
+/// integration test cannot depend on another crate's test helpers).
+#[path = "../../worker/tests/common"]
+mod common {
+    #![allow(dead_code, reason = "this test uses a few of the worker's helpers")]
+    pub mod kinesis;
+    pub mod services;
+}
+
 /// Trips of the replayed day.
 const TRIPS: u64 = 9_000;
 /// Wall time the producer's pacing gives the whole day (over its three phases).
@@ -44,35 +54,6 @@ const RESHARD_TIMEOUT: Duration = Duration::from_secs(20);
 /// The worker stops once every shard has been caught up and quiet this long (the gaps between
 /// the producer's phases are far shorter: a reshard takes well under a second on kinesis-mock).
 const IDLE: Duration = Duration::from_secs(4);
-
-/// kinesis-mock's endpoint, or `None` (with a message) outside CI when it is not running; in CI a
-/// missing service fails the test.
-fn emulator() -> Option<String> {
-    const VAR: &str = "TAXI_TEST_KINESIS_ENDPOINT";
-    match std::env::var(VAR) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("{VAR} is not set: CI must run the tests through .ci/test, which starts the services")
-        }
-        _ => {
-            eprintln!(
-                "skipped: {VAR} is not set; start the test services with: eval \"$(bash .ci/services.sh start)\""
-            );
-            None
-        }
-    }
-}
-
-/// A client for the emulator (it wants SigV4 signatures, any credentials).
-fn client(endpoint: &str) -> SdkKinesis {
-    let config = aws_sdk_kinesis::Config::builder()
-        .behavior_version_latest()
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new("test", "test", None, None, "static"))
-        .build();
-    SdkKinesis::from_client(aws_sdk_kinesis::Client::from_conf(config))
-}
 
 /// [`SdkStreams`] recording the calls that change the stream.
 struct Recorded {
