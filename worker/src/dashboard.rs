@@ -42,8 +42,6 @@ pub enum RunState {
     Finished(Summary),
     /// Stopped on request before the end of the input.
     Stopped(Summary),
-    /// The run failed with this message.
-    Failed(String),
 }
 
 impl RunState {
@@ -52,7 +50,6 @@ impl RunState {
             RunState::Running => "running",
             RunState::Finished(_) => "finished",
             RunState::Stopped(_) => "stopped",
-            RunState::Failed(_) => "failed",
         }
     }
 }
@@ -119,9 +116,9 @@ impl Dashboard {
         let p = &self.progress;
         let watermark = Some(p.watermark.load(Ordering::Relaxed)).filter(|w| *w != i64::MIN).map(format_timestamp);
         let kept = p.kept_counts();
-        let (figures, current, error) = match &state {
-            RunState::Finished(s) | RunState::Stopped(s) => (s.clone(), s.events_per_s, None),
-            RunState::Running | RunState::Failed(_) => {
+        let (figures, current) = match &state {
+            RunState::Finished(s) | RunState::Stopped(s) => (s.clone(), s.events_per_s),
+            RunState::Running => {
                 let elapsed_s = self.started.elapsed().as_secs_f64();
                 let records = p.records.load(Ordering::Relaxed);
                 let live = Summary {
@@ -135,11 +132,7 @@ impl Dashboard {
                     events_per_s: if elapsed_s > 0.0 { records as f64 / elapsed_s } else { 0.0 },
                     ..Summary::default()
                 };
-                let error = match &state {
-                    RunState::Failed(message) => Some(message.clone()),
-                    _ => None,
-                };
-                (live, self.current_rate(records), error)
+                (live, self.current_rate(records))
             }
         };
         let (hot_spots, airport_trips) = match &state {
@@ -161,7 +154,6 @@ impl Dashboard {
             "current_events_per_s": current,
             "watermark": watermark,
             "windows": kept.windows,
-            "error": error,
         })
     }
 

@@ -667,15 +667,8 @@ fn local(args: LocalArgs) -> Result<ExitCode, String> {
         }
         run
     });
-    let run = match run {
-        Ok(run) => run,
-        Err(e) => {
-            if let Some(d) = &dashboard {
-                d.set_state(RunState::Failed(e.to_string()));
-            }
-            return Err(e.to_string());
-        }
-    };
+    // A failed run ends the process, and its dashboard with it.
+    let run = run.map_err(|e| e.to_string())?;
     if let Some(d) = &dashboard {
         d.set_state(match run.outcome {
             Outcome::Completed => RunState::Finished(run.summary.clone()),
