@@ -22,7 +22,7 @@ use hyper::{Method, Response, StatusCode, Uri};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::analysis::MergedResult;
+use crate::analysis::{MergedResult, round4};
 use crate::config::EngineConfig;
 use crate::event::Millis;
 use crate::geo::BoundingBox;
@@ -292,7 +292,8 @@ pub struct AirportCellView {
 
 /// Groups final results by window start, in time order.
 pub fn group_windows(results: &[MergedResult]) -> Vec<WindowView> {
-    let mut windows: BTreeMap<Millis, WindowView> = BTreeMap::new();
+    // By start: the latest end among the window's results, and the view being filled.
+    let mut windows: BTreeMap<Millis, (Millis, WindowView)> = BTreeMap::new();
     for result in results {
         match result {
             MergedResult::HotSpot { window_start, window_end, geohash, pickup_count } => {
@@ -331,29 +332,34 @@ pub fn group_windows(results: &[MergedResult]) -> Vec<WindowView> {
             }
         }
     }
-    let mut windows: Vec<WindowView> = windows.into_values().collect();
+    let mut windows: Vec<WindowView> = windows
+        .into_values()
+        .map(|(end, mut window)| {
+            window.window_end = format_timestamp(end);
+            window
+        })
+        .collect();
     for window in &mut windows {
         window.hot_spots.sort_by(|a, b| b.pickup_count.cmp(&a.pickup_count).then_with(|| a.geohash.cmp(&b.geohash)));
         for airport in &mut window.airports {
-            let average = airport.sum_duration_min / airport.trip_count.max(1) as f64;
-            airport.avg_duration_min = (average * 10_000.0).round() / 10_000.0;
-            airport.sum_duration_min = (airport.sum_duration_min * 10_000.0).round() / 10_000.0;
+            airport.avg_duration_min = round4(airport.sum_duration_min / airport.trip_count.max(1) as f64);
+            airport.sum_duration_min = round4(airport.sum_duration_min);
         }
     }
     windows
 }
 
 /// The window starting at `start`, made on first use; its end is the latest of its results'.
-fn window_of(windows: &mut BTreeMap<Millis, WindowView>, start: Millis, end: Millis) -> &mut WindowView {
-    let window = windows.entry(start).or_insert_with(|| WindowView {
-        window_start: format_timestamp(start),
-        start_s: start.div_euclid(1000),
-        ..WindowView::default()
+fn window_of(windows: &mut BTreeMap<Millis, (Millis, WindowView)>, start: Millis, end: Millis) -> &mut WindowView {
+    let (latest_end, window) = windows.entry(start).or_insert_with(|| {
+        let view = WindowView {
+            window_start: format_timestamp(start),
+            start_s: start.div_euclid(1000),
+            ..WindowView::default()
+        };
+        (end, view)
     });
-    let end = format_timestamp(end);
-    if window.window_end < end {
-        window.window_end = end;
-    }
+    *latest_end = (*latest_end).max(end);
     window
 }
 
