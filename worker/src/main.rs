@@ -638,13 +638,14 @@ fn local(args: LocalArgs) -> Result<ExitCode, String> {
         .map_err(|e| format!("failed to start the runtime: {e}"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(if dashboard_addr.is_some() { Progress::keeping_results() } else { Progress::default() });
-    let dashboard =
-        dashboard_addr.map(|_| Arc::new(Dashboard::new(&options.engine, options.shards, speedup, progress.clone())));
-    let dashboard_url = match (dashboard_addr, &dashboard) {
-        (Some((addr, chosen)), Some(dashboard)) => {
-            Some(runtime.block_on(start_dashboard(addr, chosen, dashboard.clone()))?)
+    // The dashboard and its URL, serving from here on.
+    let dashboard = match dashboard_addr {
+        Some((addr, chosen)) => {
+            let dashboard = Arc::new(Dashboard::new(&options.engine, options.shards, speedup, progress.clone()));
+            let url = runtime.block_on(start_dashboard(addr, chosen, dashboard.clone()))?;
+            Some((dashboard, url))
         }
-        _ => None,
+        None => None,
     };
     let run = runtime.block_on(async {
         let ctrl_c = {
@@ -669,7 +670,7 @@ fn local(args: LocalArgs) -> Result<ExitCode, String> {
     });
     // A failed run ends the process, and its dashboard with it.
     let run = run.map_err(|e| e.to_string())?;
-    if let Some(d) = &dashboard {
+    if let Some((d, _)) = &dashboard {
         d.set_state(match run.outcome {
             Outcome::Completed => RunState::Finished(run.summary.clone()),
             Outcome::Stopped { .. } => RunState::Stopped(run.summary.clone()),
@@ -686,7 +687,7 @@ fn local(args: LocalArgs) -> Result<ExitCode, String> {
     }
     print_report(&run, &args);
     // A finished run's dashboard stays up to be explored; an interrupted run just ends.
-    if let (Some(url), Outcome::Completed) = (&dashboard_url, run.outcome) {
+    if let (Some((_, url)), Outcome::Completed) = (&dashboard, run.outcome) {
         eprintln!("\nthe run is complete; the dashboard stays up at {url} — Ctrl-C to quit");
         runtime.block_on(async {
             let _ = tokio::signal::ctrl_c().await;
