@@ -471,7 +471,8 @@ async fn live_rescale_moves_only_what_it_must_pauses_briefly_and_loses_nothing()
         }
     }
     let history = history.lock().expect("history").clone();
-    assert!(history.values().any(|seen| seen.iter().any(|s| s.released_epoch.is_some())), "releases were seen");
+    // Releases are proven above from the workers' own handoff counters: sampling S3 cannot see
+    // them reliably, since the next owner's claim may overwrite a release between two samples.
     assert!(history.values().all(|seen| seen.last().is_some_and(|s| s.owner_epoch <= epoch4.epoch)));
 
     // Every trip the producer stored was processed exactly once, none late: the final checkpoints
