@@ -176,9 +176,11 @@ pub struct StreamSpec {
     /// count is left alone.
     #[serde(default)]
     pub manage: bool,
-    /// Where a shard without a checkpoint starts reading: `trim-horizon` (default, the oldest
-    /// record kept), `latest` (only new records) or an RFC 3339 timestamp such as
-    /// `2016-01-01T00:00:00Z` (records that arrived at or after it).
+    /// Where a shard with nothing read yet starts: `trim-horizon` (default, the oldest record
+    /// kept), `latest` (records that arrive after a worker first claims the shard) or an RFC 3339
+    /// timestamp such as `2016-01-01T00:00:00Z` (records that arrived at or after it). The start
+    /// is fixed in the shard's checkpoint at its first claim, so a restart never skips a record;
+    /// shards created by a reshard always start at their oldest record.
     #[serde(default = "default_start_position")]
     #[schemars(length(max = 64))]
     #[x_kube(validation = Rule::new(

@@ -23,8 +23,8 @@ use taxi_operator::reshard::{Plan, StreamStep, manage_stream};
 use taxi_worker::config::EngineConfig;
 use taxi_worker::generate::{GeneratorConfig, write_json_lines};
 use taxi_worker::handoff::AssignmentSource;
-use taxi_worker::kinesis::api::{KinesisEndpoint, KinesisError, SdkKinesis, ShardInfo, StartingPosition, StreamState};
-use taxi_worker::kinesis::reader::PollingConfig;
+use taxi_worker::kinesis::api::{KinesisEndpoint, KinesisError, SdkKinesis, ShardInfo, StreamState};
+use taxi_worker::kinesis::reader::{InitialPosition, PollingConfig};
 use taxi_worker::local::{LocalInput, LocalOptions, Progress, run_local};
 use taxi_worker::opensearch::OpenSearchSettings;
 use taxi_worker::replay::{ReplayOptions, ReplayProgress, ReplaySummary, replay};
@@ -186,7 +186,7 @@ fn worker_options(stream: &str, dir: &Path) -> RunOptions {
     RunOptions {
         pipeline: "nyc".to_owned(),
         stream: stream.to_owned(),
-        start: StartingPosition::TrimHorizon,
+        start: InitialPosition::TrimHorizon,
         checkpoint_uri: format!("file://{}", dir.join("checkpoints").display()),
         s3: S3Settings::default(),
         checkpoint_retain: 2,

@@ -21,12 +21,19 @@ pub const FORMAT_VERSION: u32 = 1;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Position {
-    /// Nothing processed yet.
+    /// Nothing processed yet: read from the oldest retained record (TRIM_HORIZON).
     Start,
     /// Local mode: every input record up to and including this 1-based number was processed.
     InputRecord {
         /// Last processed record number.
         record: u64,
+    },
+    /// Kinesis: nothing processed yet; read from the first record that arrived at or after this
+    /// instant. A `latest` or timestamp start position is resolved to this at the shard's first
+    /// claim, so a restart before the first record still reads everything that arrived since.
+    ArrivedFrom {
+        /// Milliseconds since the epoch (Kinesis ApproximateArrivalTimestamp).
+        timestamp: Millis,
     },
     /// Kinesis: processed up to and including this record (and, inside a KPL aggregate, this
     /// user record).

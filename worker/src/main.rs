@@ -258,7 +258,8 @@ struct PipelineArgs {
     /// Name of the enhanced fan-out consumer (default: taxi-<pipeline>).
     #[arg(long)]
     efo_consumer_name: Option<String>,
-    /// Where shards without a checkpoint start: trim-horizon, latest, or an ISO-8601 timestamp.
+    /// Where a shard with nothing read yet starts: trim-horizon, latest, or an ISO-8601 timestamp.
+    /// Fixed at the shard's first claim; shards created by a reshard start at trim-horizon.
     #[arg(long, default_value = "trim-horizon", value_parser = validate_start_position)]
     start_position: String,
     /// Checkpoint store: s3://bucket/prefix, file:///dir or a directory.

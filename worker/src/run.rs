@@ -35,10 +35,12 @@ use crate::handoff::{
     decide_claim, plan_epoch,
 };
 use crate::input::parse_json_record;
-use crate::kinesis::api::{KinesisApi, KinesisError, ShardInfo, StartingPosition};
+use crate::kinesis::api::{KinesisApi, KinesisError, ShardInfo};
 use crate::kinesis::efo::EfoReader;
 use crate::kinesis::kpl::{self, Deaggregated};
-use crate::kinesis::reader::{Backoff, PollingConfig, PollingReader, ReadOutcome, ReaderStats, resume_position};
+use crate::kinesis::reader::{
+    Backoff, InitialPosition, PollingConfig, PollingReader, ReadOutcome, ReaderStats, initial_position, resume_position,
+};
 use crate::metrics::WorkerMetrics;
 use crate::opensearch::OpenSearchSettings;
 use crate::shard::{Counters, ShardProcessor};
@@ -52,8 +54,8 @@ pub struct RunOptions {
     pub pipeline: String,
     /// The stream.
     pub stream: String,
-    /// Where to start shards that have no checkpoint.
-    pub start: StartingPosition,
+    /// Where a shard with nothing processed yet starts; resolved once, at its first claim.
+    pub start: InitialPosition,
     /// Checkpoint store URI (`s3://bucket/prefix`, `file:///dir` or a directory).
     pub checkpoint_uri: String,
     /// How to reach S3 (endpoint and addressing style for S3-compatible servers).
@@ -549,7 +551,7 @@ pub async fn run_worker<K: KinesisApi>(
                     discovery_backoff.reset();
                     waiting = blocked;
                     for shard in startable {
-                        let id = shard.shard_id.clone();
+                        let id = shard.info.shard_id.clone();
                         let grant = ownership.grant(&id);
                         let (control, control_rx) = watch::channel(Control::Run);
                         let task = ShardTask::start(shared.clone(), shard, control_rx, grant);
@@ -726,6 +728,14 @@ fn all_caught_up_for<K>(shared: &Shared<K>, running: &HashMap<String, Running>, 
     running.keys().all(|id| caught_up.get(id).is_some_and(|since| since.elapsed() >= idle))
 }
 
+/// A shard that may start now.
+struct StartableShard {
+    info: ShardInfo,
+    /// One of its parents is still listed (and so was read to its end first): it starts at its
+    /// beginning whatever the configured start position.
+    child: bool,
+}
+
 /// Lists shards and returns the owned ones that can start now, and how many owned ones wait for
 /// their parents.
 async fn discover<K: KinesisApi>(
@@ -734,7 +744,7 @@ async fn discover<K: KinesisApi>(
     finished: &mut HashSet<String>,
     running: &HashMap<String, Running>,
     parked: &HashMap<String, u64>,
-) -> Result<(Vec<ShardInfo>, usize), KinesisError> {
+) -> Result<(Vec<StartableShard>, usize), KinesisError> {
     let shards = shared.api.list_shards(&shared.options.stream).await?;
     if let Ok(mut closed) = shared.closed_shards.lock() {
         closed.extend(shards.iter().filter(|s| !s.is_open()).map(|s| s.shard_id.clone()));
@@ -766,7 +776,8 @@ async fn discover<K: KinesisApi>(
             continue;
         }
         if ready.contains(id) {
-            start.push(shard.clone());
+            let child = shard.parents().any(|p| shards.iter().any(|s| s.shard_id == p));
+            start.push(StartableShard { info: shard.clone(), child });
         } else {
             waiting += 1;
             shared.state.update(id, |s| s.state = ShardState::WaitingForParents);
@@ -807,6 +818,7 @@ enum Claim {
 async fn claim<K>(
     shared: &Shared<K>,
     shard_id: &str,
+    child: bool,
     owner: &mut Owner,
     grant: &Grant,
     control: &mut watch::Receiver<Control>,
@@ -867,6 +879,11 @@ async fn claim<K>(
         let (processor, position) = match checkpoint {
             Some(checkpoint) => (checkpoint.restore(shared.config.clone())?, checkpoint.position),
             None => (ShardProcessor::new(shared.config.clone()), Position::Start),
+        };
+        // Nothing processed yet: resolve the start position now, once; the claim checkpoints it.
+        let position = match position {
+            Position::Start => initial_position(&shared.options.start, child, wall_clock_millis()),
+            position => position,
         };
         let claimed = ShardCheckpoint::capture(shard_id, position.clone(), owner, &processor, &shared.config);
         let precondition = etag.map_or(Precondition::Absent, Precondition::Matches);
@@ -939,12 +956,13 @@ enum Written {
 impl<K: KinesisApi> ShardTask<K> {
     async fn start(
         shared: Arc<Shared<K>>,
-        shard: ShardInfo,
+        shard: StartableShard,
         mut control: watch::Receiver<Control>,
         grant: Grant,
     ) -> Result<ShardExit, RunError> {
+        let StartableShard { info: shard, child } = shard;
         let mut owner = Owner { epoch: grant.epoch, ..shared.owner.clone() };
-        let claimed = match claim(&shared, &shard.shard_id, &mut owner, &grant, &mut control).await? {
+        let claimed = match claim(&shared, &shard.shard_id, child, &mut owner, &grant, &mut control).await? {
             Claim::Claimed(claimed) => *claimed,
             Claim::Finished => {
                 shared.state.update(&shard.shard_id, |s| s.state = ShardState::Finished);
@@ -962,7 +980,7 @@ impl<K: KinesisApi> ShardTask<K> {
             }
         };
         let Claimed { processor, position, etag, handoff } = claimed;
-        let Some((start, skip_upto)) = resume_position(&position, &shared.options.start) else {
+        let Some((start, skip_upto)) = resume_position(&position) else {
             return Ok(ShardExit::Finished);
         };
         let skip = match (&position, skip_upto) {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::EngineConfig;
-use crate::kinesis::api::StartingPosition;
+use crate::kinesis::reader::InitialPosition;
 use crate::opensearch::{BulkSettings, OpenSearchAuth, OpenSearchSettings, SigV4Service};
 use crate::run::ConsumerKind;
 use crate::store::S3Settings;
@@ -57,7 +57,8 @@ pub struct StreamSettings {
     /// Kinesis endpoint (an emulator); `None`: AWS.
     #[serde(default)]
     pub endpoint_url: Option<String>,
-    /// Where shards without a checkpoint start: `trim-horizon`, `latest` or an ISO-8601 time.
+    /// Where a shard with nothing read yet starts: `trim-horizon`, `latest` or an ISO-8601 time
+    /// (resolved at its first claim; reshard children start at `trim-horizon`).
     #[serde(default = "default_start_position")]
     pub start_position: String,
     /// How shards are consumed.
@@ -203,11 +204,11 @@ fn default_bulk_max_delay_ms() -> u64 {
 }
 
 /// Parses a start position: `trim-horizon`, `latest` (either spelling) or an ISO-8601 time.
-pub fn parse_start_position(s: &str) -> Result<StartingPosition, String> {
+pub fn parse_start_position(s: &str) -> Result<InitialPosition, String> {
     match s {
-        "trim-horizon" | "TRIM_HORIZON" => Ok(StartingPosition::TrimHorizon),
-        "latest" | "LATEST" => Ok(StartingPosition::Latest),
-        other => parse_timestamp(other.as_bytes()).map(StartingPosition::AtTimestamp).ok_or_else(|| {
+        "trim-horizon" | "TRIM_HORIZON" => Ok(InitialPosition::TrimHorizon),
+        "latest" | "LATEST" => Ok(InitialPosition::Latest),
+        other => parse_timestamp(other.as_bytes()).map(InitialPosition::AtTimestamp).ok_or_else(|| {
             format!("invalid start position {other:?}: expected trim-horizon, latest or an ISO-8601 time")
         }),
     }
@@ -261,7 +262,7 @@ impl WorkerSettings {
     }
 
     /// Where shards without a checkpoint start.
-    pub fn start_position(&self) -> Result<StartingPosition, SettingsError> {
+    pub fn start_position(&self) -> Result<InitialPosition, SettingsError> {
         parse_start_position(&self.stream.start_position)
             .map_err(|reason| SettingsError::Invalid { field: "stream.start_position", reason })
     }
@@ -346,7 +347,7 @@ mod tests {
     #[test]
     fn a_minimal_document_gets_the_design_defaults() {
         let settings = WorkerSettings::from_json(MINIMAL.as_bytes()).expect("valid");
-        assert_eq!(settings.start_position().expect("default"), StartingPosition::TrimHorizon);
+        assert_eq!(settings.start_position().expect("default"), InitialPosition::TrimHorizon);
         assert_eq!(settings.consumer(), ConsumerKind::Polling);
         assert_eq!(settings.checkpoint_interval(), Duration::from_secs(10));
         assert_eq!(settings.checkpoint.retain, crate::store::DEFAULT_RETAIN);

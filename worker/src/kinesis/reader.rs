@@ -222,15 +222,43 @@ impl<K: KinesisApi> PollingReader<K> {
     }
 }
 
+/// Where a shard with nothing processed yet starts (`--start-position`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InitialPosition {
+    /// The oldest record still retained (TRIM_HORIZON).
+    TrimHorizon,
+    /// Only records that arrive after the shard is first claimed (LATEST).
+    Latest,
+    /// The first record that arrived at or after this instant (AT_TIMESTAMP).
+    AtTimestamp(crate::event::Millis),
+}
+
+/// Resolves where a shard with nothing processed yet starts, once, at its first claim; the claim
+/// checkpoints the result, so a restart or handoff before the first record reads from the same
+/// place. LATEST becomes the claim's instant (`now`). A child shard (`child`: one of its parents
+/// is still listed, so it was read to its end first) always starts at TRIM_HORIZON, whatever was
+/// configured: everything in it came after its parents, and none of it may be skipped.
+pub fn initial_position(
+    configured: &InitialPosition,
+    child: bool,
+    now: crate::event::Millis,
+) -> crate::checkpoint::Position {
+    use crate::checkpoint::Position;
+    match configured {
+        _ if child => Position::Start,
+        InitialPosition::TrimHorizon => Position::Start,
+        InitialPosition::Latest => Position::ArrivedFrom { timestamp: now },
+        InitialPosition::AtTimestamp(timestamp) => Position::ArrivedFrom { timestamp: *timestamp },
+    }
+}
+
 /// Turns a checkpointed position into where the reader starts, and how many user records of the
-/// first (aggregated) record were already processed.
-pub fn resume_position(
-    position: &crate::checkpoint::Position,
-    initial: &StartingPosition,
-) -> Option<(StartingPosition, Option<u64>)> {
+/// first (aggregated) record were already processed; `None` for a finished shard.
+pub fn resume_position(position: &crate::checkpoint::Position) -> Option<(StartingPosition, Option<u64>)> {
     use crate::checkpoint::Position;
     match position {
-        Position::Start | Position::InputRecord { .. } => Some((initial.clone(), None)),
+        Position::Start | Position::InputRecord { .. } => Some((StartingPosition::TrimHorizon, None)),
+        Position::ArrivedFrom { timestamp } => Some((StartingPosition::AtTimestamp(*timestamp), None)),
         Position::Sequence { sequence_number, sub_sequence: None } => {
             Some((StartingPosition::AfterSequenceNumber(sequence_number.clone()), None))
         }
@@ -347,23 +375,33 @@ mod tests {
         use crate::checkpoint::Position;
         let seq = || "4962".to_owned();
         assert_eq!(
-            resume_position(
-                &Position::Sequence { sequence_number: seq(), sub_sequence: None },
-                &StartingPosition::Latest
-            ),
+            resume_position(&Position::Sequence { sequence_number: seq(), sub_sequence: None }),
             Some((StartingPosition::AfterSequenceNumber(seq()), None))
         );
         assert_eq!(
-            resume_position(
-                &Position::Sequence { sequence_number: seq(), sub_sequence: Some(3) },
-                &StartingPosition::Latest
-            ),
+            resume_position(&Position::Sequence { sequence_number: seq(), sub_sequence: Some(3) }),
             Some((StartingPosition::AtSequenceNumber(seq()), Some(3)))
         );
+        assert_eq!(resume_position(&Position::Start), Some((StartingPosition::TrimHorizon, None)));
         assert_eq!(
-            resume_position(&Position::Start, &StartingPosition::TrimHorizon),
-            Some((StartingPosition::TrimHorizon, None))
+            resume_position(&Position::ArrivedFrom { timestamp: 1_700 }),
+            Some((StartingPosition::AtTimestamp(1_700), None))
         );
-        assert_eq!(resume_position(&Position::Finished, &StartingPosition::TrimHorizon), None);
+        assert_eq!(resume_position(&Position::Finished), None);
+    }
+
+    #[test]
+    fn latest_resolves_to_the_first_claim_and_children_start_at_their_beginning() {
+        use crate::checkpoint::Position;
+        let now = 1_451_606_400_000;
+        assert_eq!(initial_position(&InitialPosition::Latest, false, now), Position::ArrivedFrom { timestamp: now });
+        assert_eq!(
+            initial_position(&InitialPosition::AtTimestamp(42), false, now),
+            Position::ArrivedFrom { timestamp: 42 }
+        );
+        assert_eq!(initial_position(&InitialPosition::TrimHorizon, false, now), Position::Start);
+        for configured in [InitialPosition::Latest, InitialPosition::AtTimestamp(42), InitialPosition::TrimHorizon] {
+            assert_eq!(initial_position(&configured, true, now), Position::Start, "{configured:?} for a child");
+        }
     }
 }

@@ -10,8 +10,8 @@ use taxi_worker::config::EngineConfig;
 use taxi_worker::event::Event;
 use taxi_worker::handoff::AssignmentSource;
 use taxi_worker::input::{parse_json_record, read_records};
-use taxi_worker::kinesis::api::{KinesisApi, PutEntry, PutOutcome, SdkKinesis, StartingPosition, StreamState};
-use taxi_worker::kinesis::reader::PollingConfig;
+use taxi_worker::kinesis::api::{KinesisApi, PutEntry, PutOutcome, SdkKinesis, StreamState};
+use taxi_worker::kinesis::reader::{InitialPosition, PollingConfig};
 use taxi_worker::opensearch::OpenSearchSettings;
 use taxi_worker::run::{ConsumerKind, RunOptions, RunSummary, WorkerState, run_worker};
 use taxi_worker::store::S3Settings;
@@ -96,7 +96,7 @@ pub fn run_options(stream: &str, dir: &Path, pipeline: &str) -> RunOptions {
     RunOptions {
         pipeline: pipeline.to_owned(),
         stream: stream.to_owned(),
-        start: StartingPosition::TrimHorizon,
+        start: InitialPosition::TrimHorizon,
         checkpoint_uri: format!("file://{}", dir.join("checkpoints").display()),
         s3: S3Settings::default(),
         checkpoint_retain: 2,
