@@ -83,6 +83,15 @@ impl Aggregates {
         ClosedWindows { hot_spots: self.hot_spots.take_all(), airport_trips: self.airport_trips.take_all() }
     }
 
+    /// A copy of every open window, which stay open: what a run that stops before the windows
+    /// close emits as not-final documents.
+    pub fn snapshot(&self) -> ClosedWindows {
+        ClosedWindows {
+            hot_spots: self.hot_spots.iter().map(|(start, cells)| (*start, cells.clone())).collect(),
+            airport_trips: self.airport_trips.iter().map(|(start, keys)| (*start, keys.clone())).collect(),
+        }
+    }
+
     /// Sums closed windows from elsewhere into these aggregates.
     pub fn combine(&mut self, closed: &ClosedWindows) {
         for (start, values) in &closed.hot_spots {

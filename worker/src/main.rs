@@ -215,7 +215,8 @@ struct RunArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     pipeline: PipelineArgs,
-    /// Exit after every shard has been caught up and quiet this long, closing open windows.
+    /// Exit after every shard has been caught up and quiet this long, writing open windows as
+    /// not-final documents (a later run completes them: they stay in the checkpoints).
     #[arg(long, value_parser = parse_duration)]
     stop_when_idle: Option<Duration>,
     /// Records per GetRecords call (1–10 000).

@@ -70,7 +70,8 @@ pub struct RunOptions {
     pub opensearch: OpenSearchSettings,
     /// Time between ListShards calls.
     pub shard_discovery_interval: Duration,
-    /// Exit once every shard has been caught up and quiet this long, closing open windows.
+    /// Exit once every shard has been caught up and quiet this long, writing open windows as
+    /// not-final documents that a later run completes (they stay in the checkpoints).
     pub stop_when_idle: Option<Duration>,
     /// Polling settings.
     pub polling: PollingConfig,
@@ -316,9 +317,11 @@ pub struct RunSummary {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Control {
     Run,
-    /// Stop after a final checkpoint; with `close_windows`, emit every open window first.
+    /// Stop after a final checkpoint. With `emit_open_windows`, first write every open window as
+    /// a not-final document; the windows stay open in the checkpoint, so a later run completes
+    /// them and their final documents replace these.
     Stop {
-        close_windows: bool,
+        emit_open_windows: bool,
     },
     /// The assignment of `epoch` moved the shard away: flush, write a final checkpoint marked
     /// released at `epoch` (open windows stay in it) and exit.
@@ -532,7 +535,7 @@ pub async fn run_worker<K: KinesisApi>(
                 Ok(None) => {}
                 Err(e) => {
                     tracing::error!(error = %e, "lost the shard assignment: stopping every shard");
-                    stop_all(running, Control::Stop { close_windows: false }).await;
+                    stop_all(running, Control::Stop { emit_open_windows: false }).await;
                     return Err(e.into());
                 }
             }
@@ -586,8 +589,8 @@ pub async fn run_worker<K: KinesisApi>(
             && !running.is_empty()
             && all_caught_up_for(&shared, &running, idle)
         {
-            tracing::info!(?idle, "every shard caught up and quiet: closing windows and stopping");
-            stopping = Some(Control::Stop { close_windows: true });
+            tracing::info!(?idle, "every shard caught up and quiet: writing open windows and stopping");
+            stopping = Some(Control::Stop { emit_open_windows: true });
         }
         if let Some(control) = stopping {
             for shard in running.values() {
@@ -628,7 +631,7 @@ pub async fn run_worker<K: KinesisApi>(
                         }
                     }
                     Err(e) => {
-                        stop_all(running, Control::Stop { close_windows: false }).await;
+                        stop_all(running, Control::Stop { emit_open_windows: false }).await;
                         return Err(e);
                     }
                 }
@@ -636,7 +639,7 @@ pub async fn run_worker<K: KinesisApi>(
             changed = shutdown.changed(), if stopping.is_none() => {
                 if changed.is_err() || *shutdown.borrow() {
                     tracing::info!("shutting down: final checkpoints");
-                    stopping = Some(Control::Stop { close_windows: false });
+                    stopping = Some(Control::Stop { emit_open_windows: false });
                 }
             }
             () = assignment_changed(&mut ownership), if stopping.is_none() => {}
@@ -1056,10 +1059,10 @@ impl<K: KinesisApi> ShardTask<K> {
             let requested = *control.borrow_and_update();
             match requested {
                 Control::Run => {}
-                Control::Stop { close_windows } => {
-                    if close_windows {
-                        let closed = self.processor.take_all();
-                        self.emit(&closed).await?;
+                Control::Stop { emit_open_windows } => {
+                    if emit_open_windows {
+                        let open = self.processor.open_windows();
+                        self.emit(&open, false).await?;
                     }
                     return match self.checkpoint().await? {
                         true => {
@@ -1098,7 +1101,7 @@ impl<K: KinesisApi> ShardTask<K> {
                         }
                     }
                     let closed = self.processor.take_closed();
-                    self.emit(&closed).await?;
+                    self.emit(&closed, true).await?;
                     self.report();
                     if !within_budget {
                         tracing::info!(shard = %self.shard_id, position = ?self.position, "record budget spent: stopping the shard");
@@ -1110,8 +1113,9 @@ impl<K: KinesisApi> ShardTask<K> {
                 }
                 Ok(ReadOutcome::End { children }) => {
                     tracing::info!(shard = %self.shard_id, ?children, "shard read to its end");
+                    // The shard ended: no record of it can reach its windows any more.
                     let closed = self.processor.take_all();
-                    self.emit(&closed).await?;
+                    self.emit(&closed, true).await?;
                     self.position = Position::Finished;
                     self.report();
                     if !self.checkpoint().await? {
@@ -1235,12 +1239,12 @@ impl<K: KinesisApi> ShardTask<K> {
         }
     }
 
-    /// Writes the documents of closed windows to the sink.
-    async fn emit(&self, closed: &crate::analysis::ClosedWindows) -> Result<(), RunError> {
-        if closed.is_empty() {
+    /// Writes the documents of `windows` to the sink, marked final when the shard closed them.
+    async fn emit(&self, windows: &crate::analysis::ClosedWindows, is_final: bool) -> Result<(), RunError> {
+        if windows.is_empty() {
             return Ok(());
         }
-        let docs = documents_for(&self.shared.options.pipeline, &self.shard_id, &self.shared.config, closed, true);
+        let docs = documents_for(&self.shared.options.pipeline, &self.shard_id, &self.shared.config, windows, is_final);
         let count = docs.len() as u64;
         self.shared.sink.write(docs).await?;
         self.shared.state.metrics.sink_documents.with_label_values(&[self.shared.sink.kind()]).inc_by(count);

@@ -224,6 +224,11 @@ impl ShardProcessor {
         }
     }
 
+    /// A copy of every open window; they stay open (and in the next checkpoint).
+    pub fn open_windows(&self) -> ClosedWindows {
+        self.aggregates.snapshot()
+    }
+
     /// Closes every window (end of input, or a released shard's final flush).
     pub fn take_all(&mut self) -> ClosedWindows {
         self.aggregates.take_all()
