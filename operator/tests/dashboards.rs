@@ -63,6 +63,7 @@ fn partial(id_prefix: &str, window_s: i64) -> PartialDocument {
         sum_duration_ms: None,
         shard: "shardId-000000000000".to_owned(),
         is_final: true,
+        version: 6,
     }
 }
 

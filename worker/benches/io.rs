@@ -114,7 +114,7 @@ async fn sink_throughput(endpoint: &str) {
         }
     }
     for (i, shard) in shards.iter_mut().enumerate() {
-        docs.extend(documents_for("bench", &format!("shardId-{i:012}"), &config, &shard.take_all(), true));
+        docs.extend(documents_for("bench", &format!("shardId-{i:012}"), &config, &shard.take_all(), true, 1));
     }
     let settings = OpenSearchSettings {
         url: endpoint.to_owned(),

@@ -3,6 +3,10 @@
 //!
 //! - **Ids.** The `_id` of a document is [`PartialDocument::id`] (deterministic, so a replay
 //!   overwrites); ids longer than [`MAX_ID_BYTES`] are shortened by [`document_id`].
+//! - **Versions.** Documents are indexed with external versioning ([`PartialDocument::version`]):
+//!   OpenSearch stores a document only over a lower version, so a late write of older content
+//!   (a zombie worker, a retried request) cannot replace newer content. Its 409 answer means a
+//!   same-or-newer version is stored: the document counts as acknowledged.
 //! - **Batching.** [`OpenSearchSink::write`] only enqueues; a background task sends `_bulk`
 //!   requests when [`BulkSettings::max_docs`] or [`BulkSettings::max_bytes`] are reached, when the
 //!   oldest queued document waited [`BulkSettings::max_delay`], or at once when a flush waits, with
@@ -647,7 +651,7 @@ impl SinkMetrics {
                 IntCounterVec::new(
                     Opts::new(
                         "taxi_sink_item_errors_total",
-                        "Bulk items OpenSearch refused, by reason and action (retried, dropped)",
+                        "Bulk items OpenSearch refused, by reason and action (retried, dropped, superseded: a same-or-newer version is stored)",
                     ),
                     &["reason", "action"],
                 )?,
@@ -985,7 +989,7 @@ async fn prepare_cluster(client: &OpenSearch, url: &str, prefix: &str) -> Result
 fn encode(prefix: &str, doc: &PartialDocument) -> Result<(Arc<str>, Bytes), OpenSearchError> {
     let index = index_name(prefix, doc.analysis);
     let id = document_id(&doc.id);
-    let action = json!({ "index": { "_index": index, "_id": id } });
+    let action = json!({ "index": { "_index": index, "_id": id, "version": doc.version, "version_type": "external" } });
     let serialize = |source| OpenSearchError::Serialize { id: doc.id.clone(), source };
     let mut out = BytesMut::with_capacity(512).writer();
     serde_json::to_writer(&mut out, &action).map_err(serialize)?;
@@ -1088,7 +1092,15 @@ impl Shared {
                 st.consecutive_failures = 0;
                 st.batch_cap = st.batch_cap.saturating_mul(2).min(self.bulk.max_docs.max(1));
                 for ((seq, doc), item) in batch.into_iter().zip(items) {
-                    if (200..300).contains(&item.status) {
+                    let superseded = item.status == 409 && item.error_type == "version_conflict_engine_exception";
+                    if (200..300).contains(&item.status) || superseded {
+                        if superseded {
+                            // A same-or-newer version is stored: nothing of this one is lost.
+                            self.metrics
+                                .item_errors
+                                .with_label_values(&["version_conflict_engine_exception", "superseded"])
+                                .inc();
+                        }
                         st.report.acknowledged += 1;
                         self.metrics.acknowledged.inc();
                         released += st.finish(seq, &doc);

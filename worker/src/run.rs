@@ -1244,7 +1244,9 @@ impl<K: KinesisApi> ShardTask<K> {
         if windows.is_empty() {
             return Ok(());
         }
-        let docs = documents_for(&self.shared.options.pipeline, &self.shard_id, &self.shared.config, windows, is_final);
+        let records = self.processor.counters().records;
+        let (pipeline, config) = (&self.shared.options.pipeline, &self.shared.config);
+        let docs = documents_for(pipeline, &self.shard_id, config, windows, is_final, records);
         let count = docs.len() as u64;
         self.shared.sink.write(docs).await?;
         self.shared.state.metrics.sink_documents.with_label_values(&[self.shared.sink.kind()]).inc_by(count);

@@ -2,7 +2,10 @@
 //! sums them over shards.
 //!
 //! Every document has a deterministic id, so re-emitting a window after a restart overwrites the
-//! earlier document: results are exactly-once in effect.
+//! earlier document: results are exactly-once in effect. Every document also has a version that
+//! grows with the records its shard had processed ([`document_version`]), and a document only ever
+//! replaces one of the same id and a lower version: a zombie's late write, a re-driven old
+//! document or a not-final document can never replace content computed from more records.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -66,16 +69,29 @@ pub struct PartialDocument {
     /// Whether the shard closed the window (no more updates from it).
     #[serde(rename = "final")]
     pub is_final: bool,
+    /// Orders the documents of one id: see [`document_version`]. Absent (0) in older documents.
+    #[serde(default)]
+    pub version: u64,
 }
 
-/// The documents for windows a shard closed.
+/// The version of a document computed after its shard processed `records` user records:
+/// processing is deterministic, so a higher count means content computed from more records (a
+/// restart recomputes the same count and content). A final document outranks a not-final one of
+/// the same count.
+pub fn document_version(records: u64, is_final: bool) -> u64 {
+    records.saturating_mul(2).saturating_add(u64::from(is_final))
+}
+
+/// The documents for windows of a shard that had processed `records` user records.
 pub fn documents_for(
     pipeline: &str,
     shard: &str,
     config: &EngineConfig,
     closed: &ClosedWindows,
     is_final: bool,
+    records: u64,
 ) -> Vec<PartialDocument> {
+    let version = document_version(records, is_final);
     let hot = Tumbling::new(config.hot_spots.window_ms);
     let airports = Tumbling::new(config.airport_trips.window_ms);
     let mut docs = Vec::new();
@@ -96,6 +112,7 @@ pub fn documents_for(
                 sum_duration_ms: None,
                 shard: shard.to_owned(),
                 is_final,
+                version,
             });
         }
     }
@@ -117,6 +134,7 @@ pub fn documents_for(
                 sum_duration_ms: Some(agg.duration_ms),
                 shard: shard.to_owned(),
                 is_final,
+                version,
             });
         }
     }
@@ -124,10 +142,18 @@ pub fn documents_for(
     docs
 }
 
-/// The merged view: the latest document per id, summed over shards, thresholds applied, in the
-/// output order of `taxi-worker local --output`.
+/// The merged view: per id the document of the highest version (the later one of equal versions),
+/// summed over shards, thresholds applied, in the output order of `taxi-worker local --output`.
 pub fn merge_documents(config: &EngineConfig, docs: impl IntoIterator<Item = PartialDocument>) -> Vec<MergedResult> {
-    let latest: HashMap<String, PartialDocument> = docs.into_iter().map(|d| (d.id.clone(), d)).collect();
+    let mut latest: HashMap<String, PartialDocument> = HashMap::new();
+    for doc in docs {
+        match latest.get(&doc.id) {
+            Some(kept) if kept.version > doc.version => {}
+            _ => {
+                latest.insert(doc.id.clone(), doc);
+            }
+        }
+    }
     let mut merged = Aggregates::new(config);
     for doc in latest.into_values() {
         match doc.analysis {
@@ -313,8 +339,10 @@ mod tests {
         let config = Arc::new(EngineConfig::default());
         let jfk = GeoPoint { lat: 40.6413, lon: -73.7781 };
         let t0 = 1_451_606_400_000;
-        let a = documents_for("nyc", "shardId-000000000000", &config, &shard_with(&config, &[(1, t0 + 1, jfk)]), true);
-        let b = documents_for("nyc", "shardId-000000000001", &config, &shard_with(&config, &[(2, t0 + 2, jfk)]), true);
+        let a =
+            documents_for("nyc", "shardId-000000000000", &config, &shard_with(&config, &[(1, t0 + 1, jfk)]), true, 1);
+        let b =
+            documents_for("nyc", "shardId-000000000001", &config, &shard_with(&config, &[(2, t0 + 2, jfk)]), true, 1);
         assert_eq!(a[0].id, "nyc/airport_trip/1451606400/dr5ru7:JFK/shardId-000000000000");
         assert_eq!(a[1].id, "nyc/hot_spot/1451606400/dr5ru7/shardId-000000000000");
         // Each shard alone is below the thresholds; merged they pass.
@@ -331,6 +359,28 @@ mod tests {
     }
 
     #[test]
+    fn a_document_is_never_replaced_by_one_computed_from_fewer_records() {
+        let config = Arc::new(EngineConfig::default());
+        let midtown = GeoPoint { lat: 40.7580, lon: -73.9855 };
+        let t0 = 1_451_606_400_000;
+        let two = shard_with(&config, &[(1, t0 + 1, midtown), (2, t0 + 2, midtown)]);
+        let one = shard_with(&config, &[(1, t0 + 1, midtown)]);
+        let full = documents_for("nyc", "s", &config, &two, true, 2);
+        let partial = documents_for("nyc", "s", &config, &one, false, 1);
+        assert_eq!(full[0].id, partial[0].id);
+        let pickups = |docs: Vec<PartialDocument>| match merge_documents(&config, docs).first() {
+            Some(MergedResult::HotSpot { pickup_count, .. }) => *pickup_count,
+            other => panic!("expected one hot spot, got {other:?}"),
+        };
+        // A late (zombie's, re-driven) write of fewer records loses, in either order.
+        assert_eq!(pickups(full.iter().chain(&partial).cloned().collect()), 2);
+        assert_eq!(pickups(partial.iter().chain(&full).cloned().collect()), 2);
+        // At the same count, the final document outranks the not-final one.
+        assert!(document_version(2, true) > document_version(2, false));
+        assert!(document_version(2, false) > document_version(1, true));
+    }
+
+    #[test]
     fn file_sink_round_trips_documents() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("out/partials.jsonl");
@@ -341,6 +391,7 @@ mod tests {
             &config,
             &shard_with(&config, &[(1, 5, GeoPoint { lat: 40.64, lon: -73.78 })]),
             true,
+            1,
         );
         let mut sink = FileSink::open(&format!("file://{}", path.display())).expect("open");
         sink.write(&docs).expect("write");

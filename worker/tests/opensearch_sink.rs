@@ -94,6 +94,7 @@ fn hot(pipeline: &str, shard: &str, window_s: i64, cell: &str, pickups: u64) -> 
         sum_duration_ms: None,
         shard: shard.to_owned(),
         is_final: true,
+        version: pickups,
     }
 }
 
@@ -253,6 +254,13 @@ async fn written_documents_are_searchable_and_rewrites_overwrite() {
     let read = query_partials(&s, "p1").await.expect("query");
     assert_eq!(read.len(), 120);
     assert!(read.iter().all(|d| d.pickup_count == Some(7)), "values updated");
+
+    // Older versions (a zombie's late write) are acknowledged, and change nothing.
+    sink.write(hot_docs("p1", 120, 5)).await.expect("late write");
+    let report = sink.flush().await.expect("flush");
+    assert_eq!((report.acknowledged, report.rejected), (120, 0), "an older version is no error");
+    let read = query_partials(&s, "p1").await.expect("query");
+    assert!(read.iter().all(|d| d.pickup_count == Some(7)), "an older version never replaces a newer one");
     assert!(query_partials(&s, "other-pipeline").await.expect("query").is_empty());
     assert!(metric(&registry, "taxi_sink_documents_acknowledged_total", &[]) >= 240.0);
     assert_eq!(metric(&registry, "taxi_sink_buffered_documents", &[]), 0.0);
@@ -296,7 +304,8 @@ async fn merged_results_over_three_shards_equal_merge_documents() {
             };
             processor.process(&Event::Trip(trip), None);
         }
-        let docs = documents_for("nyc", &format!("shardId-00000000000{shard}"), &config, &processor.take_all(), true);
+        let docs =
+            documents_for("nyc", &format!("shardId-00000000000{shard}"), &config, &processor.take_all(), true, 1);
         sink.write(docs.clone()).await.expect("write");
         all.extend(docs);
     }
