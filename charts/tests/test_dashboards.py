@@ -317,6 +317,7 @@ def test_prometheus_rule_alerts_with_the_thresholds_of_values(chart):
         "TaxiWorkerLagHigh",
         "TaxiCheckpointMissed",
         "TaxiSinkItemErrors",
+        "TaxiSinkDeadLetters",
         "TaxiWorkersNotReady",
         "TaxiOperatorReconcileErrors",
     }
@@ -336,6 +337,7 @@ def test_prometheus_rule_alerts_with_the_thresholds_of_values(chart):
     assert threshold("TaxiSinkItemErrors") == "0.5"
     assert "rate(taxi_sink_item_errors_total[5m])" in alerts["TaxiSinkItemErrors"]["expr"]
     assert threshold("TaxiOperatorReconcileErrors") == "0.1"
+    assert alerts["TaxiSinkDeadLetters"]["expr"] == "max by (namespace, pod) (taxi_sink_dead_letters) > 0"
     not_ready = " ".join(alerts["TaxiWorkersNotReady"]["expr"].split())
     assert "(taxi_operator_desired_replicas - taxi_operator_ready_replicas) > 0" in not_ready
     assert "and on(instance) (taxi_operator_leader == 1)" in not_ready

@@ -161,7 +161,7 @@ async fn worker_metrics() -> String {
         startup_timeout: Duration::from_secs(5),
         ..OpenSearchSettings::default()
     };
-    let sink = OpenSearchSink::connect(settings, state.metrics.registry()).await.expect("connect to the fake");
+    let sink = OpenSearchSink::connect(settings, state.metrics.registry(), None).await.expect("connect to the fake");
     sink.write(vec![partial("ok", 1_451_606_400), partial("bad", 1_451_607_000)]).await.expect("write");
     let report =
         tokio::time::timeout(Duration::from_secs(10), sink.flush()).await.expect("flush in time").expect("flush");
@@ -305,7 +305,7 @@ async fn the_dashboard_and_the_alerts_query_only_exported_metrics_and_labels() {
     let (dashboard, variables) = dashboard_exprs();
     let rules = rule_exprs();
     assert!(dashboard.len() >= 20, "the dashboard's queries were found: {dashboard:?}");
-    assert_eq!(rules.len(), 5, "one expression per alert: {rules:?}");
+    assert_eq!(rules.len(), 6, "one expression per alert: {rules:?}");
     let mut unknown = Vec::new();
     let promql = dashboard.iter().map(|e| ("dashboard", e)).chain(rules.iter().map(|e| ("alert", e)));
     for (source, expr) in promql.clone().chain(variables.iter().map(|e| ("variable", e))) {

@@ -122,7 +122,7 @@ async fn sink_throughput(endpoint: &str) {
         ..OpenSearchSettings::default()
     };
     let registry = prometheus::Registry::new();
-    let sink = OpenSearchSink::connect(settings, &registry).await.expect("connect");
+    let sink = OpenSearchSink::connect(settings, &registry, None).await.expect("connect");
     let count = docs.len();
     let started = Instant::now();
     for chunk in docs.chunks(1000) {

@@ -20,6 +20,7 @@ pub mod assignment;
 pub mod checkpoint;
 pub mod config;
 pub mod dashboard;
+pub mod dead_letter;
 pub mod event;
 pub mod generate;
 pub mod geo;

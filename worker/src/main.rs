@@ -53,6 +53,39 @@ enum Command {
     Results(ResultsArgs),
     /// Replay trips into a Kinesis stream (the producer), paced by event time.
     Replay(ReplayArgs),
+    /// Inspect or purge the documents the sink refused, kept under the checkpoint location until
+    /// the worker re-delivers them.
+    DeadLetter(DeadLetterArgs),
+}
+
+#[derive(Debug, Args)]
+struct DeadLetterArgs {
+    #[command(subcommand)]
+    action: DeadLetterAction,
+    /// The pipeline whose dead letters these are.
+    #[arg(long, global = true, env = "TAXI_PIPELINE", default_value = "taxi")]
+    pipeline: String,
+    /// Checkpoint store: s3://bucket/prefix, file:///dir or a directory.
+    #[arg(long, global = true, env = "TAXI_CHECKPOINT")]
+    checkpoint: Option<String>,
+    /// S3 endpoint for S3-compatible servers (default: AWS).
+    #[arg(long, global = true, env = "TAXI_S3_ENDPOINT_URL")]
+    s3_endpoint_url: Option<String>,
+    /// Path-style S3 addressing (http://host/bucket/key), as most S3-compatible servers need.
+    #[arg(long, global = true, env = "TAXI_S3_FORCE_PATH_STYLE")]
+    s3_force_path_style: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterAction {
+    /// Print every dead letter as a JSON line: status, error type, reason and the document.
+    List,
+    /// Delete every dead letter (they are lost for good); needs --yes.
+    Purge {
+        /// Confirm that the refused documents are to be discarded.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -539,6 +572,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(*args),
         Command::Results(args) => results(&args),
         Command::Replay(args) => replay(&args),
+        Command::DeadLetter(args) => dead_letter(&args),
     };
     match result {
         Ok(code) => code,
@@ -863,6 +897,48 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
             summary.finished_shards.len(),
             summary.fenced_shards.len()
         );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn dead_letter(args: &DeadLetterArgs) -> Result<ExitCode, String> {
+    let uri = args.checkpoint.as_deref().ok_or("give the pipeline's checkpoint store: --checkpoint URI")?;
+    if let DeadLetterAction::Purge { yes: false } = args.action {
+        return Err("purge discards the refused documents for good: confirm with --yes".to_owned());
+    }
+    let s3 = taxi_worker::store::S3Settings {
+        endpoint_url: args.s3_endpoint_url.clone(),
+        force_path_style: args.s3_force_path_style,
+        region: None,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("failed to start the runtime: {e}"))?;
+    runtime.block_on(async {
+        let store = taxi_worker::store::CheckpointStore::from_uri(uri, &s3, 0).await.map_err(|e| e.to_string())?;
+        let gauge =
+            prometheus::IntGauge::new("taxi_sink_dead_letters", "Dead letters listed").map_err(|e| e.to_string())?;
+        let letters = taxi_worker::dead_letter::DeadLetterStore::new(store, &args.pipeline, gauge);
+        let keys = letters.list().await.map_err(|e| e.to_string())?;
+        let mut documents = 0;
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        for key in &keys {
+            let stored = letters.read(key).await.map_err(|e| e.to_string())?;
+            documents += stored.len();
+            match args.action {
+                DeadLetterAction::List => {
+                    for letter in &stored {
+                        serde_json::to_writer(&mut out, letter).map_err(|e| e.to_string())?;
+                        out.write_all(b"\n").map_err(|e| e.to_string())?;
+                    }
+                }
+                DeadLetterAction::Purge { .. } => letters.delete(key).await.map_err(|e| e.to_string())?,
+            }
+        }
+        out.flush().map_err(|e| e.to_string())?;
+        let verb = if matches!(args.action, DeadLetterAction::List) { "listed" } else { "purged" };
+        eprintln!("{verb} {documents} dead letters in {} objects", keys.len());
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -43,6 +43,8 @@ pub struct WorkerMetrics {
     pub sink_documents: IntCounterVec,
     /// Shards this worker reads.
     pub owned_shards: IntGauge,
+    /// Refused documents stored as dead letters, awaiting re-delivery (as far as this worker knows).
+    pub sink_dead_letters: IntGauge,
     /// Shard handoffs (DESIGN §7), by outcome ([`HANDOFF_OUTCOMES`]): `released` by the old owner,
     /// `claimed_after_release` or `taken_over_after_timeout` by the new one.
     pub shard_handoffs: IntCounterVec,
@@ -78,6 +80,10 @@ impl WorkerMetrics {
         let owned_shards =
             IntGauge::new("taxi_owned_shards", "Shards this worker reads").expect("valid metric definition");
         registry.register(Box::new(owned_shards.clone())).expect("metric registered once");
+        let sink_dead_letters =
+            IntGauge::new("taxi_sink_dead_letters", "Refused documents stored as dead letters, awaiting re-delivery")
+                .expect("valid metric definition");
+        registry.register(Box::new(sink_dead_letters.clone())).expect("metric registered once");
         let assignment_epoch = IntGauge::new("taxi_assignment_epoch", "Epoch of the assignment this worker follows")
             .expect("valid metric definition");
         registry.register(Box::new(assignment_epoch.clone())).expect("metric registered once");
@@ -139,6 +145,7 @@ impl WorkerMetrics {
             ),
             sink_documents: counter("taxi_sink_documents_total", "Partial documents written", &["sink"]),
             owned_shards,
+            sink_dead_letters,
             shard_handoffs,
             handoff_pause_seconds,
             assignment_epoch,

@@ -17,8 +17,10 @@
 //! - **Back-pressure.** At most [`BulkSettings::max_buffered_docs`] documents are unacknowledged;
 //!   `write` waits for room (the time is counted in `taxi_sink_backpressure_wait_seconds_total`).
 //! - **Errors.** Items answered 429, 5xx or `es_rejected_execution_exception` are retried with
-//!   back-off; any other item error is counted (by a bounded `reason`), logged and dropped without
-//!   holding up the other documents. Whole requests that fail (connection refused, 429, 5xx, …)
+//!   back-off; any other item error, a whole request answered 400 and a single document answered
+//!   413 are refusals: counted (by a bounded `reason`), logged and stored as dead letters
+//!   ([`crate::dead_letter`]) without holding up the other documents. A refused document is done
+//!   for a flush only once its dead letter is durable. Whole requests that fail (connection refused, 429, 5xx, …)
 //!   are retried with exponential back-off and jitter for as long as it takes: documents stay
 //!   buffered (bounded by the back-pressure) and [`OpenSearchSink::flush`] waits for them, so a
 //!   checkpoint is never written before the documents it covers are acknowledged (DESIGN §6).
@@ -46,6 +48,7 @@ use tokio::task::{AbortHandle, JoinSet};
 
 use crate::analysis::MergedResult;
 use crate::config::EngineConfig;
+use crate::dead_letter::{DeadLetter, DeadLetterStore};
 use crate::sink::{AnalysisKind, PartialDocument, merge_documents};
 
 /// The longest `_id` OpenSearch accepts, in bytes.
@@ -189,7 +192,8 @@ impl Default for BulkSettings {
 pub struct FlushReport {
     /// Documents stored by OpenSearch.
     pub acknowledged: u64,
-    /// Documents OpenSearch refused for good (e.g. a mapping conflict); counted and logged.
+    /// Documents OpenSearch refused for good (e.g. a mapping conflict): counted, logged and, with a
+    /// dead-letter store, stored there before the flush returned.
     pub rejected: u64,
 }
 
@@ -740,6 +744,8 @@ struct Shared {
     /// One permit per document that may still be buffered.
     permits: Semaphore,
     progress: watch::Sender<Progress>,
+    /// Where refused documents go; `None` drops them (counted), for tools and tests only.
+    dead_letters: Option<DeadLetterStore>,
 }
 
 /// Progress seen by flushes.
@@ -755,6 +761,8 @@ struct Progress {
 struct Doc {
     /// `{index}/{_id}`.
     key: Arc<str>,
+    /// [`PartialDocument::version`].
+    version: u64,
     /// The action and source lines.
     lines: Bytes,
     enqueued: Instant,
@@ -781,7 +789,23 @@ struct State {
     /// Documents per request after a 413 (halved, then grown back).
     batch_cap: usize,
     report: FlushReport,
+    /// Refused documents waiting to be stored as dead letters (still outstanding).
+    refused: Refused,
+    /// No dead-letter write before this (back-off after a failed one).
+    dead_letters_paused_until: Option<Instant>,
+    dead_letter_failures: u32,
     dead: bool,
+}
+
+/// Refused documents on their way to the dead-letter store, by sequence number.
+type Refused = Vec<(u64, Doc, Refusal)>;
+
+/// Why OpenSearch refused a document for good.
+#[derive(Debug)]
+struct Refusal {
+    status: u16,
+    error_type: String,
+    reason: String,
 }
 
 /// A batch being sent.
@@ -818,7 +842,14 @@ impl OpenSearchSink {
     /// [`OpenSearchSettings::startup_timeout`]) until the cluster answers, puts the index template,
     /// creates the two indices if missing, registers the metrics on `registry` and starts the
     /// background task. Must be called inside a tokio runtime.
-    pub async fn connect(settings: OpenSearchSettings, registry: &Registry) -> Result<OpenSearchSink, OpenSearchError> {
+    ///
+    /// Refused documents go to `dead_letters`; without one they are dropped (counted and logged):
+    /// only for tools and tests that check refusals themselves.
+    pub async fn connect(
+        settings: OpenSearchSettings,
+        registry: &Registry,
+        dead_letters: Option<DeadLetterStore>,
+    ) -> Result<OpenSearchSink, OpenSearchError> {
         let client = build_client(&settings).await?;
         let url = settings.url.clone();
         let prefix = settings.index_prefix.clone();
@@ -858,6 +889,7 @@ impl OpenSearchSink {
             wake: Notify::new(),
             permits: Semaphore::new(max_buffered),
             progress,
+            dead_letters,
         });
         let task = tokio::spawn(run(shared.clone()));
         let abort = task.abort_handle();
@@ -885,7 +917,7 @@ impl OpenSearchSink {
         let shared = &self.inner.shared;
         let encoded = docs.iter().map(|d| encode(&shared.prefix, d)).collect::<Result<Vec<_>, _>>()?;
         let chunk = shared.bulk.max_buffered_docs.clamp(1, u32::MAX as usize);
-        for part in encoded.chunks(chunk) {
+        for (originals, part) in docs.chunks(chunk).zip(encoded.chunks(chunk)) {
             let n = u32::try_from(part.len()).unwrap_or(u32::MAX);
             let permit = match shared.permits.try_acquire_many(n) {
                 Ok(permit) => permit,
@@ -907,7 +939,15 @@ impl OpenSearchSink {
                 }
                 let now = Instant::now();
                 let mut released = 0;
-                for (key, lines) in part {
+                for (doc, (key, lines)) in originals.iter().zip(part) {
+                    // Of two queued versions of one id only the higher is sent (a re-delivered
+                    // dead letter may be older than what its shard wrote since).
+                    if let Some(&queued) = st.queued_keys.get(key)
+                        && st.queue.get(&queued).is_some_and(|q| q.version > doc.version)
+                    {
+                        released += 1;
+                        continue;
+                    }
                     let seq = st.next_seq;
                     st.next_seq += 1;
                     if let Some(old) = st.queued_keys.insert(key.clone(), seq) {
@@ -916,8 +956,14 @@ impl OpenSearchSink {
                         released += 1;
                     }
                     st.outstanding.insert(seq);
-                    let doc =
-                        Doc { key: key.clone(), lines: lines.clone(), enqueued: now, attempts: 0, not_before: None };
+                    let doc = Doc {
+                        key: key.clone(),
+                        version: doc.version,
+                        lines: lines.clone(),
+                        enqueued: now,
+                        attempts: 0,
+                        not_before: None,
+                    };
                     st.queue.insert(seq, doc);
                 }
                 shared.publish(&st);
@@ -1114,8 +1160,6 @@ impl Shared {
                         released += st.requeue(seq, doc, Some(now + delay));
                         continue;
                     }
-                    self.metrics.item_errors.with_label_values(&[reason, "dropped"]).inc();
-                    st.report.rejected += 1;
                     if logged < LOGGED_ITEM_ERRORS {
                         logged += 1;
                         tracing::warn!(
@@ -1123,10 +1167,15 @@ impl Shared {
                             status = item.status,
                             error_type = %item.error_type,
                             reason = %truncate(&item.reason, 500),
-                            "OpenSearch refused a document; dropped"
+                            "OpenSearch refused a document"
                         );
                     }
-                    released += st.finish(seq, &doc);
+                    let refusal = Refusal {
+                        status: item.status,
+                        error_type: item.error_type,
+                        reason: truncate(&item.reason, 500).into_owned(),
+                    };
+                    released += self.refuse(st, seq, doc, reason, refusal);
                 }
             }
             BulkOutcome::TooLarge => {
@@ -1140,20 +1189,26 @@ impl Shared {
                     }
                 } else {
                     for (seq, doc) in batch {
-                        self.metrics.item_errors.with_label_values(&["request_too_large", "dropped"]).inc();
-                        st.report.rejected += 1;
-                        tracing::warn!(key = %doc.key, "a single document is too large for OpenSearch; dropped");
-                        released += st.finish(seq, &doc);
+                        tracing::warn!(key = %doc.key, "a single document is too large for OpenSearch");
+                        let refusal = Refusal {
+                            status: 413,
+                            error_type: "request_too_large".to_owned(),
+                            reason: "the document alone exceeds the cluster's request size limit".to_owned(),
+                        };
+                        released += self.refuse(st, seq, doc, "request_too_large", refusal);
                     }
                 }
             }
             BulkOutcome::Refused(error) => {
                 self.metrics.request_errors.with_label_values(&[error.category()]).inc();
-                tracing::error!(docs = batch.len(), error = %error, "OpenSearch refused a bulk request; its documents are dropped");
+                tracing::error!(docs = batch.len(), error = %error, "OpenSearch refused a bulk request");
+                let (error_type, reason) = match &error {
+                    OpenSearchError::Status { error_type, reason, .. } => (error_type.clone(), reason.clone()),
+                    other => ("bad_request".to_owned(), other.to_string()),
+                };
                 for (seq, doc) in batch {
-                    self.metrics.item_errors.with_label_values(&["bad_request", "dropped"]).inc();
-                    st.report.rejected += 1;
-                    released += st.finish(seq, &doc);
+                    let refusal = Refusal { status: 400, error_type: error_type.clone(), reason: reason.clone() };
+                    released += self.refuse(st, seq, doc, "bad_request", refusal);
                 }
             }
             BulkOutcome::Failed(error) => {
@@ -1176,6 +1231,84 @@ impl Shared {
         self.publish(st);
         if released > 0 {
             self.permits.add_permits(released);
+        }
+    }
+}
+
+impl Shared {
+    /// A document refused for good: kept outstanding until its dead letter is stored (the
+    /// background task writes it), or done at once without a dead-letter store. Returns the
+    /// permits to release.
+    fn refuse(&self, st: &mut State, seq: u64, doc: Doc, reason: &'static str, refusal: Refusal) -> usize {
+        st.report.rejected += 1;
+        if self.dead_letters.is_none() {
+            self.metrics.item_errors.with_label_values(&[reason, "dropped"]).inc();
+            return st.finish(seq, &doc);
+        }
+        self.metrics.item_errors.with_label_values(&[reason, "dead_lettered"]).inc();
+        st.in_flight_keys.remove(&doc.key);
+        st.refused.push((seq, doc, refusal));
+        0
+    }
+
+    /// The refused documents to store as dead letters now, if any and not backing off.
+    fn take_refused(&self) -> Option<Refused> {
+        let mut st = self.lock();
+        if st.refused.is_empty() || st.dead_letters_paused_until.is_some_and(|t| t > Instant::now()) {
+            return None;
+        }
+        Some(std::mem::take(&mut st.refused))
+    }
+
+    /// Applies the outcome of storing dead letters: done, or back to wait for a retry.
+    fn dead_lettered(&self, refused: Refused, stored: bool) {
+        let mut released = 0;
+        let mut st = self.lock();
+        if stored {
+            st.dead_letter_failures = 0;
+            for (seq, doc, _) in &refused {
+                released += st.finish(*seq, doc);
+            }
+        } else {
+            let delay = backoff(&self.bulk, st.dead_letter_failures);
+            st.dead_letter_failures = st.dead_letter_failures.saturating_add(1);
+            st.dead_letters_paused_until = Some(Instant::now() + delay);
+            st.refused.extend(refused);
+        }
+        self.publish(&st);
+        drop(st);
+        if released > 0 {
+            self.permits.add_permits(released);
+        }
+    }
+}
+
+/// Stores refused documents as dead letters; `true` once they are durable.
+async fn store_dead_letters(store: &DeadLetterStore, refused: &Refused) -> bool {
+    let mut letters = Vec::with_capacity(refused.len());
+    for (_, doc, refusal) in refused {
+        // The second bulk line is the document's source, as `encode` wrote it.
+        let source = doc.lines.splitn(3, |b| *b == b'\n').nth(1).unwrap_or_default();
+        match serde_json::from_slice::<PartialDocument>(source) {
+            Ok(document) => letters.push(DeadLetter {
+                status: refusal.status,
+                error_type: refusal.error_type.clone(),
+                reason: refusal.reason.clone(),
+                document,
+            }),
+            Err(e) => {
+                tracing::error!(key = %doc.key, error = %e, "a refused document does not decode; it cannot be kept")
+            }
+        }
+    }
+    match store.put(&letters).await {
+        Ok(key) => {
+            tracing::warn!(documents = letters.len(), %key, "refused documents stored as dead letters");
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, documents = letters.len(), "failed to store dead letters; retrying");
+            false
         }
     }
 }
@@ -1205,7 +1338,18 @@ impl State {
 /// The background task: sends batches and applies their answers.
 async fn run(shared: Arc<Shared>) {
     let mut requests: JoinSet<(Vec<(u64, Doc)>, BulkOutcome)> = JoinSet::new();
+    // At most one dead-letter write at a time.
+    let mut storing: JoinSet<(Refused, bool)> = JoinSet::new();
     loop {
+        if storing.is_empty()
+            && let Some(store) = shared.dead_letters.clone()
+            && let Some(refused) = shared.take_refused()
+        {
+            storing.spawn(async move {
+                let stored = store_dead_letters(&store, &refused).await;
+                (refused, stored)
+            });
+        }
         match shared.next_batch(requests.len()) {
             Decision::Send(batch) => {
                 let shared = shared.clone();
@@ -1215,6 +1359,15 @@ async fn run(shared: Arc<Shared>) {
                 });
             }
             Decision::Wait(until) => {
+                // Wake for a dead-letter retry too, when one waits.
+                let until = {
+                    let st = shared.lock();
+                    let retry = st.dead_letters_paused_until.filter(|_| !st.refused.is_empty());
+                    match (until, retry) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    }
+                };
                 let sleep = async {
                     match until {
                         Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -1229,6 +1382,16 @@ async fn run(shared: Arc<Shared>) {
                             // Without the batch its documents can no longer be tracked: give up
                             // loudly rather than let a flush return too early.
                             tracing::error!(error = %e, "an OpenSearch bulk request task failed; the sink stops");
+                            shared.lock().dead = true;
+                            shared.progress.send_modify(|p| p.dead = true);
+                            shared.permits.close();
+                            return;
+                        }
+                    },
+                    Some(joined) = storing.join_next(), if !storing.is_empty() => match joined {
+                        Ok((refused, stored)) => shared.dead_lettered(refused, stored),
+                        Err(e) => {
+                            tracing::error!(error = %e, "storing dead letters failed unexpectedly; the sink stops");
                             shared.lock().dead = true;
                             shared.progress.send_modify(|p| p.dead = true);
                             shared.permits.close();

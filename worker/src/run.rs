@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use crate::assignment::{Assignment, startable};
 use crate::checkpoint::{CheckpointError, ETag, Owner, Position, Precondition, ShardCheckpoint};
 use crate::config::EngineConfig;
+use crate::dead_letter::{DeadLetterStore, redrive_periodically};
 use crate::event::{Event, InvalidReason, Millis};
 use crate::handoff::{
     AssignmentSource, ClaimDecision, Claimant, EpochPlan, HandoffOutcome, Holder, RELEASE_POLL_INTERVAL, SourceError,
@@ -225,6 +226,8 @@ pub struct WorkerState {
     pub assignment: Mutex<AssignmentStatus>,
     /// When the worker started.
     pub started: Instant,
+    /// The pipeline's dead letters, once the run opened its store.
+    pub dead_letters: std::sync::OnceLock<DeadLetterStore>,
 }
 
 impl Default for WorkerState {
@@ -234,6 +237,7 @@ impl Default for WorkerState {
             shards: Mutex::new(BTreeMap::new()),
             assignment: Mutex::new(AssignmentStatus::default()),
             started: Instant::now(),
+            dead_letters: std::sync::OnceLock::new(),
         }
     }
 }
@@ -260,12 +264,15 @@ impl WorkerState {
         }
     }
 
-    /// Ready unless the worker still waits for its first assignment or a shard's checkpoints are
-    /// failing.
+    /// Ready unless the worker still waits for its first assignment, refused documents cannot be
+    /// stored as dead letters, or a shard's checkpoints are failing.
     pub fn readiness(&self) -> Result<(), String> {
         let awaiting = self.assignment.lock().map_err(|_| "status lock poisoned".to_owned())?.awaiting.clone();
         if let Some(source) = awaiting {
             return Err(format!("owns no shard yet: waiting for a first shard assignment from {source}"));
+        }
+        if let Some(error) = self.dead_letters.get().and_then(DeadLetterStore::store_error) {
+            return Err(format!("refused documents cannot be stored as dead letters: {error}"));
         }
         let shards = self.shards.lock().map_err(|_| "status lock poisoned".to_owned())?;
         match shards.iter().find(|(_, s)| s.checkpoint_error.is_some()) {
@@ -281,8 +288,10 @@ impl WorkerState {
         let shards = self.shards.lock().map(|s| s.clone()).unwrap_or_default();
         let owned = shards.values().filter(|s| s.state == ShardState::Reading).count();
         let assignment = self.assignment.lock().map(|a| a.clone()).unwrap_or_default();
+        let dead_letters = self.dead_letters.get().map(DeadLetterStore::count);
         serde_json::json!({
             "owned_shards": owned,
+            "dead_letters": dead_letters,
             "ordinal": assignment.ordinal,
             "assignment_epoch": assignment.epoch,
             "shards": shards,
@@ -434,7 +443,7 @@ struct Shared<K> {
     options: RunOptions,
     config: Arc<EngineConfig>,
     store: CheckpointStore,
-    sink: Sink,
+    sink: Arc<Sink>,
     state: Arc<WorkerState>,
     /// Shards caught up (empty page, nothing behind) since this instant; cleared by records.
     caught_up_since: Mutex<HashMap<String, Instant>>,
@@ -447,6 +456,9 @@ struct Shared<K> {
     /// Who this worker is, in its checkpoints.
     owner: Owner,
 }
+
+/// Time between two passes that re-deliver dead letters (the first runs at start).
+const DEAD_LETTER_REDRIVE_INTERVAL: Duration = Duration::from_secs(60);
 
 fn checkpoint_key(pipeline: &str, shard_id: &str) -> String {
     format!("{pipeline}/shards/{shard_id}.json")
@@ -479,7 +491,15 @@ pub async fn run_worker<K: KinesisApi>(
         }
     };
     let store = CheckpointStore::from_uri(&options.checkpoint_uri, &options.s3, options.checkpoint_retain).await?;
-    let sink = Sink::open(&options.sink_uri, &options.opensearch, state.metrics.registry()).await?;
+    let dead_letters = DeadLetterStore::new(store.clone(), &options.pipeline, state.metrics.sink_dead_letters.clone());
+    let _ = state.dead_letters.set(dead_letters.clone());
+    let sink = Arc::new(
+        Sink::open(&options.sink_uri, &options.opensearch, state.metrics.registry(), dead_letters.clone()).await?,
+    );
+    // Re-delivers dead letters at start and then periodically; aborted when the run ends.
+    let mut background = tokio::task::JoinSet::new();
+    let (passes, redrive_passes) = watch::channel(0);
+    background.spawn(redrive_periodically(dead_letters, sink.clone(), DEAD_LETTER_REDRIVE_INTERVAL, passes));
     let mut ownership =
         match (crate::handoff::subscribe(&options.assignment, &options.pipeline, &state.metrics)?, ordinal) {
             (Some(assignments), Some(ordinal)) => {
@@ -584,8 +604,10 @@ pub async fn run_worker<K: KinesisApi>(
         let owned_running = running.keys().filter(|id| ownership.owns(id)).count();
         shared.state.metrics.owned_shards.set(i64::try_from(owned_running).unwrap_or(i64::MAX));
 
+        // Idle also means the dead letters found at start were re-delivered (or tried).
         if let (None, Some(idle)) = (stopping, shared.options.stop_when_idle)
             && waiting == 0
+            && *redrive_passes.borrow() > 0
             && !running.is_empty()
             && all_caught_up_for(&shared, &running, idle)
         {

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::analysis::{Aggregates, AirportAgg, AirportKey, ClosedWindows, MergedResult, final_results};
 use crate::config::EngineConfig;
+use crate::dead_letter::DeadLetterStore;
 use crate::event::Millis;
 use crate::geo::Geohash;
 use crate::opensearch::{OpenSearchError, OpenSearchSettings, OpenSearchSink};
@@ -192,15 +193,17 @@ pub enum Sink {
 
 impl Sink {
     /// Opens the sink a URI names; `opensearch` supplies authentication, TLS, index prefix and
-    /// batching for `http(s)://` URIs (its `url` is replaced by `uri`).
+    /// batching for `http(s)://` URIs (its `url` is replaced by `uri`). Documents OpenSearch
+    /// refuses go to `dead_letters` (a file sink refuses nothing).
     pub async fn open(
         uri: &str,
         opensearch: &OpenSearchSettings,
         registry: &prometheus::Registry,
+        dead_letters: DeadLetterStore,
     ) -> Result<Sink, SinkError> {
         if uri.starts_with("http://") || uri.starts_with("https://") {
             let settings = OpenSearchSettings { url: uri.to_owned(), ..opensearch.clone() };
-            return Ok(Sink::OpenSearch(OpenSearchSink::connect(settings, registry).await?));
+            return Ok(Sink::OpenSearch(OpenSearchSink::connect(settings, registry, Some(dead_letters)).await?));
         }
         Ok(Sink::File(tokio::sync::Mutex::new(FileSink::open(uri)?)))
     }
@@ -221,8 +224,8 @@ impl Sink {
         }
     }
 
-    /// Returns once every document written before the call is durable: only then may a checkpoint
-    /// that covers them be written (DESIGN §6).
+    /// Returns once every document written before the call is durable, stored by the sink or as
+    /// a dead letter: only then may a checkpoint that covers them be written.
     pub async fn flush(&self) -> Result<(), SinkError> {
         match self {
             Sink::File(file) => file.lock().await.flush().map(|_| ()),

@@ -134,6 +134,39 @@ impl CheckpointStore {
         Ok(tag)
     }
 
+    /// Writes a new object (`If-None-Match: *`) and keeps no history: for objects written once
+    /// under a unique name, such as dead letters.
+    pub async fn create(&self, key: &str, bytes: &[u8]) -> Result<ETag, CheckpointError> {
+        check_key(key)?;
+        self.put_raw(key, bytes, &Precondition::Absent).await
+    }
+
+    /// Keys of the objects right under `folder/`, sorted (history copies are elsewhere).
+    pub async fn list(&self, folder: &str) -> Result<Vec<String>, CheckpointError> {
+        check_key(folder)?;
+        let mut keys: Vec<String> = match self {
+            CheckpointStore::Dir { store, .. } => {
+                let dir = store.root().join(folder);
+                let names = blocking(dir.clone(), "list", move || list_dir(&dir)).await?;
+                // `.tmp-…` files are puts in progress (or left by a crash), not objects.
+                names.into_iter().filter(|n| !n.contains(".tmp-")).map(|n| format!("{folder}/{n}")).collect()
+            }
+            CheckpointStore::S3 { store, .. } => {
+                let under = format!("{folder}/");
+                let keys = store.list(&under).await?;
+                keys.into_iter().filter(|k| k.strip_prefix(&under).is_some_and(|rest| !rest.contains('/'))).collect()
+            }
+        };
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Deletes one object (not its history); absent is fine.
+    pub async fn delete(&self, key: &str) -> Result<(), CheckpointError> {
+        check_key(key)?;
+        self.delete_one(key).await
+    }
+
     /// Deletes the object `prefix`, every object under `prefix/`, and their history; absent is fine.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<(), CheckpointError> {
         check_key(prefix)?;

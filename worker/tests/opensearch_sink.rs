@@ -231,7 +231,7 @@ async fn written_documents_are_searchable_and_rewrites_overwrite() {
     let prefix = prefix();
     let s = settings(&url, &prefix);
     let registry = prometheus::Registry::new();
-    let sink = OpenSearchSink::connect(s.clone(), &registry).await.expect("connect");
+    let sink = OpenSearchSink::connect(s.clone(), &registry, None).await.expect("connect");
 
     let docs = hot_docs("p1", 120, 3);
     sink.write(docs.clone()).await.expect("write");
@@ -283,7 +283,7 @@ async fn merged_results_over_three_shards_equal_merge_documents() {
     let Some(url) = endpoint() else { return };
     let prefix = prefix();
     let s = settings(&url, &prefix);
-    let sink = OpenSearchSink::connect(s.clone(), &prometheus::Registry::new()).await.expect("connect");
+    let sink = OpenSearchSink::connect(s.clone(), &prometheus::Registry::new(), None).await.expect("connect");
     let config = Arc::new(EngineConfig::default());
     let midtown = GeoPoint { lat: 40.7580, lon: -73.9855 };
     let jfk = GeoPoint { lat: 40.6413, lon: -73.7781 };
@@ -320,7 +320,8 @@ async fn merged_results_over_three_shards_equal_merge_documents() {
 async fn templates_map_location_as_geo_point_and_counts_as_long() {
     let Some(url) = endpoint() else { return };
     let prefix = prefix();
-    let _sink = OpenSearchSink::connect(settings(&url, &prefix), &prometheus::Registry::new()).await.expect("connect");
+    let _sink =
+        OpenSearchSink::connect(settings(&url, &prefix), &prometheus::Registry::new(), None).await.expect("connect");
     let (status, template) = raw(&url, Method::Get, &format!("/_index_template/{prefix}-partials"), None).await;
     assert_eq!(status, 200, "{template}");
     for (analysis, count_field) in [(AnalysisKind::HotSpot, "pickup_count"), (AnalysisKind::AirportTrip, "trip_count")]
@@ -353,7 +354,7 @@ async fn a_document_refused_by_the_mapping_is_counted_and_does_not_block_the_oth
     .await;
     assert_eq!(status, 200, "{body}");
     let registry = prometheus::Registry::new();
-    let sink = OpenSearchSink::connect(settings(&url, &prefix), &registry).await.expect("connect");
+    let sink = OpenSearchSink::connect(settings(&url, &prefix), &registry, None).await.expect("connect");
     let mut docs: Vec<PartialDocument> =
         (0..30).map(|i| hot("p", &i.to_string(), 1_451_606_400, "dr5ru7", 2)).collect();
     docs.insert(10, hot("p", "shardId-000000000001", 1_451_606_400, "dr5ru7", 2));
@@ -372,7 +373,7 @@ async fn documents_survive_opensearch_being_down_for_a_while() {
     let prefix = prefix();
     let mut proxy = Proxy::start(&url).await;
     let registry = prometheus::Registry::new();
-    let sink = OpenSearchSink::connect(settings(&proxy.url(), &prefix), &registry).await.expect("connect");
+    let sink = OpenSearchSink::connect(settings(&proxy.url(), &prefix), &registry, None).await.expect("connect");
     proxy.down().await;
 
     let docs = hot_docs("down", 300, 4);
@@ -406,7 +407,7 @@ async fn write_blocks_when_the_buffer_is_full_and_resumes_when_opensearch_return
     let mut s = settings(&proxy.url(), &prefix);
     s.bulk.max_buffered_docs = 10;
     s.bulk.max_docs = 4;
-    let sink = OpenSearchSink::connect(s, &registry).await.expect("connect");
+    let sink = OpenSearchSink::connect(s, &registry, None).await.expect("connect");
     proxy.down().await;
 
     let docs = hot_docs("bp", 16, 1);
@@ -469,7 +470,7 @@ async fn item_errors_are_retried_or_dropped_by_kind() {
     };
     let server = FakeServer::start(handler).await;
     let registry = prometheus::Registry::new();
-    let sink = OpenSearchSink::connect(settings(&server.url, &prefix()), &registry).await.expect("connect");
+    let sink = OpenSearchSink::connect(settings(&server.url, &prefix()), &registry, None).await.expect("connect");
     let mut docs = hot_docs("ok", 8, 1);
     docs.insert(3, hot("bad", "s", 1_451_606_400, "dr5ru7", 1));
     docs.insert(5, hot("busy", "s", 1_451_606_400, "dr5ru7", 1));
@@ -492,11 +493,68 @@ async fn item_errors_are_retried_or_dropped_by_kind() {
 }
 
 #[tokio::test]
+async fn a_refused_bulk_and_a_lone_oversized_document_are_dead_lettered_before_the_flush_returns() {
+    // Bodies holding an id with "reject" are answered 400 as a whole; a body holding an id with
+    // "huge" is answered 413 (so alone, after the batch is halved, it is refused for good).
+    let handler: Handler = Arc::new(|r: &Captured| {
+        if r.target != "/_bulk" {
+            return (200, json!({ "acknowledged": true }));
+        }
+        let ids = bulk_ids(&r.body);
+        if ids.iter().any(|id| id.contains("reject")) {
+            return (400, json!({ "error": { "type": "illegal_argument_exception", "reason": "malformed action" } }));
+        }
+        if ids.iter().any(|id| id.contains("huge")) {
+            return (413, json!({ "error": { "type": "request_too_large", "reason": "too large" } }));
+        }
+        let items: Vec<Value> = ids.iter().map(|id| json!({ "index": { "_id": id, "status": 201 } })).collect();
+        (200, json!({ "errors": false, "took": 1, "items": items }))
+    });
+    let server = FakeServer::start(handler).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = taxi_worker::store::CheckpointStore::from_uri(
+        &dir.path().display().to_string(),
+        &taxi_worker::store::S3Settings::default(),
+        0,
+    )
+    .await
+    .expect("store");
+    let registry = prometheus::Registry::new();
+    let gauge = prometheus::IntGauge::new("taxi_sink_dead_letters", "dead letters").expect("gauge");
+    let letters = taxi_worker::dead_letter::DeadLetterStore::new(store, "p", gauge.clone());
+    let sink = OpenSearchSink::connect(settings(&server.url, &prefix()), &registry, Some(letters.clone()))
+        .await
+        .expect("connect");
+
+    sink.write(vec![hot("reject", "s", 1_451_606_400, "dr5ru7", 1)]).await.expect("write");
+    sink.flush().await.expect("flush");
+    sink.write(hot_docs("ok", 3, 1).into_iter().chain([hot("huge", "s", 1_451_606_400, "dr5ru7", 1)]).collect())
+        .await
+        .expect("write");
+    let report = tokio::time::timeout(Duration::from_secs(10), sink.flush()).await.expect("flush").expect("flush");
+    assert_eq!((report.acknowledged, report.rejected), (3, 1));
+
+    // Both refusals were durable when their flushes returned.
+    let mut stored = Vec::new();
+    for key in letters.list().await.expect("list") {
+        stored.extend(letters.read(&key).await.expect("read"));
+    }
+    stored.sort_by_key(|l| l.status);
+    let summary: Vec<(u16, &str, &str)> =
+        stored.iter().map(|l| (l.status, l.error_type.as_str(), l.document.pipeline.as_str())).collect();
+    assert_eq!(summary, [(400, "illegal_argument_exception", "reject"), (413, "request_too_large", "huge")]);
+    assert_eq!(gauge.get(), 2);
+    let m =
+        |reason| metric(&registry, "taxi_sink_item_errors_total", &[("reason", reason), ("action", "dead_lettered")]);
+    assert_eq!((m("bad_request"), m("request_too_large")), (1.0, 1.0));
+}
+
+#[tokio::test]
 async fn connect_gives_up_with_a_clear_error_when_the_cluster_stays_unreachable() {
     let port = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr").port();
     let mut s = settings(&format!("http://127.0.0.1:{port}"), &prefix());
     s.startup_timeout = Duration::from_millis(600);
-    let err = OpenSearchSink::connect(s, &prometheus::Registry::new()).await.expect_err("nothing listens");
+    let err = OpenSearchSink::connect(s, &prometheus::Registry::new(), None).await.expect_err("nothing listens");
     assert_eq!(err.category(), "unavailable");
     assert!(err.to_string().contains("still unreachable"), "{err}");
 }
@@ -545,7 +603,7 @@ async fn sigv4_child() {
     .await;
     let mut s = settings(&server.url, &prefix());
     s.auth = OpenSearchAuth::SigV4 { service: SigV4Service::Es, region: None };
-    let sink = OpenSearchSink::connect(s, &prometheus::Registry::new()).await.expect("connect");
+    let sink = OpenSearchSink::connect(s, &prometheus::Registry::new(), None).await.expect("connect");
     sink.write(hot_docs("sig", 2, 1)).await.expect("write");
     assert_eq!(sink.flush().await.expect("flush").acknowledged, 2);
 
