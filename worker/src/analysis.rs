@@ -32,7 +32,7 @@ pub struct AirportAgg {
 impl Combine for AirportAgg {
     fn combine(&mut self, other: &Self) {
         self.trips += other.trips;
-        self.duration_ms += other.duration_ms;
+        self.duration_ms = self.duration_ms.saturating_add(other.duration_ms);
     }
 }
 

@@ -131,7 +131,7 @@ impl PartialsState {
             let agg =
                 aggregates.airport_trips.entry(p.window_start, AirportKey { pickup: p.pickup_geohash, airport: index });
             agg.trips += p.trips;
-            agg.duration_ms += p.duration_ms;
+            agg.duration_ms = agg.duration_ms.saturating_add(p.duration_ms);
         }
         Ok(aggregates)
     }

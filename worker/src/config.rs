@@ -111,6 +111,15 @@ pub enum ConfigError {
         /// The offending setting.
         name: &'static str,
     },
+    /// A window that is not a whole number of seconds: document ids name windows by their start
+    /// in seconds, so two windows would share ids.
+    #[error("{name} must be a whole number of seconds, got {ms} ms")]
+    FractionalWindow {
+        /// The offending setting.
+        name: &'static str,
+        /// Its value in milliseconds.
+        ms: i64,
+    },
     /// A negative duration.
     #[error("{name} must not be negative")]
     NegativeDuration {
@@ -134,11 +143,15 @@ pub enum ConfigError {
 impl EngineConfig {
     /// Checks the configuration, returning the first problem found.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.hot_spots.window_ms <= 0 {
-            return Err(ConfigError::NonPositiveWindow { name: "hot-spot window" });
-        }
-        if self.airport_trips.window_ms <= 0 {
-            return Err(ConfigError::NonPositiveWindow { name: "airport-trip window" });
+        for (name, ms) in
+            [("hot-spot window", self.hot_spots.window_ms), ("airport-trip window", self.airport_trips.window_ms)]
+        {
+            if ms <= 0 {
+                return Err(ConfigError::NonPositiveWindow { name });
+            }
+            if ms % 1000 != 0 {
+                return Err(ConfigError::FractionalWindow { name, ms });
+            }
         }
         let et = &self.event_time;
         for (name, v) in [

@@ -40,7 +40,7 @@ impl Trip {
 
     /// Trip duration in whole milliseconds (never negative for a validated trip).
     pub fn duration_ms(&self) -> i64 {
-        self.dropoff_time - self.pickup_time
+        self.dropoff_time.saturating_sub(self.pickup_time)
     }
 }
 

@@ -206,7 +206,7 @@ impl ShardProcessor {
             let key = AirportKey { pickup: cell, airport: u8::try_from(index).unwrap_or(u8::MAX) };
             let agg = self.aggregates.airport_trips.entry(airport_start, key);
             agg.trips += 1;
-            agg.duration_ms += trip.duration_ms();
+            agg.duration_ms = agg.duration_ms.saturating_add(trip.duration_ms());
         }
         if hot_late || airport_late {
             self.counters.late += 1;
@@ -261,6 +261,22 @@ mod tests {
 
     fn pickups(closed: &ClosedWindows) -> Vec<(Millis, u64)> {
         closed.hot_spots.iter().map(|(s, cells)| (*s, cells.values().sum())).collect()
+    }
+
+    #[test]
+    fn duration_sums_saturate_instead_of_overflowing() {
+        let jfk = GeoPoint { lat: 40.6413, lon: -73.7781 };
+        let mut p = processor(EventTimeConfig::default());
+        let dropoff = 100 * MIN;
+        for id in 1..=3 {
+            let trip =
+                Trip { trip_id: id, pickup_time: i64::MIN / 2, dropoff_time: dropoff, pickup: MIDTOWN, dropoff: jfk };
+            p.process(&Event::Trip(trip), None);
+        }
+        let closed = p.take_all();
+        let sums: Vec<i64> =
+            closed.airport_trips.iter().flat_map(|(_, keys)| keys.values().map(|a| a.duration_ms)).collect();
+        assert_eq!(sums, [i64::MAX]);
     }
 
     #[test]

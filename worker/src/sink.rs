@@ -174,7 +174,7 @@ pub fn merge_documents(config: &EngineConfig, docs: impl IntoIterator<Item = Par
                 let agg = merged.airport_trips.entry(doc.window_start, key);
                 *agg = AirportAgg {
                     trips: agg.trips + doc.trip_count.unwrap_or(0),
-                    duration_ms: agg.duration_ms + duration_ms,
+                    duration_ms: agg.duration_ms.saturating_add(duration_ms),
                 };
             }
         }

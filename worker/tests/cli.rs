@@ -94,12 +94,13 @@ fn bad_flag_values_and_missing_files_fail_with_a_clear_message() {
     let run = ["run", "--pipeline", "nyc", "--stream", "s", "--checkpoint", "/tmp/c", "--sink", "file:///tmp/p.jsonl"];
     let with = |extra: &'static [&'static str]| -> Vec<&str> { run.iter().chain(extra).copied().collect() };
     let (needs_ordinal, bad_source) = (with(&["--assignment", "file:/tmp/a.json"]), with(&["--assignment", "some"]));
-    let cases: [(&[&str], &str); 13] = [
+    let cases: [(&[&str], &str); 14] = [
         (&needs_ordinal, "--assignment file:PATH needs --ordinal N"),
         (&bad_source, "expected all, file:PATH or configmap"),
         (&["run", "--config", "/nonexistent/worker.json"], "failed to read /nonexistent/worker.json"),
         (&["run", "--config", "w.json", "--pipeline", "nyc"], "cannot be used with"),
         (&["local", "--window", "10x"], "invalid duration \"10x\""),
+        (&["local", "--window", "1500ms"], "must be a whole number of seconds, got 1500 ms"),
         (&["local", "--geohash-precision", "13"], "13 is not in 1..=12"),
         (&["local", "--shards", "0"], "0 is not in 1..=1024"),
         (&["local", "--watermark", "sometimes"], "invalid value 'sometimes'"),
@@ -144,4 +145,56 @@ fn a_dashboard_address_in_use_is_a_clear_error() {
     assert!(!run.status.success());
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains(&format!("failed to serve the dashboard on {addr}")), "{stderr}");
+}
+
+#[test]
+fn dead_letters_are_listed_and_purged_only_when_confirmed() {
+    use taxi_worker::dead_letter::{DeadLetter, DeadLetterStore};
+    use taxi_worker::sink::{AnalysisKind, PartialDocument};
+    use taxi_worker::store::{CheckpointStore, S3Settings};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uri = format!("file://{}", dir.path().display());
+    let letter = DeadLetter {
+        status: 400,
+        error_type: "mapper_parsing_exception".to_owned(),
+        reason: "failed to parse field [shard]".to_owned(),
+        document: PartialDocument {
+            id: "nyc/hot_spot/1451606400/dr5ru7/shardId-000000000000".to_owned(),
+            pipeline: "nyc".to_owned(),
+            analysis: AnalysisKind::HotSpot,
+            window_start: 1_451_606_400_000,
+            window_end: 1_451_607_000_000,
+            location: "dr5ru7".to_owned(),
+            geohash: "dr5ru7".parse().expect("geohash"),
+            pickup_count: Some(3),
+            airport: None,
+            trip_count: None,
+            sum_duration_min: None,
+            sum_duration_ms: None,
+            shard: "shardId-000000000000".to_owned(),
+            is_final: true,
+            version: 7,
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let store = CheckpointStore::from_uri(&uri, &S3Settings::default(), 0).await.expect("store");
+        let gauge = prometheus::IntGauge::new("g", "g").expect("gauge");
+        DeadLetterStore::new(store, "nyc", gauge).put(std::slice::from_ref(&letter)).await.expect("put");
+    });
+
+    let list = taxi_worker(&["dead-letter", "list", "--pipeline", "nyc", "--checkpoint", &uri]);
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    let listed: DeadLetter = serde_json::from_slice(&list.stdout).expect("one dead letter as a JSON line");
+    assert_eq!(listed, letter);
+
+    let unconfirmed = taxi_worker(&["dead-letter", "purge", "--pipeline", "nyc", "--checkpoint", &uri]);
+    assert!(!unconfirmed.status.success());
+    assert!(String::from_utf8_lossy(&unconfirmed.stderr).contains("confirm with --yes"));
+    let purge = taxi_worker(&["dead-letter", "purge", "--yes", "--pipeline", "nyc", "--checkpoint", &uri]);
+    assert!(purge.status.success(), "{}", String::from_utf8_lossy(&purge.stderr));
+    assert!(String::from_utf8_lossy(&purge.stderr).contains("purged 1 dead letters in 1 objects"));
+    let after = taxi_worker(&["dead-letter", "list", "--pipeline", "nyc", "--checkpoint", &uri]);
+    assert!(after.status.success() && after.stdout.is_empty(), "nothing is left");
 }
