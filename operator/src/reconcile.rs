@@ -21,7 +21,7 @@ use kube::runtime::finalizer::{self, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use taxi_worker::assignment::{ASSIGNMENT_KEY, Assignment, assign, config_map_name, moved_shards};
+use taxi_worker::assignment::{ASSIGNMENT_KEY, Assignment, above_recorded, assign, config_map_name, moved_shards};
 use taxi_worker::checkpoint::CheckpointError;
 use taxi_worker::kinesis::api::KinesisError;
 use taxi_worker::store::CheckpointStore;
@@ -274,7 +274,11 @@ async fn apply<S: Streams, P: WorkerProbe>(pipeline: &TaxiPipeline, ctx: &Contex
             .unwrap_or(Duration::MAX),
     };
     let rollout = plan(desired, previous.as_ref(), previous_statefulset_replicas, &seen, TAKEOVER_TIMEOUT);
-    let assignment = assign(&shards, rollout.assignment_replicas, previous.as_ref());
+    // Epochs never go backwards, even when the ConfigMap was deleted or damaged: the status keeps
+    // the last one published.
+    let recorded = pipeline.status.as_ref().and_then(|s| s.assignment_epoch).and_then(|e| u64::try_from(e).ok());
+    let assignment =
+        above_recorded(assign(&shards, rollout.assignment_replicas, previous.as_ref()), previous.as_ref(), recorded);
     let moved = previous.as_ref().map(|p| moved_shards(p, &assignment)).unwrap_or_default();
     let changed = previous.as_ref().is_none_or(|p| p.epoch != assignment.epoch);
     let assigned_at_text = match (changed, assigned_at) {

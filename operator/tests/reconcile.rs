@@ -329,6 +329,18 @@ async fn a_new_pipeline_gets_its_workers_an_assignment_and_a_status() {
 }
 
 #[tokio::test]
+async fn a_deleted_assignment_config_map_continues_from_the_recorded_epoch() {
+    let (ctx, handle) = context(Ok(four_open_shards()), FakeProbe::default());
+    let server = tokio::spawn(serve(handle, pass(None, Some((2, 2)), true)));
+    let published = pipeline(2, json!({"status": {"assignmentEpoch": 7}}));
+    reconcile(guard(published), ctx).await.expect("reconcile");
+    let sent = server.await.expect("server");
+    assert_eq!(sent_assignment(&sent).epoch, 8, "workers ignore a document older than the one they follow");
+    let status = &find(&sent, Method::PATCH, &format!("{TP}/status")).body;
+    assert_eq!(status["status"]["assignmentEpoch"], 8);
+}
+
+#[tokio::test]
 async fn scaling_up_grows_the_statefulset_first_and_moves_shards_once_the_pods_are_ready() {
     let before = Assignment {
         epoch: 1,

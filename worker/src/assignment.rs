@@ -125,6 +125,20 @@ pub fn assign(shards: &[ShardInfo], replicas: u32, previous: Option<&Assignment>
     Assignment { epoch, replicas, owners }
 }
 
+/// `next` (from [`assign`]) with an epoch above `recorded`, the highest epoch known to have been
+/// published, whenever the stored document is older than that (deleted, malformed, or replaced by
+/// an older copy): workers ignore a document older than the one they follow, so epochs must only
+/// grow.
+pub fn above_recorded(mut next: Assignment, stored: Option<&Assignment>, recorded: Option<u64>) -> Assignment {
+    if let Some(recorded) = recorded
+        && stored.is_none_or(|s| s.epoch < recorded)
+        && next.epoch <= recorded
+    {
+        next.epoch = recorded.saturating_add(1);
+    }
+    next
+}
+
 /// Shards whose owner differs between two documents, including shards only one of them lists,
 /// sorted by id: the shards that pause on the change from `before` to `after`.
 pub fn moved_shards(before: &Assignment, after: &Assignment) -> Vec<String> {
@@ -285,6 +299,25 @@ mod tests {
 
     fn owned_by(a: &Assignment, ordinal: u32) -> Vec<String> {
         a.shards_of(ordinal).map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn epochs_continue_above_the_recorded_one_when_the_stored_document_is_lost_or_older() {
+        let shards = Stream::new(4).shards;
+        let fresh = || assign(&shards, 2, None);
+        assert_eq!(fresh().epoch, 1);
+        // The document was deleted (or is malformed) after epoch 7 was published.
+        assert_eq!(above_recorded(fresh(), None, Some(7)).epoch, 8);
+        // An older copy (epoch 5) was restored over it.
+        let old = Assignment { epoch: 5, ..fresh() };
+        let unchanged = assign(&shards, 2, Some(&old));
+        assert_eq!(unchanged.epoch, 5);
+        assert_eq!(above_recorded(unchanged, Some(&old), Some(7)).epoch, 8);
+        // The stored document is the recorded one: nothing changes.
+        let current = Assignment { epoch: 7, ..fresh() };
+        let same = assign(&shards, 2, Some(&current));
+        assert_eq!(above_recorded(same, Some(&current), Some(7)).epoch, 7);
+        assert_eq!(above_recorded(fresh(), None, None).epoch, 1, "a new pipeline starts at 1");
     }
 
     /// A stream's shard listing as reshards and retention change it: ids grow with creation, a split
