@@ -122,9 +122,28 @@ impl CheckpointStore {
     ///
     /// Directory puts are serialized within the process, so their check-and-write is atomic there
     /// (as S3's is everywhere); across processes a directory still needs a single writer.
+    ///
+    /// A conflict is first checked by reading the object back: when an earlier attempt of this very
+    /// write was applied but its answer lost (a timeout, a reset connection), the retry sees its own
+    /// write as a conflict. If the object holds exactly these bytes, the write succeeded. Bytes name
+    /// their writer (checkpoints carry a per-process owner id), so another writer's object never
+    /// matches.
     pub async fn put(&self, key: &str, bytes: &[u8], precondition: &Precondition) -> Result<ETag, CheckpointError> {
         check_key(key)?;
-        let tag = self.put_raw(key, bytes, precondition).await?;
+        let tag = match self.put_raw(key, bytes, precondition).await {
+            Err(CheckpointError::Conflict { .. })
+                if let Ok(Some((stored, tag))) = self.get(key).await
+                    && stored == bytes =>
+            {
+                tracing::info!(
+                    store = self.kind(),
+                    key,
+                    "an earlier attempt of this write was applied; not a conflict"
+                );
+                tag
+            }
+            other => other?,
+        };
         let retain = self.retain();
         if retain > 0
             && let Err(error) = self.keep_history(key, bytes, retain).await

@@ -214,3 +214,22 @@ async fn an_unreachable_endpoint_fails_quickly_with_a_retryable_error() {
     let error = store.get("p1/shard-1").await.expect_err("nobody listens");
     assert!(matches!(error, CheckpointError::S3 { retryable: true, .. }), "{error:?}");
 }
+
+#[tokio::test]
+async fn a_write_applied_but_unanswered_is_not_taken_for_a_conflict_on_retry() {
+    let Some(endpoint) = s3_endpoint() else { return };
+    let bucket = format!("taxi-test-{:016x}", fastrand::u64(..));
+    common::s3::client(&endpoint).create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    // The first PUT reaches moto and is applied; its answer is lost, so the client retries, and
+    // the retry's If-None-Match: * fails with 412 against its own write.
+    let (proxy, _task) = common::proxy::answer_dropping(&endpoint, 1).await;
+    let store = CheckpointStore::S3 {
+        store: S3Store::new(&sdk_config(), &settings(&proxy), bucket, "pipelines/p1").expect("store"),
+        retain: 0,
+    };
+    let tag = store.put("p1/shard-1", b"mine", &Precondition::Absent).await.expect("the write succeeded");
+    let (bytes, stored) = store.get("p1/shard-1").await.expect("get").expect("present");
+    assert_eq!((bytes.as_slice(), stored), (&b"mine"[..], tag));
+    // A real conflict is still one: another writer's bytes are there.
+    assert!(is_conflict(&store.put("p1/shard-1", b"theirs", &Precondition::Absent).await));
+}

@@ -52,3 +52,48 @@ impl Proxy {
         }
     }
 }
+
+/// A TCP proxy that forwards requests but swallows the answers on the first `drops` connections
+/// that get one: the request is applied, then the client sees its connection closed (an
+/// ambiguous outcome). Later connections are forwarded both ways.
+pub async fn answer_dropping(target_url: &str, drops: u32) -> (String, JoinHandle<()>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let target: SocketAddr =
+        target_url.trim_start_matches("http://").trim_end_matches('/').parse().expect("target address");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let left = Arc::new(AtomicU32::new(drops));
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else { continue };
+            let left = left.clone();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = TcpStream::connect(target).await else { return };
+                if left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    return;
+                }
+                // Forward the request, read the answer, and close without passing it on.
+                let (mut in_read, _in_write) = inbound.split();
+                let (mut out_read, mut out_write) = outbound.split();
+                let mut answer = [0u8; 4096];
+                let forward = async {
+                    let mut buf = [0u8; 8192];
+                    while let Ok(n) = in_read.read(&mut buf).await {
+                        if n == 0 || out_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = forward => {}
+                    _ = out_read.read(&mut answer) => {}
+                }
+            });
+        }
+    });
+    (url, task)
+}
