@@ -865,9 +865,11 @@ async fn claim<K>(
         };
         let stored = match shared.store.get(&key).await {
             Ok(stored) => stored,
-            Err(e @ CheckpointError::S3 { retryable: true, .. }) if grant.wait_for_release => {
-                // The store is unavailable for now: keep waiting, as the previous owner must too.
+            Err(e @ CheckpointError::S3 { retryable: true, .. }) => {
+                // The store is unavailable for now: this shard waits (as a previous owner must
+                // too); the worker and its other shards go on.
                 tracing::warn!(shard = shard_id, error = %e, "failed to read the checkpoint to claim; retrying");
+                note_claim_failure(shared, shard_id, &e);
                 wait_or_interrupt(control).await;
                 continue;
             }
@@ -924,9 +926,21 @@ async fn claim<K>(
                 shared.state.update(shard_id, |s| s.state = ShardState::Fenced);
                 return Ok(Claim::Fenced);
             }
+            Err(e @ CheckpointError::S3 { retryable: true, .. }) => {
+                tracing::warn!(shard = shard_id, error = %e, "failed to write the claim; retrying");
+                note_claim_failure(shared, shard_id, &e);
+                wait_or_interrupt(control).await;
+            }
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Counts a store failure while claiming, and shows it in `/status` and `/readyz`.
+fn note_claim_failure<K>(shared: &Shared<K>, shard_id: &str, error: &CheckpointError) {
+    shared.state.metrics.checkpoint_failures.with_label_values(&["io"]).inc();
+    let message = error.to_string();
+    shared.state.update(shard_id, |s| s.checkpoint_error = Some(message));
 }
 
 /// Sleeps [`RELEASE_POLL_INTERVAL`], or less when the coordinator sends a new request (read at the
@@ -1135,13 +1149,16 @@ impl<K: KinesisApi> ShardTask<K> {
                 }
                 Ok(ReadOutcome::End { children }) => {
                     tracing::info!(shard = %self.shard_id, ?children, "shard read to its end");
+                    if let Ok(mut caught_up) = self.shared.caught_up_since.lock() {
+                        caught_up.remove(&self.shard_id);
+                    }
                     // The shard ended: no record of it can reach its windows any more.
                     let closed = self.processor.take_all();
                     self.emit(&closed, true).await?;
                     self.position = Position::Finished;
                     self.report();
-                    if !self.checkpoint().await? {
-                        return Ok(ShardExit::Fenced);
+                    if let Some(exit) = self.write_finished(&mut control).await? {
+                        return Ok(exit);
                     }
                     let elapsed = self.shared.state.elapsed_ms();
                     self.shared.state.update(&self.shard_id, |s| {
@@ -1275,6 +1292,35 @@ impl<K: KinesisApi> ShardTask<K> {
         Ok(())
     }
 
+    /// Writes the checkpoint that marks the shard finished, retrying with back-off until it is
+    /// durable: children (on this worker or another) start only once it is. `Some(exit)` when the
+    /// shard ends otherwise first: fenced by another owner, stopped, or released (a restart then
+    /// reads the end of the shard again from its last durable checkpoint).
+    async fn write_finished(&mut self, control: &mut watch::Receiver<Control>) -> Result<Option<ShardExit>, RunError> {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            match self.write_checkpoint(None).await? {
+                Written::Yes => return Ok(None),
+                Written::Fenced => return Ok(Some(ShardExit::Fenced)),
+                Written::Failed => {}
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = control.changed() => {}
+            }
+            let requested = *control.borrow_and_update();
+            match requested {
+                Control::Run => {}
+                Control::Stop { .. } => {
+                    tracing::warn!(shard = %self.shard_id, "stopped before its finished checkpoint was written; a restart reads its end again");
+                    self.shared.state.update(&self.shard_id, |s| s.state = ShardState::Stopped);
+                    return Ok(Some(ShardExit::Stopped));
+                }
+                Control::Release { epoch } => return self.release(epoch).await.map(Some),
+            }
+        }
+    }
+
     /// Gives the shard up to its new owner (DESIGN §7): flushes the sink and writes a final
     /// checkpoint marked released at `epoch`. Open windows stay in the checkpoint's partials for
     /// the new owner. A store failure is retried until the takeover timeout, after which the new
@@ -1329,8 +1375,16 @@ impl<K: KinesisApi> ShardTask<K> {
         let bytes = checkpoint.to_bytes()?;
         let key = checkpoint_key(&self.shared.options.pipeline, &self.shard_id);
         let precondition = self.etag.clone().map_or(Precondition::Absent, Precondition::Matches);
+        let mut result = self.shared.store.put(&key, &bytes, &precondition).await;
+        if let Err(CheckpointError::Conflict { .. }) = result
+            && let Some(tag) = self.own_unacknowledged_write(&key).await
+        {
+            // An earlier checkpoint of ours was stored but its answer lost: not a fence.
+            tracing::info!(shard = %self.shard_id, "the stored checkpoint is an earlier one of ours; writing over it");
+            result = self.shared.store.put(&key, &bytes, &Precondition::Matches(tag)).await;
+        }
         let metrics = &self.shared.state.metrics;
-        match self.shared.store.put(&key, &bytes, &precondition).await {
+        match result {
             Ok(etag) => {
                 self.etag = Some(etag);
                 metrics
@@ -1366,6 +1420,15 @@ impl<K: KinesisApi> ShardTask<K> {
                 Ok(Written::Failed)
             }
         }
+    }
+
+    /// After a conflict: the tag of the stored checkpoint when this very owner (process and
+    /// epoch) wrote it, so an earlier write of ours whose answer was lost does not fence us.
+    async fn own_unacknowledged_write(&self, key: &str) -> Option<ETag> {
+        let (bytes, tag) = self.shared.store.get(key).await.ok().flatten()?;
+        let stored = ShardCheckpoint::from_bytes(&bytes).ok()?;
+        let ours = stored.owner_id == self.owner.id && stored.owner_epoch == self.owner.epoch;
+        (ours && stored.released_epoch.is_none()).then_some(tag)
     }
 
     /// Publishes counter deltas and the watermark.

@@ -250,3 +250,50 @@ async fn s3_unavailable_for_a_while_fails_checkpoints_then_recovers() {
     tokio::task::spawn_blocking(move || worker.finish()).await.expect("join");
     p.assert_results_equal_the_oracle();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_that_ends_while_s3_is_down_finishes_only_once_durable_and_its_children_wait() {
+    use taxi_worker::kinesis::api::KinesisApi;
+    let Some(services) = services() else { return };
+    let p = pipeline(services, 600, 1).await;
+    let mut proxy = Proxy::start(&p.services.s3).await;
+    let worker = p.start_worker(&["--stop-when-idle", "3s"], None, Some(&proxy.url()));
+    worker.wait_for_records(records_in(&p.input));
+
+    // S3 goes down, then the shard ends (a reshard closes it): its finished checkpoint fails.
+    proxy.down().await;
+    let kinesis = client(&p.services.kinesis);
+    let parent = kinesis.list_shards(&p.stream).await.expect("list")[0].shard_id.clone();
+    kinesis.update_shard_count(&p.stream, 2).await.expect("reshard");
+    common::kinesis::wait_active(&kinesis, &p.stream).await;
+    let shard_states = || {
+        let (_, body) = worker.get("/status");
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        status["shards"].as_object().cloned().unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shard_states().len() < 3 {
+        assert!(Instant::now() < deadline, "the worker did not discover the children: {:?}", shard_states());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (id, shard) in shard_states() {
+        if id == parent {
+            assert_ne!(shard["state"], "finished", "not finished before its checkpoint is durable: {shard}");
+            assert!(shard["checkpoint_error"].is_string(), "the failing checkpoint shows: {shard}");
+        } else {
+            assert_eq!(shard["state"], "waiting_for_parents", "{id} waits for its parent: {shard}");
+        }
+    }
+
+    // S3 returns: the parent's finished checkpoint is written, then the children are read.
+    proxy.up();
+    tokio::task::spawn_blocking(move || worker.finish()).await.expect("join");
+    let s3 = common::s3::client(&p.services.s3);
+    let key = format!("checkpoints/nyc/shards/{parent}.json");
+    let object = s3.get_object().bucket(&p.bucket).key(&key).send().await.expect("checkpoint");
+    let bytes = object.body.collect().await.expect("read").into_bytes();
+    let checkpoint = taxi_worker::checkpoint::ShardCheckpoint::from_bytes(&bytes).expect("decode");
+    assert_eq!(checkpoint.position, taxi_worker::checkpoint::Position::Finished);
+    p.assert_results_equal_the_oracle();
+}
