@@ -899,9 +899,7 @@ impl OpenSearchSink {
                 && e.is_panic()
             {
                 tracing::error!("the OpenSearch sink's background task panicked");
-                supervised.lock().dead = true;
-                supervised.progress.send_modify(|p| p.dead = true);
-                supervised.permits.close();
+                supervised.stop();
             }
         });
         tracing::info!(url = %shared.url, prefix = %shared.prefix, "OpenSearch sink connected");
@@ -1050,6 +1048,14 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // The state stays consistent between statements; a panic elsewhere must not wedge the sink.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks the sink dead: waiting flushes and every later write or flush fail with
+    /// [`OpenSearchError::Closed`] instead of returning as if their documents were stored.
+    fn stop(&self) {
+        self.lock().dead = true;
+        self.progress.send_modify(|p| p.dead = true);
+        self.permits.close();
     }
 
     /// Tells flushes how far documents are done, and updates the gauge.
@@ -1382,9 +1388,7 @@ async fn run(shared: Arc<Shared>) {
                             // Without the batch its documents can no longer be tracked: give up
                             // loudly rather than let a flush return too early.
                             tracing::error!(error = %e, "an OpenSearch bulk request task failed; the sink stops");
-                            shared.lock().dead = true;
-                            shared.progress.send_modify(|p| p.dead = true);
-                            shared.permits.close();
+                            shared.stop();
                             return;
                         }
                     },
@@ -1392,9 +1396,7 @@ async fn run(shared: Arc<Shared>) {
                         Ok((refused, stored)) => shared.dead_lettered(refused, stored),
                         Err(e) => {
                             tracing::error!(error = %e, "storing dead letters failed unexpectedly; the sink stops");
-                            shared.lock().dead = true;
-                            shared.progress.send_modify(|p| p.dead = true);
-                            shared.permits.close();
+                            shared.stop();
                             return;
                         }
                     },
