@@ -9,32 +9,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::kinesis::{client, fresh_stream, put_file, run_options, run_to_idle};
+use common::opensearch::raw;
 use common::services::services;
 use common::{as_lines, batch_oracle};
-use opensearch::OpenSearch;
 use opensearch::http::Method;
-use opensearch::http::headers::HeaderMap;
-use opensearch::http::transport::Transport;
-use serde_json::{Value, json};
+use serde_json::json;
 use taxi_worker::config::EngineConfig;
 use taxi_worker::dead_letter::DeadLetterStore;
 use taxi_worker::generate::{GeneratorConfig, write_json_lines};
 use taxi_worker::opensearch::{BulkSettings, OpenSearchSettings, index_name, merged_results};
 use taxi_worker::sink::AnalysisKind;
 use taxi_worker::store::{CheckpointStore, S3Settings};
-
-/// A raw request to the cluster: status and JSON body.
-async fn raw(url: &str, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let client = OpenSearch::new(Transport::single_node(url).expect("transport"));
-    let response = client
-        .transport()
-        .send(method, path, HeaderMap::new(), None::<&()>, body.map(|b| b.to_string()), None)
-        .await
-        .expect("raw request");
-    let status = response.status_code().as_u16();
-    let text = response.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_documents_become_dead_letters_before_the_checkpoint_and_are_redelivered_by_the_worker() {

@@ -108,14 +108,7 @@ async fn split_and_merge_while_reading_lose_nothing_and_children_wait_for_parent
     let api = Arc::new(client(&endpoint));
     let dir = tempfile::tempdir().expect("tempdir");
     let input = generated(dir.path(), 2_400, 23);
-    let lines: Vec<String> = std::fs::read_to_string(&input).expect("read").lines().map(str::to_owned).collect();
-    let (first_half, second_half) = lines.split_at(lines.len() / 2);
-    let write = |name: &str, part: &[String]| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, part.join("\n") + "\n").expect("write");
-        path
-    };
-    let (a, b) = (write("a.jsonl", first_half), write("b.jsonl", second_half));
+    let (a, b) = common::split_in_halves(&input, dir.path(), ["a.jsonl", "b.jsonl"]);
     let stream = fresh_stream(&api, 4).await;
     put_file(&api, &stream, &a).await;
 

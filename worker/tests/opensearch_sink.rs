@@ -8,11 +8,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use common::opensearch::raw;
 use common::proxy::Proxy;
-use opensearch::OpenSearch;
 use opensearch::http::Method;
-use opensearch::http::headers::HeaderMap;
-use opensearch::http::transport::Transport;
 use serde_json::{Value, json};
 use taxi_worker::config::EngineConfig;
 use taxi_worker::event::{Event, GeoPoint, Trip};
@@ -54,19 +52,6 @@ fn settings(url: &str, prefix: &str) -> OpenSearchSettings {
         startup_timeout: Duration::from_secs(10),
         ..OpenSearchSettings::default()
     }
-}
-
-/// A raw request to the cluster: status and JSON body.
-async fn raw(url: &str, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let client = OpenSearch::new(Transport::single_node(url).expect("transport"));
-    let response = client
-        .transport()
-        .send(method, path, HeaderMap::new(), None::<&()>, body.map(|b| b.to_string()), None)
-        .await
-        .expect("raw request");
-    let status = response.status_code().as_u16();
-    let text = response.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 /// Documents in an index (refreshed first).

@@ -69,14 +69,7 @@ async fn with_latest_the_children_of_a_reshard_start_at_their_beginning() {
     let api = Arc::new(client(&endpoint));
     let dir = tempfile::tempdir().expect("tempdir");
     let all = generated(dir.path(), "all.jsonl", 1_200, 32);
-    let lines: Vec<String> = std::fs::read_to_string(&all).expect("read").lines().map(str::to_owned).collect();
-    let (first_half, second_half) = lines.split_at(lines.len() / 2);
-    let write = |name: &str, part: &[String]| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, part.join("\n") + "\n").expect("write");
-        path
-    };
-    let (before, after) = (write("before.jsonl", first_half), write("after.jsonl", second_half));
+    let (before, after) = common::split_in_halves(&all, dir.path(), ["before.jsonl", "after.jsonl"]);
     let stream = fresh_stream(&api, 2).await;
 
     // A first worker claims both shards (resolving `latest`), reads the first half, and stops.

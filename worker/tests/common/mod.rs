@@ -3,19 +3,32 @@
 #![allow(dead_code, reason = "each test binary uses a different subset of the helpers")]
 
 pub mod kinesis;
+pub mod opensearch;
 pub mod process;
 pub mod proxy;
 pub mod s3;
 pub mod services;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use taxi_worker::analysis::MergedResult;
 use taxi_worker::config::EngineConfig;
 use taxi_worker::event::{Event, Millis, Trip};
 use taxi_worker::geo::Geohash;
 use taxi_worker::input::read_records;
+
+/// Splits the lines of `input` into two files of `dir`, the first half and the rest.
+pub fn split_in_halves(input: &Path, dir: &Path, names: [&str; 2]) -> (PathBuf, PathBuf) {
+    let lines: Vec<String> = std::fs::read_to_string(input).expect("read").lines().map(str::to_owned).collect();
+    let (first, second) = lines.split_at(lines.len() / 2);
+    let write = |name: &str, part: &[String]| {
+        let path = dir.join(name);
+        std::fs::write(&path, part.join("\n") + "\n").expect("write");
+        path
+    };
+    (write(names[0], first), write(names[1], second))
+}
 
 /// The batch oracle: merged results computed straight from the input, with no windows closing,
 /// no watermarks and no shards — every valid trip inside the region counts in the window its
