@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prometheus::IntGauge;
 use serde::{Deserialize, Serialize};
@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::CheckpointError;
 use crate::sink::{PartialDocument, Sink};
 use crate::store::CheckpointStore;
+use crate::time::wall_clock_millis;
 
 /// One refused document and why it was refused.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -243,8 +244,4 @@ pub async fn redrive_periodically(
         passes.send_modify(|n| *n += 1);
         tokio::time::sleep(interval).await;
     }
-}
-
-fn wall_clock_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::watch;
@@ -47,6 +47,7 @@ use crate::opensearch::OpenSearchSettings;
 use crate::shard::{Counters, ShardProcessor};
 use crate::sink::{Sink, SinkError, documents_for};
 use crate::store::{CheckpointStore, S3Settings};
+use crate::time::wall_clock_millis;
 
 /// Everything `taxi-worker run` needs besides the Kinesis client.
 #[derive(Clone, Debug)]
@@ -462,10 +463,6 @@ const DEAD_LETTER_REDRIVE_INTERVAL: Duration = Duration::from_secs(60);
 
 fn checkpoint_key(pipeline: &str, shard_id: &str) -> String {
     format!("{pipeline}/shards/{shard_id}.json")
-}
-
-fn wall_clock_millis() -> Millis {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX))
 }
 
 /// Runs the worker until `shutdown` turns true (SIGTERM) or, with `stop_when_idle`, until every

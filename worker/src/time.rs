@@ -94,6 +94,13 @@ pub fn parse_timestamp(s: &[u8]) -> Option<Millis> {
     Some(local - offset_ms)
 }
 
+/// The wall clock, in milliseconds since the Unix epoch (0 before it).
+pub fn wall_clock_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX))
+}
+
 /// Formats `t` as RFC 3339 UTC: `2016-01-01T00:10:00Z`, with `.123` milliseconds only when they
 /// are non-zero.
 pub fn format_timestamp(t: Millis) -> String {
