@@ -32,6 +32,7 @@ pub mod local;
 pub mod merge;
 pub mod metrics;
 pub mod opensearch;
+pub mod pace;
 pub mod partition;
 pub mod replay;
 pub mod run;

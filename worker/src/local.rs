@@ -30,6 +30,7 @@ use crate::event::{Event, InvalidReason, Millis};
 use crate::generate::{GeneratorConfig, write_json_lines};
 use crate::input::{Chunk, ChunkReader, Format, InputError, parse_line};
 use crate::merge::Merger;
+use crate::pace::Pacer;
 use crate::partition::{ShardRouter, shard_id};
 use crate::shard::{Counters, ShardProcessor};
 
@@ -216,40 +217,6 @@ pub struct KeptCounts {
     pub hot_spots: u64,
     /// Airport-trip results.
     pub airport_trips: u64,
-}
-
-/// Replays event time at a fixed multiple of wall-clock time: records of event time `t` are handed
-/// on no earlier than `(t - first) / speedup` after the first. A gap in the data is compressed to
-/// at most [`Pacer::MAX_WAIT`], so one far-off timestamp cannot stall the run.
-#[derive(Debug)]
-pub struct Pacer {
-    speedup: f64,
-    /// Wall-clock instant and event time the pace is measured from.
-    origin: Option<(Instant, Millis)>,
-}
-
-impl Pacer {
-    /// The longest single wait.
-    pub const MAX_WAIT: Duration = Duration::from_secs(1);
-
-    /// A pacer at `speedup` × wall-clock time (must be positive).
-    pub fn new(speedup: f64) -> Pacer {
-        Pacer { speedup, origin: None }
-    }
-
-    /// How long to wait at `now` before handing on records up to event time `event_time`.
-    pub fn wait(&mut self, event_time: Millis, now: Instant) -> Duration {
-        let (start, first) = *self.origin.get_or_insert((now, event_time));
-        let due_ms = (event_time - first) as f64 / self.speedup;
-        let due = start + Duration::from_secs_f64(due_ms.max(0.0) / 1000.0);
-        let wait = due.saturating_duration_since(now);
-        if wait > Self::MAX_WAIT {
-            // Re-anchor so that this gap costs MAX_WAIT and later records keep the pace.
-            self.origin = Some((now + Self::MAX_WAIT, event_time));
-            return Self::MAX_WAIT;
-        }
-        wait
-    }
 }
 
 /// Why a local run failed.
@@ -487,7 +454,7 @@ pub async fn run_local(
         match msg {
             Parsed::Batch(batch) => {
                 if let (Some(pacer), Some(t)) = (&mut pacer, batch.max_event_time) {
-                    let wait = pacer.wait(t, Instant::now());
+                    let wait = pacer.wait(t, tokio::time::Instant::now());
                     if !wait.is_zero() {
                         tokio::time::sleep(wait).await;
                     }
@@ -938,36 +905,5 @@ fn summarize(
             .filter(|r| input.invalid[r.index()] > 0)
             .map(|r| (r.as_str().to_owned(), input.invalid[r.index()]))
             .collect(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MINUTE: Millis = 60_000;
-
-    #[test]
-    fn the_pacer_holds_records_until_their_event_time_is_due() {
-        let start = Instant::now();
-        let mut pacer = Pacer::new(600.0); // ten minutes of event time per wall-clock second
-        assert_eq!(pacer.wait(0, start), Duration::ZERO, "the first record sets the origin");
-        assert_eq!(pacer.wait(5 * MINUTE, start), Duration::from_millis(500));
-        // Already past due: no wait.
-        assert_eq!(pacer.wait(5 * MINUTE, start + Duration::from_secs(2)), Duration::ZERO);
-        // Older records (disorder) are never held.
-        assert_eq!(pacer.wait(-MINUTE, start), Duration::ZERO);
-    }
-
-    #[test]
-    fn the_pacer_compresses_gaps_to_its_longest_wait() {
-        let start = Instant::now();
-        let mut pacer = Pacer::new(600.0);
-        pacer.wait(0, start);
-        // A day's gap would be 144 s at this pace: it costs one MAX_WAIT instead …
-        assert_eq!(pacer.wait(24 * 60 * MINUTE, start), Pacer::MAX_WAIT);
-        // … and the pace continues from there.
-        let resumed = start + Pacer::MAX_WAIT;
-        assert_eq!(pacer.wait(24 * 60 * MINUTE + 5 * MINUTE, resumed), Duration::from_millis(500));
     }
 }

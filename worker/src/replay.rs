@@ -35,6 +35,8 @@
 //! With `speedup` S > 0, a trip with event time t is handed to Kinesis no earlier than
 //! `start + (t − t0) / S`, where t0 is the first trip's event time and `start` the instant it was read. Trips
 //! older than the pace (disorder) go out at once; invalid lines are not paced. S = 0 sends as fast as possible.
+//! A gap in event time costs at most [`Pacer::MAX_WAIT`] of wall-clock time, after which the pace continues from
+//! the trip after the gap, so one wild timestamp cannot stall a replay.
 //! A lane sends a batch when it is full, after [`LINGER`] at the latest, or at once for watermarks and (after
 //! their back-off) retries.
 //!
@@ -91,6 +93,7 @@ use crate::event::{Event, Millis, Trip};
 use crate::input::{Chunk, ChunkReader, Format, InputError, parse_line};
 use crate::kinesis::api::{KinesisApi, KinesisError, PutEntry, PutOutcome, ShardInfo, StreamState};
 use crate::kinesis::kpl::{AggregatedRecord, Aggregator, MAX_AGGREGATED_BYTES};
+use crate::pace::Pacer;
 use crate::partition::{hash_key, trip_hash_key};
 use crate::time::format_timestamp;
 
@@ -125,8 +128,6 @@ const STREAM_POLL: Duration = Duration::from_millis(100);
 const STREAM_ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Attempts of a control-plane call (DescribeStreamSummary, CreateStream, ListShards) on retryable errors.
 const CONTROL_ATTEMPTS: u32 = 5;
-/// Longest pacing delay honoured (a wild timestamp must not overflow an `Instant`).
-const MAX_PACING_DELAY: Duration = Duration::from_secs(366 * 86_400);
 
 /// What to replay, where, and how fast.
 #[derive(Clone, Debug, PartialEq)]
@@ -793,8 +794,8 @@ struct Producer<'a, K: KinesisApi> {
     unacked: BTreeMap<Millis, u32>,
     /// Largest event time acknowledged.
     max_acked: Option<Millis>,
-    /// First trip's event time and the instant it was read: the pacing origin.
-    pace_origin: Option<(Millis, Instant)>,
+    /// Paces trips by event time (`None` when sending as fast as possible).
+    pacer: Option<Pacer>,
     summary: ReplaySummary,
 }
 
@@ -823,7 +824,7 @@ impl<'a, K: KinesisApi> Producer<'a, K> {
             inflight: JoinSet::new(),
             unacked: BTreeMap::new(),
             max_acked: None,
-            pace_origin: None,
+            pacer: (options.speedup > 0.0).then(|| Pacer::new(options.speedup)),
             summary: ReplaySummary::default(),
         };
         producer.set_shards(shards);
@@ -997,14 +998,7 @@ impl<'a, K: KinesisApi> Producer<'a, K> {
 
     /// When a trip with this event time may be sent.
     fn due(&mut self, event_time: Millis, now: Instant) -> Instant {
-        let (t0, wall0) = *self.pace_origin.get_or_insert((event_time, now));
-        if self.options.speedup <= 0.0 || event_time <= t0 {
-            return wall0;
-        }
-        // Event-time milliseconds are far below 2^53, so the float conversion is exact enough.
-        let secs = (event_time - t0) as f64 / 1000.0 / self.options.speedup;
-        let delay = Duration::try_from_secs_f64(secs).unwrap_or(MAX_PACING_DELAY).min(MAX_PACING_DELAY);
-        wall0.checked_add(delay).unwrap_or(wall0)
+        self.pacer.as_mut().map_or(now, |pacer| pacer.due(event_time, now))
     }
 
     /// Takes one input record into the aggregators or the lanes.
@@ -1988,6 +1982,20 @@ mod tests {
                 assert!(record.at.duration_since(start) >= due, "trip {} sent early", t.trip_id);
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_gap_in_event_time_costs_at_most_the_longest_wait() {
+        // A year between two trips is 0.2 days at this speedup; the pacer compresses it to one wait.
+        let year = 366 * 86_400_000;
+        let lines = [trip_line(1, T0, 0), trip_line(2, T0 + year, 0), trip_line(3, T0 + year + 1000, 0)];
+        let file = write_lines(&lines);
+        let fake = Arc::new(Fake::new(even_shards(1, 0)));
+        let start = std::time::Instant::now();
+        let summary = replay(Arc::clone(&fake), &options(&file, 2000.0), &ReplayProgress::new()).await.expect("replay");
+        let elapsed = start.elapsed();
+        assert_eq!(summary.trips, 3);
+        assert!(elapsed >= Pacer::MAX_WAIT && elapsed < Pacer::MAX_WAIT * 3, "{elapsed:?}");
     }
 
     #[tokio::test]
