@@ -313,6 +313,14 @@ pub struct EventTimeSpec {
     #[schemars(length(max = 64), regex(pattern = DURATION_PATTERN))]
     #[x_kube(validation = Rule::new(POSITIVE_DURATION).message("eventTime.idleTimeout must be a positive duration"))]
     pub idle_timeout: String,
+    /// A record dated more than this past its shard's latest event time is counted invalid as
+    /// `implausible_time` and never moves the watermark, as a Go duration; `0s` turns the check
+    /// off. Default `24h`. Raise it for data with longer gaps.
+    #[serde(default = "default_max_time_jump")]
+    #[schemars(length(max = 64), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new(NON_NEGATIVE_DURATION)
+        .message("eventTime.maxTimeJump must be a duration of 0s or more"))]
+    pub max_time_jump: String,
 }
 
 impl Default for EventTimeSpec {
@@ -322,6 +330,7 @@ impl Default for EventTimeSpec {
             max_out_of_orderness: default_max_out_of_orderness(),
             allowed_lateness: default_allowed_lateness(),
             idle_timeout: default_idle_timeout(),
+            max_time_jump: default_max_time_jump(),
         }
     }
 }
@@ -971,6 +980,9 @@ fn default_allowed_lateness() -> String {
 }
 fn default_idle_timeout() -> String {
     "1m".to_owned()
+}
+fn default_max_time_jump() -> String {
+    "24h".to_owned()
 }
 fn default_window() -> String {
     "10m".to_owned()

@@ -225,6 +225,7 @@ fn worker_settings(namespace: &str, pipeline: &str, spec: &TaxiPipelineSpec) -> 
                 )?),
                 allowed_lateness_ms: signed(millis("spec.eventTime.allowedLateness", &event_time.allowed_lateness)?),
                 idle_timeout_ms: signed(millis("spec.eventTime.idleTimeout", &event_time.idle_timeout)?),
+                max_time_jump_ms: signed(millis("spec.eventTime.maxTimeJump", &event_time.max_time_jump)?),
             },
             hot_spots: HotSpotConfig {
                 window_ms: signed(positive_millis("spec.analyses.hotSpots.window", &analyses.hot_spots.window)?),

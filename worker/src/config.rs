@@ -31,6 +31,17 @@ pub struct EventTimeConfig {
     pub allowed_lateness_ms: Millis,
     /// A shard without records for this long stops holding merged windows open.
     pub idle_timeout_ms: Millis,
+    /// A record whose event time lies more than this past the shard's latest event time (or past
+    /// its own arrival) is counted invalid as `implausible_time`; 0 turns the check off.
+    #[serde(default = "default_max_time_jump_ms")]
+    pub max_time_jump_ms: Millis,
+}
+
+/// The default of [`EventTimeConfig::max_time_jump_ms`]: one day.
+pub const DEFAULT_MAX_TIME_JUMP_MS: Millis = 86_400_000;
+
+fn default_max_time_jump_ms() -> Millis {
+    DEFAULT_MAX_TIME_JUMP_MS
 }
 
 impl Default for EventTimeConfig {
@@ -40,6 +51,7 @@ impl Default for EventTimeConfig {
             max_out_of_orderness_ms: 60_000,
             allowed_lateness_ms: 0,
             idle_timeout_ms: 60_000,
+            max_time_jump_ms: DEFAULT_MAX_TIME_JUMP_MS,
         }
     }
 }
@@ -158,6 +170,7 @@ impl EngineConfig {
             ("max out-of-orderness", et.max_out_of_orderness_ms),
             ("allowed lateness", et.allowed_lateness_ms),
             ("idle timeout", et.idle_timeout_ms),
+            ("max time jump", et.max_time_jump_ms),
         ] {
             if v < 0 {
                 return Err(ConfigError::NegativeDuration { name });

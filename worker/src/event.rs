@@ -8,6 +8,10 @@ use std::fmt;
 /// Milliseconds since the Unix epoch, UTC. Event time and watermarks use this unit throughout.
 pub type Millis = i64;
 
+/// Event times a record may carry: from 1970-01-01 up to (not including) 2100-01-01, UTC. Anything
+/// else is [`InvalidReason::ImplausibleTime`]: a trip dated 2999 would otherwise close every window.
+pub const PLAUSIBLE_TIMES: std::ops::Range<Millis> = 0..4_102_444_800_000;
+
 /// A WGS84 point in decimal degrees.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GeoPoint {
@@ -72,11 +76,14 @@ pub enum InvalidReason {
     CoordinateOutOfRange,
     /// The dropoff time is before the pickup time.
     DropoffBeforePickup,
+    /// An event time outside [`PLAUSIBLE_TIMES`], or too far past the shard's latest event time
+    /// (see `EventTimeConfig::max_time_jump_ms`). It never moves a watermark.
+    ImplausibleTime,
 }
 
 impl InvalidReason {
     /// Every reason, in a fixed order (for metrics and summaries).
-    pub const ALL: [InvalidReason; 8] = [
+    pub const ALL: [InvalidReason; 9] = [
         InvalidReason::NotJson,
         InvalidReason::NotAnObject,
         InvalidReason::MissingType,
@@ -85,6 +92,7 @@ impl InvalidReason {
         InvalidReason::BadField,
         InvalidReason::CoordinateOutOfRange,
         InvalidReason::DropoffBeforePickup,
+        InvalidReason::ImplausibleTime,
     ];
 
     /// Stable snake_case name, used as a metric label and in summaries.
@@ -98,6 +106,7 @@ impl InvalidReason {
             InvalidReason::BadField => "bad_field",
             InvalidReason::CoordinateOutOfRange => "coordinate_out_of_range",
             InvalidReason::DropoffBeforePickup => "dropoff_before_pickup",
+            InvalidReason::ImplausibleTime => "implausible_time",
         }
     }
 

@@ -889,11 +889,16 @@ fn summarize(
     let hot_spots = results.iter().filter(|r| matches!(r, MergedResult::HotSpot { .. })).count() as u64;
     let elapsed_s = elapsed.as_secs_f64();
     let processed = input.records.saturating_sub(resumed_at);
+    // The parsers count what they can judge alone; a trip dated too far past its shard's latest
+    // event time is judged by the shard, and reaches no window.
+    let implausible_trips = input.trips.saturating_sub(merged.shard_counters.trips);
+    let mut invalid = input.invalid;
+    invalid[InvalidReason::ImplausibleTime.index()] += implausible_trips;
     Summary {
         records: input.records,
-        trips: input.trips,
+        trips: input.trips - implausible_trips,
         watermarks: input.watermarks,
-        invalid: input.invalid_total(),
+        invalid: invalid.iter().sum(),
         outside_region: merged.shard_counters.outside_region,
         late: merged.shard_counters.late + merged.late_trips,
         hot_spots,
@@ -902,8 +907,8 @@ fn summarize(
         events_per_s: if elapsed_s > 0.0 { processed as f64 / elapsed_s } else { 0.0 },
         invalid_by_reason: InvalidReason::ALL
             .iter()
-            .filter(|r| input.invalid[r.index()] > 0)
-            .map(|r| (r.as_str().to_owned(), input.invalid[r.index()]))
+            .filter(|r| invalid[r.index()] > 0)
+            .map(|r| (r.as_str().to_owned(), invalid[r.index()]))
             .collect(),
     }
 }

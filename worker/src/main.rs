@@ -441,6 +441,10 @@ struct EngineArgs {
     /// A shard without records for this long stops holding merged windows open (0 = never idle).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     idle_timeout: Duration,
+    /// A record dated more than this past the shard's latest event time is counted invalid as
+    /// implausible_time and never moves the watermark (0 = no limit).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    max_time_jump: Duration,
 }
 
 impl EngineArgs {
@@ -453,6 +457,7 @@ impl EngineArgs {
                 max_out_of_orderness_ms: to_millis(self.max_out_of_orderness),
                 allowed_lateness_ms: to_millis(self.allowed_lateness),
                 idle_timeout_ms: to_millis(self.idle_timeout),
+                max_time_jump_ms: to_millis(self.max_time_jump),
             },
             hot_spots: HotSpotConfig {
                 window_ms,

@@ -20,7 +20,9 @@ pub struct Counters {
     pub trips: u64,
     /// Watermark events.
     pub watermarks: u64,
-    /// Invalid records, by [`InvalidReason::index`].
+    /// Invalid records, by [`InvalidReason::index`]. Checkpoints written before a reason was added
+    /// hold a shorter list; the missing counts read as zero.
+    #[serde(deserialize_with = "invalid_counts")]
     pub invalid: [u64; InvalidReason::ALL.len()],
     /// Trips with pickup or dropoff outside the region.
     pub outside_region: u64,
@@ -67,6 +69,19 @@ impl Counters {
         self.records += 1;
         self.invalid[reason.index()] += 1;
     }
+}
+
+/// Reads the per-reason invalid counts, accepting the shorter lists of older checkpoints.
+fn invalid_counts<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<[u64; InvalidReason::ALL.len()], D::Error> {
+    let listed = Vec::<u64>::deserialize(deserializer)?;
+    let mut counts = [0; InvalidReason::ALL.len()];
+    if listed.len() > counts.len() {
+        return Err(serde::de::Error::invalid_length(listed.len(), &"at most one count per invalid reason"));
+    }
+    counts[..listed.len()].copy_from_slice(&listed);
+    Ok(counts)
 }
 
 /// What happened to a trip.
@@ -145,6 +160,14 @@ impl ShardProcessor {
     /// strategy only.
     #[inline]
     pub fn process(&mut self, event: &Event, arrival: Option<Millis>) -> Option<TripOutcome> {
+        let time = match event {
+            Event::Trip(trip) => trip.event_time(),
+            Event::Watermark(t) => *t,
+        };
+        if self.jumps_too_far(time, arrival) {
+            self.counters.count_invalid(InvalidReason::ImplausibleTime);
+            return None;
+        }
         self.counters.records += 1;
         match event {
             Event::Trip(trip) => Some(self.process_trip(trip, arrival)),
@@ -156,6 +179,19 @@ impl ShardProcessor {
                 None
             }
         }
+    }
+
+    /// Whether an event time lies more than the configured jump past what this shard has seen
+    /// (its latest event time or watermark) or past the record's own arrival: such a record is
+    /// implausible, and must not drag the watermark into the future.
+    #[inline]
+    fn jumps_too_far(&self, time: Millis, arrival: Option<Millis>) -> bool {
+        let jump = self.config.event_time.max_time_jump_ms;
+        if jump <= 0 {
+            return false;
+        }
+        let seen = self.clock.max_event_time.max(self.clock.watermark);
+        [seen, arrival].into_iter().flatten().any(|reference| time > reference.saturating_add(jump))
     }
 
     /// Counts an invalid record.
@@ -382,5 +418,60 @@ mod tests {
         assert_eq!(p.counters().invalid[InvalidReason::BadField.index()], 2);
         assert_eq!(p.counters().invalid_total(), 3);
         assert_eq!(p.counters().records, 3);
+    }
+
+    const DAY: Millis = 24 * 60 * MIN;
+
+    #[test]
+    fn a_trip_dated_far_past_the_shards_latest_is_implausible_and_moves_nothing() {
+        let mut p = processor(EventTimeConfig::default());
+        p.process(&trip(1, 100 * MIN, MIDTOWN), None);
+        let watermark = p.watermark();
+        // A trip two days ahead of everything else is a typo, not progress …
+        assert_eq!(p.process(&trip(2, 100 * MIN + 2 * DAY, MIDTOWN), None), None);
+        assert_eq!(p.watermark(), watermark);
+        assert_eq!(p.clock().max_event_time, Some(100 * MIN));
+        assert_eq!(p.counters().invalid[InvalidReason::ImplausibleTime.index()], 1);
+        assert_eq!((p.counters().records, p.counters().trips), (2, 1));
+        // … so the trips that follow are still on time, and one within the jump moves time on.
+        assert_eq!(p.process(&trip(3, 101 * MIN, MIDTOWN), None), Some(TripOutcome::Aggregated));
+        assert_eq!(p.process(&trip(4, 100 * MIN + DAY, MIDTOWN), None), Some(TripOutcome::Aggregated));
+    }
+
+    #[test]
+    fn an_event_time_far_past_its_own_arrival_is_implausible_even_on_a_fresh_shard() {
+        let mut p = processor(EventTimeConfig::default());
+        assert_eq!(p.process(&trip(1, 100 * MIN + 2 * DAY, MIDTOWN), Some(100 * MIN)), None);
+        assert_eq!(p.watermark(), None);
+        assert_eq!(p.process(&Event::Watermark(3 * DAY), Some(0)), None);
+        assert_eq!(p.counters().invalid[InvalidReason::ImplausibleTime.index()], 2);
+        assert_eq!(p.counters().watermarks, 0);
+    }
+
+    #[test]
+    fn a_punctuated_watermark_cannot_jump_either() {
+        let config = EventTimeConfig { watermark: WatermarkStrategy::Punctuated, ..EventTimeConfig::default() };
+        let mut p = processor(config);
+        p.process(&Event::Watermark(100 * MIN), None);
+        p.process(&Event::Watermark(100 * MIN + 2 * DAY), None);
+        assert_eq!(p.watermark(), Some(100 * MIN));
+        assert_eq!(p.counters().invalid[InvalidReason::ImplausibleTime.index()], 1);
+    }
+
+    #[test]
+    fn a_zero_jump_turns_the_check_off() {
+        let mut p = processor(EventTimeConfig { max_time_jump_ms: 0, ..EventTimeConfig::default() });
+        p.process(&trip(1, 100 * MIN, MIDTOWN), None);
+        assert_eq!(p.process(&trip(2, 100 * DAY, MIDTOWN), None), Some(TripOutcome::Aggregated));
+    }
+
+    #[test]
+    fn counters_of_older_checkpoints_with_fewer_reasons_still_read() {
+        let older = r#"{"records":9,"trips":1,"watermarks":0,"invalid":[1,2,3,0,0,0,0,2],"outside_region":0,"late":0}"#;
+        let counters: Counters = serde_json::from_str(older).expect("older counters");
+        assert_eq!(counters.invalid_total(), 8);
+        assert_eq!(counters.invalid[InvalidReason::ImplausibleTime.index()], 0);
+        let too_many = older.replace("[1,2,3,0,0,0,0,2]", "[0,0,0,0,0,0,0,0,0,0]");
+        assert!(serde_json::from_str::<Counters>(&too_many).is_err());
     }
 }

@@ -76,6 +76,36 @@ fn windows_of_other_sizes_and_thresholds_match_the_oracle_too() {
 }
 
 /// Points in and around NYC, with the airports and the region's edges well represented.
+/// Trips with a mistyped year, before 1970, from 2100 on, or a day and more ahead of their shard,
+/// are counted `implausible_time` and change no result: without the check, the one from 2061
+/// would close every window and make the rest of the input late.
+#[test]
+fn implausible_event_times_are_counted_and_change_no_result() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = generated_file(dir.path(), 20_000, 11);
+    let config = EngineConfig::default();
+    let expected = batch_oracle(&config, &input);
+    let mut lines: Vec<String> = std::fs::read_to_string(&input).expect("read").lines().map(str::to_owned).collect();
+    let mistyped = |id: u64, year: &str| {
+        format!(
+            r#"{{"type":"trip","trip_id":{id},"pickup_datetime":"{year}-01-01T10:00:00Z","dropoff_datetime":"{year}-01-01T10:20:00Z","pickup_latitude":40.75,"pickup_longitude":-73.99,"dropoff_latitude":40.64,"dropoff_longitude":-73.78}}"#
+        )
+    };
+    // Fresh trip ids, so the oracle over the clean file is the expected answer.
+    let bad = [mistyped(900_001, "2061"), mistyped(900_002, "2999"), mistyped(900_003, "1969")];
+    for (i, line) in bad.iter().enumerate() {
+        lines.insert(5_000 * (i + 1), line.clone());
+    }
+    let dirty = dir.path().join("dirty.jsonl");
+    std::fs::write(&dirty, lines.join("\n") + "\n").expect("write");
+    for shards in [1, 3] {
+        let run = run(&dirty, shards, config.clone());
+        assert_eq!(run.summary.late, 0, "{shards} shards: nothing became late");
+        assert_eq!(run.summary.invalid_by_reason.get("implausible_time"), Some(&3), "{shards} shards");
+        assert_eq!(as_lines(&run.results), as_lines(&expected), "{shards} shards");
+    }
+}
+
 fn point() -> impl Strategy<Value = GeoPoint> {
     prop_oneof![
         (40.70..40.80_f64, -74.02..-73.93_f64),

@@ -16,7 +16,7 @@
 //! (`pickup_latitude` / `pickup_lat`, …) fill the same slot, so mixing them is allowed and the
 //! later one wins too.
 
-use crate::event::{Event, GeoPoint, InvalidReason, Millis, ParsedRecord, Trip};
+use crate::event::{Event, GeoPoint, InvalidReason, Millis, PLAUSIBLE_TIMES, ParsedRecord, Trip};
 use crate::time::parse_timestamp;
 
 /// Deepest nesting accepted (the same limit as serde_json's): deeper input is
@@ -103,7 +103,13 @@ impl Fields {
         match self.kind {
             None => Err(InvalidReason::MissingType),
             Some(Kind::Unknown) => Err(InvalidReason::UnknownType),
-            Some(Kind::Watermark) => Ok(Event::Watermark(self.watermark.get()?)),
+            Some(Kind::Watermark) => {
+                let watermark = self.watermark.get()?;
+                if !PLAUSIBLE_TIMES.contains(&watermark) {
+                    return Err(InvalidReason::ImplausibleTime);
+                }
+                Ok(Event::Watermark(watermark))
+            }
             Some(Kind::Trip) => {
                 let trip = Trip {
                     trip_id: self.trip_id.get()?,
@@ -123,6 +129,9 @@ pub(crate) fn validate_trip(trip: Trip) -> Result<Trip, InvalidReason> {
     let in_range = |p: GeoPoint| p.lat.abs() <= 90.0 && p.lon.abs() <= 180.0;
     if !in_range(trip.pickup) || !in_range(trip.dropoff) {
         return Err(InvalidReason::CoordinateOutOfRange);
+    }
+    if !PLAUSIBLE_TIMES.contains(&trip.pickup_time) || !PLAUSIBLE_TIMES.contains(&trip.dropoff_time) {
+        return Err(InvalidReason::ImplausibleTime);
     }
     if trip.dropoff_time < trip.pickup_time {
         return Err(InvalidReason::DropoffBeforePickup);
@@ -898,6 +907,25 @@ mod tests {
         // The bounds themselves and 0,0 are fine.
         let s = short_trip(r#","pickup_lat":90,"pickup_lon":-180,"dropoff_lat":0,"dropoff_lon":0,"type":"trip""#);
         assert!(parse(&s).is_ok());
+    }
+
+    #[test]
+    fn times_outside_1970_to_2100_are_implausible() {
+        for (field, value) in [
+            ("pickup_datetime", "1969-12-31T23:59:59Z"),
+            ("dropoff_datetime", "2100-01-01T00:00:00Z"),
+            ("dropoff_datetime", "2999-01-01T00:00:00Z"),
+        ] {
+            let s = short_trip(&format!(r#","{field}":"{value}","type":"trip""#));
+            assert_eq!(parse(&s), Err(InvalidReason::ImplausibleTime), "{field}={value}");
+        }
+        let s = r#"{"type":"watermark","watermark":"2100-06-01T00:00:00Z"}"#;
+        assert_eq!(parse(s), Err(InvalidReason::ImplausibleTime));
+        // The edges of the range are fine.
+        let s = short_trip(
+            r#","pickup_datetime":"1970-01-01T00:00:00Z","dropoff_datetime":"2099-12-31T23:59:59.999Z","type":"trip""#,
+        );
+        assert!(parse(&s).is_ok(), "{:?}", parse(&s));
     }
 
     #[test]
