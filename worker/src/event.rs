@@ -79,11 +79,14 @@ pub enum InvalidReason {
     /// An event time outside [`PLAUSIBLE_TIMES`], or too far past the shard's latest event time
     /// (see `EventTimeConfig::max_time_jump_ms`). It never moves a watermark.
     ImplausibleTime,
+    /// An input line longer than `input::MAX_LINE_BYTES` (1 MiB, the largest Kinesis record): it
+    /// is skipped without being read whole.
+    LineTooLong,
 }
 
 impl InvalidReason {
     /// Every reason, in a fixed order (for metrics and summaries).
-    pub const ALL: [InvalidReason; 9] = [
+    pub const ALL: [InvalidReason; 10] = [
         InvalidReason::NotJson,
         InvalidReason::NotAnObject,
         InvalidReason::MissingType,
@@ -93,6 +96,7 @@ impl InvalidReason {
         InvalidReason::CoordinateOutOfRange,
         InvalidReason::DropoffBeforePickup,
         InvalidReason::ImplausibleTime,
+        InvalidReason::LineTooLong,
     ];
 
     /// Stable snake_case name, used as a metric label and in summaries.
@@ -107,6 +111,7 @@ impl InvalidReason {
             InvalidReason::CoordinateOutOfRange => "coordinate_out_of_range",
             InvalidReason::DropoffBeforePickup => "dropoff_before_pickup",
             InvalidReason::ImplausibleTime => "implausible_time",
+            InvalidReason::LineTooLong => "line_too_long",
         }
     }
 

@@ -19,7 +19,7 @@ pub use csv::{CsvLayout, parse_csv_row};
 pub use json::parse_json_record;
 pub use reader::{Chunk, ChunkReader, Records, read_records};
 
-use crate::event::ParsedRecord;
+use crate::event::{InvalidReason, ParsedRecord};
 
 /// The format of an input file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,8 +30,15 @@ pub enum Format {
     Csv(CsvLayout),
 }
 
+/// The longest input line read as a record: the largest record Kinesis accepts. Longer lines are
+/// [`InvalidReason::LineTooLong`]; the reader keeps only their first `MAX_LINE_BYTES + 1` bytes.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
 /// Parses one non-blank line of a file in `format`; `record_no` (1-based) is the CSV `trip_id`.
 pub fn parse_line(format: &Format, line: &[u8], record_no: u64) -> ParsedRecord {
+    if line.len() > MAX_LINE_BYTES {
+        return Err(InvalidReason::LineTooLong);
+    }
     match format {
         Format::JsonLines => parse_json_record(line),
         Format::Csv(layout) => parse_csv_row(layout, line, record_no),

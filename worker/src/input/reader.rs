@@ -13,7 +13,7 @@ use std::path::Path;
 use memchr::{memchr, memrchr};
 
 use super::csv::preview;
-use super::{CsvLayout, Format, InputError, is_blank, parse_line};
+use super::{CsvLayout, Format, InputError, MAX_LINE_BYTES, is_blank, parse_line};
 use crate::event::ParsedRecord;
 
 /// Buffer size of every reader layer.
@@ -199,11 +199,33 @@ impl ChunkReader {
         Ok(())
     }
 
+    /// Discards `src` up to and including the next `\n` (or to the end of input).
+    fn skip_line(&mut self) -> Result<(), InputError> {
+        loop {
+            let buf = self.src.fill_buf().map_err(|e| read_error(&self.origin, e))?;
+            if buf.is_empty() {
+                self.eof = true;
+                return Ok(());
+            }
+            match memchr(b'\n', buf) {
+                Some(i) => {
+                    self.src.consume(i + 1);
+                    return Ok(());
+                }
+                None => {
+                    let n = buf.len();
+                    self.src.consume(n);
+                }
+            }
+        }
+    }
+
     /// The next run of about `target_bytes` of complete lines holding at least one record, or
     /// `None` at the end of input.
     ///
     /// A chunk ends at the last line end within `target_bytes`; a single line longer than that is
-    /// returned whole, and a final line without `\n` is still a line. Chunks of blank lines
+    /// returned whole, up to [`MAX_LINE_BYTES`] + 1 bytes (the parser rejects it; the rest is
+    /// skipped unread), and a final line without `\n` is still a line. Chunks of blank lines
     /// only are skipped.
     pub fn next_chunk(&mut self, target_bytes: usize) -> Result<Option<Chunk>, InputError> {
         let target = target_bytes.clamp(1, MAX_TARGET_BYTES);
@@ -228,6 +250,13 @@ impl ChunkReader {
                             break searched + i + 1;
                         }
                         if self.eof {
+                            break data.len();
+                        }
+                        if data.len() > MAX_LINE_BYTES {
+                            // The chunk is one line, longer than any record may be: keep enough
+                            // of it for the parser to reject it, and skip the rest unread.
+                            data.truncate(MAX_LINE_BYTES + 1);
+                            self.skip_line()?;
                             break data.len();
                         }
                         searched = data.len();
@@ -642,6 +671,35 @@ mod tests {
         let c = r.next_chunk(usize::MAX).unwrap().unwrap();
         assert_eq!((c.first_record, c.records), (1, 42));
         assert_eq!(r.next_chunk(usize::MAX).unwrap(), None);
+    }
+
+    /// A stream of one 64 MiB line between two good ones, produced on the fly.
+    fn stream_with_a_huge_line(tail_newline: bool) -> Box<dyn Read + Send> {
+        let good = r#"{"type":"watermark","watermark":"2016-01-01T00:00:00Z"}"#;
+        let huge = io::repeat(b'a').take(64 << 20);
+        let after = if tail_newline { format!("\n{good}\n") } else { String::new() };
+        Box::new(
+            io::Cursor::new(format!("{good}\n{{\"type\":\"trip\",\"x\":\"")).chain(huge).chain(io::Cursor::new(after)),
+        )
+    }
+
+    #[test]
+    fn a_line_over_the_cap_is_invalid_and_never_read_whole() {
+        let mut r = ChunkReader::from_reader(stream_with_a_huge_line(true)).unwrap();
+        let mut records = Vec::new();
+        while let Some(chunk) = r.next_chunk(256 * 1024).unwrap() {
+            assert!(chunk.data.len() <= MAX_LINE_BYTES + 2 * BUF_BYTES, "a chunk of {} bytes", chunk.data.len());
+            records.extend(chunk.lines().map(|(no, line)| (no, parse_line(&Format::JsonLines, line, no))));
+        }
+        let watermark = Ok(Event::Watermark(1_451_606_400_000));
+        assert_eq!(records, vec![(1, watermark), (2, Err(InvalidReason::LineTooLong)), (3, watermark)]);
+        // At the very end of the input, without a final newline, too.
+        let records: Vec<_> = ChunkReader::from_reader(stream_with_a_huge_line(false))
+            .unwrap()
+            .into_records()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(records, vec![(1, watermark), (2, Err(InvalidReason::LineTooLong))]);
     }
 
     #[test]
