@@ -274,7 +274,12 @@ impl FileSink {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
+        let file = std::fs::OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(io)?;
+        let torn = cut_torn_tail(&file).map_err(io)?;
+        if torn > 0 {
+            // Never flushed, so no checkpoint covers it: the documents are written again.
+            tracing::warn!(path = %path.display(), bytes = torn, "removed a torn last line left by a crash");
+        }
         Ok(FileSink { path, out: std::io::BufWriter::new(file), pending: 0 })
     }
 
@@ -298,19 +303,54 @@ impl FileSink {
     }
 }
 
-/// Reads the documents of a file sink.
+/// Truncates `file` after its last `\n`, returning how many bytes that removed: a crash in the
+/// middle of a write leaves a partial line at the end of an append-only file, and only there.
+fn cut_torn_tail(file: &std::fs::File) -> std::io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    const BLOCK: u64 = 64 * 1024;
+    let len = file.metadata()?.len();
+    let mut reader = file;
+    let mut end = len;
+    let mut block = Vec::new();
+    while end > 0 {
+        let start = end.saturating_sub(BLOCK);
+        reader.seek(SeekFrom::Start(start))?;
+        block.clear();
+        reader.take(end - start).read_to_end(&mut block)?;
+        if let Some(i) = memchr::memrchr(b'\n', &block) {
+            let keep = start + i as u64 + 1;
+            if keep < len {
+                file.set_len(keep)?;
+            }
+            return Ok(len - keep);
+        }
+        end = start;
+    }
+    file.set_len(0)?;
+    Ok(len)
+}
+
+/// Reads the documents of a file sink. A last line without its `\n` is a write in progress (or
+/// cut short by a crash) and is left out; any other line that does not parse is an error.
 pub fn read_documents(path: &Path) -> Result<Vec<PartialDocument>, SinkError> {
     let io = |source| SinkError::Io { path: path.to_path_buf(), source };
     let file = std::fs::File::open(path).map_err(io)?;
     let mut docs = Vec::new();
-    for line in std::io::BufReader::new(file).lines() {
-        let line = line.map_err(io)?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).map_err(io)? == 0 {
+            return Ok(docs);
+        }
+        if !line.ends_with('\n') {
+            return Ok(docs);
+        }
         if line.trim().is_empty() {
             continue;
         }
         docs.push(serde_json::from_str(&line).map_err(|e| io(e.into()))?);
     }
-    Ok(docs)
 }
 
 #[cfg(test)]
@@ -401,5 +441,40 @@ mod tests {
         assert_eq!(sink.flush().expect("flush"), docs.len());
         assert_eq!(read_documents(&path).expect("read"), docs);
         assert!(matches!(FileSink::open("http://x"), Err(SinkError::UnsupportedUri(_))));
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_on_open_and_skipped_by_readers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("partials.jsonl");
+        let config = Arc::new(EngineConfig::default());
+        let jfk = GeoPoint { lat: 40.64, lon: -73.78 };
+        let docs = documents_for("p", "s", &config, &shard_with(&config, &[(1, 5, jfk)]), true, 1);
+        let mut sink = FileSink::open(&path.display().to_string()).expect("open");
+        sink.write(&docs).expect("write");
+        sink.flush().expect("flush");
+        drop(sink);
+        // A crash half-way through the next document.
+        let whole = std::fs::read(&path).expect("read");
+        let torn = &whole[..whole.len() / 2];
+        let mut torn_file = std::fs::OpenOptions::new().append(true).open(&path).expect("append");
+        torn_file.write_all(torn).expect("tear");
+        drop(torn_file);
+        assert_eq!(read_documents(&path).expect("a reader skips the torn line"), docs);
+        // The next run cuts it off and appends whole lines after the intact ones.
+        let mut sink = FileSink::open(&path.display().to_string()).expect("reopen");
+        sink.write(&docs).expect("write");
+        sink.flush().expect("flush");
+        assert_eq!(std::fs::read(&path).expect("read"), [whole.clone(), whole].concat());
+        assert_eq!(read_documents(&path).expect("read").len(), 2 * docs.len());
+    }
+
+    #[test]
+    fn a_file_torn_inside_its_first_line_is_emptied() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("partials.jsonl");
+        std::fs::write(&path, "{\"id\":\"p/hot").expect("write");
+        drop(FileSink::open(&path.display().to_string()).expect("open"));
+        assert_eq!(std::fs::read(&path).expect("read"), b"");
     }
 }
