@@ -305,7 +305,12 @@ enum Parsed {
 
 enum ShardMsg {
     Events(Vec<Event>),
-    Snapshot { records: u64, reply: oneshot::Sender<ShardCheckpoint> },
+    /// The input moved on by the idle timeout without reaching this shard.
+    Idle,
+    Snapshot {
+        records: u64,
+        reply: oneshot::Sender<ShardCheckpoint>,
+    },
     Finish,
 }
 
@@ -418,7 +423,7 @@ pub async fn run_local(
     for (i, shard) in shard_processors.iter().enumerate() {
         merger.set_watermark(i, shard.watermark());
     }
-    let idle_timeout = Duration::from_millis(u64::try_from(config.event_time.idle_timeout_ms).unwrap_or(0));
+    let mut idle_clock = IdleClock::new(config.event_time.idle_timeout_ms, shard_ids.len());
     let mut shard_txs = Vec::with_capacity(shard_ids.len());
     let mut shard_tasks = Vec::with_capacity(shard_ids.len());
     for (index, (processor, id)) in shard_processors.drain(..).zip(&shard_ids).enumerate() {
@@ -430,7 +435,6 @@ pub async fn run_local(
             processor,
             config: config.clone(),
             merge: merge_tx.clone(),
-            idle_timeout,
             owner: Owner { epoch: 0, id: "local".to_owned(), ordinal: None },
             progress: progress.clone(),
         };
@@ -461,10 +465,14 @@ pub async fn run_local(
                 }
                 input_counters.add(&batch.counters);
                 progress.add_input(&batch.counters);
+                let fed: Vec<bool> = batch.per_shard.iter().map(|events| !events.is_empty()).collect();
                 for (tx, events) in shard_txs.iter().zip(batch.per_shard) {
                     if !events.is_empty() {
                         tx.send(ShardMsg::Events(events)).await.map_err(|_| LocalError::Stage("shard"))?;
                     }
+                }
+                for shard in idle_clock.after_batch(&fed, batch.max_event_time) {
+                    shard_txs[shard].send(ShardMsg::Idle).await.map_err(|_| LocalError::Stage("shard"))?;
                 }
                 if batch.last_record > 0 {
                     progress.records.store(batch.last_record, Ordering::Relaxed);
@@ -635,6 +643,50 @@ fn parse_chunk(format: &Format, router: &ShardRouter, chunk: &Chunk, limit: Opti
     ParsedBatch { per_shard, counters, last_record, max_event_time }
 }
 
+/// Decides when a shard is idle by the input's progress, not the wall clock: a shard is idle once
+/// the input's event time has moved on by the idle timeout since it last received anything. A
+/// slow or stalled input therefore changes no result, and the shard fed last is never idle, so
+/// some shard always holds the merged watermark.
+#[derive(Debug)]
+struct IdleClock {
+    /// The idle timeout in event-time milliseconds; 0 = shards are never idle.
+    timeout_ms: Millis,
+    /// The input's largest event time so far.
+    input_time: Option<Millis>,
+    /// Per shard: the input's event time when it was last fed, and whether it was declared idle.
+    shards: Vec<(Option<Millis>, bool)>,
+}
+
+impl IdleClock {
+    fn new(timeout_ms: Millis, shards: usize) -> IdleClock {
+        IdleClock { timeout_ms, input_time: None, shards: vec![(None, false); shards] }
+    }
+
+    /// Records one dispatched batch (`fed[i]`: shard `i` got events) and returns the shards that
+    /// just became idle.
+    fn after_batch(&mut self, fed: &[bool], max_event_time: Option<Millis>) -> Vec<usize> {
+        self.input_time = self.input_time.max(max_event_time);
+        let Some(now) = self.input_time else {
+            return Vec::new();
+        };
+        let mut newly_idle = Vec::new();
+        for (i, ((last_fed, idle), fed)) in self.shards.iter_mut().zip(fed).enumerate() {
+            if *fed {
+                *last_fed = Some(now);
+                *idle = false;
+                continue;
+            }
+            // A shard never fed is measured from the input's first event time.
+            let since = *last_fed.get_or_insert(now);
+            if self.timeout_ms > 0 && !*idle && now.saturating_sub(since) >= self.timeout_ms {
+                *idle = true;
+                newly_idle.push(i);
+            }
+        }
+        newly_idle
+    }
+}
+
 /// One shard's processing loop.
 struct ShardTask {
     index: usize,
@@ -642,7 +694,6 @@ struct ShardTask {
     processor: ShardProcessor,
     config: Arc<EngineConfig>,
     merge: mpsc::Sender<MergeMsg>,
-    idle_timeout: Duration,
     owner: Owner,
     progress: Arc<Progress>,
 }
@@ -656,34 +707,28 @@ impl ShardTask {
     async fn run(mut self, mut inbox: mpsc::Receiver<ShardMsg>) {
         let mut idle = false;
         loop {
-            let next = if self.idle_timeout.is_zero() || idle {
-                Some(inbox.recv().await)
-            } else {
-                tokio::time::timeout(self.idle_timeout, inbox.recv()).await.ok()
-            };
-            let Some(msg) = next else {
-                // Quiet for the idle timeout: stop holding merged windows open.
-                idle = true;
-                if !self.tell_merge(MergeMsg::Idle { shard: self.index, idle: true }).await {
-                    return;
-                }
-                continue;
-            };
-            let Some(msg) = msg else {
+            let Some(msg) = inbox.recv().await else {
                 // Stopped before the end of the input: report the counts, keep the windows open
                 // (the checkpoint holds them).
                 let counters = self.processor.counters().clone();
                 self.tell_merge(MergeMsg::Stopped { counters }).await;
                 return;
             };
-            if idle {
-                idle = false;
-                if !self.tell_merge(MergeMsg::Idle { shard: self.index, idle: false }).await {
-                    return;
-                }
-            }
             match msg {
+                ShardMsg::Idle => {
+                    // Passed over by the input for the idle timeout: stop holding merged windows
+                    // open until events arrive again.
+                    idle = true;
+                    if !self.tell_merge(MergeMsg::Idle { shard: self.index, idle: true }).await {
+                        return;
+                    }
+                }
                 ShardMsg::Events(events) => {
+                    if std::mem::take(&mut idle)
+                        && !self.tell_merge(MergeMsg::Idle { shard: self.index, idle: false }).await
+                    {
+                        return;
+                    }
                     let before = self.processor.watermark();
                     let counted = (self.processor.counters().outside_region, self.processor.counters().late);
                     for event in &events {
@@ -910,5 +955,44 @@ fn summarize(
             .filter(|r| invalid[r.index()] > 0)
             .map(|r| (r.as_str().to_owned(), invalid[r.index()]))
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Millis = 60_000;
+
+    #[test]
+    fn a_shard_is_idle_once_the_input_moved_on_by_the_timeout_without_it() {
+        let mut clock = IdleClock::new(MIN, 2);
+        assert!(clock.after_batch(&[true, true], Some(0)).is_empty());
+        assert!(clock.after_batch(&[true, false], Some(MIN - 1)).is_empty());
+        assert_eq!(clock.after_batch(&[true, false], Some(MIN)), vec![1]);
+        // Declared once, until it is fed again.
+        assert!(clock.after_batch(&[true, false], Some(3 * MIN)).is_empty());
+        assert!(clock.after_batch(&[false, true], Some(3 * MIN)).is_empty());
+        assert!(clock.after_batch(&[false, true], Some(3 * MIN + MIN / 2)).is_empty(), "shard 0 was fed at 3 min");
+        assert_eq!(clock.after_batch(&[false, true], Some(4 * MIN)), vec![0]);
+    }
+
+    #[test]
+    fn a_stalled_input_or_batches_without_time_make_no_shard_idle() {
+        let mut clock = IdleClock::new(MIN, 3);
+        assert!(clock.after_batch(&[false, false, false], None).is_empty(), "no event time yet");
+        assert!(clock.after_batch(&[true, false, false], Some(10 * MIN)).is_empty());
+        // However long the pause between batches, only event time counts.
+        assert!(clock.after_batch(&[false, false, false], None).is_empty());
+        assert_eq!(clock.after_batch(&[true, false, false], Some(11 * MIN)), vec![1, 2]);
+        // An older batch (disorder) does not move the input's time back.
+        assert!(clock.after_batch(&[false, true, true], Some(5 * MIN)).is_empty());
+    }
+
+    #[test]
+    fn a_zero_timeout_never_declares_idleness() {
+        let mut clock = IdleClock::new(0, 2);
+        clock.after_batch(&[true, false], Some(0));
+        assert!(clock.after_batch(&[true, false], Some(1_000 * MIN)).is_empty());
     }
 }

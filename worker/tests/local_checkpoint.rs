@@ -1,8 +1,9 @@
 //! Checkpoints of `taxi-worker local`: stopping (on a record limit, Ctrl-C or `kill -9`) and
-//! resuming gives exactly the results of an uninterrupted run.
+//! resuming gives exactly the results of an uninterrupted run; neither does a stalled input change them.
 
 mod common;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -175,4 +176,34 @@ fn ctrl_c_checkpoints_and_exits_then_resume_completes() {
     assert!(interrupted.status.success(), "Ctrl-C is a clean stop: {stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
     assert_resume_gives_the_uninterrupted_output(dir.path(), &input, &ckpt);
+}
+
+/// Local mode decides idleness by the input's progress: a pipe that stalls for longer than the idle
+/// timeout changes no result. (Timed by the wall clock, every shard went idle during the pause, the
+/// merge closed the open windows, and the trips after the pause arrived late.)
+#[test]
+fn a_stalled_input_pipe_changes_no_result() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = generated_file(dir.path(), 20_000);
+    let expected_path = dir.path().join("expected.jsonl");
+    let status = local_command(&input, &expected_path, &["--idle-timeout", "1s"]).status().expect("run");
+    assert!(status.success());
+
+    let fifo = dir.path().join("trips.fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+    let stalled_path = dir.path().join("stalled.jsonl");
+    let child = local_command(&fifo, &stalled_path, &["--idle-timeout", "1s"]).spawn().expect("start taxi-worker");
+    let bytes = std::fs::read(&input).expect("input");
+    let half = bytes[..bytes.len() / 2].iter().rposition(|b| *b == b'\n').expect("a line end") + 1;
+    let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).expect("open the pipe");
+    pipe.write_all(&bytes[..half]).expect("first half");
+    pipe.flush().expect("flush");
+    std::thread::sleep(Duration::from_secs(3));
+    pipe.write_all(&bytes[half..]).expect("second half");
+    drop(pipe);
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let expected = std::fs::read(&expected_path).expect("expected output");
+    assert!(!expected.is_empty());
+    assert!(std::fs::read(&stalled_path).expect("stalled output") == expected, "the stall changed the results");
 }
