@@ -178,6 +178,10 @@ pub struct ShardCheckpoint {
     /// this epoch moved it (DESIGN §7): the new owner may claim it at once. Absent in older checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_epoch: Option<u64>,
+    /// [`EngineConfig::fingerprint`] of the settings the state was computed under (absent in older
+    /// checkpoints, which restore under any settings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings_fingerprint: Option<String>,
     /// Watermark and max event time.
     pub clock: WatermarkState,
     /// Record counts.
@@ -203,14 +207,21 @@ impl ShardCheckpoint {
             owner_id: owner.id.clone(),
             owner_ordinal: owner.ordinal,
             released_epoch: None,
+            settings_fingerprint: Some(config.fingerprint()),
             clock: shard.clock(),
             counters: shard.counters().clone(),
             partials: PartialsState::capture(config, shard.aggregates()),
         }
     }
 
-    /// Rebuilds the shard processor.
+    /// Rebuilds the shard processor, refusing state computed under other analysis settings.
     pub fn restore(&self, config: Arc<EngineConfig>) -> Result<ShardProcessor, CheckpointError> {
+        if let Some(stored) = &self.settings_fingerprint {
+            let current = config.fingerprint();
+            if *stored != current {
+                return Err(CheckpointError::SettingsChanged { stored: stored.clone(), current });
+            }
+        }
         let aggregates = self.partials.restore(&config)?;
         Ok(ShardProcessor::restore(config, self.clock, aggregates, self.counters.clone()))
     }
@@ -257,6 +268,27 @@ pub enum CheckpointError {
     /// An airport in the checkpoint is not configured any more.
     #[error("checkpoint refers to airport {0:?}, which is not configured")]
     UnknownAirport(String),
+    /// The checkpoint was written under other analysis settings: restoring it would mix windows
+    /// of different sizes, cells or airports.
+    #[error(
+        "the checkpoint was written under other analysis settings (fingerprint {stored}, now {current}); \
+         analysis settings cannot change under a running pipeline: run the new settings as a new pipeline \
+         beside this one, or restore the old settings"
+    )]
+    SettingsChanged {
+        /// The fingerprint in the checkpoint.
+        stored: String,
+        /// The fingerprint of the settings now.
+        current: String,
+    },
+    /// Neither the checkpoint nor any history copy of it can be read.
+    #[error("checkpoint {key} is corrupt and no history copy of it is readable: {reason}")]
+    Corrupt {
+        /// The checkpoint's key.
+        key: String,
+        /// Why the latest copy could not be read.
+        reason: String,
+    },
     /// The store URI is not understood.
     #[error("unsupported checkpoint URI {0:?}: expected file:///path or a directory path")]
     UnsupportedUri(String),

@@ -153,6 +153,24 @@ pub enum ConfigError {
 }
 
 impl EngineConfig {
+    /// A short hash of the settings a shard's state depends on: the region, the analyses
+    /// (windows, precision, thresholds, airports) and how event time closes windows (watermark
+    /// strategy, out-of-orderness, allowed lateness). Checkpoints carry it, so state is never
+    /// restored under other settings. The idle timeout and the time-jump bound are left out: they
+    /// only decide what is read, never what a window holds.
+    pub fn fingerprint(&self) -> String {
+        use md5::Digest;
+        let et = &self.event_time;
+        let identity = serde_json::json!({
+            "region": self.region,
+            "event_time": [et.watermark, et.max_out_of_orderness_ms, et.allowed_lateness_ms],
+            "hot_spots": self.hot_spots,
+            "airport_trips": self.airport_trips,
+        });
+        let digest = md5::Md5::digest(identity.to_string().as_bytes());
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Checks the configuration, returning the first problem found.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (name, ms) in

@@ -364,6 +364,8 @@ pub struct Holder<'a> {
     pub owner_id: &'a str,
     /// Ordinal of the worker that wrote it, if it followed an assignment.
     pub owner_ordinal: Option<u32>,
+    /// Assignment epoch of the owner that wrote it.
+    pub owner_epoch: u64,
     /// Epoch at which it was released, if it was.
     pub released_epoch: Option<u64>,
 }
@@ -398,7 +400,9 @@ pub enum ClaimDecision {
 /// Claim at once when there is no checkpoint, when it is released at this epoch or earlier, or
 /// when it was written by this process or by an earlier process of the same ordinal (a restarted
 /// pod: a StatefulSet runs one pod per ordinal). Otherwise wait for the release until `timeout`,
-/// then take over; a zombie previous owner is fenced at its next checkpoint.
+/// then take over; a zombie previous owner is fenced at its next checkpoint. An owner of a newer
+/// epoch than ours is never taken over: our assignment is stale, and the next one moves the shard
+/// away from us.
 pub fn decide_claim(
     holder: Option<&Holder<'_>>,
     me: &Claimant<'_>,
@@ -422,6 +426,9 @@ pub fn decide_claim(
             return ClaimDecision::Claim(None);
         }
         None => {}
+    }
+    if holder.owner_epoch > me.epoch {
+        return ClaimDecision::Wait;
     }
     if waited >= timeout {
         ClaimDecision::Claim(Some(HandoffOutcome::TakenOverAfterTimeout))
@@ -518,7 +525,7 @@ mod tests {
     }
 
     fn held_by(owner_id: &str, owner_ordinal: Option<u32>, released_epoch: Option<u64>) -> Holder<'_> {
-        Holder { finished: false, owner_id, owner_ordinal, released_epoch }
+        Holder { finished: false, owner_id, owner_ordinal, owner_epoch: 3, released_epoch }
     }
 
     #[test]
@@ -549,6 +556,17 @@ mod tests {
         // Released for the owner of a newer epoch: this worker's assignment is stale.
         let released_later = held_by("w0", Some(0), Some(5));
         assert_eq!(decide_claim(Some(&released_later), &me(4), Duration::ZERO, TIMEOUT), ClaimDecision::Wait);
+    }
+
+    #[test]
+    fn an_owner_of_a_newer_epoch_is_never_taken_over() {
+        // It fenced us; our assignment is stale until the next one arrives and moves the shard away.
+        let newer = Holder { owner_epoch: 5, ..held_by("w0", Some(0), None) };
+        assert_eq!(decide_claim(Some(&newer), &me(4), TIMEOUT * 10, TIMEOUT), ClaimDecision::Wait);
+        assert_eq!(
+            decide_claim(Some(&newer), &me(5), TIMEOUT, TIMEOUT),
+            ClaimDecision::Claim(Some(HandoffOutcome::TakenOverAfterTimeout))
+        );
     }
 
     #[test]

@@ -9,6 +9,9 @@ use prometheus::{
 pub const HANDOFF_OUTCOMES: [&str; 3] = ["released", "claimed_after_release", "taken_over_after_timeout"];
 /// Reasons of `taxi_assignment_errors_total`: why an assignment document was not used.
 pub const ASSIGNMENT_ERROR_REASONS: [&str; 4] = ["missing", "malformed", "stale_epoch", "watch"];
+/// Reasons of `taxi_shard_failures_total`: why a shard stopped and waits to be retried.
+pub const SHARD_FAILURE_REASONS: [&str; 6] =
+    ["checkpoint_store", "corrupt_checkpoint", "settings_changed", "kinesis", "sink", "other"];
 
 /// Every metric a worker exports, registered in one registry.
 #[derive(Clone, Debug)]
@@ -54,6 +57,10 @@ pub struct WorkerMetrics {
     pub assignment_epoch: IntGauge,
     /// Assignment documents not used, by reason ([`ASSIGNMENT_ERROR_REASONS`]).
     pub assignment_errors: IntCounterVec,
+    /// Shards that failed and wait to be retried, by reason ([`SHARD_FAILURE_REASONS`]).
+    pub shard_failures: IntCounterVec,
+    /// Shards failed now (waiting for their retry); the worker and its other shards go on.
+    pub failed_shards: IntGauge,
 }
 
 impl WorkerMetrics {
@@ -105,6 +112,14 @@ impl WorkerMetrics {
         for reason in ASSIGNMENT_ERROR_REASONS {
             assignment_errors.with_label_values(&[reason]);
         }
+        let shard_failures =
+            counter("taxi_shard_failures_total", "Shards that failed and wait to be retried, by reason", &["reason"]);
+        for reason in SHARD_FAILURE_REASONS {
+            shard_failures.with_label_values(&[reason]);
+        }
+        let failed_shards = IntGauge::new("taxi_failed_shards", "Shards failed now, waiting for their retry")
+            .expect("valid metric definition");
+        registry.register(Box::new(failed_shards.clone())).expect("metric registered once");
         WorkerMetrics {
             records: counter("taxi_records_total", "Records processed, by outcome", &["outcome"]),
             invalid: counter("taxi_invalid_records_total", "Invalid records, by reason", &["reason"]),
@@ -150,6 +165,8 @@ impl WorkerMetrics {
             handoff_pause_seconds,
             assignment_epoch,
             assignment_errors,
+            shard_failures,
+            failed_shards,
             registry,
         }
     }

@@ -153,6 +153,29 @@ pub enum RunError {
     /// The assignment source could not be started, or stopped.
     #[error(transparent)]
     Assignment(#[from] SourceError),
+    /// A run to idle ended while these shards had failed (shard id, last error); a worker that
+    /// runs until stopped retries them instead, however long it takes.
+    #[error("{} shard(s) failed: {}", .0.len(), .0.iter().map(|(id, e)| format!("{id}: {e}")).collect::<Vec<_>>().join("; "))]
+    ShardsFailed(Vec<(String, String)>),
+}
+
+impl RunError {
+    /// The bounded reason label of `taxi_shard_failures_total` for a shard that failed with this.
+    pub fn failure_reason(&self) -> &'static str {
+        match self {
+            RunError::Checkpoint(CheckpointError::SettingsChanged { .. }) => "settings_changed",
+            RunError::Checkpoint(
+                CheckpointError::Corrupt { .. }
+                | CheckpointError::Decode(_)
+                | CheckpointError::FormatVersion { .. }
+                | CheckpointError::UnknownAirport(_),
+            ) => "corrupt_checkpoint",
+            RunError::Checkpoint(_) => "checkpoint_store",
+            RunError::Kinesis(_) => "kinesis",
+            RunError::Sink(_) => "sink",
+            RunError::Config(_) | RunError::Assignment(_) | RunError::ShardsFailed(_) => "other",
+        }
+    }
 }
 
 /// The life of a shard in a worker.
@@ -177,6 +200,8 @@ pub enum ShardState {
     Stopped,
     /// Moved to another worker by a new assignment: final checkpoint marked released.
     Released,
+    /// Failed (see `error`); started again after a back-off. The worker's other shards go on.
+    Failed,
 }
 
 /// What a shard is doing, for `/status`.
@@ -194,6 +219,8 @@ pub struct ShardStatus {
     pub last_checkpoint: Option<String>,
     /// The last checkpoint failure, until a checkpoint succeeds again.
     pub checkpoint_error: Option<String>,
+    /// Why the shard failed, while it is [`ShardState::Failed`] or starting again after that.
+    pub error: Option<String>,
     /// Records processed.
     pub records: u64,
     /// When the shard started (since the process started, in ms), for ordering assertions.
@@ -433,6 +460,60 @@ impl Ownership {
     }
 }
 
+/// Failed shards, each started again after its own back-off: one shard's fault never stops the
+/// worker or its other shards.
+#[derive(Default)]
+struct Retries {
+    shards: HashMap<String, Retry>,
+}
+
+struct Retry {
+    /// Not started again before this instant.
+    at: Instant,
+    backoff: Backoff,
+    error: String,
+}
+
+impl Retries {
+    /// First and longest wait before a failed shard is started again.
+    const FIRST: Duration = Duration::from_secs(1);
+    const LONGEST: Duration = Duration::from_secs(60);
+
+    /// Records a failure of `shard`; returns when it may start again. A shard that ran for longer
+    /// than the longest wait since its last failure starts its back-off afresh.
+    fn failed(&mut self, shard: &str, error: String) -> Instant {
+        let now = Instant::now();
+        let retry = self.shards.entry(shard.to_owned()).or_insert_with(|| Retry {
+            at: now,
+            backoff: Backoff::new(Self::FIRST, Self::LONGEST),
+            error: String::new(),
+        });
+        if now.saturating_duration_since(retry.at) > Self::LONGEST {
+            retry.backoff.reset();
+        }
+        retry.at = now + retry.backoff.next_delay();
+        retry.error = error;
+        retry.at
+    }
+
+    /// Whether `shard` is waiting for its retry.
+    fn waiting(&self, shard: &str) -> bool {
+        self.shards.get(shard).is_some_and(|r| r.at > Instant::now())
+    }
+
+    /// Forgets `shard` after it ended well.
+    fn succeeded(&mut self, shard: &str) {
+        self.shards.remove(shard);
+    }
+
+    /// Shards whose last run failed, with the error, by shard id.
+    fn failures(&self) -> Vec<(String, String)> {
+        let mut failures: Vec<_> = self.shards.iter().map(|(id, r)| (id.clone(), r.error.clone())).collect();
+        failures.sort();
+        failures
+    }
+}
+
 /// A running shard task and its control channel.
 struct Running {
     task: tokio::task::JoinHandle<()>,
@@ -532,9 +613,10 @@ pub async fn run_worker<K: KinesisApi>(
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Result<ShardExit, RunError>)>();
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut finished: HashSet<String> = HashSet::new();
-    // Shards not to start again at this epoch (with `all`: in this run): fenced by another owner,
-    // or out of record budget; by the epoch at which they were parked.
+    // Shards not to start again at this epoch (with `all`: in this run): out of record budget, or
+    // (with `all`) fenced by another owner; by the epoch at which they were parked.
     let mut parked: HashMap<String, u64> = HashMap::new();
+    let mut retries = Retries::default();
     let mut summary = RunSummary::default();
     let mut waiting = 0_usize;
     let mut discovery_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -558,7 +640,7 @@ pub async fn run_worker<K: KinesisApi>(
             }
         }
         if stopping.is_none() && Instant::now() >= next_discovery {
-            match discover(&shared, &ownership, &mut finished, &running, &parked).await {
+            match discover(&shared, &ownership, &mut finished, &running, &parked, &mut retries).await {
                 Ok((startable, blocked)) => {
                     if startable.is_empty()
                         && running.is_empty()
@@ -601,11 +683,14 @@ pub async fn run_worker<K: KinesisApi>(
         let owned_running = running.keys().filter(|id| ownership.owns(id)).count();
         shared.state.metrics.owned_shards.set(i64::try_from(owned_running).unwrap_or(i64::MAX));
 
-        // Idle also means the dead letters found at start were re-delivered (or tried).
+        // Idle also means the dead letters found at start were re-delivered (or tried). Failed
+        // shards waiting for their retry do not keep a run to idle going: it ends with their errors.
+        let failed_now = retries.shards.keys().filter(|id| !running.contains_key(*id)).count();
+        shared.state.metrics.failed_shards.set(i64::try_from(failed_now).unwrap_or(i64::MAX));
         if let (None, Some(idle)) = (stopping, shared.options.stop_when_idle)
             && waiting == 0
             && *redrive_passes.borrow() > 0
-            && !running.is_empty()
+            && (!running.is_empty() || failed_now > 0)
             && all_caught_up_for(&shared, &running, idle)
         {
             tracing::info!(?idle, "every shard caught up and quiet: writing open windows and stopping");
@@ -625,6 +710,9 @@ pub async fn run_worker<K: KinesisApi>(
             Some((id, result)) = exit_rx.recv() => {
                 running.remove(&id);
                 shared.state.metrics.forget_shard(&id);
+                if result.is_ok() {
+                    retries.succeeded(&id);
+                }
                 match result {
                     Ok(ShardExit::Finished) => {
                         finished.insert(id.clone());
@@ -633,8 +721,12 @@ pub async fn run_worker<K: KinesisApi>(
                         next_discovery = Instant::now();
                     }
                     Ok(ShardExit::Fenced) => {
-                        // Another owner has it: not restarted here before the next epoch.
-                        parked.insert(id.clone(), ownership.epoch());
+                        // Another owner has it. Under an assignment, the next discovery looks again
+                        // (a newer epoch's owner is waited for, never taken over); with `all`, two
+                        // workers would take it from each other, so it stays parked.
+                        if matches!(ownership, Ownership::All { .. }) {
+                            parked.insert(id.clone(), ownership.epoch());
+                        }
                         summary.fenced_shards.push(id);
                     }
                     Ok(ShardExit::Stopped) => {
@@ -650,8 +742,22 @@ pub async fn run_worker<K: KinesisApi>(
                         }
                     }
                     Err(e) => {
-                        stop_all(running, Control::Stop { emit_open_windows: false }).await;
-                        return Err(e);
+                        let reason = e.failure_reason();
+                        let error = e.to_string();
+                        let retry_at = retries.failed(&id, error.clone());
+                        tracing::error!(
+                            shard = %id,
+                            reason,
+                            error = %error,
+                            retry_in = ?retry_at.saturating_duration_since(Instant::now()),
+                            "shard failed; the worker and its other shards go on"
+                        );
+                        shared.state.metrics.shard_failures.with_label_values(&[reason]).inc();
+                        shared.state.update(&id, |s| {
+                            s.state = ShardState::Failed;
+                            s.error = Some(error);
+                        });
+                        next_discovery = next_discovery.min(retry_at);
                     }
                 }
             }
@@ -666,6 +772,10 @@ pub async fn run_worker<K: KinesisApi>(
         }
     }
     summary.counters = shared.totals.lock().map(|c| c.clone()).unwrap_or_default();
+    let failures = retries.failures();
+    if stopping == Some(Control::Stop { emit_open_windows: true }) && !failures.is_empty() {
+        return Err(RunError::ShardsFailed(failures));
+    }
     Ok(summary)
 }
 
@@ -766,8 +876,11 @@ async fn discover<K: KinesisApi>(
     finished: &mut HashSet<String>,
     running: &HashMap<String, Running>,
     parked: &HashMap<String, u64>,
+    retries: &mut Retries,
 ) -> Result<(Vec<StartableShard>, usize), KinesisError> {
     let shards = shared.api.list_shards(&shared.options.stream).await?;
+    // A failed shard that vanished from the stream, or was moved away, is not retried here.
+    retries.shards.retain(|id, _| ownership.owns(id) && shards.iter().any(|s| s.shard_id == *id));
     if let Ok(mut closed) = shared.closed_shards.lock() {
         closed.extend(shards.iter().filter(|s| !s.is_open()).map(|s| s.shard_id.clone()));
     }
@@ -794,7 +907,11 @@ async fn discover<K: KinesisApi>(
     let mut waiting = 0;
     for shard in owned {
         let id = shard.shard_id.as_str();
-        if running.contains_key(id) || finished.contains(id) || parked.get(id).is_some_and(|at| *at >= epoch) {
+        if running.contains_key(id)
+            || finished.contains(id)
+            || parked.get(id).is_some_and(|at| *at >= epoch)
+            || retries.waiting(id)
+        {
             continue;
         }
         if ready.contains(id) {
@@ -873,13 +990,14 @@ async fn claim<K>(
             Err(e) => return Err(e.into()),
         };
         let (checkpoint, etag) = match stored {
-            Some((bytes, etag)) => (Some(ShardCheckpoint::from_bytes(&bytes)?), Some(etag)),
+            Some((bytes, etag)) => (Some(readable_checkpoint(shared, &key, &bytes).await?), Some(etag)),
             None => (None, None),
         };
         let holder = checkpoint.as_ref().map(|c| Holder {
             finished: c.position == Position::Finished,
             owner_id: &c.owner_id,
             owner_ordinal: c.owner_ordinal,
+            owner_epoch: c.owner_epoch,
             released_epoch: c.released_epoch,
         });
         let handoff =
@@ -931,6 +1049,31 @@ async fn claim<K>(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// The checkpoint in `bytes`, or, when they cannot be read (corrupted in the store, or cut short),
+/// the newest history copy that can. The claim then writes over the corrupt object, and the
+/// records after that copy are read again: their documents carry the same versions as before, so
+/// nothing is counted twice.
+async fn readable_checkpoint<K>(shared: &Shared<K>, key: &str, bytes: &[u8]) -> Result<ShardCheckpoint, RunError> {
+    let error = match ShardCheckpoint::from_bytes(bytes) {
+        Ok(checkpoint) => return Ok(checkpoint),
+        Err(error) => error,
+    };
+    tracing::error!(key, %error, "the latest checkpoint is corrupt; looking for the newest readable history copy");
+    shared.state.metrics.checkpoint_failures.with_label_values(&["corrupt"]).inc();
+    let corrupt = |reason: String| CheckpointError::Corrupt { key: key.to_owned(), reason };
+    for stamp in shared.store.history(key).await?.iter().rev() {
+        let Some(copy) = shared.store.get_history(key, stamp).await? else { continue };
+        match ShardCheckpoint::from_bytes(&copy) {
+            Ok(checkpoint) => {
+                tracing::warn!(key, stamp, position = ?checkpoint.position, "restoring from a history copy");
+                return Ok(checkpoint);
+            }
+            Err(e) => tracing::warn!(key, stamp, error = %e, "history copy is not readable either"),
+        }
+    }
+    Err(corrupt(error.to_string()).into())
 }
 
 /// Counts a store failure while claiming, and shows it in `/status` and `/readyz`.
@@ -1059,6 +1202,7 @@ impl<K: KinesisApi> ShardTask<K> {
         let pause = handoff.map(|outcome| task.note_handoff(outcome, grant.requested_at.elapsed()));
         task.shared.state.update(&task.shard_id, |s| {
             s.state = ShardState::Reading;
+            s.error = None;
             s.started_at_ms = Some(elapsed);
             if pause.is_some() {
                 s.handoff_pause_ms = pause;

@@ -108,6 +108,17 @@ impl CheckpointStore {
     /// Reads an object and its tag, `None` if absent.
     pub async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, ETag)>, CheckpointError> {
         check_key(key)?;
+        self.get_raw(key).await
+    }
+
+    /// Reads the history copy `stamp` of `key` (see [`CheckpointStore::history`]), `None` if it
+    /// has been pruned meanwhile.
+    pub async fn get_history(&self, key: &str, stamp: &str) -> Result<Option<Vec<u8>>, CheckpointError> {
+        check_key(key)?;
+        Ok(self.get_raw(&format!("{HISTORY}/{key}/{stamp}")).await?.map(|(bytes, _)| bytes))
+    }
+
+    async fn get_raw(&self, key: &str) -> Result<Option<(Vec<u8>, ETag)>, CheckpointError> {
         match self {
             CheckpointStore::Dir { store, .. } => {
                 let (store, owned) = (store.clone(), key.to_owned());
