@@ -318,6 +318,7 @@ def test_prometheus_rule_alerts_with_the_thresholds_of_values(chart):
         "TaxiCheckpointMissed",
         "TaxiSinkItemErrors",
         "TaxiSinkDeadLetters",
+        "TaxiShardsFailing",
         "TaxiWorkersNotReady",
         "TaxiOperatorReconcileErrors",
     }
@@ -338,6 +339,7 @@ def test_prometheus_rule_alerts_with_the_thresholds_of_values(chart):
     assert "rate(taxi_sink_item_errors_total[5m])" in alerts["TaxiSinkItemErrors"]["expr"]
     assert threshold("TaxiOperatorReconcileErrors") == "0.1"
     assert alerts["TaxiSinkDeadLetters"]["expr"] == "max by (namespace, pod) (taxi_sink_dead_letters) > 0"
+    assert alerts["TaxiShardsFailing"]["expr"] == "max by (namespace, pod) (taxi_failed_shards) > 0"
     not_ready = " ".join(alerts["TaxiWorkersNotReady"]["expr"].split())
     assert "(taxi_operator_desired_replicas - taxi_operator_ready_replicas) > 0" in not_ready
     assert "and on(instance) (taxi_operator_leader == 1)" in not_ready

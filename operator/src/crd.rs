@@ -58,6 +58,13 @@ const DIVIDES_DAY: &str = "duration(self) <= duration('0s') || \
      86400 % duration(self).getSeconds() == 0)";
 /// A bounding box with its minimums strictly below its maximums.
 const BOX_ORDERED: &str = "self.minLat < self.maxLat && self.minLon < self.maxLon";
+/// The event-time settings a window's content depends on did not change.
+const EVENT_TIME_UNCHANGED: &str = "self.watermark == oldSelf.watermark \
+    && self.maxOutOfOrderness == oldSelf.maxOutOfOrderness && self.allowedLateness == oldSelf.allowedLateness";
+/// Why the analysis settings cannot change, and what to do instead.
+const SETTINGS_IMMUTABLE: &str = "analyses and eventTime (watermark, maxOutOfOrderness, allowedLateness) are \
+    immutable: the checkpoints hold windows computed under them. To change them, create a new TaxiPipeline with \
+    the new settings beside this one, on the same stream, and delete this one once the new one has caught up";
 /// Go's duration syntax without a sign (the sign is never useful here).
 const DURATION_PATTERN: &str = r"^(0|(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+)$";
 
@@ -135,10 +142,16 @@ pub struct TaxiPipelineSpec {
     #[serde(default)]
     pub autoscaling: AutoscalingSpec,
     /// Event time: how watermarks advance and how late trips are handled (DESIGN §4).
+    /// `watermark`, `maxOutOfOrderness` and `allowedLateness` decide what a window holds, so they
+    /// are immutable, like `analyses`; `idleTimeout` and `maxTimeJump` may change.
     #[serde(default)]
+    #[x_kube(validation = Rule::new(EVENT_TIME_UNCHANGED).message(SETTINGS_IMMUTABLE))]
     pub event_time: EventTimeSpec,
-    /// What is computed: pickup hot spots and airport trip durations, within a region.
+    /// What is computed: pickup hot spots and airport trip durations, within a region. Immutable:
+    /// the checkpoints hold windows computed under these settings. To change them, run a new
+    /// TaxiPipeline with the new analyses beside this one, on the same stream.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(SETTINGS_IMMUTABLE))]
     pub analyses: AnalysesSpec,
     /// Where and how often the workers checkpoint their shards.
     pub checkpoint: CheckpointSpec,

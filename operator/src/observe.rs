@@ -141,6 +141,9 @@ pub struct ShardReport {
     /// Records processed since the worker started the shard (the autoscaler's throughput).
     #[serde(default)]
     pub records: u64,
+    /// Why the shard failed (state `failed`); the worker retries it with back-off.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// Why a worker could not be asked.
@@ -214,6 +217,8 @@ pub struct PipelineProgress {
     pub watermark: Option<String>,
     /// The latest checkpoint of any shard.
     pub last_checkpoint: Option<String>,
+    /// Shards a worker reports as failed, as `shard: error`, sorted.
+    pub failed_shards: Vec<String>,
 }
 
 impl PipelineProgress {
@@ -221,7 +226,11 @@ impl PipelineProgress {
     /// compare in time order.
     pub fn from_reports<'a>(reports: impl IntoIterator<Item = &'a WorkerReport>) -> PipelineProgress {
         let mut progress = PipelineProgress::default();
-        for shard in reports.into_iter().flat_map(|r| r.shards.values()) {
+        for (id, shard) in reports.into_iter().flat_map(|r| r.shards.iter()) {
+            if shard.state == "failed" {
+                let error = shard.error.as_deref().unwrap_or("no reason given");
+                progress.failed_shards.push(format!("{id}: {error}"));
+            }
             if shard.state == "reading" {
                 if let Some(lag) = shard.millis_behind_latest {
                     progress.max_lag_millis = Some(progress.max_lag_millis.map_or(lag, |m| m.max(lag)));
@@ -238,6 +247,7 @@ impl PipelineProgress {
                 progress.last_checkpoint = Some(c.clone());
             }
         }
+        progress.failed_shards.sort();
         progress
     }
 }
@@ -264,6 +274,7 @@ mod tests {
             watermark: Some(watermark.into()),
             last_checkpoint: Some(checkpoint.into()),
             records: 0,
+            error: None,
         };
         let a = WorkerReport {
             shards: [("s0".into(), shard("reading", 500, "2016-01-01T00:20:00Z", "2026-01-01T00:00:02Z"))].into(),
@@ -282,5 +293,28 @@ mod tests {
         assert_eq!(p.max_lag_millis, Some(500));
         assert_eq!(p.watermark.as_deref(), Some("2016-01-01T00:10:00Z"));
         assert_eq!(p.last_checkpoint.as_deref(), Some("2026-01-01T00:00:09Z"));
+    }
+
+    #[test]
+    fn failed_shards_are_listed_with_their_reasons() {
+        let failed = |error: Option<&str>| ShardReport {
+            state: "failed".into(),
+            error: error.map(str::to_owned),
+            ..ShardReport::default()
+        };
+        let report = WorkerReport {
+            shards: [
+                ("s1".into(), failed(Some("the checkpoint was written under other analysis settings"))),
+                ("s0".into(), failed(None)),
+                ("s2".into(), ShardReport { state: "reading".into(), ..ShardReport::default() }),
+            ]
+            .into(),
+            ..WorkerReport::default()
+        };
+        let p = PipelineProgress::from_reports([&report]);
+        assert_eq!(
+            p.failed_shards,
+            ["s0: no reason given", "s1: the checkpoint was written under other analysis settings"]
+        );
     }
 }

@@ -633,7 +633,14 @@ fn running_status(pipeline: &TaxiPipeline, valid: &ValidPipeline, pass: &Pass, n
     };
     set_condition(conditions, resharding);
     let all_ready = ready >= desired && pass.rollout.waiting.is_none();
-    let ready_condition = if all_ready {
+    let failed = &pass.progress.failed_shards;
+    let ready_condition = if !failed.is_empty() {
+        // Workers retry a failed shard by themselves; most reasons (other settings, a corrupt
+        // checkpoint) need a person, so the first ones are shown as they are.
+        let mut message = format!("{} shard(s) failing, retried with back-off: ", failed.len());
+        message.push_str(&failed.iter().take(3).cloned().collect::<Vec<_>>().join("; "));
+        cond(READY, false, "ShardsFailing", &message)
+    } else if all_ready {
         cond(READY, true, "Running", &format!("{ready}/{desired} workers ready, {} open shards", pass.open_shards))
     } else {
         cond(READY, false, "WorkersNotReady", &format!("{ready}/{desired} workers ready"))

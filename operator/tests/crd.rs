@@ -279,6 +279,7 @@ fn minimal_spec_is_filled_with_the_documented_defaults() {
             "maxOutOfOrderness": "1m",
             "allowedLateness": "0s",
             "idleTimeout": "1m",
+            "maxTimeJump": "24h",
         },
         "analyses": {
             "hotSpots": { "window": "10m", "geohashPrecision": 6, "minPickups": 2 },
@@ -714,6 +715,31 @@ fn stream_name_cannot_change() {
     assert_eq!(api.update(&old, &old), []);
     let resharded = set(set(minimal(), "spec.stream.shards", json!(16)), "spec.stream.manage", json!(true));
     assert_eq!(api.update(&resharded, &old), [], "other stream fields may change");
+}
+
+#[test]
+fn analyses_and_the_event_time_that_shapes_windows_cannot_change() {
+    let api = ApiServer::new();
+    let old = minimal();
+    let immutable = "analyses and eventTime (watermark, maxOutOfOrderness, allowedLateness) are immutable";
+    for (path, value) in [
+        ("spec.analyses.hotSpots.window", json!("5m")),
+        ("spec.analyses.airportTrips.minTrips", json!(3)),
+        ("spec.analyses.region", json!({"minLat": 40.5, "maxLat": 41.0, "minLon": -74.3, "maxLon": -73.7})),
+        ("spec.eventTime.watermark", json!("punctuated")),
+        ("spec.eventTime.maxOutOfOrderness", json!("2m")),
+        ("spec.eventTime.allowedLateness", json!("30s")),
+    ] {
+        let changed = set(minimal(), path, value);
+        assert_eq!(api.create(&changed), [], "{path}: a new pipeline may use any settings");
+        let violations = api.update(&changed, &old);
+        assert_eq!(violations.len(), 1, "{path}: {violations:?}");
+        assert!(violations[0].message.starts_with(immutable), "{path}: {violations:?}");
+        assert!(violations[0].message.contains("create a new TaxiPipeline"), "{path}: {violations:?}");
+    }
+    for (path, value) in [("spec.eventTime.idleTimeout", json!("5m")), ("spec.eventTime.maxTimeJump", json!("48h"))] {
+        assert_eq!(api.update(&set(minimal(), path, value), &old), [], "{path} may change");
+    }
 }
 
 #[test]

@@ -305,7 +305,7 @@ async fn the_dashboard_and_the_alerts_query_only_exported_metrics_and_labels() {
     let (dashboard, variables) = dashboard_exprs();
     let rules = rule_exprs();
     assert!(dashboard.len() >= 20, "the dashboard's queries were found: {dashboard:?}");
-    assert_eq!(rules.len(), 6, "one expression per alert: {rules:?}");
+    assert_eq!(rules.len(), 7, "one expression per alert: {rules:?}");
     let mut unknown = Vec::new();
     let promql = dashboard.iter().map(|e| ("dashboard", e)).chain(rules.iter().map(|e| ("alert", e)));
     for (source, expr) in promql.clone().chain(variables.iter().map(|e| ("variable", e))) {

@@ -442,6 +442,44 @@ async fn new_child_shards_after_a_reshard_get_owners_in_a_new_epoch() {
 }
 
 #[tokio::test]
+async fn a_failed_shard_reported_by_a_worker_makes_the_pipeline_not_ready_with_its_reason() {
+    let shards = four_open_shards();
+    let two = taxi_worker::assignment::assign(&shards, 2, None);
+    let report = |ordinal: u32, failed: Option<&str>| WorkerReport {
+        ordinal: Some(ordinal),
+        assignment_epoch: Some(two.epoch),
+        owned_shards: 2,
+        shards: two
+            .shards_of(ordinal)
+            .map(|s| {
+                let state = if Some(s) == failed { "failed" } else { "reading" };
+                let error =
+                    (state == "failed").then(|| "the checkpoint was written under other analysis settings".into());
+                (s.to_owned(), ShardReport { state: state.into(), error, ..ShardReport::default() })
+            })
+            .collect(),
+    };
+    let failing = two.shards_of(1).next().expect("a shard of worker 1").to_owned();
+    let probe = FakeProbe(HashMap::from([
+        ("nyc-worker-0.nyc-worker.taxi.svc".to_owned(), report(0, None)),
+        ("nyc-worker-1.nyc-worker.taxi.svc".to_owned(), report(1, Some(&failing))),
+    ]));
+    let (ctx, handle) = context(Ok(shards), probe);
+    let server =
+        tokio::spawn(serve(handle, pass_with_events(Some((&two, "2026-11-27T11:00:00Z")), Some((2, 2)), true, 0)));
+    reconcile(guard(pipeline(2, json!({}))), ctx).await.expect("reconcile");
+    let sent = server.await.expect("server");
+    let status = &find(&sent, Method::PATCH, &format!("{TP}/status")).body;
+    let ready = condition(status, "Ready");
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("ShardsFailing")));
+    let message = ready["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("{failing}: the checkpoint was written under other analysis settings")),
+        "{message}"
+    );
+}
+
+#[tokio::test]
 async fn an_invalid_spec_is_reported_in_status_and_not_retried() {
     let (ctx, handle) = context(Ok(four_open_shards()), FakeProbe::default());
     let server = tokio::spawn(serve(handle, vec![event(), status_patch()]));
