@@ -1,6 +1,7 @@
 //! Shard handoff in one `run_worker` against the Kinesis emulator (DESIGN §7): a new owner waits
 //! for a previous owner that never releases, can be moved away while it waits, and takes the
-//! shard over once the takeover timeout has passed — reading from the checkpointed position.
+//! shard over once the takeover timeout has passed — reading from the checkpointed position. A
+//! shard fenced by another owner of its epoch is looked at again, not parked for the epoch.
 
 mod common;
 
@@ -111,6 +112,60 @@ async fn a_new_owner_waits_for_a_release_that_never_comes_then_takes_the_shard_o
     let last = ShardCheckpoint::from_bytes(&bytes).expect("decode");
     assert_eq!((last.owner_epoch, last.owner_ordinal), (4, Some(1)), "claimed at epoch 4 by ordinal 1");
     assert_eq!(summary.counters.records, common::kinesis::count_records(&input), "read from the checkpoint");
+    let partials = read_documents(&dir.path().join("partials.jsonl")).expect("partials");
+    assert_eq!(as_lines(&merge_documents(&engine, partials)), as_lines(&batch_oracle(&engine, &input)));
+}
+
+/// A shard fenced for real (another owner of the same epoch wrote its checkpoint) is looked at
+/// again at the next discovery, not parked for the rest of the epoch: the other owner never
+/// releases it, so this worker takes it back after the takeover timeout and reads on from the
+/// other owner's checkpoint, losing and double-counting nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_fenced_for_real_is_looked_at_again_and_taken_back_after_the_timeout() {
+    let Some(endpoint) = emulator() else { return };
+    let api = Arc::new(client(&endpoint));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("trips.jsonl");
+    let config = GeneratorConfig { trips: 1_200, seed: 37, ..GeneratorConfig::default() };
+    write_json_lines(&config, std::fs::File::create(&input).expect("create")).expect("generate");
+    let stream = fresh_stream(&api, 1).await;
+
+    let assignment = dir.path().join("assignment.json");
+    let mut options = run_options(&stream, dir.path(), "nyc");
+    options.assignment = AssignmentSource::File(assignment.clone());
+    options.ordinal = Some(1);
+    options.takeover_timeout = Duration::from_secs(2);
+    let state = Arc::new(WorkerState::default());
+    let (_keep, never) = tokio::sync::watch::channel(false);
+    publish(&assignment, 2, 1);
+    let worker = tokio::spawn(run_worker(api.clone(), options, state.clone(), never));
+    wait_for_state(&state, ShardState::Reading).await;
+
+    // Records arrive while another owner of epoch 2 writes the checkpoint as its own.
+    let producer = {
+        let (api, stream, input) = (api.clone(), stream.clone(), input.clone());
+        tokio::spawn(async move { put_file(&api, &stream, &input).await })
+    };
+    let checkpoint = dir.path().join(format!("checkpoints/nyc/shards/{SHARD}.json"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let current = ShardCheckpoint::from_bytes(&std::fs::read(&checkpoint).expect("read")).expect("decode");
+        if current.counters.records > 0 {
+            let other = ShardCheckpoint { owner_id: "worker-0-other".to_owned(), owner_ordinal: Some(0), ..current };
+            std::fs::write(&checkpoint, other.to_bytes().expect("encode")).expect("write");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no record was checkpointed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_for_state(&state, ShardState::Fenced).await;
+    wait_for_state(&state, ShardState::Reading).await;
+    producer.await.expect("producer");
+    tokio::time::timeout(Duration::from_secs(60), worker).await.expect("stops when idle").expect("join").expect("run");
+
+    let metrics = state.metrics.render();
+    assert!(metrics.contains("taxi_shard_handoffs_total{outcome=\"taken_over_after_timeout\"} 1"), "{metrics}");
+    let engine = EngineConfig::default();
     let partials = read_documents(&dir.path().join("partials.jsonl")).expect("partials");
     assert_eq!(as_lines(&merge_documents(&engine, partials)), as_lines(&batch_oracle(&engine, &input)));
 }
