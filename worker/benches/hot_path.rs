@@ -1,5 +1,6 @@
 //! The per-record hot path of a shard: parse → validate → geohash → window update, on the seed's
-//! event JSON, plus its parts on their own. Run with `cargo bench -p taxi-worker --bench hot_path`.
+//! event JSON, plus its parts on their own; and what remembering trip ids against duplicates costs
+//! in memory and in each checkpoint. Run with `cargo bench -p taxi-worker --bench hot_path`.
 
 #![expect(missing_docs, reason = "criterion_group! generates an undocumented function")]
 
@@ -7,12 +8,13 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use taxi_worker::checkpoint::{Owner, Position, ShardCheckpoint};
 use taxi_worker::config::EngineConfig;
 use taxi_worker::event::{Event, GeoPoint};
-use taxi_worker::generate::{GeneratorConfig, TripGenerator, encode_json_line};
+use taxi_worker::generate::{GeneratedRecord, GeneratorConfig, TripGenerator, encode_json_line};
 use taxi_worker::geo::Geohash;
 use taxi_worker::input::parse_json_record;
-use taxi_worker::partition::trip_hash_key;
+use taxi_worker::partition::{ShardRouter, trip_hash_key};
 use taxi_worker::shard::ShardProcessor;
 
 /// Lines of the seed's trip-event format from the generator, as they sit in a Kinesis record.
@@ -89,5 +91,56 @@ fn hot_path(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, hot_path);
+/// One shard of eight at the evening peak of a generated day: the open windows and trip ids a
+/// running shard holds.
+fn busy_shard(config: &Arc<EngineConfig>) -> ShardProcessor {
+    let router = ShardRouter::even(8);
+    let mut shard = ShardProcessor::new(config.clone());
+    for record in TripGenerator::new(&GeneratorConfig::default()).take(260_000) {
+        if let GeneratedRecord::Trip(trip) = record
+            && router.shard_for_trip(trip.trip_id) == 0
+        {
+            shard.process(&Event::Trip(trip), None);
+            shard.take_closed();
+        }
+    }
+    shard
+}
+
+fn duplicate_ids(c: &mut Criterion) {
+    let config = Arc::new(EngineConfig::default());
+    let shard = busy_shard(&config);
+    let owner = Owner::this_process(1);
+    let position = Position::Sequence { sequence_number: "4959".repeat(14), sub_sequence: None };
+    let checkpoint = ShardCheckpoint::capture("shardId-000000000000", position, &owner, &shard, &config);
+    let with_ids = checkpoint.to_bytes().expect("encode").len();
+    let without_ids =
+        ShardCheckpoint { seen_trips: Vec::new(), ..checkpoint.clone() }.to_bytes().expect("encode").len();
+    eprintln!(
+        "one shard of 8 at the evening peak: {} trip ids in {} open windows, ~{} KiB of memory; \
+         checkpoint {with_ids} bytes, {without_ids} without the ids (+{:.0} %)",
+        shard.seen().len(),
+        shard.aggregates().hot_spots.len(),
+        shard.seen().heap_bytes() / 1024,
+        (with_ids as f64 / without_ids as f64 - 1.0) * 100.0,
+    );
+    let mut group = c.benchmark_group("duplicates");
+    group.bench_function("checkpoint_capture_and_encode", |b| {
+        b.iter(|| {
+            let position = Position::Sequence { sequence_number: "4959".repeat(14), sub_sequence: None };
+            let checkpoint = ShardCheckpoint::capture("shardId-000000000000", position, &owner, &shard, &config);
+            black_box(checkpoint.to_bytes().expect("encode"))
+        });
+    });
+    group.bench_function("checkpoint_decode_and_restore", |b| {
+        let bytes = checkpoint.to_bytes().expect("encode");
+        b.iter(|| {
+            let decoded = ShardCheckpoint::from_bytes(black_box(&bytes)).expect("decode");
+            black_box(decoded.restore(config.clone()).expect("restore"))
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, hot_path, duplicate_ids);
 criterion_main!(benches);

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::analysis::{Aggregates, AirportAgg, AirportKey};
 use crate::config::EngineConfig;
+use crate::dedupe::{SeenGroup, SeenTrips};
 use crate::event::Millis;
 use crate::geo::Geohash;
 use crate::shard::{Counters, ShardProcessor, WatermarkState};
@@ -188,6 +189,10 @@ pub struct ShardCheckpoint {
     pub counters: Counters,
     /// Open windows.
     pub partials: PartialsState,
+    /// Trip ids counted in the open windows, so a duplicate after a restart still counts once
+    /// (absent in older checkpoints).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seen_trips: Vec<SeenGroup>,
 }
 
 impl ShardCheckpoint {
@@ -211,6 +216,7 @@ impl ShardCheckpoint {
             clock: shard.clock(),
             counters: shard.counters().clone(),
             partials: PartialsState::capture(config, shard.aggregates()),
+            seen_trips: shard.seen().capture(),
         }
     }
 
@@ -223,7 +229,8 @@ impl ShardCheckpoint {
             }
         }
         let aggregates = self.partials.restore(&config)?;
-        Ok(ShardProcessor::restore(config, self.clock, aggregates, self.counters.clone()))
+        let seen = SeenTrips::restore(&self.seen_trips);
+        Ok(ShardProcessor::restore(config, self.clock, aggregates, self.counters.clone(), seen))
     }
 
     /// Serializes to JSON bytes.

@@ -126,6 +126,9 @@ pub struct Summary {
     pub outside_region: u64,
     /// Trips that came after their window closed.
     pub late: u64,
+    /// Trips whose id a shard had already counted in the same window.
+    #[serde(default)]
+    pub duplicates: u64,
     /// Hot-spot results emitted.
     pub hot_spots: u64,
     /// Airport-trip results emitted.
@@ -946,6 +949,7 @@ fn summarize(
         invalid: invalid.iter().sum(),
         outside_region: merged.shard_counters.outside_region,
         late: merged.shard_counters.late + merged.late_trips,
+        duplicates: merged.shard_counters.duplicates,
         hot_spots,
         airport_trips: results.len() as u64 - hot_spots,
         elapsed_s,

@@ -17,7 +17,8 @@ pub const SHARD_FAILURE_REASONS: [&str; 6] =
 #[derive(Clone, Debug)]
 pub struct WorkerMetrics {
     registry: Registry,
-    /// Records processed, by outcome (`aggregated`, `outside_region`, `late`, `watermark`, `invalid`).
+    /// Records processed, by outcome (`aggregated`, `outside_region`, `late`, `duplicate`, `watermark`,
+    /// `invalid`).
     pub records: IntCounterVec,
     /// Invalid records, by reason.
     pub invalid: IntCounterVec,

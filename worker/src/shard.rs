@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::analysis::{Aggregates, AirportKey, ClosedWindows};
 use crate::config::{EngineConfig, WatermarkStrategy};
+use crate::dedupe::SeenTrips;
 use crate::event::{Event, InvalidReason, Millis, Trip};
 use crate::geo::{Geohash, first_match};
 
@@ -28,6 +29,9 @@ pub struct Counters {
     pub outside_region: u64,
     /// Trips that arrived after their window closed.
     pub late: u64,
+    /// Trips whose id this shard had already counted in the same window (a retried put).
+    #[serde(default)]
+    pub duplicates: u64,
 }
 
 impl Counters {
@@ -46,6 +50,7 @@ impl Counters {
         }
         self.outside_region += other.outside_region;
         self.late += other.late;
+        self.duplicates += other.duplicates;
     }
 
     /// What was counted since `earlier` (a previous copy of these counters).
@@ -61,6 +66,7 @@ impl Counters {
             invalid,
             outside_region: self.outside_region.saturating_sub(earlier.outside_region),
             late: self.late.saturating_sub(earlier.late),
+            duplicates: self.duplicates.saturating_sub(earlier.duplicates),
         }
     }
 
@@ -93,6 +99,8 @@ pub enum TripOutcome {
     OutsideRegion,
     /// Its window had already closed on this shard.
     Late,
+    /// Its id was already counted in its window on this shard.
+    Duplicate,
 }
 
 /// The watermark of one shard: never decreasing, `None` until the first observation.
@@ -117,13 +125,20 @@ pub struct ShardProcessor {
     clock: WatermarkState,
     aggregates: Aggregates,
     counters: Counters,
+    seen: SeenTrips,
 }
 
 impl ShardProcessor {
     /// A shard with no history.
     pub fn new(config: Arc<EngineConfig>) -> ShardProcessor {
         let aggregates = Aggregates::new(&config);
-        ShardProcessor { config, clock: WatermarkState::default(), aggregates, counters: Counters::default() }
+        ShardProcessor {
+            config,
+            clock: WatermarkState::default(),
+            aggregates,
+            counters: Counters::default(),
+            seen: SeenTrips::default(),
+        }
     }
 
     /// A shard resumed from checkpointed state.
@@ -132,8 +147,9 @@ impl ShardProcessor {
         clock: WatermarkState,
         aggregates: Aggregates,
         counters: Counters,
+        seen: SeenTrips,
     ) -> Self {
-        ShardProcessor { config, clock, aggregates, counters }
+        ShardProcessor { config, clock, aggregates, counters, seen }
     }
 
     /// The current watermark (`None` before the first observation).
@@ -154,6 +170,11 @@ impl ShardProcessor {
     /// The open windows, for checkpoints.
     pub fn aggregates(&self) -> &Aggregates {
         &self.aggregates
+    }
+
+    /// The trip ids counted in the open windows, for checkpoints.
+    pub fn seen(&self) -> &SeenTrips {
+        &self.seen
     }
 
     /// Processes one valid record. `arrival` is the Kinesis arrival time, used by the `arrival`
@@ -231,7 +252,15 @@ impl ShardProcessor {
         let airport = first_match(&self.config.airport_trips.airports, trip.dropoff);
         let airport_windows = self.aggregates.airport_trips.windows();
         let airport_start = airport_windows.start_of(t);
-        let airport_late = airport.is_some() && airport_windows.end_of(airport_start) <= cutoff;
+        let airport_end = airport_windows.end_of(airport_start);
+        let airport_late = airport.is_some() && airport_end <= cutoff;
+        let aggregated_somewhere = !hot_late || (airport.is_some() && !airport_late);
+        if aggregated_somewhere
+            && !self.seen.first_sighting(trip.trip_id, hot_windows.end_of(hot_start).max(airport_end))
+        {
+            self.counters.duplicates += 1;
+            return TripOutcome::Duplicate;
+        }
 
         let cell = Geohash::encode(trip.pickup, self.config.hot_spots.geohash_precision);
         if !hot_late {
@@ -255,7 +284,11 @@ impl ShardProcessor {
     /// Closes the windows the watermark has passed (end + allowed lateness ≤ watermark).
     pub fn take_closed(&mut self) -> ClosedWindows {
         match self.clock.watermark {
-            Some(w) => self.aggregates.take_ended_by(w - self.config.event_time.allowed_lateness_ms),
+            Some(w) => {
+                let cutoff = w - self.config.event_time.allowed_lateness_ms;
+                self.seen.forget_ended_by(cutoff);
+                self.aggregates.take_ended_by(cutoff)
+            }
             None => ClosedWindows::default(),
         }
     }
@@ -267,6 +300,7 @@ impl ShardProcessor {
 
     /// Closes every window (end of input, or a released shard's final flush).
     pub fn take_all(&mut self) -> ClosedWindows {
+        self.seen.clear();
         self.aggregates.take_all()
     }
 }
@@ -473,5 +507,49 @@ mod tests {
         assert_eq!(counters.invalid[InvalidReason::ImplausibleTime.index()], 0);
         let too_many = older.replace("[1,2,3,0,0,0,0,2]", &format!("{:?}", [0; InvalidReason::ALL.len() + 1]));
         assert!(serde_json::from_str::<Counters>(&too_many).is_err());
+    }
+
+    #[test]
+    fn a_trip_put_twice_counts_once_in_its_window_even_after_a_restart() {
+        let mut p = processor(EventTimeConfig::default());
+        assert_eq!(p.process(&trip(1, 100 * MIN, JFK), None), Some(TripOutcome::Aggregated));
+        assert_eq!(p.process(&trip(1, 100 * MIN, JFK), None), Some(TripOutcome::Duplicate));
+        assert_eq!(p.counters().duplicates, 1);
+        // A restart from a checkpoint keeps the ids of the open windows.
+        let config = Arc::new(EngineConfig::default());
+        let checkpoint = crate::checkpoint::ShardCheckpoint::capture(
+            "s",
+            crate::checkpoint::Position::Start,
+            &crate::checkpoint::Owner::this_process(0),
+            &p,
+            &config,
+        );
+        let bytes = checkpoint.to_bytes().expect("encode");
+        let mut p =
+            crate::checkpoint::ShardCheckpoint::from_bytes(&bytes).expect("decode").restore(config).expect("restore");
+        assert_eq!(p.process(&trip(1, 100 * MIN, JFK), None), Some(TripOutcome::Duplicate));
+        assert_eq!(p.process(&trip(2, 100 * MIN, JFK), None), Some(TripOutcome::Aggregated));
+        let closed = p.take_all();
+        assert_eq!(closed.hot_spots[0].1.values().sum::<u64>(), 2, "trips 1 and 2, once each");
+        assert_eq!(closed.airport_trips[0].1.values().map(|a| a.trips).sum::<u64>(), 2);
+    }
+
+    #[test]
+    fn ids_are_forgotten_once_their_windows_closed_and_a_late_copy_is_late() {
+        let mut p = processor(EventTimeConfig::default());
+        p.process(&trip(1, 100 * MIN, MIDTOWN), None);
+        p.process(&trip(2, 125 * MIN, MIDTOWN), None);
+        let closed = p.take_closed();
+        assert_eq!(closed.hot_spots.len(), 1, "the window at 100 min closed");
+        assert_eq!(p.seen().len(), 1, "only trip 2's window is open");
+        assert_eq!(p.process(&trip(1, 100 * MIN, MIDTOWN), None), Some(TripOutcome::Late));
+    }
+
+    #[test]
+    fn trips_that_reach_no_window_are_not_remembered() {
+        let mut p = processor(EventTimeConfig::default());
+        let newark = GeoPoint { lat: 40.6895, lon: -74.3745 };
+        p.process(&trip(1, 100 * MIN, newark), None);
+        assert!(p.seen().is_empty());
     }
 }

@@ -1,0 +1,55 @@
+//! Duplicates from the producer count once: a retried `PutRecords` puts a trip into the stream
+//! twice, and a shard counts its id once per window, across a restart too (the ids of the open
+//! windows are kept in the checkpoint).
+
+mod common;
+
+use std::sync::Arc;
+
+use common::kinesis::{client, emulator, fresh_stream, put_file, run_options, run_to_idle};
+use common::{as_lines, batch_oracle};
+use taxi_worker::config::EngineConfig;
+use taxi_worker::generate::{GeneratorConfig, write_json_lines};
+use taxi_worker::sink::{merge_documents, read_documents};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trips_put_twice_count_once_within_a_run_and_across_runs() {
+    let Some(endpoint) = emulator() else { return };
+    let api = Arc::new(client(&endpoint));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("trips.jsonl");
+    let config = GeneratorConfig { trips: 500, seed: 41, ..GeneratorConfig::default() };
+    write_json_lines(&config, std::fs::File::create(&input).expect("create")).expect("generate");
+    let text = std::fs::read_to_string(&input).expect("read");
+    let lines: Vec<&str> = text.lines().collect();
+    let (first, last) = lines.split_at(lines.len() - 40);
+
+    // Every trip of the first part twice in a row, as a producer retrying each put would send it,
+    // then the last part once.
+    let doubled = |part: &[&str]| part.iter().flat_map(|l| [*l, *l]).map(|l| format!("{l}\n")).collect::<String>();
+    let once = |part: &[&str]| part.iter().map(|l| format!("{l}\n")).collect::<String>();
+    let retried = dir.path().join("retried.jsonl");
+    std::fs::write(&retried, doubled(first) + &once(last)).expect("write");
+    let stream = fresh_stream(&api, 2).await;
+    let options = run_options(&stream, dir.path(), "nyc");
+    put_file(&api, &stream, &retried).await;
+    let (summary, _) = run_to_idle(api.clone(), options.clone()).await;
+    let c = &summary.counters;
+    assert!(c.duplicates > 0, "{c:?}");
+    // Each first copy is aggregated, outside NYC or late, and its copy right behind it is the same,
+    // except that an aggregated one's copy is a duplicate.
+    let last_trips = last.len() as u64;
+    assert_eq!(c.trips - last_trips, 2 * c.duplicates + c.outside_region + c.late, "{c:?}");
+
+    // The retries of the last part arrive after the restart: the ids of the windows the first
+    // run left open are in its checkpoints.
+    let rest = dir.path().join("rest.jsonl");
+    std::fs::write(&rest, once(last)).expect("write");
+    put_file(&api, &stream, &rest).await;
+    let (summary, _) = run_to_idle(api.clone(), options).await;
+    assert!(summary.counters.duplicates > 0, "{:?}", summary.counters);
+
+    let engine = EngineConfig::default();
+    let docs = read_documents(&dir.path().join("partials.jsonl")).expect("partials");
+    assert_eq!(as_lines(&merge_documents(&engine, docs)), as_lines(&batch_oracle(&engine, &input)));
+}
