@@ -208,7 +208,8 @@ pub struct StreamSpec {
     #[serde(default)]
     pub consumer: ConsumerType,
     /// Name of the enhanced fan-out consumer registered on the stream when `consumer` is `efo`.
-    /// Default: the pipeline's namespace and name, `<namespace>-<name>`.
+    /// Default: the pipeline's namespace and name, `<namespace>.<name>` (a namespace holds no dot,
+    /// so two pipelines never share one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub efo_consumer_name: Option<String>,
 }

@@ -13,7 +13,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -23,6 +23,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use taxi_worker::assignment::{ASSIGNMENT_KEY, Assignment, above_recorded, assign, config_map_name, moved_shards};
 use taxi_worker::checkpoint::CheckpointError;
+use taxi_worker::identity::PipelineId;
 use taxi_worker::kinesis::api::KinesisError;
 use taxi_worker::store::CheckpointStore;
 
@@ -285,7 +286,10 @@ async fn apply<S: Streams, P: WorkerProbe>(pipeline: &TaxiPipeline, ctx: &Contex
         (false, Some(at)) => at.to_string(),
         _ => now.to_string(),
     };
-    let resources = build(&valid, rollout.statefulset_replicas, &assignment, &assigned_at_text);
+    let mut resources = build(&valid, rollout.statefulset_replicas, &assignment, &assigned_at_text);
+    // Written only over the version read above: a deposed leader's write fails (see `apply_resources`).
+    resources.assignment.metadata.resource_version =
+        current_cm.as_ref().and_then(|cm| cm.metadata.resource_version.clone());
     apply_resources(ctx, &valid, resources).await?;
 
     let pass = Pass {
@@ -457,7 +461,7 @@ async fn apply_resources<S, P>(ctx: &Context<S, P>, valid: &ValidPipeline, resou
     server_side_apply::<RoleBinding, _, _>(ctx, ns, &role_binding).await?;
     server_side_apply::<Service, _, _>(ctx, ns, &service).await?;
     server_side_apply::<ConfigMap, _, _>(ctx, ns, &worker_config).await?;
-    server_side_apply::<ConfigMap, _, _>(ctx, ns, &assignment).await?;
+    write_assignment(ctx, ns, &assignment).await?;
     match pod_disruption_budget {
         Some(pdb) => server_side_apply(ctx, ns, &pdb).await?,
         None => delete_if_present::<PodDisruptionBudget, _, _>(ctx, ns, &workers).await?,
@@ -475,6 +479,22 @@ where
     api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object))
         .await
         .map_err(kube_error(format!("apply {} {ns}/{name}", K::kind(&K::DynamicType::default()))))?;
+    Ok(())
+}
+
+/// Writes the assignment ConfigMap on a precondition: over the resourceVersion it was read at
+/// (an apply that carries a resourceVersion is refused with 409 when the object changed), or, when
+/// it was absent, as a create (409 when it exists by now). So a leader that lost its lease after
+/// reading can never put an older assignment over a newer one; the next pass reads again.
+async fn write_assignment<S, P>(ctx: &Context<S, P>, ns: &str, assignment: &ConfigMap) -> Result<(), Error> {
+    if assignment.metadata.resource_version.is_some() {
+        return server_side_apply(ctx, ns, assignment).await;
+    }
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PostParams::default() };
+    api.create(&params, assignment)
+        .await
+        .map_err(kube_error(format!("create the assignment ConfigMap {ns}/{}", assignment.name_any())))?;
     Ok(())
 }
 
@@ -508,7 +528,10 @@ async fn cleanup<S, P>(pipeline: &TaxiPipeline, ctx: &Context<S, P>) -> Result<A
     };
     let cleanup_error = |source| Error::Cleanup { uri: uri.clone(), source };
     let store = CheckpointStore::from_uri(&uri, &s3, 0).await.map_err(cleanup_error)?;
-    store.delete_prefix(&pipeline.name_any()).await.map_err(cleanup_error)?;
+    // Only this namespace's pipeline: checkpoints a same-named pipeline elsewhere wrote without a
+    // namespace (before namespaces were part of the identity) may not be this one's to delete.
+    let identity = PipelineId::new(pipeline.namespace().as_deref(), &pipeline.name_any());
+    store.delete_prefix(&identity.key()).await.map_err(cleanup_error)?;
     publish(
         ctx,
         pipeline,

@@ -11,6 +11,7 @@ use taxi_worker::config::{
     AirportTripsConfig, EngineConfig, EventTimeConfig, HotSpotConfig, WatermarkStrategy as EngineWatermark,
 };
 use taxi_worker::geo::{BoundingBox, Geofence};
+use taxi_worker::identity::PipelineId;
 use taxi_worker::settings::{
     CheckpointSettings, ConsumerSetting, SigV4Setting, SinkAuthSetting, SinkSettings, StreamSettings, WorkerSettings,
     parse_start_position,
@@ -160,6 +161,7 @@ fn worker_settings(namespace: &str, pipeline: &str, spec: &TaxiPipelineSpec) -> 
         |field, n: i64| u64::try_from(n).ok().filter(|n| *n >= 1).ok_or(invalid(field, "must be at least 1"));
     Ok(WorkerSettings {
         pipeline: pipeline.to_owned(),
+        namespace: Some(namespace.to_owned()),
         stream: StreamSettings {
             name: stream.name.clone(),
             region: stream.region.clone(),
@@ -171,7 +173,10 @@ fn worker_settings(namespace: &str, pipeline: &str, spec: &TaxiPipelineSpec) -> 
             },
             // Unique per TaxiPipeline, so two pipelines on one stream never share a consumer.
             efo_consumer_name: Some(
-                stream.efo_consumer_name.clone().unwrap_or_else(|| format!("{namespace}-{pipeline}")),
+                stream
+                    .efo_consumer_name
+                    .clone()
+                    .unwrap_or_else(|| PipelineId::new(Some(namespace), pipeline).default_consumer_name()),
             ),
             discovery_interval_ms: 10_000,
         },

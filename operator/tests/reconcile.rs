@@ -79,6 +79,11 @@ fn not_found() -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
 }
 
+fn conflict() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
+        "message": "the object has been modified; please apply your changes to the latest version and try again"})
+}
+
 /// A shard of an even split of the hash space into `n` parts.
 fn shard(index: u32, n: u32, parent: Option<&str>, closed: bool) -> ShardInfo {
     let width = u128::MAX / u128::from(n);
@@ -201,11 +206,14 @@ fn stateful_set(replicas: i32, ready: i32) -> Value {
 fn assignment_map(assignment: &Assignment, assigned_at: &str) -> Value {
     json!({
         "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "nyc-assignment", "namespace": "taxi", "annotations": {"taxipipeline.io/assigned-at": assigned_at}},
+        "metadata": {"name": "nyc-assignment", "namespace": "taxi", "resourceVersion": ASSIGNMENT_VERSION,
+            "annotations": {"taxipipeline.io/assigned-at": assigned_at}},
         "data": {"assignment.json": assignment.to_json()}
     })
 }
 
+/// The resourceVersion of the assignment ConfigMap the fake API server hands out.
+const ASSIGNMENT_VERSION: &str = "1717";
 const NS: &str = "/api/v1/namespaces/taxi";
 const APPS: &str = "/apis/apps/v1/namespaces/taxi";
 const RBAC: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/taxi";
@@ -213,8 +221,10 @@ const POLICY: &str = "/apis/policy/v1/namespaces/taxi";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/taxi/events";
 const TP: &str = "/apis/taxipipeline.io/v1alpha1/namespaces/taxi/taxipipelines/nyc";
 
-/// The applies of one pass, in order; `pdb` when the StatefulSet has more than one replica.
-fn applies(pdb: bool) -> Vec<Call> {
+/// The applies of one pass, in order; `pdb` when the StatefulSet has more than one replica;
+/// `assignment_existed` when the pass read an assignment ConfigMap (written over its version,
+/// otherwise created).
+fn applies(pdb: bool, assignment_existed: bool) -> Vec<Call> {
     let ok = json!({});
     let mut calls = vec![
         call(Method::PATCH, &format!("{NS}/serviceaccounts/nyc-worker"), 200, ok.clone()),
@@ -222,7 +232,11 @@ fn applies(pdb: bool) -> Vec<Call> {
         call(Method::PATCH, &format!("{RBAC}/rolebindings/nyc-worker"), 200, ok.clone()),
         call(Method::PATCH, &format!("{NS}/services/nyc-worker"), 200, ok.clone()),
         call(Method::PATCH, &format!("{NS}/configmaps/nyc-worker-config"), 200, ok.clone()),
-        call(Method::PATCH, &format!("{NS}/configmaps/nyc-assignment"), 200, ok.clone()),
+        if assignment_existed {
+            call(Method::PATCH, &format!("{NS}/configmaps/nyc-assignment"), 200, ok.clone())
+        } else {
+            call(Method::POST, &format!("{NS}/configmaps"), 201, assignment_map(&Assignment::default(), "-"))
+        },
     ];
     calls.push(if pdb {
         call(Method::PATCH, &format!("{POLICY}/poddisruptionbudgets/nyc-worker"), 200, ok.clone())
@@ -258,7 +272,7 @@ fn pass_with_events(
             None => call(Method::GET, &format!("{APPS}/statefulsets/nyc-worker"), 404, not_found()),
         },
     ];
-    calls.extend(applies(pdb));
+    calls.extend(applies(pdb, assignment.is_some()));
     calls.extend((0..events).map(|_| event()));
     calls.push(status_patch());
     calls
@@ -284,7 +298,14 @@ fn find<'a>(sent: &'a [Sent], method: Method, path: &str) -> &'a Sent {
 }
 
 fn sent_assignment(sent: &[Sent]) -> Assignment {
-    let cm = &find(sent, Method::PATCH, &format!("{NS}/configmaps/nyc-assignment")).body;
+    let cm = sent
+        .iter()
+        .find(|s| {
+            (s.method == Method::PATCH && s.uri.starts_with(&format!("{NS}/configmaps/nyc-assignment?")))
+                || (s.method == Method::POST && s.uri.starts_with(&format!("{NS}/configmaps?")))
+        })
+        .map(|s| &s.body)
+        .expect("the assignment was written");
     Assignment::from_json(cm["data"]["assignment.json"].as_str().expect("assignment.json").as_bytes()).expect("valid")
 }
 
@@ -480,6 +501,36 @@ async fn a_failed_shard_reported_by_a_worker_makes_the_pipeline_not_ready_with_i
 }
 
 #[tokio::test]
+async fn the_assignment_is_written_only_over_the_version_read_so_a_deposed_leaders_write_fails() {
+    let shards = four_open_shards();
+    let two = taxi_worker::assignment::assign(&shards, 2, None);
+    // Another leader wrote the ConfigMap after this pass read it: the apply is refused.
+    let mut calls = pass(Some((&two, "2026-11-27T11:00:00Z")), Some((2, 2)), true);
+    let write = calls.iter().position(|c| c.path.ends_with("/configmaps/nyc-assignment") && c.method == Method::PATCH);
+    let write = write.expect("the assignment is written");
+    calls[write] = call(Method::PATCH, &format!("{NS}/configmaps/nyc-assignment"), 409, conflict());
+    calls.truncate(write + 1);
+    let (ctx, handle) = context(Ok(shards.clone()), FakeProbe::default());
+    let server = tokio::spawn(serve(handle, calls));
+    let error = reconcile(guard(pipeline(2, json!({}))), ctx).await.expect_err("a stale write fails the pass");
+    let sent = server.await.expect("server");
+    let body = &sent.last().expect("the write").body;
+    assert_eq!(body["metadata"]["resourceVersion"], ASSIGNMENT_VERSION, "the write names the version it read");
+    assert!(error.to_string().contains("nyc-assignment"), "{error}");
+
+    // Absent when read, created meanwhile by another leader: the create is refused.
+    let mut calls = pass(None, Some((2, 2)), true);
+    let write = calls.iter().position(|c| c.method == Method::POST && c.path.ends_with("/configmaps"));
+    let write = write.expect("the assignment is created");
+    calls[write] = call(Method::POST, &format!("{NS}/configmaps"), 409, conflict());
+    calls.truncate(write + 1);
+    let (ctx, handle) = context(Ok(shards), FakeProbe::default());
+    let server = tokio::spawn(serve(handle, calls));
+    reconcile(guard(pipeline(2, json!({}))), ctx).await.expect_err("a create over an existing one fails the pass");
+    server.await.expect("server");
+}
+
+#[tokio::test]
 async fn an_invalid_spec_is_reported_in_status_and_not_retried() {
     let (ctx, handle) = context(Ok(four_open_shards()), FakeProbe::default());
     let server = tokio::spawn(serve(handle, vec![event(), status_patch()]));
@@ -509,9 +560,14 @@ async fn an_unreachable_stream_degrades_the_pipeline_and_is_retried() {
 #[tokio::test]
 async fn deleting_a_pipeline_with_cleanup_deletes_its_checkpoints_and_then_the_finalizer() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let checkpoints = dir.path().join("nyc/shards");
-    std::fs::create_dir_all(&checkpoints).expect("mkdir");
-    std::fs::write(checkpoints.join("shardId-000000000000.json"), "{}").expect("write");
+    // Its own checkpoints are keyed by namespace and name; a pipeline of the same name in another
+    // namespace, and anything under the bare name, are not its to delete.
+    let checkpoints = dir.path().join("taxi/nyc/shards");
+    let others = [dir.path().join("other/nyc/shards"), dir.path().join("nyc/shards")];
+    for folder in others.iter().chain([&checkpoints]) {
+        std::fs::create_dir_all(folder).expect("mkdir");
+        std::fs::write(folder.join("shardId-000000000000.json"), "{}").expect("write");
+    }
     let uri = format!("file://{}", dir.path().display());
     let deleting = pipeline(
         2,
@@ -527,6 +583,9 @@ async fn deleting_a_pipeline_with_cleanup_deletes_its_checkpoints_and_then_the_f
     assert_eq!(action, Action::await_change());
     assert_eq!(sent[0].body["reason"], "CheckpointsDeleted");
     assert!(!checkpoints.join("shardId-000000000000.json").exists(), "the checkpoints are gone");
+    for folder in &others {
+        assert!(folder.join("shardId-000000000000.json").exists(), "{} was left alone", folder.display());
+    }
     // The finalizer is removed with a JSON patch guarded by a test of its position.
     let patch = sent[1].body.to_string();
     assert!(patch.contains("remove") && patch.contains("/metadata/finalizers"), "{patch}");

@@ -184,6 +184,7 @@ fn engine() -> EngineConfig {
 
 fn worker_options(stream: &str, dir: &Path) -> RunOptions {
     RunOptions {
+        namespace: None,
         pipeline: "nyc".to_owned(),
         stream: stream.to_owned(),
         start: InitialPosition::TrimHorizon,

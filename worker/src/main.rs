@@ -62,7 +62,8 @@ enum Command {
 struct DeadLetterArgs {
     #[command(subcommand)]
     action: DeadLetterAction,
-    /// The pipeline whose dead letters these are.
+    /// The pipeline whose dead letters these are: `<namespace>/<name>` for a pipeline of the
+    /// operator, its name otherwise.
     #[arg(long, global = true, env = "TAXI_PIPELINE", default_value = "taxi")]
     pipeline: String,
     /// Checkpoint store: s3://bucket/prefix, file:///dir or a directory.
@@ -277,6 +278,10 @@ struct PipelineArgs {
     /// Pipeline name: used in document ids and checkpoint keys.
     #[arg(long, env = "TAXI_PIPELINE", required_unless_present = "config", conflicts_with = "config")]
     pipeline: Option<String>,
+    /// The pipeline's Kubernetes namespace, part of its identity: checkpoints and document ids
+    /// are keyed `<namespace>/<pipeline>` (set by the operator; leave it out elsewhere).
+    #[arg(long, conflicts_with = "config")]
+    namespace: Option<String>,
     /// Kinesis stream name.
     #[arg(long, env = "TAXI_STREAM", required_unless_present = "config", conflicts_with = "config")]
     stream: Option<String>,
@@ -345,6 +350,7 @@ impl PipelineArgs {
         let os = &self.opensearch;
         Ok(WorkerSettings {
             pipeline: required(&self.pipeline, "--pipeline")?,
+            namespace: self.namespace.clone(),
             stream: StreamSettings {
                 name: required(&self.stream, "--stream")?,
                 region: self.region.clone(),
@@ -400,7 +406,8 @@ struct ResultsArgs {
     /// Read the partial documents from this OpenSearch cluster instead.
     #[arg(long = "opensearch", value_name = "URL")]
     opensearch_url: Option<String>,
-    /// Only this pipeline's documents (required with --opensearch).
+    /// Only this pipeline's documents (required with --opensearch): `<namespace>/<name>` for a
+    /// pipeline of the operator, its name otherwise.
     #[arg(long)]
     pipeline: Option<String>,
     #[command(flatten)]
@@ -792,9 +799,10 @@ async fn print_progress(progress: Arc<Progress>, interactive: bool) {
 fn print_report(run: &LocalRun, args: &LocalArgs) {
     let s = &run.summary;
     let mut out = std::io::stdout().lock();
+    let duplicates = if s.duplicates > 0 { format!(", {} duplicates", s.duplicates) } else { String::new() };
     let _ = writeln!(
         out,
-        "{} records ({} trips, {} watermarks, {} invalid, {} outside NYC, {} late) in {:.2} s — {:.0} records/s",
+        "{} records ({} trips, {} watermarks, {} invalid, {} outside NYC, {} late{duplicates}) in {:.2} s — {:.0} records/s",
         s.records, s.trips, s.watermarks, s.invalid, s.outside_region, s.late, s.elapsed_s, s.events_per_s
     );
     if let Outcome::Stopped { records } = run.outcome {
@@ -848,6 +856,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     };
     let options = RunOptions {
         pipeline: settings.pipeline.clone(),
+        namespace: settings.namespace.clone(),
         stream: settings.stream.name.clone(),
         start: settings.start_position().map_err(|e| e.to_string())?,
         checkpoint_uri: settings.checkpoint.uri.clone(),

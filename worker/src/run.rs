@@ -35,6 +35,7 @@ use crate::handoff::{
     AssignmentSource, ClaimDecision, Claimant, EpochPlan, HandoffOutcome, Holder, RELEASE_POLL_INTERVAL, SourceError,
     decide_claim, plan_epoch,
 };
+use crate::identity::PipelineId;
 use crate::input::parse_json_record;
 use crate::kinesis::api::{KinesisApi, KinesisError, ShardInfo};
 use crate::kinesis::efo::EfoReader;
@@ -52,8 +53,10 @@ use crate::time::wall_clock_millis;
 /// Everything `taxi-worker run` needs besides the Kinesis client.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// Pipeline name, used in document ids and checkpoint keys.
+    /// Pipeline name: with `namespace`, its identity in document ids and checkpoint keys.
     pub pipeline: String,
+    /// The pipeline's Kubernetes namespace (`None` outside Kubernetes); see [`PipelineId`].
+    pub namespace: Option<String>,
     /// The stream.
     pub stream: String,
     /// Where a shard with nothing processed yet starts; resolved once, at its first claim.
@@ -522,6 +525,8 @@ struct Running {
 
 struct Shared<K> {
     api: Arc<K>,
+    /// The pipeline's key in checkpoints and documents ([`PipelineId::key`], or the legacy one).
+    identity: String,
     options: RunOptions,
     config: Arc<EngineConfig>,
     store: CheckpointStore,
@@ -544,6 +549,28 @@ const DEAD_LETTER_REDRIVE_INTERVAL: Duration = Duration::from_secs(60);
 
 fn checkpoint_key(pipeline: &str, shard_id: &str) -> String {
     format!("{pipeline}/shards/{shard_id}.json")
+}
+
+/// The key the pipeline's state lives under: [`PipelineId::key`], except for a pipeline whose
+/// checkpoints were all written before namespaces were part of the identity. That one keeps its
+/// layout (moving the checkpoints would also change every document id, and the old documents
+/// would count twice next to the new ones), and says so.
+async fn key_in_use(store: &CheckpointStore, id: &PipelineId) -> Result<String, CheckpointError> {
+    let Some(legacy) = id.legacy() else { return Ok(id.key()) };
+    if !store.list(&format!("{}/shards", id.key())).await?.is_empty()
+        || store.list(&format!("{}/shards", legacy.key())).await?.is_empty()
+    {
+        return Ok(id.key());
+    }
+    tracing::warn!(
+        pipeline = %id,
+        legacy = %legacy,
+        "checkpoints of this pipeline exist only under its name without the namespace, as written before \
+         namespaces were part of a pipeline's identity: this pipeline goes on using them and its document ids. \
+         A pipeline of the same name in another namespace would share them; give one of them another name, \
+         or delete the old checkpoints to start this one afresh under its namespace"
+    );
+    Ok(legacy.key())
 }
 
 /// Runs the worker until `shutdown` turns true (SIGTERM) or, with `stop_when_idle`, until every
@@ -569,7 +596,8 @@ pub async fn run_worker<K: KinesisApi>(
         }
     };
     let store = CheckpointStore::from_uri(&options.checkpoint_uri, &options.s3, options.checkpoint_retain).await?;
-    let dead_letters = DeadLetterStore::new(store.clone(), &options.pipeline, state.metrics.sink_dead_letters.clone());
+    let identity = key_in_use(&store, &PipelineId::new(options.namespace.as_deref(), &options.pipeline)).await?;
+    let dead_letters = DeadLetterStore::new(store.clone(), &identity, state.metrics.sink_dead_letters.clone());
     let _ = state.dead_letters.set(dead_letters.clone());
     let sink = Arc::new(
         Sink::open(&options.sink_uri, &options.opensearch, state.metrics.registry(), dead_letters.clone()).await?,
@@ -599,6 +627,7 @@ pub async fn run_worker<K: KinesisApi>(
     };
     let shared = Arc::new(Shared {
         api,
+        identity,
         config: Arc::new(options.engine.clone()),
         options,
         store,
@@ -962,7 +991,7 @@ async fn claim<K>(
     grant: &Grant,
     control: &mut watch::Receiver<Control>,
 ) -> Result<Claim, RunError> {
-    let key = checkpoint_key(&shared.options.pipeline, shard_id);
+    let key = checkpoint_key(&shared.identity, shard_id);
     let mut conflicts = 0;
     let mut waiting = false;
     loop {
@@ -1095,7 +1124,7 @@ async fn wait_or_interrupt(control: &mut watch::Receiver<Control>) {
 /// Whether the shard's checkpoint marks it finished. A store failure counts as "not yet": the
 /// next discovery asks again.
 async fn checkpoint_finished<K>(shared: &Shared<K>, shard_id: &str) -> bool {
-    match shared.store.get(&checkpoint_key(&shared.options.pipeline, shard_id)).await {
+    match shared.store.get(&checkpoint_key(&shared.identity, shard_id)).await {
         Ok(Some((bytes, _))) => ShardCheckpoint::from_bytes(&bytes).is_ok_and(|c| c.position == Position::Finished),
         Ok(None) => false,
         Err(e) => {
@@ -1425,7 +1454,7 @@ impl<K: KinesisApi> ShardTask<K> {
             return Ok(());
         }
         let records = self.processor.counters().records;
-        let (pipeline, config) = (&self.shared.options.pipeline, &self.shared.config);
+        let (pipeline, config) = (&self.shared.identity, &self.shared.config);
         let docs = documents_for(pipeline, &self.shard_id, config, windows, is_final, records);
         let count = docs.len() as u64;
         self.shared.sink.write(docs).await?;
@@ -1514,7 +1543,7 @@ impl<K: KinesisApi> ShardTask<K> {
         );
         checkpoint.released_epoch = released;
         let bytes = checkpoint.to_bytes()?;
-        let key = checkpoint_key(&self.shared.options.pipeline, &self.shard_id);
+        let key = checkpoint_key(&self.shared.identity, &self.shard_id);
         let precondition = self.etag.clone().map_or(Precondition::Absent, Precondition::Matches);
         let mut result = self.shared.store.put(&key, &bytes, &precondition).await;
         if let Err(CheckpointError::Conflict { .. }) = result
@@ -1580,10 +1609,11 @@ impl<K: KinesisApi> ShardTask<K> {
             totals.add(&delta);
         }
         let metrics = &self.shared.state.metrics;
-        let aggregated = delta.trips.saturating_sub(delta.outside_region + delta.late);
+        let aggregated = delta.trips.saturating_sub(delta.outside_region + delta.late + delta.duplicates);
         metrics.records.with_label_values(&["aggregated"]).inc_by(aggregated);
         metrics.records.with_label_values(&["outside_region"]).inc_by(delta.outside_region);
         metrics.records.with_label_values(&["late"]).inc_by(delta.late);
+        metrics.records.with_label_values(&["duplicate"]).inc_by(delta.duplicates);
         metrics.records.with_label_values(&["watermark"]).inc_by(delta.watermarks);
         for reason in InvalidReason::ALL {
             let n = delta.invalid[reason.index()];

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::EngineConfig;
+use crate::identity::PipelineId;
 use crate::kinesis::reader::InitialPosition;
 use crate::opensearch::{BulkSettings, OpenSearchAuth, OpenSearchSettings, SigV4Service};
 use crate::run::ConsumerKind;
@@ -32,8 +33,13 @@ pub const SINK_PASSWORD_ENV: &str = "TAXI_SINK_PASSWORD";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
-    /// Pipeline name: used in document ids, checkpoint keys and the assignment ConfigMap name.
+    /// Pipeline name: in the assignment ConfigMap's name, and with the namespace in document ids
+    /// and checkpoint keys.
     pub pipeline: String,
+    /// The pipeline's Kubernetes namespace: part of its identity (see [`PipelineId`]). Absent
+    /// outside Kubernetes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// The Kinesis stream and how to read it.
     pub stream: StreamSettings,
     /// Where and how often shards are checkpointed.
@@ -64,7 +70,7 @@ pub struct StreamSettings {
     /// How shards are consumed.
     #[serde(default)]
     pub consumer: ConsumerSetting,
-    /// Enhanced fan-out consumer name; `None`: `taxi-<pipeline>`.
+    /// Enhanced fan-out consumer name; `None`: [`PipelineId::default_consumer_name`].
     #[serde(default)]
     pub efo_consumer_name: Option<String>,
     /// Time between ListShards calls, in milliseconds.
@@ -234,6 +240,11 @@ impl WorkerSettings {
         if self.pipeline.is_empty() || self.pipeline.contains('/') {
             return invalid("pipeline", format!("{:?} must be non-empty and without '/'", self.pipeline));
         }
+        if let Some(namespace) = &self.namespace
+            && (namespace.is_empty() || namespace.contains(['/', '.']))
+        {
+            return invalid("namespace", format!("{namespace:?} must be non-empty and without '/' or '.'"));
+        }
         if self.stream.name.is_empty() {
             return invalid("stream.name", "must not be empty".to_owned());
         }
@@ -276,9 +287,14 @@ impl WorkerSettings {
                     .stream
                     .efo_consumer_name
                     .clone()
-                    .unwrap_or_else(|| format!("taxi-{}", self.pipeline)),
+                    .unwrap_or_else(|| self.identity().default_consumer_name()),
             },
         }
+    }
+
+    /// The pipeline's identity in shared state.
+    pub fn identity(&self) -> PipelineId {
+        PipelineId::new(self.namespace.as_deref(), &self.pipeline)
     }
 
     /// How to reach S3 (the stream's region signs S3 requests too).

@@ -95,6 +95,7 @@ pub async fn put_entries(api: &SdkKinesis, stream: &str, entries: Vec<PutEntry>)
 pub fn run_options(stream: &str, dir: &Path, pipeline: &str) -> RunOptions {
     RunOptions {
         pipeline: pipeline.to_owned(),
+        namespace: None,
         stream: stream.to_owned(),
         start: InitialPosition::TrimHorizon,
         checkpoint_uri: format!("file://{}", dir.join("checkpoints").display()),
