@@ -62,13 +62,25 @@ impl Pipeline {
 
     /// Starts a worker; `sink` and `s3` override the endpoints (to put a proxy in between).
     fn start_worker(&self, extra: &[&str], sink: Option<&str>, s3: Option<&str>) -> Worker {
+        self.start_worker_into(&self.index_prefix, "checkpoints", extra, sink, s3)
+    }
+
+    /// [`Pipeline::start_worker`] with its own index prefix and checkpoint folder.
+    fn start_worker_into(
+        &self,
+        index_prefix: &str,
+        checkpoints: &str,
+        extra: &[&str],
+        sink: Option<&str>,
+        s3: Option<&str>,
+    ) -> Worker {
         let mut cmd = self.command();
         if let Some(s3) = s3 {
             cmd.env("TAXI_S3_ENDPOINT_URL", s3);
         }
         cmd.args(["run", "--pipeline", "nyc", "--stream", &self.stream, "--http-addr", "127.0.0.1:0"])
-            .args(["--checkpoint", &format!("s3://{}/checkpoints", self.bucket), "--checkpoint-interval", "300ms"])
-            .args(["--sink", sink.unwrap_or(&self.services.opensearch), "--index-prefix", &self.index_prefix])
+            .args(["--checkpoint", &format!("s3://{}/{checkpoints}", self.bucket), "--checkpoint-interval", "300ms"])
+            .args(["--sink", sink.unwrap_or(&self.services.opensearch), "--index-prefix", index_prefix])
             .args(["--bulk-max-delay", "50ms", "--shard-discovery-interval", "500ms", "--max-records", "100"])
             .args(extra);
         let WorkerProcess { child, addr, stderr } = spawn_worker(cmd);
@@ -133,6 +145,11 @@ impl Worker {
             .filter(|l| l.starts_with(name_and_labels))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().expect("kill");
+        assert!(status.success(), "kill {signal}");
     }
 
     fn kill_9(mut self) {
@@ -206,6 +223,73 @@ async fn a_zombie_is_fenced_once_the_new_owner_claims_its_shards() {
     owner.finish();
     zombie.kill_9();
     p.assert_results_equal_the_oracle();
+}
+
+/// Every document of the indices under `prefix`: id → (version, source).
+async fn documents_under(url: &str, prefix: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let query = serde_json::json!({"size": 10_000, "query": {"match_all": {}}});
+    let (status, body) =
+        common::opensearch::raw(url, opensearch::http::Method::Post, &format!("/{prefix}-*/_search"), Some(query))
+            .await;
+    assert_eq!(status, 200, "{body}");
+    let hits = body["hits"]["hits"].as_array().expect("hits");
+    hits.iter().map(|h| (h["_id"].as_str().expect("id").to_owned(), h["_source"].clone())).collect()
+}
+
+/// A worker frozen (SIGSTOP) past the takeover timeout loses its shard to a new owner; thawed
+/// (SIGCONT) while the new owner reads on, it may still send what it had computed. No document
+/// goes back in time: the index ends exactly as one clean run over the stream leaves it, every
+/// document with the same content and version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_frozen_past_the_takeover_timeout_then_thawed_sends_no_document_back_in_time() {
+    let Some(services) = services() else { return };
+    let p = pipeline(services, 3_000, 1).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let assignment = dir.path().join("assignment.json");
+    let publish = |epoch: u64, owner: u32| {
+        let doc = format!(r#"{{"epoch":{epoch},"replicas":2,"owners":{{"shardId-000000000000":{owner}}}}}"#);
+        std::fs::write(assignment.with_extension("tmp"), doc).expect("write");
+        std::fs::rename(assignment.with_extension("tmp"), &assignment).expect("rename");
+    };
+    let source = format!("file:{}", assignment.display());
+    let follow =
+        |ordinal: &'static str| ["--assignment", source.as_str(), "--ordinal", ordinal, "--takeover-timeout", "2s"];
+
+    publish(1, 0);
+    let frozen = p.start_worker(&follow("0"), None, None);
+    frozen.wait_for_records(600);
+    frozen.signal("-STOP");
+    publish(2, 1);
+    let owner = p.start_worker(&[&follow("1")[..], &["--stop-when-idle", "2s"]].concat(), None, None);
+    owner.wait_for_records(1_500);
+    frozen.signal("-CONT");
+    let owner_said = tokio::task::spawn_blocking(move || owner.finish()).await.expect("join");
+    assert!(owner_said.contains("stopped:"), "{owner_said}");
+    // The thawed worker finds its shard taken at its next checkpoint.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while frozen.metric("taxi_checkpoint_failures_total{reason=\"conflict\"}") < 1.0 {
+        assert!(Instant::now() < deadline, "the thawed worker was never fenced");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    frozen.kill_9();
+    p.assert_results_equal_the_oracle();
+
+    let clean_prefix = format!("c{}", &p.index_prefix[1..]);
+    let clean = p.start_worker_into(&clean_prefix, "clean-checkpoints", &["--stop-when-idle", "2s"], None, None);
+    tokio::task::spawn_blocking(move || clean.finish()).await.expect("join");
+    let after_faults = documents_under(&p.services.opensearch, &p.index_prefix).await;
+    let clean_run = documents_under(&p.services.opensearch, &clean_prefix).await;
+    assert!(!clean_run.is_empty());
+    let differing: Vec<&String> =
+        clean_run.iter().filter(|(id, doc)| after_faults.get(*id) != Some(doc)).map(|(id, _)| id).collect();
+    assert!(
+        differing.is_empty() && after_faults.len() == clean_run.len(),
+        "{} of {} documents differ from a clean run, e.g. {:?}",
+        differing.len(),
+        clean_run.len(),
+        differing.first().map(|id| (after_faults.get(*id), &clean_run[*id]))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
