@@ -34,6 +34,7 @@ pub mod local;
 pub mod merge;
 pub mod metrics;
 pub mod opensearch;
+pub mod oracle;
 pub mod pace;
 pub mod partition;
 pub mod replay;
