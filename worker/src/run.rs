@@ -739,6 +739,10 @@ pub async fn run_worker<K: KinesisApi>(
             Some((id, result)) = exit_rx.recv() => {
                 running.remove(&id);
                 shared.state.metrics.forget_shard(&id);
+                // A shard started again must catch up again before the run counts as idle.
+                if let Ok(mut caught_up) = shared.caught_up_since.lock() {
+                    caught_up.remove(&id);
+                }
                 if result.is_ok() {
                     retries.succeeded(&id);
                 }
@@ -1518,9 +1522,6 @@ impl<K: KinesisApi> ShardTask<K> {
             }
         }
         self.shared.state.update(&self.shard_id, |s| s.state = ShardState::Released);
-        if let Ok(mut caught_up) = self.shared.caught_up_since.lock() {
-            caught_up.remove(&self.shard_id);
-        }
         Ok(ShardExit::Released)
     }
 
