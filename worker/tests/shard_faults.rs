@@ -1,18 +1,22 @@
 //! Faults stay local to one shard: a corrupt checkpoint falls back to the newest readable history
 //! copy, and a shard that cannot be restored (its checkpoint unreadable, or written under other
-//! analysis settings) fails alone, with the reason in `/status` and metrics, while the worker and
-//! its other shards go on.
+//! analysis settings) or that vanished from the stream fails alone, with the reason in `/status`
+//! and metrics, while the worker and its other shards go on.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::kinesis::{client, emulator, fresh_stream, put_file, run_options, run_to_idle};
 use common::{as_lines, batch_oracle, split_in_halves};
 use taxi_worker::config::EngineConfig;
 use taxi_worker::generate::{GeneratorConfig, write_json_lines};
+use taxi_worker::kinesis::api::{
+    KinesisApi, KinesisError, PutEntry, PutOutcome, RecordsPage, SdkKinesis, ShardInfo, StartingPosition, StreamState,
+};
 use taxi_worker::run::{RunError, RunOptions, WorkerState, run_worker};
 use taxi_worker::sink::{merge_documents, read_documents};
 
@@ -129,4 +133,83 @@ async fn a_shard_that_cannot_be_restored_fails_alone_with_its_reason() {
     let failures = |reason: &str| state.metrics.shard_failures.with_label_values(&[reason]).get();
     assert!(failures("settings_changed") >= 1 && failures("corrupt_checkpoint") >= 1);
     assert_eq!(state.metrics.failed_shards.get(), 2);
+}
+
+/// The emulator, except that one shard vanishes (as an expired shard does): listed once, then no
+/// more, and never readable.
+struct Vanishing {
+    inner: SdkKinesis,
+    gone: String,
+    listings: AtomicU32,
+}
+
+impl KinesisApi for Vanishing {
+    type Subscription = <SdkKinesis as KinesisApi>::Subscription;
+
+    async fn list_shards(&self, stream: &str) -> Result<Vec<ShardInfo>, KinesisError> {
+        let mut shards = self.inner.list_shards(stream).await?;
+        if self.listings.fetch_add(1, Ordering::SeqCst) > 0 {
+            shards.retain(|s| s.shard_id != self.gone);
+        }
+        Ok(shards)
+    }
+    async fn get_shard_iterator(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        position: &StartingPosition,
+    ) -> Result<String, KinesisError> {
+        if shard_id == self.gone {
+            let message = format!("Shard {shard_id} in stream {stream} does not exist");
+            return Err(KinesisError::NotFound { operation: "GetShardIterator", message });
+        }
+        self.inner.get_shard_iterator(stream, shard_id, position).await
+    }
+    async fn get_records(&self, iterator: &str, limit: i32) -> Result<RecordsPage, KinesisError> {
+        self.inner.get_records(iterator, limit).await
+    }
+    async fn put_records(&self, stream: &str, entries: Vec<PutEntry>) -> Result<Vec<PutOutcome>, KinesisError> {
+        self.inner.put_records(stream, entries).await
+    }
+    async fn stream_state(&self, stream: &str) -> Result<StreamState, KinesisError> {
+        self.inner.stream_state(stream).await
+    }
+    async fn create_stream(&self, stream: &str, shards: u32) -> Result<(), KinesisError> {
+        self.inner.create_stream(stream, shards).await
+    }
+    async fn update_shard_count(&self, stream: &str, target_open_shards: u32) -> Result<(), KinesisError> {
+        self.inner.update_shard_count(stream, target_open_shards).await
+    }
+    async fn register_consumer(&self, stream: &str, name: &str) -> Result<String, KinesisError> {
+        self.inner.register_consumer(stream, name).await
+    }
+    async fn subscribe_to_shard(
+        &self,
+        consumer_arn: &str,
+        shard_id: &str,
+        position: &StartingPosition,
+    ) -> Result<Self::Subscription, KinesisError> {
+        self.inner.subscribe_to_shard(consumer_arn, shard_id, position).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_shard_fails_alone_and_is_not_retried_once_it_is_no_longer_listed() {
+    let Some(endpoint) = emulator() else { return };
+    let sdk = client(&endpoint);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = generated(dir.path(), 300);
+    let stream = fresh_stream(&sdk, 2).await;
+    put_file(&sdk, &stream, &input).await;
+    let gone = "shardId-000000000000";
+    let api = Arc::new(Vanishing { inner: sdk, gone: gone.to_owned(), listings: AtomicU32::new(0) });
+    let (ended, state) = run_until_idle(api, run_options(&stream, dir.path(), "nyc")).await;
+    ended.expect("the worker went on with its other shard and stopped when idle");
+    let status = state.status_json();
+    assert_eq!(status["shards"][gone]["state"], "failed", "{status}");
+    assert!(status["shards"][gone]["error"].as_str().is_some_and(|e| e.contains("does not exist")), "{status}");
+    let other = &status["shards"]["shardId-000000000001"];
+    assert!(other["records"].as_u64().is_some_and(|n| n > 0), "{status}");
+    assert_eq!(state.metrics.shard_failures.with_label_values(&["kinesis"]).get(), 1, "not retried");
+    assert_eq!(state.metrics.failed_shards.get(), 0);
 }
