@@ -142,13 +142,20 @@ impl State {
         }
         let rates = *self.rates.lock().expect("lock");
         let mut rng = self.rng.lock().expect("lock");
+        // An S3 answer held past the worker's 3 s attempt timeout: the write may be applied while
+        // the worker retries it. (OpenSearch's 30 s timeout is out of reach; resets after
+        // forwarding make its ambiguous outcomes.)
+        let hold = match self.service {
+            Service::S3 => rng.u64(3_500..5_000),
+            Service::Kinesis | Service::OpenSearch => rng.u64(1_500..4_000),
+        };
         let mut x = rng.f64();
         for (rate, fault) in [
             (rates.latency, Fault::Latency(Duration::from_millis(rng.u64(20..400)))),
             (rates.error, Fault::Error),
             (rates.reset_before, Fault::ResetBefore),
             (rates.reset_after, Fault::ResetAfter),
-            (rates.hold, Fault::Hold(Duration::from_millis(rng.u64(1_500..4_000)))),
+            (rates.hold, Fault::Hold(Duration::from_millis(hold))),
         ] {
             if x < rate {
                 return fault;
