@@ -96,6 +96,14 @@ impl FaultProxy {
         *self.state.down_until.lock().expect("lock") = Some(Instant::now() + duration);
     }
 
+    /// Waits until an outage started with [`FaultProxy::down_for`] is over.
+    pub async fn wait_up(&self) {
+        let until = *self.state.down_until.lock().expect("lock");
+        if let Some(until) = until {
+            tokio::time::sleep_until(until).await;
+        }
+    }
+
     /// No more faults: every request passes from now on.
     pub fn heal(&self) {
         self.state.healed.store(true, Ordering::SeqCst);

@@ -166,8 +166,9 @@ pub async fn run_seed(seed: u64, services: &Services, options: &Options) -> Seed
         }
     };
 
-    // Heal, then one worker reads everything to the end.
+    // Outages run their full length; then heal, and one worker reads everything to the end.
     for proxy in &world.proxies {
+        proxy.wait_up().await;
         proxy.heal();
         for (name, n) in proxy.counts() {
             *report.faults.entry(name).or_default() += n;
