@@ -294,7 +294,9 @@ fn assert_unmoved_kept_reading(
         }
         let (started_after, records_after) = after.get(shard).copied().unwrap_or_default();
         assert_eq!(started_after, *started, "epoch {epoch}: {shard} kept its owner and its reading task");
-        assert!(records_after > *records, "epoch {epoch}: {shard} kept reading ({records} → {records_after})");
+        // Its task is still reading (`after` lists reading shards only) from where it was. Whether
+        // new records reached it in between depends on the producer's pace, not on the handoff.
+        assert!(records_after >= *records, "epoch {epoch}: {shard} kept its records ({records} → {records_after})");
     }
 }
 
