@@ -141,7 +141,7 @@ pub struct TaxiPipelineSpec {
     /// Disabled by default.
     #[serde(default)]
     pub autoscaling: AutoscalingSpec,
-    /// Event time: how watermarks advance and how late trips are handled (DESIGN §4).
+    /// Event time: how watermarks advance and how late trips are handled.
     /// `watermark`, `maxOutOfOrderness` and `allowedLateness` decide what a window holds, so they
     /// are immutable, like `analyses`; `idleTimeout` and `maxTimeJump` may change.
     #[serde(default)]
