@@ -648,7 +648,14 @@ impl World {
         out
     }
 
+    /// Drops what a passed seed created in the emulators, so a long run holds one seed's data at a
+    /// time (a failed seed keeps everything for a look).
     async fn cleanup(&self) {
         let _ = self.raw_kinesis.delete_stream().stream_name(&self.stream).send().await;
+        let client = opensearch::OpenSearch::new(
+            opensearch::http::transport::Transport::single_node(&self.services.opensearch).expect("transport"),
+        );
+        let indices = format!("{}-*", self.index_prefix);
+        let _ = client.indices().delete(opensearch::indices::IndicesDeleteParts::Index(&[&indices])).send().await;
     }
 }
