@@ -14,8 +14,8 @@ use common::process::{WorkerProcess, spawn_worker};
 use common::proxy::Proxy;
 use common::services::{Services, services};
 use common::{as_lines, batch_oracle};
-use taxi_worker::config::EngineConfig;
-use taxi_worker::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::config::EngineConfig;
+use taxi_core::generate::{GeneratorConfig, write_json_lines};
 
 const BIN: &str = env!("CARGO_BIN_EXE_taxi-worker");
 
@@ -341,7 +341,9 @@ async fn a_shard_that_ends_while_s3_is_down_finishes_only_once_durable_and_its_c
     let Some(services) = services() else { return };
     let p = pipeline(services, 600, 1).await;
     let mut proxy = Proxy::start(&p.services.s3).await;
-    let worker = p.start_worker(&["--stop-when-idle", "3s"], None, Some(&proxy.url()));
+    // The worker must not count as idle between reading the last record and discovering the
+    // children: the reshard below takes seconds on a loaded machine, so the idle period is long.
+    let worker = p.start_worker(&["--stop-when-idle", "15s"], None, Some(&proxy.url()));
     worker.wait_for_records(records_in(&p.input));
 
     // S3 goes down, then the shard ends (a reshard closes it): its finished checkpoint fails.
@@ -377,7 +379,7 @@ async fn a_shard_that_ends_while_s3_is_down_finishes_only_once_durable_and_its_c
     let key = format!("checkpoints/nyc/shards/{parent}.json");
     let object = s3.get_object().bucket(&p.bucket).key(&key).send().await.expect("checkpoint");
     let bytes = object.body.collect().await.expect("read").into_bytes();
-    let checkpoint = taxi_worker::checkpoint::ShardCheckpoint::from_bytes(&bytes).expect("decode");
-    assert_eq!(checkpoint.position, taxi_worker::checkpoint::Position::Finished);
+    let checkpoint = taxi_core::checkpoint::ShardCheckpoint::from_bytes(&bytes).expect("decode");
+    assert_eq!(checkpoint.position, taxi_core::checkpoint::Position::Finished);
     p.assert_results_equal_the_oracle();
 }
