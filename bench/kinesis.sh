@@ -5,7 +5,7 @@
 #  3. the seed's scenario: replay a day at speedup 6480 into 8 shards while a worker reads it,
 #     sampling the worst millis_behind_latest from /metrics.
 # The emulator (single-threaded Node) is slower than the worker; the worker's own per-record cost
-# is `cargo bench -p taxi-worker --bench hot_path`.
+# is `cargo bench -p taxi-core --bench hot_path`.
 # Usage: bash bench/kinesis.sh [TRIPS] [SCENARIO_TRIPS]   (defaults 20000 and 20000)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -60,6 +60,13 @@ def test_builder_stage_builds_both_binaries_locked_with_cache_mounts():
     assert re.search(r"cp target/release/taxi-operator target/release/taxi-worker /out/", build)
 
 
+def test_builder_copies_every_workspace_member():
+    builder, *_ = stages()
+    copied = {rest.split()[0] for k, rest in builder if k == "COPY"}
+    for member in CARGO["workspace"]["members"]:
+        assert member in copied, f"the Dockerfile does not COPY the workspace member {member}/"
+
+
 def test_runtime_stage_is_distroless_non_root_with_both_binaries_and_no_shell():
     *_, runtime = stages()
     assert len(stages()) >= 2
@@ -150,13 +157,14 @@ def test_dockerignore_drops_build_output_and_data_but_keeps_the_sources():
                  "node_modules/x/index.js", "data/yellow_tripdata_2015-01.csv.gz"):
         assert ignored(path, patterns), path
     # Everything the builder COPYs must reach it.
-    for path in ("Cargo.toml", "Cargo.lock", "operator/Cargo.toml", "operator/src/main.rs",
-                 "worker/Cargo.toml", "worker/src/main.rs"):
+    members = CARGO["workspace"]["members"]
+    for path in ("Cargo.toml", "Cargo.lock", *(f"{m}/Cargo.toml" for m in members), "operator/src/main.rs",
+                 "worker/src/main.rs", "core/src/lib.rs"):
         assert not ignored(path, patterns), path
     # Files the crates embed at compile time (include_str!/include_bytes!) must reach it too.
-    for crate in ("operator", "worker"):
+    for crate in members:
         for source in (REPO / crate / "src").rglob("*.rs"):
             for embedded in re.findall(r'include_(?:str|bytes)!\("([^"]+)"\)', source.read_text()):
                 path = (source.parent / embedded).resolve().relative_to(REPO).as_posix()
                 assert not ignored(path, patterns), f"{source.name} embeds {path}"
-                assert path.startswith(("operator/", "worker/")), f"the Dockerfile does not COPY {path}"
+                assert path.split("/")[0] in members, f"the Dockerfile does not COPY {path}"

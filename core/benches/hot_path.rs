@@ -1,6 +1,6 @@
 //! The per-record hot path of a shard: parse → validate → geohash → window update, on the seed's
 //! event JSON, plus its parts on their own; and what remembering trip ids against duplicates costs
-//! in memory and in each checkpoint. Run with `cargo bench -p taxi-worker --bench hot_path`.
+//! in memory and in each checkpoint. Run with `cargo bench -p taxi-core --bench hot_path`.
 
 #![expect(missing_docs, reason = "criterion_group! generates an undocumented function")]
 
@@ -8,14 +8,14 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use taxi_worker::checkpoint::{Owner, Position, ShardCheckpoint};
-use taxi_worker::config::EngineConfig;
-use taxi_worker::event::{Event, GeoPoint};
-use taxi_worker::generate::{GeneratedRecord, GeneratorConfig, TripGenerator, encode_json_line};
-use taxi_worker::geo::Geohash;
-use taxi_worker::input::parse_json_record;
-use taxi_worker::partition::{ShardRouter, trip_hash_key};
-use taxi_worker::shard::ShardProcessor;
+use taxi_core::checkpoint::{Owner, Position, ShardCheckpoint};
+use taxi_core::config::EngineConfig;
+use taxi_core::event::{Event, GeoPoint};
+use taxi_core::generate::{GeneratedRecord, GeneratorConfig, TripGenerator, encode_json_line};
+use taxi_core::geo::Geohash;
+use taxi_core::input::parse_json_record;
+use taxi_core::partition::{ShardRouter, trip_hash_key};
+use taxi_core::shard::ShardProcessor;
 
 /// Lines of the seed's trip-event format from the generator, as they sit in a Kinesis record.
 fn seed_events(n: u64) -> Vec<Vec<u8>> {

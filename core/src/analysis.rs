@@ -104,7 +104,7 @@ impl Aggregates {
 }
 
 /// Rounds to 4 decimals, the precision of the results file (and the dashboard's sums).
-pub(crate) fn round4(x: f64) -> f64 {
+pub fn round4(x: f64) -> f64 {
     (x * 10_000.0).round() / 10_000.0
 }
 

@@ -36,7 +36,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::kinesis::api::ShardInfo;
+use crate::topology::ShardInfo;
 
 /// The ConfigMap key (and file format) holding the assignment document.
 pub const ASSIGNMENT_KEY: &str = "assignment.json";

@@ -9,7 +9,8 @@ use crate::event::Millis;
 use crate::geo::{BoundingBox, Geofence, MAX_GEOHASH_PRECISION};
 
 /// How a shard's watermark advances.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum WatermarkStrategy {
     /// Max event time seen on the shard minus the out-of-orderness bound (default).

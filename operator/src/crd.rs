@@ -21,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use taxi_worker::geo::{BoundingBox, Geofence};
+use taxi_core::geo::{BoundingBox, Geofence};
 
 /// API group of the TaxiPipeline resource.
 pub const GROUP: &str = "taxipipeline.io";

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
-use taxi_worker::kinesis::api::{KinesisApi, KinesisEndpoint, KinesisError, SdkKinesis, ShardInfo, StreamState};
+use taxi_core::topology::ShardInfo;
+use taxi_worker::kinesis::api::{KinesisApi, KinesisEndpoint, KinesisError, SdkKinesis, StreamState};
 
 /// Which stream, and how to reach its Kinesis endpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

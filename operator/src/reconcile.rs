@@ -1,6 +1,6 @@
 //! The reconcile loop of a TaxiPipeline: fetch → validate → observe → plan → build → apply →
 //! status. Only this module talks to the Kubernetes API; what it decides comes from the pure
-//! [`validate`](crate::validate), [`rollout`](crate::rollout), `taxi_worker::assignment` and
+//! [`validate`](crate::validate), [`rollout`](crate::rollout), `taxi_core::assignment` and
 //! [`resources`](crate::resources) modules.
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,9 +21,9 @@ use kube::runtime::finalizer::{self, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use taxi_worker::assignment::{ASSIGNMENT_KEY, Assignment, above_recorded, assign, config_map_name, moved_shards};
-use taxi_worker::checkpoint::CheckpointError;
-use taxi_worker::identity::PipelineId;
+use taxi_core::assignment::{ASSIGNMENT_KEY, Assignment, above_recorded, assign, config_map_name, moved_shards};
+use taxi_core::checkpoint::CheckpointError;
+use taxi_core::identity::PipelineId;
 use taxi_worker::kinesis::api::KinesisError;
 use taxi_worker::store::CheckpointStore;
 

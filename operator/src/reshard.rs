@@ -307,7 +307,7 @@ mod tests {
     use std::sync::Mutex;
 
     use proptest::prelude::*;
-    use taxi_worker::kinesis::api::ShardInfo;
+    use taxi_core::topology::ShardInfo;
 
     use super::*;
 

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use taxi_worker::assignment::Assignment;
+use taxi_core::assignment::Assignment;
 
 /// What the operator saw of the workers on this pass.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -41,9 +41,9 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::Serialize;
-use taxi_worker::assignment::{Assignment, assign, moved_shards};
-use taxi_worker::kinesis::api::ShardInfo;
-use taxi_worker::partition::{even_ranges, shard_id};
+use taxi_core::assignment::{Assignment, assign, moved_shards};
+use taxi_core::partition::{even_ranges, shard_id};
+use taxi_core::topology::ShardInfo;
 
 use crate::autoscale::{self, History, Observation, Policy, ShardSample};
 

@@ -7,11 +7,11 @@
 use std::time::Duration;
 
 use kube::ResourceExt;
-use taxi_worker::config::{
+use taxi_core::config::{
     AirportTripsConfig, EngineConfig, EventTimeConfig, HotSpotConfig, WatermarkStrategy as EngineWatermark,
 };
-use taxi_worker::geo::{BoundingBox, Geofence};
-use taxi_worker::identity::PipelineId;
+use taxi_core::geo::{BoundingBox, Geofence};
+use taxi_core::identity::PipelineId;
 use taxi_worker::settings::{
     CheckpointSettings, ConsumerSetting, SigV4Setting, SinkAuthSetting, SinkSettings, StreamSettings, WorkerSettings,
     parse_start_position,

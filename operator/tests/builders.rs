@@ -23,16 +23,16 @@ use std::path::PathBuf;
 use k8s_openapi::api::core::v1::Container;
 use serde::Serialize;
 use serde_json::{Value, json};
+use taxi_core::assignment::{ASSIGNMENT_KEY, Assignment, assign};
+use taxi_core::config::WatermarkStrategy;
+use taxi_core::geo::{BoundingBox, Geofence};
+use taxi_core::topology::ShardInfo;
 use taxi_operator::crd::TaxiPipeline;
 use taxi_operator::resources::{
     ASSIGNED_AT_ANNOTATION, CONFIG_HASH_ANNOTATION, IRSA_ANNOTATION, Resources, ValidPipeline, build, config_hash,
     selector_labels,
 };
 use taxi_operator::validate::{Defaults, desired_replicas, validate};
-use taxi_worker::assignment::{ASSIGNMENT_KEY, Assignment, assign};
-use taxi_worker::config::WatermarkStrategy;
-use taxi_worker::geo::{BoundingBox, Geofence};
-use taxi_worker::kinesis::api::ShardInfo;
 use taxi_worker::opensearch::OpenSearchAuth;
 use taxi_worker::settings::{
     ConsumerSetting, SETTINGS_KEY, SINK_PASSWORD_ENV, SINK_USERNAME_ENV, SinkAuthSetting, WorkerSettings,
@@ -672,7 +672,7 @@ fn minimal_example_renders_the_design_defaults_into_worker_json() {
         ]
     );
     // The CRD's defaults and the worker's own defaults are the same numbers.
-    assert_eq!(engine, &taxi_worker::config::EngineConfig::default());
+    assert_eq!(engine, &taxi_core::config::EngineConfig::default());
 }
 
 #[test]

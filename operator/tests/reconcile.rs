@@ -15,13 +15,14 @@ use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{Value, json};
+use taxi_core::assignment::Assignment;
+use taxi_core::topology::ShardInfo;
 use taxi_operator::crd::TaxiPipeline;
 use taxi_operator::metrics::{OperatorMetrics, OperatorState};
 use taxi_operator::observe::{ProbeError, ShardReport, StreamRef, Streams, WorkerProbe, WorkerReport};
 use taxi_operator::reconcile::{Context, reconcile};
 use taxi_operator::validate::Defaults;
-use taxi_worker::assignment::Assignment;
-use taxi_worker::kinesis::api::{KinesisError, ShardInfo, StreamState};
+use taxi_worker::kinesis::api::{KinesisError, StreamState};
 
 /// The test's side of the mocked API server.
 type ApiHandle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -402,7 +403,7 @@ async fn scaling_up_grows_the_statefulset_first_and_moves_shards_once_the_pods_a
 #[tokio::test]
 async fn scaling_down_removes_pods_only_after_they_released_their_shards() {
     let shards = four_open_shards();
-    let three = taxi_worker::assignment::assign(&shards, 3, None);
+    let three = taxi_core::assignment::assign(&shards, 3, None);
     // Pass 1: `kubectl scale tp/nyc --replicas=1`: the assignment shrinks, the pods stay.
     let (ctx, handle) = context(Ok(shards.clone()), FakeProbe::default());
     let server = tokio::spawn(serve(handle, pass(Some((&three, "2026-11-27T11:00:00Z")), Some((3, 3)), true)));
@@ -433,7 +434,7 @@ async fn scaling_down_removes_pods_only_after_they_released_their_shards() {
 
 #[tokio::test]
 async fn new_child_shards_after_a_reshard_get_owners_in_a_new_epoch() {
-    let before = taxi_worker::assignment::assign(&four_open_shards(), 2, None);
+    let before = taxi_core::assignment::assign(&four_open_shards(), 2, None);
     // Shard 0 split into 4 and 5: the parent is closed, the children open.
     let mut shards: Vec<ShardInfo> = four_open_shards();
     shards[0].ending_sequence_number = Some("49".into());
@@ -465,7 +466,7 @@ async fn new_child_shards_after_a_reshard_get_owners_in_a_new_epoch() {
 #[tokio::test]
 async fn a_failed_shard_reported_by_a_worker_makes_the_pipeline_not_ready_with_its_reason() {
     let shards = four_open_shards();
-    let two = taxi_worker::assignment::assign(&shards, 2, None);
+    let two = taxi_core::assignment::assign(&shards, 2, None);
     let report = |ordinal: u32, failed: Option<&str>| WorkerReport {
         ordinal: Some(ordinal),
         assignment_epoch: Some(two.epoch),
@@ -503,7 +504,7 @@ async fn a_failed_shard_reported_by_a_worker_makes_the_pipeline_not_ready_with_i
 #[tokio::test]
 async fn the_assignment_is_written_only_over_the_version_read_so_a_deposed_leaders_write_fails() {
     let shards = four_open_shards();
-    let two = taxi_worker::assignment::assign(&shards, 2, None);
+    let two = taxi_core::assignment::assign(&shards, 2, None);
     // Another leader wrote the ConfigMap after this pass read it: the apply is refused.
     let mut calls = pass(Some((&two, "2026-11-27T11:00:00Z")), Some((2, 2)), true);
     let write = calls.iter().position(|c| c.path.ends_with("/configmaps/nyc-assignment") && c.method == Method::PATCH);
@@ -618,7 +619,7 @@ fn autoscale_now() -> Timestamp {
 #[tokio::test]
 async fn lag_above_max_lag_for_the_stabilization_window_scales_the_workers_up() {
     let shards = four_open_shards();
-    let two = taxi_worker::assignment::assign(&shards, 2, None);
+    let two = taxi_core::assignment::assign(&shards, 2, None);
     // Both workers report every shard two minutes behind (maxLag is one minute).
     let report = |ordinal: u32| WorkerReport {
         ordinal: Some(ordinal),

@@ -18,12 +18,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
+use taxi_core::config::EngineConfig;
+use taxi_core::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::topology::ShardInfo;
 use taxi_operator::observe::{SdkStreams, StreamRef, Streams};
 use taxi_operator::reshard::{Plan, StreamStep, manage_stream};
-use taxi_worker::config::EngineConfig;
-use taxi_worker::generate::{GeneratorConfig, write_json_lines};
 use taxi_worker::handoff::AssignmentSource;
-use taxi_worker::kinesis::api::{KinesisEndpoint, KinesisError, SdkKinesis, ShardInfo, StreamState};
+use taxi_worker::kinesis::api::{KinesisEndpoint, KinesisError, SdkKinesis, StreamState};
 use taxi_worker::kinesis::reader::{InitialPosition, PollingConfig};
 use taxi_worker::local::{LocalInput, LocalOptions, Progress, run_local};
 use taxi_worker::opensearch::OpenSearchSettings;
@@ -211,7 +212,7 @@ fn worker_options(stream: &str, dir: &Path) -> RunOptions {
     }
 }
 
-fn as_lines(results: &[taxi_worker::analysis::MergedResult]) -> Vec<String> {
+fn as_lines(results: &[taxi_core::analysis::MergedResult]) -> Vec<String> {
     results.iter().map(|r| serde_json::to_string(r).expect("serialize")).collect()
 }
 

@@ -10,14 +10,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-use taxi_worker::checkpoint::{Owner, Position, Precondition, ShardCheckpoint};
-use taxi_worker::config::EngineConfig;
-use taxi_worker::event::Event;
-use taxi_worker::generate::{GeneratedRecord, GeneratorConfig, TripGenerator};
+use taxi_core::checkpoint::{Owner, Position, ShardCheckpoint};
+use taxi_core::config::EngineConfig;
+use taxi_core::event::Event;
+use taxi_core::generate::{GeneratedRecord, GeneratorConfig, TripGenerator};
+use taxi_core::partition::ShardRouter;
+use taxi_core::shard::ShardProcessor;
 use taxi_worker::opensearch::{OpenSearchSettings, OpenSearchSink};
-use taxi_worker::partition::ShardRouter;
-use taxi_worker::shard::ShardProcessor;
 use taxi_worker::sink::documents_for;
+use taxi_worker::store::Precondition;
 use taxi_worker::store::{CheckpointStore, S3Settings, S3Store};
 
 const SHARDS: usize = 8;

@@ -22,13 +22,13 @@ use hyper::{Method, Response, StatusCode, Uri};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::analysis::{MergedResult, round4};
-use crate::config::EngineConfig;
-use crate::event::Millis;
-use crate::geo::BoundingBox;
 use crate::http::respond;
 use crate::local::{Progress, Summary};
-use crate::time::format_timestamp;
+use taxi_core::analysis::{MergedResult, round4};
+use taxi_core::config::EngineConfig;
+use taxi_core::event::Millis;
+use taxi_core::geo::BoundingBox;
+use taxi_core::time::format_timestamp;
 
 /// The page, built into the binary so the dashboard needs no files and no network.
 const PAGE: &str = include_str!("../assets/dashboard.html");
@@ -366,7 +366,7 @@ fn window_of(windows: &mut BTreeMap<Millis, (Millis, WindowView)>, start: Millis
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::geo::Geohash;
+    use taxi_core::geo::Geohash;
 
     const T0: Millis = 1_451_606_400_000; // 2016-01-01T00:00:00Z
     const TEN_MIN: Millis = 600_000;

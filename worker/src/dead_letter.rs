@@ -19,10 +19,10 @@ use std::time::Duration;
 use prometheus::IntGauge;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::CheckpointError;
 use crate::sink::{PartialDocument, Sink};
 use crate::store::CheckpointStore;
-use crate::time::wall_clock_millis;
+use taxi_core::checkpoint::CheckpointError;
+use taxi_core::time::wall_clock_millis;
 
 /// One refused document and why it was refused.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -23,8 +23,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 
-use crate::assignment::{ASSIGNMENT_KEY, Assignment, config_map_name};
 use crate::metrics::WorkerMetrics;
+use taxi_core::assignment::{ASSIGNMENT_KEY, Assignment, config_map_name};
 
 /// How often `--assignment file:PATH` reads the file.
 pub const FILE_POLL_INTERVAL: Duration = Duration::from_millis(250);

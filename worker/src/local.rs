@@ -20,19 +20,19 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::analysis::{ClosedWindows, MergedResult};
-use crate::checkpoint::{
-    CheckpointError, DirStore, FORMAT_VERSION, Owner, PartialsState, Position, Precondition, ShardCheckpoint,
-    decode_versioned,
-};
-use crate::config::{ConfigError, EngineConfig, WatermarkStrategy};
-use crate::event::{Event, InvalidReason, Millis};
-use crate::generate::{GeneratorConfig, write_json_lines};
-use crate::input::{Chunk, ChunkReader, Format, InputError, parse_line};
-use crate::merge::Merger;
 use crate::pace::Pacer;
-use crate::partition::{ShardRouter, shard_id};
-use crate::shard::{Counters, ShardProcessor};
+use crate::store::{DirStore, Precondition};
+use taxi_core::analysis::{ClosedWindows, MergedResult};
+use taxi_core::checkpoint::{
+    CheckpointError, FORMAT_VERSION, Owner, PartialsState, Position, ShardCheckpoint, decode_versioned,
+};
+use taxi_core::config::{ConfigError, EngineConfig, WatermarkStrategy};
+use taxi_core::event::{Event, InvalidReason, Millis};
+use taxi_core::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::input::{Chunk, ChunkReader, Format, InputError, parse_line};
+use taxi_core::merge::Merger;
+use taxi_core::partition::{ShardRouter, shard_id};
+use taxi_core::shard::{Counters, ShardProcessor};
 
 /// Bytes of input per chunk: large enough to amortize channel hops, small enough to keep memory
 /// flat (a few chunks are in flight per stage).

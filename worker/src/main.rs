@@ -9,13 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use taxi_worker::analysis::MergedResult;
-use taxi_worker::config::{
+use taxi_core::analysis::MergedResult;
+use taxi_core::config::{
     AirportTripsConfig, EngineConfig, EventTimeConfig, HotSpotConfig, WatermarkStrategy, parse_duration, to_millis,
 };
+use taxi_core::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::geo::BoundingBox;
+use taxi_core::time::{format_timestamp, parse_timestamp};
 use taxi_worker::dashboard::{Dashboard, RunState};
-use taxi_worker::generate::{GeneratorConfig, write_json_lines};
-use taxi_worker::geo::BoundingBox;
 use taxi_worker::handoff::{AssignmentSource, pod_ordinal};
 use taxi_worker::kinesis::api::{KinesisEndpoint, SdkKinesis};
 use taxi_worker::kinesis::reader::PollingConfig;
@@ -28,7 +29,6 @@ use taxi_worker::settings::{
     parse_start_position,
 };
 use taxi_worker::sink::{merge_documents, read_documents};
-use taxi_worker::time::{format_timestamp, parse_timestamp};
 
 /// Command line of the worker binary.
 #[derive(Debug, Parser)]

@@ -46,10 +46,10 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore, TryAcquireError, watch};
 use tokio::task::{AbortHandle, JoinSet};
 
-use crate::analysis::MergedResult;
-use crate::config::EngineConfig;
 use crate::dead_letter::{DeadLetter, DeadLetterStore};
 use crate::sink::{AnalysisKind, PartialDocument, merge_documents};
+use taxi_core::analysis::MergedResult;
+use taxi_core::config::EngineConfig;
 
 /// The longest `_id` OpenSearch accepts, in bytes.
 pub const MAX_ID_BYTES: usize = 512;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::event::Millis;
+use taxi_core::event::Millis;
 
 /// Replays event time at a fixed multiple of wall-clock time: records of event time `t` are handed
 /// on no earlier than `(t - first) / speedup` after the first. A gap in the data is compressed to

@@ -89,13 +89,14 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
-use crate::event::{Event, Millis, Trip};
-use crate::input::{Chunk, ChunkReader, Format, InputError, parse_line};
-use crate::kinesis::api::{KinesisApi, KinesisError, PutEntry, PutOutcome, ShardInfo, StreamState};
+use crate::kinesis::api::{KinesisApi, KinesisError, PutEntry, PutOutcome, StreamState};
 use crate::kinesis::kpl::{AggregatedRecord, Aggregator, MAX_AGGREGATED_BYTES};
 use crate::pace::Pacer;
-use crate::partition::{hash_key, trip_hash_key};
-use crate::time::format_timestamp;
+use taxi_core::event::{Event, Millis, Trip};
+use taxi_core::input::{Chunk, ChunkReader, Format, InputError, parse_line};
+use taxi_core::partition::{hash_key, trip_hash_key};
+use taxi_core::time::format_timestamp;
+use taxi_core::topology::ShardInfo;
 
 /// Most entries one `PutRecords` call may carry.
 pub const MAX_BATCH_ENTRIES: usize = 500;
@@ -1251,11 +1252,11 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
-    use crate::generate::{GeneratorConfig, write_json_lines};
-    use crate::input::parse_json_record;
     use crate::kinesis::api::{RecordsPage, StartingPosition, Subscription, SubscriptionEvent};
     use crate::kinesis::kpl::{Deaggregated, deaggregate};
-    use crate::partition::{even_ranges, shard_id};
+    use taxi_core::generate::{GeneratorConfig, write_json_lines};
+    use taxi_core::input::parse_json_record;
+    use taxi_core::partition::{even_ranges, shard_id};
 
     /// What the fake does to one PutRecords call.
     #[derive(Clone, Copy, Debug)]
@@ -1603,7 +1604,7 @@ mod tests {
         write_file(lines.join("\n").as_bytes())
     }
 
-    fn generated(config: &GeneratorConfig) -> (tempfile::NamedTempFile, crate::generate::GenerateStats) {
+    fn generated(config: &GeneratorConfig) -> (tempfile::NamedTempFile, taxi_core::generate::GenerateStats) {
         let mut buf = Vec::new();
         let stats = write_json_lines(config, &mut buf).expect("generate");
         (write_file(&buf), stats)
@@ -1689,7 +1690,7 @@ mod tests {
     fn expected_order(fake: &Fake, input: &Path) -> BTreeMap<usize, Vec<String>> {
         let st = fake.state();
         let mut expected: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-        for record in crate::input::read_records(input).expect("read") {
+        for record in taxi_core::input::read_records(input).expect("read") {
             let (record_no, parsed) = record.expect("record");
             let partition_key = match parsed {
                 Ok(Event::Trip(trip)) => trip.trip_id.to_string(),
@@ -2014,8 +2015,8 @@ mod tests {
         let fake = Arc::new(Fake::new(even_shards(1, 0)));
         let summary = replay(Arc::clone(&fake), &options(&file, 0.0), &ReplayProgress::new()).await.expect("replay");
         assert_eq!((summary.trips, summary.invalid), (2, 1));
-        let expected: Vec<(u64, crate::event::ParsedRecord)> =
-            crate::input::read_records(file.path()).expect("read").map(|r| r.expect("record")).collect();
+        let expected: Vec<(u64, taxi_core::event::ParsedRecord)> =
+            taxi_core::input::read_records(file.path()).expect("read").map(|r| r.expect("record")).collect();
         let st = fake.state();
         for (no, parsed) in expected {
             let record = st.stored.iter().find(|r| r.partition_key == no.to_string()).expect("stored");

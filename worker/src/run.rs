@@ -26,18 +26,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::assignment::{Assignment, startable};
-use crate::checkpoint::{CheckpointError, ETag, Owner, Position, Precondition, ShardCheckpoint};
-use crate::config::EngineConfig;
 use crate::dead_letter::{DeadLetterStore, redrive_periodically};
-use crate::event::{Event, InvalidReason, Millis};
 use crate::handoff::{
     AssignmentSource, ClaimDecision, Claimant, EpochPlan, HandoffOutcome, Holder, RELEASE_POLL_INTERVAL, SourceError,
     decide_claim, plan_epoch,
 };
-use crate::identity::PipelineId;
-use crate::input::parse_json_record;
-use crate::kinesis::api::{KinesisApi, KinesisError, ShardInfo};
+use crate::kinesis::api::{KinesisApi, KinesisError};
 use crate::kinesis::efo::EfoReader;
 use crate::kinesis::kpl::{self, Deaggregated};
 use crate::kinesis::reader::{
@@ -45,10 +39,17 @@ use crate::kinesis::reader::{
 };
 use crate::metrics::WorkerMetrics;
 use crate::opensearch::OpenSearchSettings;
-use crate::shard::{Counters, ShardProcessor};
 use crate::sink::{Sink, SinkError, documents_for};
-use crate::store::{CheckpointStore, S3Settings};
-use crate::time::wall_clock_millis;
+use crate::store::{CheckpointStore, ETag, Precondition, S3Settings};
+use taxi_core::assignment::{Assignment, startable};
+use taxi_core::checkpoint::{CheckpointError, Owner, Position, ShardCheckpoint};
+use taxi_core::config::EngineConfig;
+use taxi_core::event::{Event, InvalidReason, Millis};
+use taxi_core::identity::PipelineId;
+use taxi_core::input::parse_json_record;
+use taxi_core::shard::{Counters, ShardProcessor};
+use taxi_core::time::wall_clock_millis;
+use taxi_core::topology::ShardInfo;
 
 /// Everything `taxi-worker run` needs besides the Kinesis client.
 #[derive(Clone, Debug)]
@@ -1453,7 +1454,7 @@ impl<K: KinesisApi> ShardTask<K> {
     }
 
     /// Writes the documents of `windows` to the sink, marked final when the shard closed them.
-    async fn emit(&self, windows: &crate::analysis::ClosedWindows, is_final: bool) -> Result<(), RunError> {
+    async fn emit(&self, windows: &taxi_core::analysis::ClosedWindows, is_final: bool) -> Result<(), RunError> {
         if windows.is_empty() {
             return Ok(());
         }
@@ -1564,7 +1565,7 @@ impl<K: KinesisApi> ShardTask<K> {
                     .observe(started.elapsed().as_secs_f64());
                 let written_at = wall_clock_millis();
                 metrics.checkpoint_written(&self.shard_id, written_at, bytes.len());
-                let now = crate::time::format_timestamp(written_at);
+                let now = taxi_core::time::format_timestamp(written_at);
                 let position = match &self.position {
                     Position::Sequence { sequence_number, .. } => Some(sequence_number.clone()),
                     _ => None,
@@ -1630,7 +1631,7 @@ impl<K: KinesisApi> ShardTask<K> {
         let records = now.records;
         self.shared.state.update(&self.shard_id, |s| {
             s.records = records;
-            s.watermark = watermark.map(crate::time::format_timestamp);
+            s.watermark = watermark.map(taxi_core::time::format_timestamp);
         });
     }
 }

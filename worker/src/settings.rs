@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::EngineConfig;
-use crate::identity::PipelineId;
 use crate::kinesis::reader::InitialPosition;
 use crate::opensearch::{BulkSettings, OpenSearchAuth, OpenSearchSettings, SigV4Service};
 use crate::run::ConsumerKind;
 use crate::store::S3Settings;
-use crate::time::parse_timestamp;
+use taxi_core::config::EngineConfig;
+use taxi_core::identity::PipelineId;
+use taxi_core::time::parse_timestamp;
 
 /// The worker ConfigMap key (and `--config` file format) holding [`WorkerSettings`] as JSON.
 pub const SETTINGS_KEY: &str = "worker.json";

@@ -13,13 +13,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::analysis::{Aggregates, AirportAgg, AirportKey, ClosedWindows, MergedResult, final_results};
-use crate::config::EngineConfig;
 use crate::dead_letter::DeadLetterStore;
-use crate::event::Millis;
-use crate::geo::Geohash;
 use crate::opensearch::{OpenSearchError, OpenSearchSettings, OpenSearchSink};
-use crate::window::Tumbling;
+use taxi_core::analysis::{Aggregates, AirportAgg, AirportKey, ClosedWindows, MergedResult, final_results};
+use taxi_core::config::EngineConfig;
+use taxi_core::event::Millis;
+use taxi_core::geo::Geohash;
+use taxi_core::window::Tumbling;
 
 /// Which analysis a document belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -41,10 +41,10 @@ pub struct PartialDocument {
     /// The analysis.
     pub analysis: AnalysisKind,
     /// Window start.
-    #[serde(with = "crate::time::serde_timestamp")]
+    #[serde(with = "taxi_core::time::serde_timestamp")]
     pub window_start: Millis,
     /// Window end (exclusive).
-    #[serde(with = "crate::time::serde_timestamp")]
+    #[serde(with = "taxi_core::time::serde_timestamp")]
     pub window_end: Millis,
     /// The pickup cell as a geo_point (a geohash string is a valid geo_point).
     pub location: String,
@@ -358,8 +358,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::event::{Event, GeoPoint, Trip};
-    use crate::shard::ShardProcessor;
+    use taxi_core::event::{Event, GeoPoint, Trip};
+    use taxi_core::shard::ShardProcessor;
 
     fn shard_with(config: &Arc<EngineConfig>, trips: &[(u64, i64, GeoPoint)]) -> ClosedWindows {
         let mut shard = ShardProcessor::new(config.clone());

@@ -11,14 +11,15 @@ use std::time::{Duration, Instant};
 
 use common::kinesis::{client, emulator, fresh_stream, put_file, run_options};
 use common::{as_lines, batch_oracle};
-use taxi_worker::assignment::Assignment;
-use taxi_worker::checkpoint::{DirStore, Owner, Position, Precondition, ShardCheckpoint};
-use taxi_worker::config::EngineConfig;
-use taxi_worker::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::assignment::Assignment;
+use taxi_core::checkpoint::{Owner, Position, ShardCheckpoint};
+use taxi_core::config::EngineConfig;
+use taxi_core::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::shard::ShardProcessor;
 use taxi_worker::handoff::AssignmentSource;
 use taxi_worker::run::{ShardState, WorkerState, run_worker};
-use taxi_worker::shard::ShardProcessor;
 use taxi_worker::sink::{merge_documents, read_documents};
+use taxi_worker::store::{DirStore, Precondition};
 
 const SHARD: &str = "shardId-000000000000";
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use common::kinesis::{client, count_records, emulator, fresh_stream, put_file, run_options, run_to_idle};
 use common::{as_lines, batch_oracle, split_in_halves};
-use taxi_worker::config::EngineConfig;
-use taxi_worker::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::config::EngineConfig;
+use taxi_core::generate::{GeneratorConfig, write_json_lines};
 use taxi_worker::sink::{PartialDocument, merge_documents, read_documents};
 
 fn generated(dir: &Path, trips: u64) -> std::path::PathBuf {

@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use common::kinesis::{client, emulator, fresh_stream, put_file, run_options, run_to_idle, wait_active};
 use common::{as_lines, batch_oracle};
-use taxi_worker::config::EngineConfig;
-use taxi_worker::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::config::EngineConfig;
+use taxi_core::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::topology::ShardInfo;
 use taxi_worker::kinesis::api::{
-    KinesisApi, KinesisError, PutEntry, PutOutcome, RecordsPage, SdkKinesis, SdkSubscription, ShardInfo,
-    StartingPosition, StreamState,
+    KinesisApi, KinesisError, PutEntry, PutOutcome, RecordsPage, SdkKinesis, SdkSubscription, StartingPosition,
+    StreamState,
 };
 use taxi_worker::local::{LocalInput, LocalOptions, Progress, run_local};
 use taxi_worker::run::{ConsumerKind, WorkerState, run_worker};

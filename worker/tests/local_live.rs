@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use taxi_worker::config::EngineConfig;
+use taxi_core::config::EngineConfig;
+use taxi_core::generate::GeneratorConfig;
 use taxi_worker::dashboard::group_windows;
-use taxi_worker::generate::GeneratorConfig;
 use taxi_worker::local::{LocalInput, LocalOptions, Progress, run_local};
 
 #[test]
@@ -44,7 +44,7 @@ fn live_figures_and_kept_results_match_the_summary() {
     assert_eq!(live(&progress.late), s.late);
 
     let mut kept = progress.results_after(None);
-    kept.sort_by(taxi_worker::analysis::MergedResult::output_order);
+    kept.sort_by(taxi_core::analysis::MergedResult::output_order);
     assert_eq!(kept, run.results, "every final result is kept once, as it became final");
     let windows = group_windows(&kept);
     let hot_spots: usize = windows.iter().map(|w| w.hot_spots.len()).sum();

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use proptest::prelude::*;
-use taxi_worker::analysis::MergedResult;
-use taxi_worker::config::EngineConfig;
-use taxi_worker::event::{GeoPoint, Trip};
-use taxi_worker::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::analysis::MergedResult;
+use taxi_core::config::EngineConfig;
+use taxi_core::event::{GeoPoint, Trip};
+use taxi_core::generate::{GeneratorConfig, write_json_lines};
 use taxi_worker::local::{LocalInput, LocalOptions, LocalRun, Outcome, Progress, run_local};
 
 use common::{as_lines, batch_oracle, oracle_over, trip_line};
@@ -160,7 +160,7 @@ proptest! {
 fn compressed_tlc_csv_gives_the_same_results_as_json_lines() {
     use std::io::Write;
 
-    use taxi_worker::generate::{GeneratedRecord, TripGenerator};
+    use taxi_core::generate::{GeneratedRecord, TripGenerator};
 
     let dir = tempfile::tempdir().expect("tempdir");
     let config = GeneratorConfig { trips: 15_000, seed: 9, ..GeneratorConfig::default() };
@@ -170,7 +170,7 @@ fn compressed_tlc_csv_gives_the_same_results_as_json_lines() {
             _ => None,
         })
         .collect();
-    let naive = |t: i64| taxi_worker::time::format_timestamp(t).replace('T', " ").replace('Z', "");
+    let naive = |t: i64| taxi_core::time::format_timestamp(t).replace('T', " ").replace('Z', "");
     let mut csv = String::from(
         "VendorID,tpep_pickup_datetime,tpep_dropoff_datetime,passenger_count,trip_distance,pickup_longitude,pickup_latitude,RateCodeID,store_and_fwd_flag,dropoff_longitude,dropoff_latitude,payment_type,fare_amount,extra,mta_tax,tip_amount,tolls_amount,improvement_surcharge,total_amount\n",
     );

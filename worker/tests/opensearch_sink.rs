@@ -12,13 +12,13 @@ use common::opensearch::raw;
 use common::proxy::Proxy;
 use opensearch::http::Method;
 use serde_json::{Value, json};
-use taxi_worker::config::EngineConfig;
-use taxi_worker::event::{Event, GeoPoint, Trip};
+use taxi_core::config::EngineConfig;
+use taxi_core::event::{Event, GeoPoint, Trip};
+use taxi_core::shard::ShardProcessor;
 use taxi_worker::opensearch::{
     BulkSettings, OpenSearchAuth, OpenSearchSettings, OpenSearchSink, SigV4Service, index_name, merged_results,
     query_partials,
 };
-use taxi_worker::shard::ShardProcessor;
 use taxi_worker::sink::{AnalysisKind, PartialDocument, documents_for, merge_documents};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;

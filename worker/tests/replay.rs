@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::kinesis::{client, emulator};
-use taxi_worker::event::{Event, Millis};
-use taxi_worker::generate::{GeneratorConfig, write_json_lines};
-use taxi_worker::input::parse_json_record;
+use taxi_core::event::{Event, Millis};
+use taxi_core::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::input::parse_json_record;
 use taxi_worker::kinesis::api::{KinesisApi, SdkKinesis, StartingPosition};
 use taxi_worker::kinesis::kpl::{Deaggregated, deaggregate};
 use taxi_worker::replay::{ReplayOptions, ReplayProgress, replay};

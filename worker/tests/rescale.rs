@@ -25,10 +25,10 @@ use common::kinesis::{client, fresh_stream, wait_active};
 use common::process::{WorkerProcess, spawn_worker};
 use common::services::{Services, services};
 use common::{as_lines, batch_oracle};
-use taxi_worker::assignment::{Assignment, assign, moved_shards};
-use taxi_worker::checkpoint::{Position, ShardCheckpoint};
-use taxi_worker::config::EngineConfig;
-use taxi_worker::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::assignment::{Assignment, assign, moved_shards};
+use taxi_core::checkpoint::{Position, ShardCheckpoint};
+use taxi_core::config::EngineConfig;
+use taxi_core::generate::{GeneratorConfig, write_json_lines};
 use taxi_worker::kinesis::api::{KinesisApi, SdkKinesis};
 use taxi_worker::opensearch::{OpenSearchSettings, merged_results};
 use taxi_worker::replay::{ReplayError, ReplayOptions, ReplayProgress, ReplaySummary, replay};
@@ -479,7 +479,7 @@ async fn live_rescale_moves_only_what_it_must_pauses_briefly_and_loses_nothing()
 
     // Every trip the producer stored was processed exactly once, none late: the final checkpoints
     // (restored counters carried across every handoff) count them.
-    let mut processed = taxi_worker::shard::Counters::default();
+    let mut processed = taxi_core::shard::Counters::default();
     let mut late = BTreeMap::new();
     for shard in history.keys() {
         let key = format!("checkpoints/{PIPELINE}/shards/{shard}.json");

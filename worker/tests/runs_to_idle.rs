@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use common::kinesis::{client, emulator, fresh_stream, put_file, run_options, run_to_idle};
 use common::{as_lines, batch_oracle, trip_line};
-use taxi_worker::config::EngineConfig;
-use taxi_worker::event::{GeoPoint, Trip};
+use taxi_core::config::EngineConfig;
+use taxi_core::event::{GeoPoint, Trip};
 use taxi_worker::sink::{PartialDocument, merge_documents, read_documents};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

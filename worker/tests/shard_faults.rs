@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use common::kinesis::{client, emulator, fresh_stream, put_file, run_options, run_to_idle};
 use common::{as_lines, batch_oracle, split_in_halves};
-use taxi_worker::config::EngineConfig;
-use taxi_worker::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::config::EngineConfig;
+use taxi_core::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::topology::ShardInfo;
 use taxi_worker::kinesis::api::{
-    KinesisApi, KinesisError, PutEntry, PutOutcome, RecordsPage, SdkKinesis, ShardInfo, StartingPosition, StreamState,
+    KinesisApi, KinesisError, PutEntry, PutOutcome, RecordsPage, SdkKinesis, StartingPosition, StreamState,
 };
 use taxi_worker::run::{RunError, RunOptions, WorkerState, run_worker};
 use taxi_worker::sink::{merge_documents, read_documents};

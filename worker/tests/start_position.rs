@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use common::kinesis::{client, emulator, fresh_stream, put_file, run_options, run_to_idle, wait_active};
 use common::{as_lines, batch_oracle};
-use taxi_worker::checkpoint::{Position, ShardCheckpoint};
-use taxi_worker::config::EngineConfig;
-use taxi_worker::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::checkpoint::{Position, ShardCheckpoint};
+use taxi_core::config::EngineConfig;
+use taxi_core::generate::{GeneratorConfig, write_json_lines};
 use taxi_worker::kinesis::api::KinesisApi;
 use taxi_worker::kinesis::reader::InitialPosition;
 use taxi_worker::run::{ShardState, WorkerState, run_worker};

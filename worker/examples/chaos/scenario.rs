@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::config::{Credentials, Region};
 use bytes::Bytes;
-use taxi_worker::assignment::{Assignment, assign};
-use taxi_worker::checkpoint::{Position, ShardCheckpoint};
-use taxi_worker::config::EngineConfig;
-use taxi_worker::event::Event;
-use taxi_worker::generate::{GeneratorConfig, write_json_lines};
-use taxi_worker::input::parse_json_record;
-use taxi_worker::kinesis::api::{KinesisApi, PutEntry, PutOutcome, SdkKinesis, ShardInfo, StreamState};
+use taxi_core::assignment::{Assignment, assign};
+use taxi_core::checkpoint::{Position, ShardCheckpoint};
+use taxi_core::config::EngineConfig;
+use taxi_core::event::Event;
+use taxi_core::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::input::parse_json_record;
+use taxi_core::topology::ShardInfo;
+use taxi_worker::kinesis::api::{KinesisApi, PutEntry, PutOutcome, SdkKinesis, StreamState};
 use tokio::time::Instant;
 
 use crate::proxy::{FaultProxy, FaultRates, Service};
@@ -524,7 +525,7 @@ impl World {
     async fn check(&self, input: &Path, put: u64) -> Vec<String> {
         let mut violations = Vec::new();
         // 1. The merged results equal the batch oracle.
-        let expected: Vec<String> = taxi_worker::oracle::results_of_file(&EngineConfig::default(), input)
+        let expected: Vec<String> = taxi_core::oracle::results_of_file(&EngineConfig::default(), input)
             .expect("oracle")
             .iter()
             .map(|r| serde_json::to_string(r).expect("json"))

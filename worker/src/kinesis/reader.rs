@@ -230,7 +230,7 @@ pub enum InitialPosition {
     /// Only records that arrive after the shard is first claimed (LATEST).
     Latest,
     /// The first record that arrived at or after this instant (AT_TIMESTAMP).
-    AtTimestamp(crate::event::Millis),
+    AtTimestamp(taxi_core::event::Millis),
 }
 
 /// Resolves where a shard with nothing processed yet starts, once, at its first claim; the claim
@@ -241,9 +241,9 @@ pub enum InitialPosition {
 pub fn initial_position(
     configured: &InitialPosition,
     child: bool,
-    now: crate::event::Millis,
-) -> crate::checkpoint::Position {
-    use crate::checkpoint::Position;
+    now: taxi_core::event::Millis,
+) -> taxi_core::checkpoint::Position {
+    use taxi_core::checkpoint::Position;
     match configured {
         _ if child => Position::Start,
         InitialPosition::TrimHorizon => Position::Start,
@@ -254,8 +254,8 @@ pub fn initial_position(
 
 /// Turns a checkpointed position into where the reader starts, and how many user records of the
 /// first (aggregated) record were already processed; `None` for a finished shard.
-pub fn resume_position(position: &crate::checkpoint::Position) -> Option<(StartingPosition, Option<u64>)> {
-    use crate::checkpoint::Position;
+pub fn resume_position(position: &taxi_core::checkpoint::Position) -> Option<(StartingPosition, Option<u64>)> {
+    use taxi_core::checkpoint::Position;
     match position {
         Position::Start | Position::InputRecord { .. } => Some((StartingPosition::TrimHorizon, None)),
         Position::ArrivedFrom { timestamp } => Some((StartingPosition::AtTimestamp(*timestamp), None)),
@@ -300,7 +300,7 @@ mod tests {
     impl KinesisApi for LastPage {
         type Subscription = NoSubscription;
 
-        async fn list_shards(&self, _: &str) -> Result<Vec<crate::kinesis::api::ShardInfo>, KinesisError> {
+        async fn list_shards(&self, _: &str) -> Result<Vec<taxi_core::topology::ShardInfo>, KinesisError> {
             Ok(Vec::new())
         }
         async fn get_shard_iterator(&self, _: &str, _: &str, _: &StartingPosition) -> Result<String, KinesisError> {
@@ -372,7 +372,7 @@ mod tests {
 
     #[test]
     fn checkpointed_positions_map_to_iterator_positions() {
-        use crate::checkpoint::Position;
+        use taxi_core::checkpoint::Position;
         let seq = || "4962".to_owned();
         assert_eq!(
             resume_position(&Position::Sequence { sequence_number: seq(), sub_sequence: None }),
@@ -392,7 +392,7 @@ mod tests {
 
     #[test]
     fn latest_resolves_to_the_first_claim_and_children_start_at_their_beginning() {
-        use crate::checkpoint::Position;
+        use taxi_core::checkpoint::Position;
         let now = 1_451_606_400_000;
         assert_eq!(initial_position(&InitialPosition::Latest, false, now), Position::ArrivedFrom { timestamp: now });
         assert_eq!(

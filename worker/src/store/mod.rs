@@ -25,7 +25,11 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 
-use crate::checkpoint::{CheckpointError, DirStore, ETag, Precondition};
+mod dir;
+
+pub use dir::{DirStore, ETag, Precondition};
+
+use taxi_core::checkpoint::CheckpointError;
 
 /// Number of history copies kept per key unless configured otherwise.
 pub const DEFAULT_RETAIN: usize = 3;

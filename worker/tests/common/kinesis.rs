@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::config::{Credentials, Region};
 use bytes::Bytes;
-use taxi_worker::config::EngineConfig;
-use taxi_worker::event::Event;
+use taxi_core::config::EngineConfig;
+use taxi_core::event::Event;
+use taxi_core::input::{parse_json_record, read_records};
 use taxi_worker::handoff::AssignmentSource;
-use taxi_worker::input::{parse_json_record, read_records};
 use taxi_worker::kinesis::api::{KinesisApi, PutEntry, PutOutcome, SdkKinesis, StreamState};
 use taxi_worker::kinesis::reader::{InitialPosition, PollingConfig};
 use taxi_worker::opensearch::OpenSearchSettings;

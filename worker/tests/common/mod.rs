@@ -11,9 +11,9 @@ pub mod services;
 
 use std::path::{Path, PathBuf};
 
-use taxi_worker::analysis::MergedResult;
-use taxi_worker::config::EngineConfig;
-use taxi_worker::event::Trip;
+use taxi_core::analysis::MergedResult;
+use taxi_core::config::EngineConfig;
+use taxi_core::event::Trip;
 
 /// Splits the lines of `input` into two files of `dir`, the first half and the rest.
 pub fn split_in_halves(input: &Path, dir: &Path, names: [&str; 2]) -> (PathBuf, PathBuf) {
@@ -27,14 +27,14 @@ pub fn split_in_halves(input: &Path, dir: &Path, names: [&str; 2]) -> (PathBuf, 
     (write(names[0], first), write(names[1], second))
 }
 
-/// The batch oracle over a file (see [`taxi_worker::oracle`]).
+/// The batch oracle over a file (see [`taxi_core::oracle`]).
 pub fn batch_oracle(config: &EngineConfig, input: &Path) -> Vec<MergedResult> {
-    taxi_worker::oracle::results_of_file(config, input).expect("read the input")
+    taxi_core::oracle::results_of_file(config, input).expect("read the input")
 }
 
 /// The batch oracle over trips already in memory.
 pub fn oracle_over(config: &EngineConfig, trips: &[Trip]) -> Vec<MergedResult> {
-    taxi_worker::oracle::results(config, trips)
+    taxi_core::oracle::results(config, trips)
 }
 
 /// One trip as a JSON line in the seed's format.
@@ -42,8 +42,8 @@ pub fn trip_line(t: &Trip) -> String {
     format!(
         r#"{{"trip_id":{},"pickup_datetime":"{}","dropoff_datetime":"{}","pickup_latitude":{},"pickup_longitude":{},"dropoff_latitude":{},"dropoff_longitude":{},"total_amount":12.5,"type":"trip"}}"#,
         t.trip_id,
-        taxi_worker::time::format_timestamp(t.pickup_time),
-        taxi_worker::time::format_timestamp(t.dropoff_time),
+        taxi_core::time::format_timestamp(t.pickup_time),
+        taxi_core::time::format_timestamp(t.dropoff_time),
         t.pickup.lat,
         t.pickup.lon,
         t.dropoff.lat,

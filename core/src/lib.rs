@@ -1,0 +1,33 @@
+//! TaxiPipeline's pure core: everything that decides what a result is, and nothing that waits.
+//! No async runtime, no cloud SDK, no network: the worker and the operator bring the I/O.
+//!
+//! From the inside out:
+//! - [`event`], [`time`], [`geo`], [`partition`]: what a record means, event time, the geohash
+//!   grid and airport geofences, and the partition key a producer sends;
+//! - [`input`]: parsing records and reading JSON-lines / TLC CSV files (plain, gzip, zstd);
+//! - [`config`]: event-time and analysis settings, and their fingerprint;
+//! - [`window`], [`analysis`], [`dedupe`], [`shard`], [`merge`]: per-shard event-time aggregation
+//!   and the merge across shards;
+//! - [`checkpoint`]: a shard's state as it is stored, and its format;
+//! - [`topology`], [`assignment`]: the stream's shards and which worker owns which;
+//! - [`identity`]: how a pipeline names its state;
+//! - [`generate`]: the synthetic NYC trip generator, and [`oracle`], the batch computation every
+//!   pipeline run must agree with.
+
+pub mod analysis;
+pub mod assignment;
+pub mod checkpoint;
+pub mod config;
+pub mod dedupe;
+pub mod event;
+pub mod generate;
+pub mod geo;
+pub mod identity;
+pub mod input;
+pub mod merge;
+pub mod oracle;
+pub mod partition;
+pub mod shard;
+pub mod time;
+pub mod topology;
+pub mod window;
