@@ -243,6 +243,20 @@ impl ShardCheckpoint {
     }
 }
 
+/// The state a new child shard starts from, given its parents' final checkpoints: the event time
+/// of its slowest parent, so a record that would have been late on its parent is late on the child
+/// too, and the trip ids its parents still held for open windows, so a trip that a producer
+/// retried into the child after the reshard counts once. No parents: a shard with no history.
+pub fn child_of(parents: &[ShardCheckpoint], config: Arc<EngineConfig>) -> ShardProcessor {
+    let clock = parents.iter().map(|p| p.clock).min_by_key(|c| c.watermark).unwrap_or_default();
+    let mut seen = SeenTrips::default();
+    for parent in parents {
+        seen.absorb(&parent.seen_trips);
+    }
+    let aggregates = Aggregates::new(&config);
+    ShardProcessor::restore(config, clock, aggregates, Counters::default(), seen)
+}
+
 /// Parses a JSON checkpoint document whose `format_version` must be [`FORMAT_VERSION`].
 pub fn decode_versioned<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CheckpointError> {
     #[derive(Deserialize)]

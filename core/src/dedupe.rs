@@ -78,7 +78,16 @@ impl SeenTrips {
 
     /// The trips of a checkpoint.
     pub fn restore(groups: &[SeenGroup]) -> SeenTrips {
-        SeenTrips { groups: groups.iter().map(|g| (g.until, g.trip_ids.iter().copied().collect())).collect() }
+        let mut seen = SeenTrips::default();
+        seen.absorb(groups);
+        seen
+    }
+
+    /// Adds the trips of another shard's checkpoint (a parent's, for its child).
+    pub fn absorb(&mut self, groups: &[SeenGroup]) {
+        for group in groups {
+            self.groups.entry(group.until).or_default().extend(group.trip_ids.iter().copied());
+        }
     }
 }
 

@@ -303,6 +303,14 @@ impl ShardProcessor {
         self.seen.clear();
         self.aggregates.take_all()
     }
+
+    /// The shard ended (it was split or merged): closes every window, as no record of this shard
+    /// can reach them any more, but keeps the trip ids of those windows. The shard's children
+    /// start from them (see [`crate::checkpoint::child_of`]), so a trip that a producer retried
+    /// into a child after the reshard still counts once.
+    pub fn end(&mut self) -> ClosedWindows {
+        self.aggregates.take_all()
+    }
 }
 
 #[cfg(test)]
@@ -532,6 +540,39 @@ mod tests {
         let closed = p.take_all();
         assert_eq!(closed.hot_spots[0].1.values().sum::<u64>(), 2, "trips 1 and 2, once each");
         assert_eq!(closed.airport_trips[0].1.values().map(|a| a.trips).sum::<u64>(), 2);
+    }
+
+    #[test]
+    fn a_child_shard_knows_its_parents_trips_and_event_time() {
+        use crate::checkpoint::{Owner, Position, ShardCheckpoint, child_of};
+        let config = Arc::new(EngineConfig::default());
+        let final_checkpoint = |p: &ShardProcessor| {
+            ShardCheckpoint::capture("parent", Position::Finished, &Owner::this_process(0), p, &config)
+        };
+        // A parent with one window closed (trip 1) and one still open when it ended (trip 2).
+        let mut parent = processor(EventTimeConfig::default());
+        parent.process(&trip(1, 100 * MIN, MIDTOWN), None);
+        parent.process(&trip(2, 125 * MIN, MIDTOWN), None);
+        parent.take_closed();
+        let ended = parent.end();
+        assert_eq!(ended.hot_spots.len(), 1, "the open window is emitted at the shard's end");
+        assert_eq!(parent.seen().len(), 1, "and its trip ids are kept for the children");
+        // A second parent (a merge) that is behind in event time.
+        let mut slow = processor(EventTimeConfig::default());
+        slow.process(&trip(3, 110 * MIN, MIDTOWN), None);
+        slow.end();
+
+        let mut child = child_of(&[final_checkpoint(&parent), final_checkpoint(&slow)], config.clone());
+        assert_eq!(child.clock(), slow.clock(), "the slowest parent's event time");
+        // Copies retried into the child after the reshard: counted once (or late, as on the parent).
+        assert_eq!(child.process(&trip(3, 110 * MIN, MIDTOWN), None), Some(TripOutcome::Duplicate));
+        assert_eq!(child.process(&trip(2, 125 * MIN, MIDTOWN), None), Some(TripOutcome::Duplicate));
+        assert_eq!(child.process(&trip(4, 125 * MIN, MIDTOWN), None), Some(TripOutcome::Aggregated));
+        let alone = child_of(&[final_checkpoint(&parent)], config.clone());
+        assert_eq!(alone.clock(), parent.clock());
+        let mut alone = alone;
+        assert_eq!(alone.process(&trip(1, 100 * MIN, MIDTOWN), None), Some(TripOutcome::Late));
+        assert_eq!(child_of(&[], config).clock(), WatermarkState::default());
     }
 
     #[test]

@@ -42,7 +42,7 @@ use crate::opensearch::OpenSearchSettings;
 use crate::sink::{Sink, SinkError, documents_for};
 use crate::store::{CheckpointStore, ETag, Precondition, S3Settings};
 use taxi_core::assignment::{Assignment, startable};
-use taxi_core::checkpoint::{CheckpointError, Owner, Position, ShardCheckpoint};
+use taxi_core::checkpoint::{CheckpointError, Owner, Position, ShardCheckpoint, child_of};
 use taxi_core::config::EngineConfig;
 use taxi_core::event::{Event, InvalidReason, Millis};
 use taxi_core::identity::PipelineId;
@@ -897,9 +897,9 @@ fn all_caught_up_for<K>(shared: &Shared<K>, running: &HashMap<String, Running>, 
 /// A shard that may start now.
 struct StartableShard {
     info: ShardInfo,
-    /// One of its parents is still listed (and so was read to its end first): it starts at its
-    /// beginning whatever the configured start position.
-    child: bool,
+    /// Its parents still listed, each read to its end and checkpointed first. A shard with any
+    /// starts at its beginning whatever the configured start position, from their final state.
+    parents: Vec<String>,
 }
 
 /// Lists shards and returns the owned ones that can start now, and how many owned ones wait for
@@ -949,8 +949,9 @@ async fn discover<K: KinesisApi>(
             continue;
         }
         if ready.contains(id) {
-            let child = shard.parents().any(|p| shards.iter().any(|s| s.shard_id == p));
-            start.push(StartableShard { info: shard.clone(), child });
+            let parents =
+                shard.parents().filter(|p| shards.iter().any(|s| s.shard_id == *p)).map(str::to_owned).collect();
+            start.push(StartableShard { info: shard.clone(), parents });
         } else {
             waiting += 1;
             shared.state.update(id, |s| s.state = ShardState::WaitingForParents);
@@ -991,7 +992,7 @@ enum Claim {
 async fn claim<K>(
     shared: &Shared<K>,
     shard_id: &str,
-    child: bool,
+    parents: &[String],
     owner: &mut Owner,
     grant: &Grant,
     control: &mut watch::Receiver<Control>,
@@ -1054,11 +1055,20 @@ async fn claim<K>(
             };
         let (processor, position) = match checkpoint {
             Some(checkpoint) => (checkpoint.restore(shared.config.clone())?, checkpoint.position),
-            None => (ShardProcessor::new(shared.config.clone()), Position::Start),
+            None => match parent_checkpoints(shared, parents).await {
+                Ok(parents) => (child_of(&parents, shared.config.clone()), Position::Start),
+                Err(RunError::Checkpoint(e @ CheckpointError::S3 { retryable: true, .. })) => {
+                    tracing::warn!(shard = shard_id, error = %e, "failed to read a parent's checkpoint; retrying");
+                    note_claim_failure(shared, shard_id, &e);
+                    wait_or_interrupt(control).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            },
         };
         // Nothing processed yet: resolve the start position now, once; the claim checkpoints it.
         let position = match position {
-            Position::Start => initial_position(&shared.options.start, child, wall_clock_millis()),
+            Position::Start => initial_position(&shared.options.start, !parents.is_empty(), wall_clock_millis()),
             position => position,
         };
         let claimed = ShardCheckpoint::capture(shard_id, position.clone(), owner, &processor, &shared.config);
@@ -1083,6 +1093,19 @@ async fn claim<K>(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// The final checkpoints of a new child shard's parents, which were each read to their end and
+/// checkpointed before the child could start. A parent without a checkpoint held no record.
+async fn parent_checkpoints<K>(shared: &Shared<K>, parents: &[String]) -> Result<Vec<ShardCheckpoint>, RunError> {
+    let mut checkpoints = Vec::with_capacity(parents.len());
+    for parent in parents {
+        let key = checkpoint_key(&shared.identity, parent);
+        if let Some((bytes, _)) = shared.store.get(&key).await? {
+            checkpoints.push(readable_checkpoint(shared, &key, &bytes).await?);
+        }
+    }
+    Ok(checkpoints)
 }
 
 /// The checkpoint in `bytes`, or, when they cannot be read (corrupted in the store, or cut short),
@@ -1173,9 +1196,9 @@ impl<K: KinesisApi> ShardTask<K> {
         mut control: watch::Receiver<Control>,
         grant: Grant,
     ) -> Result<ShardExit, RunError> {
-        let StartableShard { info: shard, child } = shard;
+        let StartableShard { info: shard, parents } = shard;
         let mut owner = Owner { epoch: grant.epoch, ..shared.owner.clone() };
-        let claimed = match claim(&shared, &shard.shard_id, child, &mut owner, &grant, &mut control).await? {
+        let claimed = match claim(&shared, &shard.shard_id, &parents, &mut owner, &grant, &mut control).await? {
             Claim::Claimed(claimed) => *claimed,
             Claim::Finished => {
                 shared.state.update(&shard.shard_id, |s| s.state = ShardState::Finished);
@@ -1327,8 +1350,9 @@ impl<K: KinesisApi> ShardTask<K> {
                     if let Ok(mut caught_up) = self.shared.caught_up_since.lock() {
                         caught_up.remove(&self.shard_id);
                     }
-                    // The shard ended: no record of it can reach its windows any more.
-                    let closed = self.processor.take_all();
+                    // The shard ended: no record of it can reach its windows any more. Its trip ids
+                    // stay in the final checkpoint for its children.
+                    let closed = self.processor.end();
                     self.emit(&closed, true).await?;
                     self.position = Position::Finished;
                     self.report();

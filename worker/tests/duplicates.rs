@@ -53,3 +53,35 @@ async fn trips_put_twice_count_once_within_a_run_and_across_runs() {
     let docs = read_documents(&dir.path().join("partials.jsonl")).expect("partials");
     assert_eq!(as_lines(&merge_documents(&engine, docs)), as_lines(&batch_oracle(&engine, &input)));
 }
+
+/// A producer whose answer was lost retries after the stream was resharded: the copy lands in a
+/// child shard, not in the shard that counted the original. The child starts from its parent's
+/// final state, so the copy still counts once (or is late, as it would have been on the parent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trips_retried_into_a_child_shard_after_a_reshard_count_once() {
+    use taxi_worker::kinesis::api::KinesisApi;
+    let Some(endpoint) = emulator() else { return };
+    let api = Arc::new(client(&endpoint));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("trips.jsonl");
+    let config = GeneratorConfig { trips: 400, seed: 43, ..GeneratorConfig::default() };
+    write_json_lines(&config, std::fs::File::create(&input).expect("create")).expect("generate");
+    let text = std::fs::read_to_string(&input).expect("read");
+    let lines: Vec<&str> = text.lines().collect();
+    let retried_part = &lines[lines.len() - 150..];
+
+    let stream = fresh_stream(&api, 1).await;
+    put_file(&api, &stream, &input).await;
+    api.update_shard_count(&stream, 2).await.expect("reshard");
+    common::kinesis::wait_active(&api, &stream).await;
+    let retried = dir.path().join("retried.jsonl");
+    std::fs::write(&retried, retried_part.iter().map(|l| format!("{l}\n")).collect::<String>()).expect("write");
+    put_file(&api, &stream, &retried).await;
+
+    let (summary, _) = run_to_idle(api.clone(), run_options(&stream, dir.path(), "nyc")).await;
+    assert_eq!(summary.finished_shards.len(), 1, "the parent was read to its end: {summary:?}");
+    assert!(summary.counters.duplicates > 0, "{:?}", summary.counters);
+    let engine = EngineConfig::default();
+    let docs = read_documents(&dir.path().join("partials.jsonl")).expect("partials");
+    assert_eq!(as_lines(&merge_documents(&engine, docs)), as_lines(&batch_oracle(&engine, &input)));
+}

@@ -100,6 +100,9 @@ fn main() -> ExitCode {
         for violation in &report.violations {
             println!("  violation: {violation}");
         }
+        if let Some(kept) = &report.kept {
+            println!("  kept: {kept}");
+        }
         if !report.violations.is_empty() {
             println!("  replay: bash .ci/chaos --seed {seed}");
         }

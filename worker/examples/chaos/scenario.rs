@@ -44,6 +44,8 @@ pub struct SeedReport {
     pub faults: BTreeMap<&'static str, u64>,
     pub violations: Vec<String>,
     pub summary: String,
+    /// Where a failed seed's state was kept.
+    pub kept: Option<String>,
 }
 
 /// A fault of the scenario's timeline (request faults are the proxies' own).
@@ -184,13 +186,15 @@ pub async fn run_seed(seed: u64, services: &Services, options: &Options) -> Seed
     last.epoch = world.assignment.epoch + 1;
     world.publish(last);
     world.start_worker(0, true);
-    let finished = world.wait_for_idle_stop(Duration::from_secs(240)).await;
-    if let Err(e) = finished {
-        report.violations.push(e);
-        return report;
+    match world.wait_for_idle_stop(Duration::from_secs(240)).await {
+        Ok(()) => report.violations.extend(world.check(&input, put).await),
+        Err(e) => report.violations.push(e),
     }
-    report.violations.extend(world.check(&input, put).await);
-    world.cleanup().await;
+    if report.violations.is_empty() {
+        world.cleanup().await;
+    } else {
+        report.kept = Some(world.keep());
+    }
     report
 }
 
@@ -538,6 +542,9 @@ impl World {
             Ok(out) if out.status.success() => {
                 let actual: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
                 if actual != expected {
+                    // Both sides stay with the kept seed, to diff.
+                    let _ = std::fs::write(self.dir.path().join("results.jsonl"), actual.join("\n"));
+                    let _ = std::fs::write(self.dir.path().join("expected.jsonl"), expected.join("\n"));
                     let missing = expected.iter().filter(|l| !actual.contains(l)).count();
                     let wrong = actual.iter().filter(|l| !expected.contains(l)).count();
                     violations.push(format!(
@@ -649,8 +656,20 @@ impl World {
         out
     }
 
+    /// Keeps a failed seed's files (worker logs, trips, assignment) and says where its state is.
+    fn keep(&mut self) -> String {
+        self.dir.disable_cleanup(true);
+        format!(
+            "logs and input in {}; stream {}, bucket {}, indices {}-*",
+            self.dir.path().display(),
+            self.stream,
+            self.bucket,
+            self.index_prefix
+        )
+    }
+
     /// Drops what a passed seed created in the emulators, so a long run holds one seed's data at a
-    /// time (a failed seed keeps everything for a look).
+    /// time. A failed seed keeps everything for a look.
     async fn cleanup(&self) {
         let _ = self.raw_kinesis.delete_stream().stream_name(&self.stream).send().await;
         let client = opensearch::OpenSearch::new(
