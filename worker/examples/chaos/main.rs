@@ -1,4 +1,4 @@
-//! The randomized fault-injection suite: `bash .ci/chaos --seeds N [--seed S] [--input FILE]`.
+//! The randomized fault-injection suite: `bash .ci/chaos --seeds N [--jobs J] [--seed S] [--input FILE]`.
 //!
 //! Each seed draws a scenario — 1–3 shards, 1–3 workers following a shard assignment, and a
 //! timeline of faults: `kill -9`, SIGSTOP past the takeover timeout then SIGCONT, SIGTERM,
@@ -24,20 +24,24 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use futures::StreamExt;
+
 use scenario::{Options, Services, run_seed};
 
 struct Args {
     seeds: Vec<u64>,
+    /// Seeds run at once: a seed spends most of its time waiting out outages and timeouts.
+    jobs: usize,
     options: Options,
 }
 
 fn usage() -> String {
-    "usage: chaos --seeds N [--first S] | --seed S  [--input FILE] [--trips N] [--outage-scale X]".to_owned()
+    "usage: chaos --seeds N [--first S] [--jobs J] | --seed S  [--input FILE] [--trips N] [--outage-scale X]".to_owned()
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
-    let (mut count, mut first, mut single) = (None, 1_u64, None);
+    let (mut count, mut first, mut single, mut jobs) = (None, 1_u64, None, 1);
     let mut options = Options {
         worker_bin: std::env::var_os("TAXI_WORKER_BIN").map(PathBuf::from).ok_or("TAXI_WORKER_BIN is not set")?,
         trips: 600,
@@ -50,6 +54,7 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--seeds" => count = Some(number(value()?)?),
             "--first" => first = number(value()?)?,
+            "--jobs" => jobs = usize::try_from(number(value()?)?.max(1)).map_err(|e| format!("--jobs: {e}"))?,
             "--seed" => single = Some(number(value()?)?),
             "--input" => options.input = Some(PathBuf::from(value()?)),
             "--trips" => options.trips = number(value()?)?,
@@ -64,7 +69,7 @@ fn parse_args() -> Result<Args, String> {
         (None, Some(n)) => (first..first + n).collect(),
         (None, None) => return Err(usage()),
     };
-    Ok(Args { seeds, options })
+    Ok(Args { seeds, jobs, options })
 }
 
 fn endpoint(var: &str) -> Result<String, String> {
@@ -89,9 +94,17 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut violations = 0;
-    for &seed in &args.seeds {
-        let started = std::time::Instant::now();
-        let report = runtime.block_on(run_seed(seed, &services, &args.options));
+    let reports = futures::stream::iter(args.seeds.iter().copied())
+        .map(|seed| {
+            let (services, options) = (&services, &args.options);
+            async move {
+                let started = std::time::Instant::now();
+                (seed, started, run_seed(seed, services, options).await)
+            }
+        })
+        .buffer_unordered(args.jobs);
+    let mut reports = std::pin::pin!(reports);
+    while let Some((seed, started, report)) = runtime.block_on(reports.next()) {
         for (name, n) in &report.faults {
             *faults.entry(name).or_default() += n;
         }
