@@ -11,6 +11,7 @@
 //! - [`checkpoint`]: a shard's state as it is stored, and its format;
 //! - [`topology`], [`assignment`]: the stream's shards and which worker owns which;
 //! - [`identity`]: how a pipeline names its state;
+//! - [`status`]: the worker's `/status` document, read by the operator;
 //! - [`generate`]: the synthetic NYC trip generator, and [`oracle`], the batch computation every
 //!   pipeline run must agree with.
 
@@ -28,6 +29,7 @@ pub mod merge;
 pub mod oracle;
 pub mod partition;
 pub mod shard;
+pub mod status;
 pub mod time;
 pub mod topology;
 pub mod window;

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Deserialize;
+use taxi_core::status::{ShardState, WorkerStatus};
 use taxi_core::topology::ShardInfo;
 use taxi_worker::kinesis::api::{KinesisApi, KinesisEndpoint, KinesisError, SdkKinesis, StreamState};
 
@@ -107,46 +107,6 @@ impl Streams for SdkStreams {
     }
 }
 
-/// What one worker's `/status` says, reduced to what the operator uses.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-pub struct WorkerReport {
-    /// The worker's ordinal (absent from workers that read every shard).
-    #[serde(default)]
-    pub ordinal: Option<u32>,
-    /// The assignment epoch the worker acts on (absent before its first assignment).
-    #[serde(default)]
-    pub assignment_epoch: Option<u64>,
-    /// Shards it is reading now.
-    #[serde(default)]
-    pub owned_shards: u64,
-    /// Per shard: lag, watermark, last checkpoint.
-    #[serde(default)]
-    pub shards: HashMap<String, ShardReport>,
-}
-
-/// One shard in a worker's `/status`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-pub struct ShardReport {
-    /// `reading`, `finished`, `released`, …
-    #[serde(default)]
-    pub state: String,
-    /// MillisBehindLatest of the last page.
-    #[serde(default)]
-    pub millis_behind_latest: Option<i64>,
-    /// RFC 3339 watermark.
-    #[serde(default)]
-    pub watermark: Option<String>,
-    /// RFC 3339 time of the last successful checkpoint.
-    #[serde(default)]
-    pub last_checkpoint: Option<String>,
-    /// Records processed since the worker started the shard (the autoscaler's throughput).
-    #[serde(default)]
-    pub records: u64,
-    /// Why the shard failed (state `failed`); the worker retries it with back-off.
-    #[serde(default)]
-    pub error: Option<String>,
-}
-
 /// Why a worker could not be asked.
 #[derive(Debug, thiserror::Error)]
 #[error("failed to read the status of worker {url}: {reason}")]
@@ -160,7 +120,7 @@ pub struct ProbeError {
 /// Asks a worker pod for its `/status`.
 pub trait WorkerProbe: Send + Sync + 'static {
     /// The status of the pod at `host` (`<pod>.<service>.<namespace>.svc`), port 8080.
-    fn status(&self, host: &str) -> impl Future<Output = Result<WorkerReport, ProbeError>> + Send;
+    fn status(&self, host: &str) -> impl Future<Output = Result<WorkerStatus, ProbeError>> + Send;
 }
 
 /// [`WorkerProbe`] over plain HTTP/1.1 with a short timeout (the pods are in the cluster).
@@ -179,7 +139,7 @@ impl Default for HttpProbe {
 }
 
 impl WorkerProbe for HttpProbe {
-    async fn status(&self, host: &str) -> Result<WorkerReport, ProbeError> {
+    async fn status(&self, host: &str) -> Result<WorkerStatus, ProbeError> {
         let url = format!("http://{host}:{}/status", self.port);
         let failed = |reason: String| ProbeError { url: url.clone(), reason };
         let body = tokio::time::timeout(self.timeout, http_get(host, self.port, "/status"))
@@ -225,14 +185,14 @@ pub struct PipelineProgress {
 impl PipelineProgress {
     /// Folds the reports of the workers that answered. RFC 3339 UTC strings of one format
     /// compare in time order.
-    pub fn from_reports<'a>(reports: impl IntoIterator<Item = &'a WorkerReport>) -> PipelineProgress {
+    pub fn from_reports<'a>(reports: impl IntoIterator<Item = &'a WorkerStatus>) -> PipelineProgress {
         let mut progress = PipelineProgress::default();
         for (id, shard) in reports.into_iter().flat_map(|r| r.shards.iter()) {
-            if shard.state == "failed" {
+            if shard.state == ShardState::Failed {
                 let error = shard.error.as_deref().unwrap_or("no reason given");
                 progress.failed_shards.push(format!("{id}: {error}"));
             }
-            if shard.state == "reading" {
+            if shard.state == ShardState::Reading {
                 if let Some(lag) = shard.millis_behind_latest {
                     progress.max_lag_millis = Some(progress.max_lag_millis.map_or(lag, |m| m.max(lag)));
                 }
@@ -256,39 +216,30 @@ impl PipelineProgress {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_a_worker_status_document() {
-        let doc = r#"{"ordinal":1,"assignment_epoch":4,"owned_shards":1,"shards":{
-            "shardId-000000000001":{"state":"reading","millis_behind_latest":1200,"watermark":"2016-01-01T00:10:00Z",
-            "last_checkpoint":"2026-11-27T12:00:05Z","records":10}}}"#;
-        let report: WorkerReport = serde_json::from_str(doc).expect("status");
-        assert_eq!((report.assignment_epoch, report.owned_shards), (Some(4), 1));
-        assert_eq!(report.shards["shardId-000000000001"].millis_behind_latest, Some(1200));
-    }
+    use taxi_core::status::ShardStatus;
 
     #[test]
     fn progress_takes_the_worst_lag_the_earliest_watermark_and_the_latest_checkpoint() {
-        let shard = |state: &str, lag, watermark: &str, checkpoint: &str| ShardReport {
-            state: state.into(),
+        let shard = |state, lag, watermark: &str, checkpoint: &str| ShardStatus {
+            state,
             millis_behind_latest: Some(lag),
             watermark: Some(watermark.into()),
             last_checkpoint: Some(checkpoint.into()),
-            records: 0,
-            error: None,
+            ..ShardStatus::default()
         };
-        let a = WorkerReport {
-            shards: [("s0".into(), shard("reading", 500, "2016-01-01T00:20:00Z", "2026-01-01T00:00:02Z"))].into(),
-            ..WorkerReport::default()
+        let a = WorkerStatus {
+            shards: [("s0".into(), shard(ShardState::Reading, 500, "2016-01-01T00:20:00Z", "2026-01-01T00:00:02Z"))]
+                .into(),
+            ..WorkerStatus::default()
         };
-        let b = WorkerReport {
+        let b = WorkerStatus {
             shards: [
-                ("s1".into(), shard("reading", 90, "2016-01-01T00:10:00Z", "2026-01-01T00:00:01Z")),
+                ("s1".into(), shard(ShardState::Reading, 90, "2016-01-01T00:10:00Z", "2026-01-01T00:00:01Z")),
                 // A finished shard's old watermark and lag do not hold the pipeline back.
-                ("s2".into(), shard("finished", 9_000, "2016-01-01T00:00:00Z", "2026-01-01T00:00:09Z")),
+                ("s2".into(), shard(ShardState::Finished, 9_000, "2016-01-01T00:00:00Z", "2026-01-01T00:00:09Z")),
             ]
             .into(),
-            ..WorkerReport::default()
+            ..WorkerStatus::default()
         };
         let p = PipelineProgress::from_reports([&a, &b]);
         assert_eq!(p.max_lag_millis, Some(500));
@@ -298,19 +249,19 @@ mod tests {
 
     #[test]
     fn failed_shards_are_listed_with_their_reasons() {
-        let failed = |error: Option<&str>| ShardReport {
-            state: "failed".into(),
+        let failed = |error: Option<&str>| ShardStatus {
+            state: ShardState::Failed,
             error: error.map(str::to_owned),
-            ..ShardReport::default()
+            ..ShardStatus::default()
         };
-        let report = WorkerReport {
+        let report = WorkerStatus {
             shards: [
                 ("s1".into(), failed(Some("the checkpoint was written under other analysis settings"))),
                 ("s0".into(), failed(None)),
-                ("s2".into(), ShardReport { state: "reading".into(), ..ShardReport::default() }),
+                ("s2".into(), ShardStatus { state: ShardState::Reading, ..ShardStatus::default() }),
             ]
             .into(),
-            ..WorkerReport::default()
+            ..WorkerStatus::default()
         };
         let p = PipelineProgress::from_reports([&report]);
         assert_eq!(

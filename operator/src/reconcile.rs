@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 use taxi_core::assignment::{ASSIGNMENT_KEY, Assignment, above_recorded, assign, config_map_name, moved_shards};
 use taxi_core::checkpoint::CheckpointError;
 use taxi_core::identity::PipelineId;
+use taxi_core::status::WorkerStatus;
 use taxi_worker::kinesis::api::KinesisError;
 use taxi_worker::store::CheckpointStore;
 
@@ -31,7 +32,7 @@ use crate::crd::{
     DEGRADED, PROGRESSING, READY, SCALING, STREAM_RESHARDING, TaxiPipeline, TaxiPipelineStatus, set_condition,
 };
 use crate::metrics::{OperatorState, ReconcileOutcome, pipeline_label};
-use crate::observe::{PipelineProgress, StreamRef, Streams, WorkerProbe, WorkerReport};
+use crate::observe::{PipelineProgress, StreamRef, Streams, WorkerProbe};
 use crate::reshard::{Plan, StreamStep, manage_stream};
 use crate::resources::{ASSIGNED_AT_ANNOTATION, Resources, ValidPipeline, build, names, selector_string};
 use crate::rollout::{Rollout, WorkersSeen, plan};
@@ -366,7 +367,7 @@ async fn creating<S, P>(pipeline: &TaxiPipeline, ctx: &Context<S, P>, step: Stre
 fn decide_scaling<S, P>(
     pipeline: &TaxiPipeline,
     ctx: &Context<S, P>,
-    reports: &BTreeMap<u32, WorkerReport>,
+    reports: &BTreeMap<u32, WorkerStatus>,
     open_shards: usize,
     statefulset_replicas: Option<u32>,
     now: Timestamp,
@@ -376,7 +377,7 @@ fn decide_scaling<S, P>(
     let floor = desired_replicas(&pipeline.spec);
     let current = statefulset_replicas.unwrap_or(floor);
     let now_ms = u64::try_from(now.as_millisecond()).unwrap_or(0);
-    let reports: Vec<&WorkerReport> = reports.values().collect();
+    let reports: Vec<&WorkerStatus> = reports.values().collect();
     let open = u32::try_from(open_shards).unwrap_or(u32::MAX);
     let (decision, memory) = scaling::decide(&pipeline.spec, &memory, &reports, open, current, now_ms)
         .map_err(|e| InvalidSpec { field: "spec.autoscaling", reason: e.to_string() })?;
@@ -417,7 +418,7 @@ async fn probe_workers<S, P: WorkerProbe>(
     ctx: &Context<S, P>,
     valid: &ValidPipeline,
     running: u32,
-) -> BTreeMap<u32, WorkerReport> {
+) -> BTreeMap<u32, WorkerStatus> {
     let probes = (0..running).map(|ordinal| async move {
         let host = names::pod_host(&valid.name, &valid.namespace, ordinal);
         match ctx.probe.status(&host).await {
@@ -432,7 +433,7 @@ async fn probe_workers<S, P: WorkerProbe>(
 }
 
 /// Whether every pod at an ordinal `desired..running` acts on `epoch` (or later) and reads nothing.
-fn leaving_drained(reports: &BTreeMap<u32, WorkerReport>, desired: u32, running: u32, epoch: u64) -> bool {
+fn leaving_drained(reports: &BTreeMap<u32, WorkerStatus>, desired: u32, running: u32, epoch: u64) -> bool {
     (desired..running).all(|ordinal| {
         reports.get(&ordinal).is_some_and(|r| r.assignment_epoch.is_some_and(|e| e >= epoch) && r.owned_shards == 0)
     })
@@ -748,7 +749,7 @@ mod tests {
     #[test]
     fn leaving_workers_are_drained_only_when_they_act_on_the_epoch_and_read_nothing() {
         let report =
-            |epoch, owned| WorkerReport { assignment_epoch: Some(epoch), owned_shards: owned, ..Default::default() };
+            |epoch, owned| WorkerStatus { assignment_epoch: Some(epoch), owned_shards: owned, ..Default::default() };
         let mut reports = BTreeMap::from([(0, report(5, 4)), (1, report(5, 0)), (2, report(5, 0))]);
         assert!(leaving_drained(&reports, 1, 3, 5));
         reports.insert(2, report(4, 0));

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::autoscale::{History, Observation, Policy, PolicyError, Reason, ShardSample, recommend};
 use crate::crd::TaxiPipelineSpec;
-use crate::observe::WorkerReport;
+use taxi_core::status::{ShardState, WorkerStatus};
 
 /// What one pipeline's scaling keeps between passes (in the operator's memory: after a restart
 /// the policy starts afresh, which only delays its next decision).
@@ -43,7 +43,7 @@ pub struct ScalingDecision {
 pub fn decide(
     spec: &TaxiPipelineSpec,
     memory: &ScalingMemory,
-    reports: &[&WorkerReport],
+    reports: &[&WorkerStatus],
     open_shards: u32,
     current: u32,
     now_ms: u64,
@@ -90,7 +90,7 @@ pub fn decide(
 /// Per-shard samples of the reading shards, with throughput from the change of their record
 /// counts since the previous pass (a restarted shard, whose count went down, counts from zero).
 fn samples(
-    reports: &[&WorkerReport],
+    reports: &[&WorkerStatus],
     previous: &BTreeMap<String, (u64, u64)>,
     now_ms: u64,
 ) -> (Vec<ShardSample>, BTreeMap<String, (u64, u64)>) {
@@ -98,7 +98,7 @@ fn samples(
     let mut records = BTreeMap::new();
     for report in reports {
         for (shard_id, shard) in &report.shards {
-            if shard.state != "reading" {
+            if shard.state != ShardState::Reading {
                 continue;
             }
             records.insert(shard_id.clone(), (now_ms, shard.records));

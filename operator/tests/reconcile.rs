@@ -16,10 +16,11 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{Value, json};
 use taxi_core::assignment::Assignment;
+use taxi_core::status::{ShardState, ShardStatus, WorkerStatus};
 use taxi_core::topology::ShardInfo;
 use taxi_operator::crd::TaxiPipeline;
 use taxi_operator::metrics::{OperatorMetrics, OperatorState};
-use taxi_operator::observe::{ProbeError, ShardReport, StreamRef, Streams, WorkerProbe, WorkerReport};
+use taxi_operator::observe::{ProbeError, StreamRef, Streams, WorkerProbe};
 use taxi_operator::reconcile::{Context, reconcile};
 use taxi_operator::validate::Defaults;
 use taxi_worker::kinesis::api::{KinesisError, StreamState};
@@ -130,11 +131,24 @@ impl Streams for FakeStreams {
 }
 
 #[derive(Default)]
-struct FakeProbe(HashMap<String, WorkerReport>);
+struct FakeProbe(HashMap<String, WorkerStatus>);
 
 impl WorkerProbe for FakeProbe {
-    async fn status(&self, host: &str) -> Result<WorkerReport, ProbeError> {
+    async fn status(&self, host: &str) -> Result<WorkerStatus, ProbeError> {
         self.0.get(host).cloned().ok_or(ProbeError { url: host.to_owned(), reason: "no such pod".into() })
+    }
+}
+
+/// The `/status` of worker `ordinal` reading its shards of `assignment`, each as `shard` says.
+fn worker_report(assignment: &Assignment, ordinal: u32, shard: impl Fn(&str) -> ShardStatus) -> WorkerStatus {
+    let shards: std::collections::BTreeMap<String, ShardStatus> =
+        assignment.shards_of(ordinal).map(|id| (id.to_owned(), shard(id))).collect();
+    WorkerStatus {
+        ordinal: Some(ordinal),
+        assignment_epoch: Some(assignment.epoch),
+        owned_shards: shards.len() as u64,
+        shards,
+        ..WorkerStatus::default()
     }
 }
 
@@ -416,7 +430,7 @@ async fn scaling_down_removes_pods_only_after_they_released_their_shards() {
 
     // Pass 2: workers 1 and 2 report the new epoch and no shard: the StatefulSet shrinks, and the
     // PodDisruptionBudget of a multi-pod StatefulSet is removed.
-    let drained = WorkerReport { assignment_epoch: Some(one.epoch), owned_shards: 0, ..WorkerReport::default() };
+    let drained = WorkerStatus { assignment_epoch: Some(one.epoch), owned_shards: 0, ..WorkerStatus::default() };
     let probe = FakeProbe(HashMap::from([
         ("nyc-worker-1.nyc-worker.taxi.svc".to_owned(), drained.clone()),
         ("nyc-worker-2.nyc-worker.taxi.svc".to_owned(), drained),
@@ -467,19 +481,15 @@ async fn new_child_shards_after_a_reshard_get_owners_in_a_new_epoch() {
 async fn a_failed_shard_reported_by_a_worker_makes_the_pipeline_not_ready_with_its_reason() {
     let shards = four_open_shards();
     let two = taxi_core::assignment::assign(&shards, 2, None);
-    let report = |ordinal: u32, failed: Option<&str>| WorkerReport {
-        ordinal: Some(ordinal),
-        assignment_epoch: Some(two.epoch),
-        owned_shards: 2,
-        shards: two
-            .shards_of(ordinal)
-            .map(|s| {
-                let state = if Some(s) == failed { "failed" } else { "reading" };
-                let error =
-                    (state == "failed").then(|| "the checkpoint was written under other analysis settings".into());
-                (s.to_owned(), ShardReport { state: state.into(), error, ..ShardReport::default() })
-            })
-            .collect(),
+    let report = |ordinal: u32, failed: Option<&str>| {
+        worker_report(&two, ordinal, |shard| match Some(shard) == failed {
+            true => ShardStatus {
+                state: ShardState::Failed,
+                error: Some("the checkpoint was written under other analysis settings".into()),
+                ..ShardStatus::default()
+            },
+            false => ShardStatus { state: ShardState::Reading, ..ShardStatus::default() },
+        })
     };
     let failing = two.shards_of(1).next().expect("a shard of worker 1").to_owned();
     let probe = FakeProbe(HashMap::from([
@@ -621,22 +631,13 @@ async fn lag_above_max_lag_for_the_stabilization_window_scales_the_workers_up() 
     let shards = four_open_shards();
     let two = taxi_core::assignment::assign(&shards, 2, None);
     // Both workers report every shard two minutes behind (maxLag is one minute).
-    let report = |ordinal: u32| WorkerReport {
-        ordinal: Some(ordinal),
-        assignment_epoch: Some(two.epoch),
-        owned_shards: 2,
-        shards: two
-            .shards_of(ordinal)
-            .map(|s| {
-                let shard = ShardReport {
-                    state: "reading".into(),
-                    millis_behind_latest: Some(120_000),
-                    records: 1_000,
-                    ..ShardReport::default()
-                };
-                (s.to_owned(), shard)
-            })
-            .collect(),
+    let report = |ordinal: u32| {
+        worker_report(&two, ordinal, |_| ShardStatus {
+            state: ShardState::Reading,
+            millis_behind_latest: Some(120_000),
+            records: 1_000,
+            ..ShardStatus::default()
+        })
     };
     let probe = FakeProbe(HashMap::from([
         ("nyc-worker-0.nyc-worker.taxi.svc".to_owned(), report(0)),

@@ -48,6 +48,7 @@ use taxi_core::event::{Event, InvalidReason, Millis};
 use taxi_core::identity::PipelineId;
 use taxi_core::input::parse_json_record;
 use taxi_core::shard::{Counters, ShardProcessor};
+use taxi_core::status::{ShardState, ShardStatus, WorkerStatus};
 use taxi_core::time::wall_clock_millis;
 use taxi_core::topology::ShardInfo;
 
@@ -182,60 +183,6 @@ impl RunError {
     }
 }
 
-/// The life of a shard in a worker.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ShardState {
-    /// Known, not started yet.
-    #[default]
-    Discovered,
-    /// A parent has not been read to its end yet (DESIGN §4).
-    WaitingForParents,
-    /// Being read.
-    Reading,
-    /// Read to its end and checkpointed as finished.
-    Finished,
-    /// Owned here now, but its previous owner may still read it: waiting for its release (or the
-    /// takeover timeout) before claiming it (DESIGN §7).
-    WaitingForRelease,
-    /// Another owner took it (checkpoint conflict); not read here any more.
-    Fenced,
-    /// Stopped with a final checkpoint (shutdown, idle, or record budget).
-    Stopped,
-    /// Moved to another worker by a new assignment: final checkpoint marked released.
-    Released,
-    /// Failed (see `error`); started again after a back-off. The worker's other shards go on.
-    Failed,
-}
-
-/// What a shard is doing, for `/status`.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ShardStatus {
-    /// What the shard is doing.
-    pub state: ShardState,
-    /// Last processed sequence number.
-    pub position: Option<String>,
-    /// MillisBehindLatest of the last page.
-    pub millis_behind_latest: Option<i64>,
-    /// The shard's watermark.
-    pub watermark: Option<String>,
-    /// Wall-clock time of the last successful checkpoint.
-    pub last_checkpoint: Option<String>,
-    /// The last checkpoint failure, until a checkpoint succeeds again.
-    pub checkpoint_error: Option<String>,
-    /// Why the shard failed, while it is [`ShardState::Failed`] or starting again after that.
-    pub error: Option<String>,
-    /// Records processed.
-    pub records: u64,
-    /// When the shard started (since the process started, in ms), for ordering assertions.
-    pub started_at_ms: Option<u64>,
-    /// When it finished (since the process started, in ms).
-    pub finished_at_ms: Option<u64>,
-    /// Pause of its last handoff to this worker: from seeing the assignment that granted it until
-    /// reading it (waiting for the previous owner's release included).
-    pub handoff_pause_ms: Option<u64>,
-}
-
 /// The assignment a worker follows, for `/status` and `/readyz`.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct AssignmentStatus {
@@ -316,18 +263,17 @@ impl WorkerState {
     }
 
     /// The `/status` document.
-    pub fn status_json(&self) -> serde_json::Value {
+    pub fn status(&self) -> WorkerStatus {
         let shards = self.shards.lock().map(|s| s.clone()).unwrap_or_default();
         let owned = shards.values().filter(|s| s.state == ShardState::Reading).count();
         let assignment = self.assignment.lock().map(|a| a.clone()).unwrap_or_default();
-        let dead_letters = self.dead_letters.get().map(DeadLetterStore::count);
-        serde_json::json!({
-            "owned_shards": owned,
-            "dead_letters": dead_letters,
-            "ordinal": assignment.ordinal,
-            "assignment_epoch": assignment.epoch,
-            "shards": shards,
-        })
+        WorkerStatus {
+            owned_shards: u64::try_from(owned).unwrap_or(u64::MAX),
+            dead_letters: self.dead_letters.get().map(|d| u64::try_from(d.count()).unwrap_or(u64::MAX)),
+            ordinal: assignment.ordinal,
+            assignment_epoch: assignment.epoch,
+            shards,
+        }
     }
 }
 
@@ -339,7 +285,7 @@ impl crate::http::Endpoints for WorkerState {
         self.metrics.render()
     }
     fn status(&self) -> serde_json::Value {
-        self.status_json()
+        serde_json::to_value(WorkerState::status(self)).unwrap_or_default()
     }
 }
 

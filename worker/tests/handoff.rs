@@ -16,8 +16,9 @@ use taxi_core::checkpoint::{Owner, Position, ShardCheckpoint};
 use taxi_core::config::EngineConfig;
 use taxi_core::generate::{GeneratorConfig, write_json_lines};
 use taxi_core::shard::ShardProcessor;
+use taxi_core::status::ShardState;
 use taxi_worker::handoff::AssignmentSource;
-use taxi_worker::run::{ShardState, WorkerState, run_worker};
+use taxi_worker::run::{WorkerState, run_worker};
 use taxi_worker::sink::{merge_documents, read_documents};
 use taxi_worker::store::{DirStore, Precondition};
 
@@ -106,7 +107,7 @@ async fn a_new_owner_waits_for_a_release_that_never_comes_then_takes_the_shard_o
     assert!(metrics.contains("taxi_assignment_epoch 4"), "{metrics}");
     let pause = state.shards.lock().expect("status")[SHARD].handoff_pause_ms.expect("pause");
     assert!(pause >= 2_000, "the pause includes the wait: {pause} ms");
-    let status = state.status_json();
+    let status = serde_json::to_value(state.status()).expect("status");
     assert_eq!((status["ordinal"].as_u64(), status["assignment_epoch"].as_u64()), (Some(1), Some(4)), "{status}");
 
     let (bytes, _) = store.get(&key).expect("get").expect("present");

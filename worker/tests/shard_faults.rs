@@ -123,7 +123,7 @@ async fn a_shard_that_cannot_be_restored_fails_alone_with_its_reason() {
     assert_eq!(failed[1].0, torn);
     assert!(failed[1].1.contains("is corrupt and no history copy"), "{}", failed[1].1);
 
-    let status = state.status_json();
+    let status = serde_json::to_value(state.status()).expect("status");
     for (id, _) in &failed {
         assert_eq!(status["shards"][id]["state"], "failed", "{status}");
         assert!(status["shards"][id]["error"].is_string(), "{status}");
@@ -206,7 +206,7 @@ async fn a_vanished_shard_fails_alone_and_is_not_retried_once_it_is_no_longer_li
     let api = Arc::new(Vanishing { inner: sdk, gone: gone.to_owned(), listings: AtomicU32::new(0) });
     let (ended, state) = run_until_idle(api, run_options(&stream, dir.path(), "nyc")).await;
     ended.expect("the worker went on with its other shard and stopped when idle");
-    let status = state.status_json();
+    let status = serde_json::to_value(state.status()).expect("status");
     assert_eq!(status["shards"][gone]["state"], "failed", "{status}");
     assert!(status["shards"][gone]["error"].as_str().is_some_and(|e| e.contains("does not exist")), "{status}");
     let other = &status["shards"]["shardId-000000000001"];

@@ -13,9 +13,10 @@ use common::{as_lines, batch_oracle};
 use taxi_core::checkpoint::{Position, ShardCheckpoint};
 use taxi_core::config::EngineConfig;
 use taxi_core::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::status::ShardState;
 use taxi_worker::kinesis::api::KinesisApi;
 use taxi_worker::kinesis::reader::InitialPosition;
-use taxi_worker::run::{ShardState, WorkerState, run_worker};
+use taxi_worker::run::{WorkerState, run_worker};
 use taxi_worker::sink::{merge_documents, read_documents};
 
 /// `trips` generated trips in `dir/name`.
