@@ -1,5 +1,5 @@
-//! The two analyses of DESIGN §3 as partial aggregates (per shard, mergeable across shards) and
-//! the final results the merge emits.
+//! The two analyses (hot spots, airport trips) as partial aggregates (per shard, mergeable across
+//! shards) and the final results the merge emits.
 
 use std::cmp::Ordering;
 
@@ -108,7 +108,7 @@ pub fn round4(x: f64) -> f64 {
     (x * 10_000.0).round() / 10_000.0
 }
 
-/// One merged, final result line of DESIGN §5.
+/// One merged, final result line of the output.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MergedResult {
@@ -164,7 +164,7 @@ impl MergedResult {
         }
     }
 
-    /// The output order of DESIGN §5: window start, then kind, then key.
+    /// The output order: window start, then kind, then key.
     pub fn output_order(&self, other: &Self) -> Ordering {
         let key = |r: &MergedResult| match r {
             MergedResult::HotSpot { geohash, .. } => (*geohash, String::new()),

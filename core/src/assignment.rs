@@ -1,11 +1,11 @@
-//! Shard assignment (DESIGN §7): which worker ordinal owns which shard, at which epoch.
+//! Shard assignment: which worker ordinal owns which shard, at which epoch.
 //!
 //! The operator computes it and writes it into ConfigMap `<pipeline>-assignment`, key
 //! [`ASSIGNMENT_KEY`]; workers read it from there (or from a file outside Kubernetes). This module is
 //! the one definition of that document, used by the operator, the worker and the tests.
 //!
 //! It also holds the pure algorithm behind the document ([`assign`]), the diff that tells which
-//! shards pause on a change ([`moved_shards`]) and the parent-before-child gate of DESIGN §4
+//! shards pause on a change ([`moved_shards`]) and the parent-before-child gate
 //! ([`startable`]).
 //!
 //! # How [`assign`] places shards
@@ -61,7 +61,7 @@ pub struct Assignment {
 /// An assignment document that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum AssignmentError {
-    /// Not the JSON of DESIGN §7.
+    /// Not the JSON of an assignment document.
     #[error("failed to parse the assignment document: {0}")]
     Parse(#[from] serde_json::Error),
     /// A shard owned by an ordinal outside `0..replicas`.
@@ -107,7 +107,7 @@ impl Assignment {
     }
 }
 
-/// Assigns every listed shard to one of `replicas` ordinals (DESIGN §7).
+/// Assigns every listed shard to one of `replicas` ordinals.
 ///
 /// Deterministic (the order of `shards` does not matter), balanced within one separately for open
 /// and closed shards, and stable: with a `previous` document only the shards that must move for
@@ -147,8 +147,8 @@ pub fn moved_shards(before: &Assignment, after: &Assignment) -> Vec<String> {
 }
 
 /// The listed shards that may start reading now, in listing order: not finished themselves, and
-/// every parent finished or no longer listed (expired from the stream). Parent before child,
-/// DESIGN §4; the same rule as the worker's discovery.
+/// every parent finished or no longer listed (expired from the stream). Parent before child;
+/// the same rule as the worker's discovery.
 pub fn startable<'a>(shards: &'a [ShardInfo], finished: &HashSet<String>) -> Vec<&'a ShardInfo> {
     let listed: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
     shards

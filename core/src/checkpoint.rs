@@ -1,4 +1,4 @@
-//! Checkpoints (DESIGN §6): the state of one shard — position, watermark, open-window partials,
+//! Checkpoints: the state of one shard — position, watermark, open-window partials,
 //! counters, owner epoch and format version — and its serialization. The stores that keep it are
 //! I/O and live with the worker.
 
@@ -137,7 +137,7 @@ impl PartialsState {
     }
 }
 
-/// Who writes checkpoints: the assignment epoch (DESIGN §7) and a process identity.
+/// Who writes checkpoints: the assignment epoch and a process identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Owner {
     /// Assignment epoch.
@@ -156,7 +156,7 @@ impl Owner {
     }
 }
 
-/// The checkpoint of one shard (DESIGN §6).
+/// The checkpoint of one shard.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ShardCheckpoint {
     /// [`FORMAT_VERSION`] of the writer.
@@ -165,7 +165,7 @@ pub struct ShardCheckpoint {
     pub shard_id: String,
     /// How far the shard was processed.
     pub position: Position,
-    /// Assignment epoch of the owner that wrote it (DESIGN §7).
+    /// Assignment epoch of the owner that wrote it.
     pub owner_epoch: u64,
     /// The process that wrote it. Two owners never write identical bytes, so a content-derived
     /// ETag (S3's MD5) still fences the previous owner after a claim that changed nothing else.
@@ -175,7 +175,7 @@ pub struct ShardCheckpoint {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_ordinal: Option<u32>,
     /// Set on the final checkpoint of an owner that gave the shard up because the assignment of
-    /// this epoch moved it (DESIGN §7): the new owner may claim it at once. Absent in older checkpoints.
+    /// this epoch moved it: the new owner may claim it at once. Absent in older checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_epoch: Option<u64>,
     /// [`EngineConfig::fingerprint`] of the settings the state was computed under (absent in older
@@ -315,7 +315,7 @@ pub enum CheckpointError {
     /// A key that would escape the store's root.
     #[error("invalid checkpoint key {0:?}")]
     BadKey(String),
-    /// Another writer changed the object since we last read or wrote it (fencing, DESIGN §6).
+    /// Another writer changed the object since we last read or wrote it (fencing).
     #[error("checkpoint {key} was changed by another writer")]
     Conflict {
         /// The contested key.

@@ -1,5 +1,5 @@
-//! Engine configuration: event time (DESIGN §4) and the analyses (DESIGN §3), with the DESIGN
-//! defaults. One definition, used by local mode, by `taxi-worker run` and by the tests.
+//! Engine configuration: event time and the analyses, with their defaults.
+//! One definition, used by local mode, by `taxi-worker run` and by the tests.
 
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ pub enum WatermarkStrategy {
     Arrival,
 }
 
-/// Event-time settings of DESIGN §4.
+/// Event-time settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EventTimeConfig {
     /// Watermark strategy.

@@ -1,4 +1,4 @@
-//! The event model of DESIGN §2: what one Kinesis record (or one input line) means.
+//! The event model: what one Kinesis record (or one input line) means.
 //!
 //! Parsing lives in [`crate::input`]; this module only defines the values every other part of the
 //! worker consumes, so the parser, the engine and the tests share one definition.
@@ -24,7 +24,7 @@ pub struct GeoPoint {
 /// One validated taxi trip.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Trip {
-    /// The trip id; its decimal form is the Kinesis partition key (DESIGN §4).
+    /// The trip id; its decimal form is the Kinesis partition key.
     pub trip_id: u64,
     /// Pickup time.
     pub pickup_time: Millis,
@@ -37,7 +37,7 @@ pub struct Trip {
 }
 
 impl Trip {
-    /// Event time of a trip is its dropoff time (DESIGN §2).
+    /// Event time of a trip is its dropoff time.
     pub fn event_time(&self) -> Millis {
         self.dropoff_time
     }

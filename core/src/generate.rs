@@ -1,15 +1,15 @@
-//! The synthetic NYC trip generator behind `taxi-worker generate` (DESIGN §1, §2).
+//! The synthetic NYC trip generator behind `taxi-worker generate`.
 //!
 //! [`TripGenerator`] yields a day of NYC-like yellow-cab trips, in the order a producer would send
 //! them: by dropoff time (the event time) with a bounded disorder, interleaved with optional
-//! watermark events and invalid lines. [`write_json_lines`] writes them in the event format of
-//! DESIGN §2, one JSON object per line.
+//! watermark events and invalid lines. [`write_json_lines`] writes them in the JSON event format
+//! that [`crate::input::parse_json_record`] reads, one object per line.
 //!
 //! Everything is a pure function of the [`GeneratorConfig`]: the PRNG (SplitMix64 seeding
 //! xoshiro256**) and all arithmetic are defined here, so a seed gives the same bytes forever on
 //! every platform.
 //!
-//! What makes the data realistic enough for the analyses of DESIGN §3:
+//! What makes the data realistic enough for the hot-spot and airport analyses:
 //! - demand follows a weekday NYC diurnal curve (trough at 4–5 am, morning and evening peaks),
 //!   read on the hour of day of the timestamps themselves (TLC times are local times);
 //! - pickups are a mixture of hot spots (Midtown, Upper East/West Side, downtown, Brooklyn, the
@@ -92,7 +92,7 @@ pub struct GenerateStats {
     pub bytes: u64,
 }
 
-/// Writes the data set of `config` to `out` as JSON lines (DESIGN §2) through a [`BufWriter`],
+/// Writes the data set of `config` to `out` as JSON lines through a [`BufWriter`],
 /// flushes it and returns what was written.
 ///
 /// # Errors
@@ -479,7 +479,7 @@ const fn airport(lat: f64, lon: f64, sigma_km: f64, weight: f64) -> Spot {
     Spot { airport: true, ..spot(lat, lon, sigma_km, weight, false) }
 }
 
-/// The NYC box of DESIGN §3 as a uniform background.
+/// The NYC region box as a uniform background.
 const BACKGROUND: Spot = Spot {
     center: Point::new(40.6975, -73.97975),
     sigma_km: 0.0,
@@ -553,7 +553,7 @@ const SUBURBS: &[Spot] = &[
     spot(40.7968, -74.4815, 1.5, 0.2, false),  // Morristown, NJ
 ];
 
-/// An airport dropoff area: a Gaussian around the terminals, kept inside the box of DESIGN §3.
+/// An airport dropoff area: a Gaussian around the terminals, kept inside the airport's analysis box.
 struct AirportBox {
     center: Point,
     sigma_km: f64,
@@ -620,7 +620,7 @@ impl Spot {
     }
 }
 
-/// The NYC region of DESIGN §3.
+/// The NYC region (the same box as `BoundingBox::NYC`).
 const NYC_LAT: (f64, f64) = (40.4774, 40.9176);
 const NYC_LON: (f64, f64) = (-74.2591, -73.7004);
 
@@ -642,7 +642,7 @@ struct Route {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Invalid lines: one or more per rejection reason of DESIGN §2.
+// Invalid lines: one or more per rejection reason (`InvalidReason`).
 
 const INVALID_LINES: &[&str] = &[
     // not JSON
@@ -784,7 +784,7 @@ fn encode_trip(seed: u64, trip: &Trip, buf: &mut Vec<u8>) {
     buf.extend_from_slice(b",\"type\":\"trip\"}");
 }
 
-/// (lat min, lat max, lon min, lon max) of the airport boxes of DESIGN §3.
+/// (lat min, lat max, lon min, lon max) of the airport boxes, as `BoundingBox::JFK` and `::LGA`.
 const JFK_BOX: (f64, f64, f64, f64) = (40.632, 40.654, -73.800, -73.761);
 const LGA_BOX: (f64, f64, f64, f64) = (40.766, 40.778, -73.881, -73.859);
 
@@ -1355,7 +1355,7 @@ mod tests {
         let mean = cells.values().map(|&v| f64::from(v)).sum::<f64>() / cells.len() as f64;
         assert!(max > 20.0 * mean, "max {max} mean {mean}");
 
-        // The analyses of DESIGN §3 have plenty to show: 10-minute windows, geohash-6 keys.
+        // The analyses have plenty to show: 10-minute windows, geohash-6 keys.
         let window = |t: &Trip| t.dropoff_time.div_euclid(600_000);
         let mut hot: HashMap<(i64, String), u32> = HashMap::new();
         let mut air: HashMap<(i64, String, &str), u32> = HashMap::new();

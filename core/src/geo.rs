@@ -1,4 +1,4 @@
-//! Geography of the analyses (DESIGN §3): geohash cells, bounding boxes, the NYC region and the
+//! Geography of the analyses: geohash cells, bounding boxes, the NYC region and the
 //! airport geofences.
 
 use std::fmt;
@@ -21,14 +21,14 @@ pub struct BoundingBox {
 }
 
 impl BoundingBox {
-    /// The NYC region filter of DESIGN §3.
+    /// The NYC region filter.
     pub const NYC: BoundingBox =
         BoundingBox { min_lat: 40.4774, max_lat: 40.9176, min_lon: -74.2591, max_lon: -73.7004 };
 
-    /// JFK airport (DESIGN §3).
+    /// JFK airport.
     pub const JFK: BoundingBox = BoundingBox { min_lat: 40.632, max_lat: 40.654, min_lon: -73.800, max_lon: -73.761 };
 
-    /// LaGuardia airport (DESIGN §3).
+    /// LaGuardia airport.
     pub const LGA: BoundingBox = BoundingBox { min_lat: 40.766, max_lat: 40.778, min_lon: -73.881, max_lon: -73.859 };
 
     /// Whether `p` lies inside the box (edges included).
@@ -58,7 +58,7 @@ pub struct Geofence {
 }
 
 impl Geofence {
-    /// The default airports of DESIGN §3, in match order: JFK, then LGA.
+    /// The default airports, in match order: JFK, then LGA.
     pub fn default_airports() -> Vec<Geofence> {
         vec![
             Geofence { name: "JFK".to_owned(), bounds: BoundingBox::JFK },

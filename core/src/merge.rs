@@ -1,4 +1,4 @@
-//! The merge of DESIGN §4–§5: sums per-shard partials into merged windows and declares a merged
+//! The merge: sums per-shard partials into merged windows and declares a merged
 //! window final when every shard that can contribute has closed it.
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! Partitioning exactly as Kinesis does it (DESIGN §4): the partition key of a trip is its id in
+//! Partitioning exactly as Kinesis does it: the partition key of a trip is its id in
 //! decimal, its hash key the MD5 of that key read as a big-endian `u128`, and a stream created with
 //! N shards splits `[0, 2^128)` evenly into N ranges in order. The producer and local mode both
 //! use this module, so local results equal cluster results.

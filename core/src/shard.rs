@@ -1,4 +1,4 @@
-//! Per-shard event-time processing (DESIGN §4): one [`ShardProcessor`] owns a shard's watermark,
+//! Per-shard event-time processing: one [`ShardProcessor`] owns a shard's watermark,
 //! its open windows and its counters. It is pure: the caller feeds it records and decides when to
 //! emit what it closed.
 

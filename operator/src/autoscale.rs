@@ -1,4 +1,4 @@
-//! The autoscaling policy (issue 6): how many worker replicas a pipeline wants, as one pure function
+//! The autoscaling policy: how many worker replicas a pipeline wants, as one pure function
 //! of the `spec.autoscaling` settings, a fresh [`Observation`] and a small [`History`].
 //!
 //! The operator calls [`recommend`] once per reconcile pass with what it just saw (open shards from
@@ -45,7 +45,7 @@
 //! `dL/dt = 1 − μ/λ`, which gives the estimate of `λ_s` from the lag's slope between two passes (a
 //! shard with lag but no throughput, e.g. paused by a handoff, takes the largest rate of the others).
 //! `need_s` is the rate that keeps up with the input at 80 % utilisation and drains the backlog
-//! within `maxLag`. Shards are spread evenly (DESIGN §7), so with `n` replicas the busiest owns
+//! within `maxLag`. Shards are spread evenly, so with `n` replicas the busiest owns
 //! `⌈N/n⌉` shards; with a per-replica capacity `c` a replica can serve `k = ⌊c / max_s need_s⌋`
 //! shards, hence
 //!

@@ -287,7 +287,7 @@ impl Default for AutoscalingSpec {
     }
 }
 
-/// How a shard's watermark advances (DESIGN §4).
+/// How a shard's watermark advances.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum WatermarkStrategy {
@@ -300,7 +300,7 @@ pub enum WatermarkStrategy {
     Arrival,
 }
 
-/// Event-time settings (DESIGN §4).
+/// Event-time settings.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct EventTimeSpec {
@@ -349,7 +349,7 @@ impl Default for EventTimeSpec {
     }
 }
 
-/// The analyses (DESIGN §3).
+/// The analyses.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AnalysesSpec {
@@ -509,7 +509,7 @@ impl From<&Geofence> for AirportSpec {
     }
 }
 
-/// Checkpoint storage (DESIGN §6).
+/// Checkpoint storage.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckpointSpec {
@@ -552,7 +552,7 @@ pub struct SinkSpec {
     pub opensearch: OpenSearchSinkSpec,
 }
 
-/// The OpenSearch sink (DESIGN §5).
+/// The OpenSearch sink.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct OpenSearchSinkSpec {
@@ -775,7 +775,7 @@ pub struct TaxiPipelineStatus {
     /// Open shards of the stream at the last reconcile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_shards: Option<i32>,
-    /// Epoch of the current shard assignment (ConfigMap `<name>-assignment`, DESIGN §7).
+    /// Epoch of the current shard assignment (ConfigMap `<name>-assignment`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assignment_epoch: Option<i64>,
     /// Largest millisBehindLatest over the open shards, in milliseconds, as the workers last reported.
@@ -1007,11 +1007,11 @@ fn default_geohash_precision() -> i32 {
 fn default_min_count() -> i64 {
     2
 }
-/// The worker's NYC region filter (DESIGN §3): one definition for both.
+/// The worker's NYC region filter: one definition for both.
 fn default_region() -> BoundingBoxSpec {
     BoundingBox::NYC.into()
 }
-/// The worker's airports, JFK then LGA (DESIGN §3).
+/// The worker's airports, JFK then LGA.
 fn default_airports() -> Vec<AirportSpec> {
     Geofence::default_airports().iter().map(AirportSpec::from).collect()
 }

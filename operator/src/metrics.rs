@@ -1,4 +1,4 @@
-//! The operator's Prometheus metrics (DESIGN §8) and what its HTTP endpoints report.
+//! The operator's Prometheus metrics and what its HTTP endpoints report.
 //!
 //! Names start with `taxi_operator_`; labels are bounded: a reconcile outcome, an error category
 //! from a fixed set of `&'static str`, and the pipeline (`namespace/name`, one series per

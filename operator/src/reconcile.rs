@@ -326,8 +326,8 @@ enum ManagedStream {
     Step(Option<StreamStep>),
 }
 
-/// With `spec.stream.manage`, creates the stream or takes the next reshard step (DESIGN: within
-/// ×2/÷2 per call, 10 calls per rolling 24 h); without it, only reads.
+/// With `spec.stream.manage`, creates the stream or takes the next reshard step (within the Kinesis
+/// limits: ×2/÷2 per call, 10 calls per rolling 24 h); without it, only reads.
 async fn manage<S: Streams, P>(
     pipeline: &TaxiPipeline,
     ctx: &Context<S, P>,

@@ -1,4 +1,4 @@
-//! Stream scaling (issue 6, item 1): with `spec.stream.manage`, the operator creates the stream
+//! Stream scaling: with `spec.stream.manage`, the operator creates the stream
 //! when it is missing and reshards it with UpdateShardCount (UNIFORM_SCALING) when
 //! `spec.stream.shards` changes, within the limits Kinesis sets on that call:
 //! - one call may at most double or halve the open shard count, and only on an ACTIVE stream;

@@ -20,7 +20,7 @@ use md5::{Digest, Md5};
 use taxi_core::assignment::{ASSIGNMENT_KEY, Assignment, config_map_name};
 use taxi_worker::settings::{SETTINGS_KEY, SINK_PASSWORD_ENV, SINK_USERNAME_ENV, WorkerSettings};
 
-/// Port of the workers' `/healthz`, `/readyz`, `/metrics` and `/status` (DESIGN §8).
+/// Port of the workers' `/healthz`, `/readyz`, `/metrics` and `/status`.
 pub const HTTP_PORT: i32 = 8080;
 /// Where the image (`Dockerfile`) puts the worker binary.
 pub const WORKER_BINARY: &str = "/usr/local/bin/taxi-worker";

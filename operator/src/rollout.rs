@@ -1,5 +1,5 @@
-//! How a change of worker replicas is rolled out without losing a shard's reader for long
-//! (DESIGN §7): shards move only to workers that are ready, and a worker is removed only after it
+//! How a change of worker replicas is rolled out without losing a shard's reader for long:
+//! shards move only to workers that are ready, and a worker is removed only after it
 //! released its shards.
 //!
 //! - Scaling up: the StatefulSet grows first; the assignment keeps its old replica count until the

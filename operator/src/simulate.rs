@@ -1,4 +1,4 @@
-//! A deterministic, time-stepped simulation of one pipeline under an autoscaling policy (issue 6),
+//! A deterministic, time-stepped simulation of one pipeline under an autoscaling policy,
 //! behind `taxi-operator simulate`: an input rate trace goes into a stream of open shards, worker
 //! replicas consume it, a policy picks the replica count every reconcile period, and the run is
 //! summed up as one [`SimReport`].
@@ -18,7 +18,7 @@
 //! - **Rescale**: the policy's count is the StatefulSet's size at once (billed from then on). A
 //!   scale-up moves shards only when the new pods are ready, `pod_startup` later (20 s); a scale-down
 //!   moves them at once. Every shard whose owner changes pauses for `handoff_pause` (10 s: release,
-//!   final checkpoint, takeover, DESIGN §7); the others keep reading. Every policy runs on these same
+//!   final checkpoint, takeover); the others keep reading. Every policy runs on these same
 //!   mechanics, so the comparison is about when and how far each one scales.
 //! - **Lag** of a shard = the age of its oldest unconsumed record (what Kinesis reports as
 //!   MillisBehindLatest), exact for a FIFO shard: with `A(t)` the records that arrived by `t` and `D`

@@ -1,4 +1,4 @@
-//! The pure builders and validation, driven from YAML (issue 5): `validate` then `build` over the two
+//! The pure builders and validation, driven from YAML: `validate` then `build` over the two
 //! examples in `examples/`, with a fixed assignment and a fixed `assigned_at`.
 //!
 //! - Snapshots: every object built from the minimal and the full example is compared with

@@ -1,4 +1,4 @@
-//! The autoscaling simulation (issue 6, item 3): `ours` against KEDA's shard-count rule and Managed
+//! The autoscaling simulation: `ours` against KEDA's shard-count rule and Managed
 //! Flink's CPU rule on the four traces, with the default settings of `taxi-operator simulate`
 //! (8 shards, 2500 records/s per replica, 4000 records/s base rate, maxLag 1m, up 1m, down 10m).
 

@@ -1,4 +1,4 @@
-//! Shard handoff between workers (DESIGN §7): where a worker's assignment comes from, which shards
+//! Shard handoff between workers: where a worker's assignment comes from, which shards
 //! it owns at each epoch, and when it may claim a shard that moved to it.
 //!
 //! - An assignment source ([`subscribe`]: a polled file, or the operator's ConfigMap watched through
@@ -41,7 +41,7 @@ pub enum AssignmentSource {
     /// Every shard of the stream (a single worker, or tests): no handoffs.
     #[default]
     All,
-    /// An assignment document (DESIGN §7) in a file, read every [`FILE_POLL_INTERVAL`].
+    /// An assignment document in a file, read every [`FILE_POLL_INTERVAL`].
     File(PathBuf),
     /// The operator's ConfigMap `<pipeline>-assignment` in the pod's namespace, watched.
     ConfigMap,

@@ -1,4 +1,4 @@
-//! The worker's HTTP endpoints (DESIGN §8): `/healthz`, `/readyz`, `/metrics` and `/status`, and the
+//! The worker's HTTP endpoints: `/healthz`, `/readyz`, `/metrics` and `/status`, and the
 //! small HTTP/1 server they (and the local dashboard) run on.
 
 use std::convert::Infallible;

@@ -10,7 +10,7 @@
 //! order, so every shard sees its records in input order whatever the parallelism: results are
 //! deterministic. Checkpoints are barriers in that stream: when one reaches the dispatcher, every
 //! shard and the merge have processed exactly the records before it, and their states are written
-//! as one consistent checkpoint (per-shard objects plus the run's own state, DESIGN §6).
+//! as one consistent checkpoint (per-shard objects plus the run's own state).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -111,7 +111,7 @@ pub enum Outcome {
     },
 }
 
-/// The summary file of DESIGN §5.
+/// The summary file (`--summary`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// Input records (valid or not).
@@ -634,7 +634,7 @@ fn parse_chunk(format: &Format, router: &ShardRouter, chunk: &Chunk, limit: Opti
                 per_shard[router.shard_for_trip(trip.trip_id)].push(Event::Trip(trip));
             }
             Ok(watermark @ Event::Watermark(t)) => {
-                // A watermark event reaches every shard, as the producer sends it (DESIGN §4).
+                // A watermark event reaches every shard, as the producer sends it.
                 counters.records += 1;
                 max_event_time = max_event_time.max(Some(t));
                 counters.watermarks += 1;

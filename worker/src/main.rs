@@ -259,7 +259,7 @@ struct RunArgs {
     /// Address of /healthz, /readyz, /metrics and /status.
     #[arg(long, default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
-    /// Which shards this worker owns: all, file:PATH (an assignment document, DESIGN §7, read
+    /// Which shards this worker owns: all, file:PATH (an assignment document, read
     /// every 250 ms) or configmap (the operator's ConfigMap <pipeline>-assignment, watched).
     #[arg(long, default_value = "all", env = "TAXI_ASSIGNMENT")]
     assignment: AssignmentSource,

@@ -1,11 +1,11 @@
-//! Prometheus metrics of a worker (DESIGN §8). Names start with `taxi_`; labels are bounded sets
+//! Prometheus metrics of a worker. Names start with `taxi_`; labels are bounded sets
 //! (shard id, outcome, reason, operation) — never a record key or an error message.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// Outcomes of `taxi_shard_handoffs_total` (DESIGN §7).
+/// Outcomes of `taxi_shard_handoffs_total`.
 pub const HANDOFF_OUTCOMES: [&str; 3] = ["released", "claimed_after_release", "taken_over_after_timeout"];
 /// Reasons of `taxi_assignment_errors_total`: why an assignment document was not used.
 pub const ASSIGNMENT_ERROR_REASONS: [&str; 4] = ["missing", "malformed", "stale_epoch", "watch"];
@@ -49,7 +49,7 @@ pub struct WorkerMetrics {
     pub owned_shards: IntGauge,
     /// Refused documents stored as dead letters, awaiting re-delivery (as far as this worker knows).
     pub sink_dead_letters: IntGauge,
-    /// Shard handoffs (DESIGN §7), by outcome ([`HANDOFF_OUTCOMES`]): `released` by the old owner,
+    /// Shard handoffs, by outcome ([`HANDOFF_OUTCOMES`]): `released` by the old owner,
     /// `claimed_after_release` or `taken_over_after_timeout` by the new one.
     pub shard_handoffs: IntCounterVec,
     /// New owner's pause per handoff: from seeing the assignment that grants a shard until reading it.

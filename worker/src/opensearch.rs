@@ -1,4 +1,4 @@
-//! The OpenSearch sink (DESIGN §5, §6, §8): partial documents go to `{prefix}-hot-spots` and
+//! The OpenSearch sink: partial documents go to `{prefix}-hot-spots` and
 //! `{prefix}-airport-trips` through batched `_bulk` requests, and the merged view reads them back.
 //!
 //! - **Ids.** The `_id` of a document is [`PartialDocument::id`] (deterministic, so a replay
@@ -23,7 +23,7 @@
 //!   for a flush only once its dead letter is durable. Whole requests that fail (connection refused, 429, 5xx, …)
 //!   are retried with exponential back-off and jitter for as long as it takes: documents stay
 //!   buffered (bounded by the back-pressure) and [`OpenSearchSink::flush`] waits for them, so a
-//!   checkpoint is never written before the documents it covers are acknowledged (DESIGN §6).
+//!   checkpoint is never written before the documents it covers are acknowledged.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -377,7 +377,7 @@ pub fn document_id(id: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// The composable index template body for the partial documents of `prefix` (DESIGN §5).
+/// The composable index template body for the partial documents of `prefix`.
 ///
 /// Its patterns are `{prefix}-hot-spots*` and `{prefix}-airport-trips*` rather than `{prefix}-*`,
 /// so that the templates of two prefixes (`taxi`, `taxi-dev`) never overlap.
@@ -580,7 +580,7 @@ fn backoff(settings: &BulkSettings, attempt: u32) -> Duration {
 
 // ---- Metrics -----------------------------------------------------------------------------------
 
-/// The sink's metrics (DESIGN §8), all named `taxi_sink_*`.
+/// The sink's metrics, all named `taxi_sink_*`.
 #[derive(Clone, Debug)]
 struct SinkMetrics {
     bulk_seconds: HistogramVec,

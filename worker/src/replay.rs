@@ -1,4 +1,4 @@
-//! `taxi-worker replay`: the producer that streams an input file into a Kinesis stream (DESIGN §1, §2, §4).
+//! `taxi-worker replay`: the producer that streams an input file into a Kinesis stream.
 //!
 //! [`replay`] reads the file with the same readers as `taxi-worker local` ([`ChunkReader`], [`parse_line`]) on a
 //! blocking thread, paces the records by event time, batches them into `PutRecords` calls (at most

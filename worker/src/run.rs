@@ -1,5 +1,5 @@
 //! `taxi-worker run`: read the shards of a Kinesis stream, process them with the engine, write
-//! per-shard partial documents to the sink and checkpoint each shard (DESIGN §4–§6).
+//! per-shard partial documents to the sink and checkpoint each shard.
 //!
 //! A coordinator discovers shards (ListShards every `shard_discovery_interval`, and at once when a
 //! shard ends), starts one task per owned shard whose parents are finished, and stops them on
@@ -7,7 +7,7 @@
 //! reader, its [`ShardProcessor`] and its checkpoint; the order per shard is: process records →
 //! write the documents of closed windows → flush the sink → write the checkpoint (fenced by ETag).
 //!
-//! # Ownership and handoff (DESIGN §7)
+//! # Ownership and handoff
 //!
 //! With [`AssignmentSource::All`] the worker owns every shard. Otherwise it owns the shards an
 //! assignment gives its ordinal, and owns nothing until it has seen one. Each running shard has
@@ -84,7 +84,7 @@ pub struct RunOptions {
     pub polling: PollingConfig,
     /// Analyses and event time.
     pub engine: EngineConfig,
-    /// Assignment epoch written into checkpoints with [`AssignmentSource::All`] (DESIGN §7); with an
+    /// Assignment epoch written into checkpoints with [`AssignmentSource::All`]; with an
     /// assignment, a claim writes the epoch of the assignment under which the shard starts.
     pub owner_epoch: u64,
     /// Which shards this worker owns: all of them, or those an assignment gives [`Self::ordinal`].
@@ -880,7 +880,7 @@ async fn discover<K: KinesisApi>(
             shared.state.update(id, |s| s.state = ShardState::Finished);
         }
     }
-    // Parent before child (DESIGN §4): a parent no longer listed has expired from the stream.
+    // Parent before child: a parent no longer listed has expired from the stream.
     let ready: HashSet<&str> = startable(&shards, finished).into_iter().map(|s| s.shard_id.as_str()).collect();
     let epoch = ownership.epoch();
     let mut start = Vec::new();
@@ -928,7 +928,7 @@ enum Claim {
     Interrupted(Control),
 }
 
-/// Claims a shard (DESIGN §6–§7): reads its checkpoint, waits for the previous owner's release
+/// Claims a shard: reads its checkpoint, waits for the previous owner's release
 /// when [`decide_claim`] says so, then writes the checkpoint back conditional on the version read.
 /// From then on a previous owner still running is fenced at its next checkpoint.
 ///
@@ -1466,7 +1466,7 @@ impl<K: KinesisApi> ShardTask<K> {
         }
     }
 
-    /// Gives the shard up to its new owner (DESIGN §7): flushes the sink and writes a final
+    /// Gives the shard up to its new owner: flushes the sink and writes a final
     /// checkpoint marked released at `epoch`. Open windows stay in the checkpoint's partials for
     /// the new owner. A store failure is retried until the takeover timeout, after which the new
     /// owner takes the shard over anyway.

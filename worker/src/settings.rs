@@ -3,7 +3,7 @@
 //! reads it with `--config`, or builds it from its flags). Operator and worker cannot disagree about
 //! a field because there is only this struct.
 //!
-//! Durations are whole milliseconds and every field has the DESIGN default, so a document written
+//! Durations are whole milliseconds and every field has a default, so a document written
 //! by an older operator still reads. Secrets never appear here: basic-auth credentials come from
 //! the environment (`TAXI_SINK_USERNAME`, `TAXI_SINK_PASSWORD`), which the operator fills from a
 //! Secret.

@@ -1,4 +1,4 @@
-//! Per-shard partial documents (DESIGN §5), the sinks that store them, and the merged view that
+//! Per-shard partial documents, the sinks that store them, and the merged view that
 //! sums them over shards.
 //!
 //! Every document has a deterministic id, so re-emitting a window after a restart overwrites the

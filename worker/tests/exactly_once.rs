@@ -1,6 +1,6 @@
-//! Exactly-once in effect (DESIGN §5–§6), against the three emulators: a `taxi-worker run` process
-//! with S3 checkpoints and the OpenSearch sink is killed, fenced, starved of OpenSearch or of S3 —
-//! and the merged results in OpenSearch still equal the batch oracle.
+//! Exactly-once in effect (`docs/exactly-once.md`), against the three emulators: a `taxi-worker run`
+//! process with S3 checkpoints and the OpenSearch sink is killed, fenced, starved of OpenSearch or
+//! of S3 — and the merged results in OpenSearch still equal the batch oracle.
 
 mod common;
 

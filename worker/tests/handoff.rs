@@ -1,4 +1,4 @@
-//! Shard handoff in one `run_worker` against the Kinesis emulator (DESIGN §7): a new owner waits
+//! Shard handoff in one `run_worker` against the Kinesis emulator: a new owner waits
 //! for a previous owner that never releases, can be moved away while it waits, and takes the
 //! shard over once the takeover timeout has passed — reading from the checkpointed position. A
 //! shard fenced by another owner of its epoch is looked at again, not parked for the epoch.

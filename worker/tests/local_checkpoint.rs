@@ -66,7 +66,7 @@ fn stopping_after_k_records_and_resuming_gives_the_uninterrupted_results() {
         assert_eq!(first.outcome, Outcome::Stopped { records: k });
         assert!(ckpt.join("LATEST").exists(), "a checkpoint was written");
         let shard_object = ckpt.join("checkpoint-00000001/shardId-000000000003.json");
-        assert!(shard_object.exists(), "one object per shard (DESIGN §6)");
+        assert!(shard_object.exists(), "one object per shard");
         let rest = run(options(&input, checkpoints(&ckpt, true), None)).expect("resumed run");
         assert_eq!(rest.outcome, Outcome::Completed);
         assert_eq!(as_lines(&rest.results), as_lines(&full.results), "stopped at {k}");

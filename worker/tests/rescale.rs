@@ -1,4 +1,4 @@
-//! Live rescale end to end, without Kubernetes (DESIGN §7): three `taxi-worker run` processes
+//! Live rescale end to end, without Kubernetes: three `taxi-worker run` processes
 //! follow an assignment file that the test rewrites as the operator would (with
 //! `assignment::assign`) while the producer writes a day of trips: replicas 2 → 3, a reshard 4 → 8
 //! shards (between the producer's two phases), then replicas 1 — the workers beyond it get

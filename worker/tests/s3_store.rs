@@ -1,5 +1,5 @@
 //! The checkpoint store against moto's S3 (`TAXI_TEST_S3_ENDPOINT`, started by `.ci/services.sh`)
-//! and a temporary directory: both kinds must fence writers alike (DESIGN §6).
+//! and a temporary directory: both kinds must fence writers alike.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! NYC TLC yellow-trip CSV rows (DESIGN §2): the 2009, 2010–2014 and 2015–2016 layouts.
+//! NYC TLC yellow-trip CSV rows: the 2009, 2010–2014 and 2015–2016 layouts.
 //!
 //! The header names the layout. Rather than hard-coding three column lists, each needed column
 //! is looked up by its known names (trimmed, case-insensitive), so reordered or extended files

@@ -1,4 +1,4 @@
-//! The JSON record parser of DESIGN §2: one Kinesis record's data, or one line of a JSON-lines file.
+//! The JSON record parser: one Kinesis record's data, or one line of a JSON-lines file.
 //!
 //! Hot path, so this is a hand-written single-pass scanner rather than serde: measured on the
 //! target machine, serde_json needs ~300 ns just to *skip* a 400-byte record and ~600 ns to read
@@ -26,7 +26,7 @@ pub(crate) const MAX_DEPTH: usize = 128;
 /// Parses one JSON record (a Kinesis record's data or one file line) into an [`Event`].
 ///
 /// Whitespace around the object (a trailing `\n` or `\r\n`) is allowed; anything else after it
-/// is [`InvalidReason::NotJson`]. See the module docs and DESIGN §2 for the fields, and
+/// is [`InvalidReason::NotJson`]. See [`Trip`] for what a record carries, and
 /// [`InvalidReason`] for how a record is rejected. A `trip_id` may be a JSON unsigned integer or a
 /// string of decimal digits; coordinates may be JSON numbers or numbers encoded as JSON strings.
 /// Never panics.

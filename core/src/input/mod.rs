@@ -1,4 +1,4 @@
-//! The input layer: parsing records (DESIGN §2) and reading input files.
+//! The input layer: parsing records and reading input files.
 //!
 //! - [`parse_json_record`]: one Kinesis record's data or one JSON-lines line (hot path);
 //! - [`CsvLayout`], [`parse_csv_row`]: NYC TLC yellow-trip CSV rows;

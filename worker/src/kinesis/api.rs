@@ -74,7 +74,7 @@ pub struct RecordsPage {
 /// One entry of a PutRecords call.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PutEntry {
-    /// Partition key (the trip id in decimal, DESIGN §4).
+    /// Partition key (the trip id in decimal).
     pub partition_key: String,
     /// Overrides the hash of the partition key (watermarks go to a shard's starting key).
     pub explicit_hash_key: Option<String>,

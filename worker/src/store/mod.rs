@@ -1,5 +1,5 @@
 //! One checkpoint-store interface over a local directory (`file://`) and S3 (`s3://`), with the
-//! conditional puts that fence a shard's previous owner (DESIGN §6) and a short history of past
+//! conditional puts that fence a shard's previous owner and a short history of past
 //! checkpoints per key for inspection.
 //!
 //! Both kinds behave alike: `get` returns the bytes and their [`ETag`]; `put` with
