@@ -149,7 +149,9 @@ async fn a_shard_fenced_for_real_is_looked_at_again_and_taken_back_after_the_tim
         tokio::spawn(async move { put_file(&api, &stream, &input).await })
     };
     let checkpoint = dir.path().join(format!("checkpoints/nyc/shards/{SHARD}.json"));
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Only a bound on waiting: on a loaded machine the emulator takes a while to store the first
+    // records and the worker to checkpoint them.
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let current = ShardCheckpoint::from_bytes(&std::fs::read(&checkpoint).expect("read")).expect("decode");
         if current.counters.records > 0 {
