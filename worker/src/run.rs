@@ -961,11 +961,7 @@ async fn claim<K>(
         let stored = match shared.store.get(&key).await {
             Ok(stored) => stored,
             Err(e @ CheckpointError::S3 { retryable: true, .. }) => {
-                // The store is unavailable for now: this shard waits (as a previous owner must
-                // too); the worker and its other shards go on.
-                tracing::warn!(shard = shard_id, error = %e, "failed to read the checkpoint to claim; retrying");
-                note_claim_failure(shared, shard_id, &e);
-                wait_or_interrupt(control).await;
+                wait_out_store_failure(shared, shard_id, "read the checkpoint to claim", &e, control).await;
                 continue;
             }
             Err(e) => return Err(e.into()),
@@ -1004,9 +1000,7 @@ async fn claim<K>(
             None => match parent_checkpoints(shared, parents).await {
                 Ok(parents) => (child_of(&parents, shared.config.clone()), Position::Start),
                 Err(RunError::Checkpoint(e @ CheckpointError::S3 { retryable: true, .. })) => {
-                    tracing::warn!(shard = shard_id, error = %e, "failed to read a parent's checkpoint; retrying");
-                    note_claim_failure(shared, shard_id, &e);
-                    wait_or_interrupt(control).await;
+                    wait_out_store_failure(shared, shard_id, "read a parent's checkpoint", &e, control).await;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -1032,9 +1026,7 @@ async fn claim<K>(
                 return Ok(Claim::Fenced);
             }
             Err(e @ CheckpointError::S3 { retryable: true, .. }) => {
-                tracing::warn!(shard = shard_id, error = %e, "failed to write the claim; retrying");
-                note_claim_failure(shared, shard_id, &e);
-                wait_or_interrupt(control).await;
+                wait_out_store_failure(shared, shard_id, "write the claim", &e, control).await;
             }
             Err(e) => return Err(e.into()),
         }
@@ -1079,11 +1071,21 @@ async fn readable_checkpoint<K>(shared: &Shared<K>, key: &str, bytes: &[u8]) -> 
     Err(corrupt(error.to_string()).into())
 }
 
-/// Counts a store failure while claiming, and shows it in `/status` and `/readyz`.
-fn note_claim_failure<K>(shared: &Shared<K>, shard_id: &str, error: &CheckpointError) {
+/// A store that failed while claiming is unavailable for now: the shard waits (as a previous owner
+/// must too) while the worker and its other shards go on. The failure is logged, counted and shown
+/// in `/status` and `/readyz`; then it sleeps until the next attempt.
+async fn wait_out_store_failure<K>(
+    shared: &Shared<K>,
+    shard_id: &str,
+    action: &str,
+    error: &CheckpointError,
+    control: &mut watch::Receiver<Control>,
+) {
+    tracing::warn!(shard = shard_id, %error, "failed to {action}; retrying");
     shared.state.metrics.checkpoint_failures.with_label_values(&["io"]).inc();
     let message = error.to_string();
     shared.state.update(shard_id, |s| s.checkpoint_error = Some(message));
+    wait_or_interrupt(control).await;
 }
 
 /// Sleeps [`RELEASE_POLL_INTERVAL`], or less when the coordinator sends a new request (read at the

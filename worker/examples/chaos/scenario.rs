@@ -623,10 +623,8 @@ impl World {
     }
 
     async fn stored_versions(&self) -> HashMap<String, u64> {
-        let client = opensearch::OpenSearch::new(
-            opensearch::http::transport::Transport::single_node(&self.services.opensearch).expect("transport"),
-        );
-        let response = client
+        let response = self
+            .opensearch()
             .search(opensearch::SearchParts::Index(&[&format!("{}-*", self.index_prefix)]))
             .body(serde_json::json!({"size": 10_000, "version": true, "query": {"match_all": {}}}))
             .send()
@@ -672,10 +670,15 @@ impl World {
     /// time. A failed seed keeps everything for a look.
     async fn cleanup(&self) {
         let _ = self.raw_kinesis.delete_stream().stream_name(&self.stream).send().await;
-        let client = opensearch::OpenSearch::new(
-            opensearch::http::transport::Transport::single_node(&self.services.opensearch).expect("transport"),
-        );
         let indices = format!("{}-*", self.index_prefix);
-        let _ = client.indices().delete(opensearch::indices::IndicesDeleteParts::Index(&[&indices])).send().await;
+        let delete = opensearch::indices::IndicesDeleteParts::Index(&[&indices]);
+        let _ = self.opensearch().indices().delete(delete).send().await;
+    }
+
+    /// A client straight to OpenSearch, past the fault proxy.
+    fn opensearch(&self) -> opensearch::OpenSearch {
+        opensearch::OpenSearch::new(
+            opensearch::http::transport::Transport::single_node(&self.services.opensearch).expect("transport"),
+        )
     }
 }
