@@ -8,6 +8,7 @@ FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY core core
+COPY io io
 COPY operator operator
 COPY worker worker
 # The registry and target dir are BuildKit caches, so a rebuild recompiles only what changed; the

@@ -8,9 +8,12 @@
 //! - [`config`]: event-time and analysis settings, and their fingerprint;
 //! - [`window`], [`analysis`], [`dedupe`], [`shard`], [`merge`]: per-shard event-time aggregation
 //!   and the merge across shards;
+//! - [`document`]: the documents closed windows become, their ids and versions, and the merged view;
 //! - [`checkpoint`]: a shard's state as it is stored, and its format;
 //! - [`topology`], [`assignment`]: the stream's shards and which worker owns which;
 //! - [`identity`]: how a pipeline names its state;
+//! - [`settings`], [`start_position`]: the settings the operator renders for its workers, and
+//!   where a shard with nothing read yet starts;
 //! - [`status`]: the worker's `/status` document, read by the operator;
 //! - [`generate`]: the synthetic NYC trip generator, and [`oracle`], the batch computation every
 //!   pipeline run must agree with.
@@ -20,6 +23,7 @@ pub mod assignment;
 pub mod checkpoint;
 pub mod config;
 pub mod dedupe;
+pub mod document;
 pub mod event;
 pub mod generate;
 pub mod geo;
@@ -28,7 +32,9 @@ pub mod input;
 pub mod merge;
 pub mod oracle;
 pub mod partition;
+pub mod settings;
 pub mod shard;
+pub mod start_position;
 pub mod status;
 pub mod time;
 pub mod topology;

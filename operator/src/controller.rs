@@ -12,7 +12,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client};
-use taxi_worker::kinesis::api::KinesisEndpoint;
+use taxi_io::kinesis::api::KinesisEndpoint;
 use tokio::sync::watch;
 
 use crate::crd::TaxiPipeline;
@@ -70,7 +70,7 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
     let (leading_tx, leading_rx) = watch::channel(!config.leader_election);
     let metrics = OperatorMetrics::new().map_err(RunError::Metrics)?;
     let state = Arc::new(OperatorState::new(metrics, leading_rx.clone()));
-    let (addr, serve) = taxi_worker::http::bind(config.http_addr, state.clone())
+    let (addr, serve) = taxi_io::http::bind(config.http_addr, state.clone())
         .await
         .map_err(|source| RunError::Listen { addr: config.http_addr, source })?;
     eprintln!("taxi-operator: serving http://{addr}/metrics, /healthz, /readyz and /status");
@@ -91,7 +91,7 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
     let controllers = run_while_leading(leading_rx, || run_controllers(client.clone(), &config, state.clone()));
     tokio::select! {
         () = controllers => {}
-        () = taxi_worker::signals::terminated() => tracing::info!("shutting down"),
+        () = taxi_io::signals::terminated() => tracing::info!("shutting down"),
     }
     // Stop reconciling before the Lease is released, so no successor overlaps with us.
     let _ = shutdown_tx.send(true);

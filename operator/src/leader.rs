@@ -32,6 +32,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
+use taxi_io::retry::{BackoffPolicy, Jitter};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -431,8 +432,7 @@ impl LeaderElector {
                     failures = failures.saturating_add(1);
                     metrics.lease_error(error.category());
                     tracing::warn!(error = %ErrorChain(&error), failures, "leader election attempt failed");
-                    let backoff = FIRST_RETRY.saturating_mul(1 << failures.min(16).saturating_sub(1));
-                    jittered(backoff.min(self.config.renew_interval))
+                    BackoffPolicy::new(FIRST_RETRY, self.config.renew_interval, Jitter::Equal).delay(failures)
                 }
             };
             // While leading, wake up at the end of the term at the latest, to stop leading in time.

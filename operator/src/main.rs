@@ -5,10 +5,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use taxi_io::kinesis::api::KinesisEndpoint;
 use taxi_operator::autoscale::Policy;
 use taxi_operator::controller::{RunConfig, run};
 use taxi_operator::simulate::{self, PolicyKind, SimConfig, Trace};
-use taxi_worker::kinesis::api::KinesisEndpoint;
 
 /// Command line of the operator binary.
 #[derive(Debug, Parser)]

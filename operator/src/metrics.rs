@@ -270,7 +270,7 @@ pub struct ReconcileFailure {
 }
 
 /// What the operator's HTTP endpoints report (`/readyz`, `/metrics`, `/status`), served with
-/// `taxi_worker::http::bind`.
+/// `taxi_io::http::bind`.
 #[derive(Debug)]
 pub struct OperatorState {
     /// The operator's metrics.
@@ -333,7 +333,7 @@ impl OperatorState {
     }
 }
 
-impl taxi_worker::http::Endpoints for OperatorState {
+impl taxi_io::http::Endpoints for OperatorState {
     /// A replica standing by (not leading) is ready: it can take over. The leader is ready once its
     /// first list of TaxiPipelines has completed.
     fn readiness(&self) -> Result<(), String> {
@@ -364,7 +364,7 @@ impl taxi_worker::http::Endpoints for OperatorState {
 
 #[cfg(test)]
 mod tests {
-    use taxi_worker::http::Endpoints;
+    use taxi_io::http::Endpoints;
 
     use super::*;
 

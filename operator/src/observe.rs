@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use taxi_core::status::{ShardState, WorkerStatus};
 use taxi_core::topology::ShardInfo;
-use taxi_worker::kinesis::api::{KinesisApi, KinesisEndpoint, KinesisError, SdkKinesis, StreamState};
+use taxi_io::kinesis::api::{KinesisApi, KinesisEndpoint, KinesisError, SdkKinesis, StreamState};
 
 /// Which stream, and how to reach its Kinesis endpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -25,8 +25,9 @@ use taxi_core::assignment::{ASSIGNMENT_KEY, Assignment, above_recorded, assign, 
 use taxi_core::checkpoint::CheckpointError;
 use taxi_core::identity::PipelineId;
 use taxi_core::status::WorkerStatus;
-use taxi_worker::kinesis::api::KinesisError;
-use taxi_worker::store::CheckpointStore;
+use taxi_io::kinesis::api::KinesisError;
+use taxi_io::retry::{BackoffPolicy, Jitter};
+use taxi_io::store::CheckpointStore;
 
 use crate::crd::{
     DEGRADED, PROGRESSING, READY, SCALING, STREAM_RESHARDING, TaxiPipeline, TaxiPipelineStatus, set_condition,
@@ -206,15 +207,15 @@ pub fn error_policy<S: Streams, P: WorkerProbe>(
         *n = n.saturating_add(1);
         *n
     });
-    let delay = backoff_delay(failures);
+    let delay = RECONCILE_RETRY.delay(failures);
     tracing::warn!(pipeline = %key, error = %error, category = error.category(), ?delay, "reconcile failed; retrying");
     Action::requeue(delay)
 }
 
-/// 1 s, 2 s, 4 s, … capped at 5 minutes.
-pub fn backoff_delay(failures: u32) -> Duration {
-    Duration::from_secs(1u64 << failures.saturating_sub(1).min(9)).min(Duration::from_secs(300))
-}
+/// The requeue after failed passes in a row: 1 s, 2 s, 4 s, … capped at 5 minutes. No jitter: the
+/// controller's queue already spreads the pipelines.
+pub const RECONCILE_RETRY: BackoffPolicy =
+    BackoffPolicy::new(Duration::from_secs(1), Duration::from_secs(300), Jitter::None);
 
 /// What the apply step saw and decided, for status and Events.
 struct Pass {
@@ -522,7 +523,7 @@ async fn cleanup<S, P>(pipeline: &TaxiPipeline, ctx: &Context<S, P>) -> Result<A
         return Ok(Action::await_change());
     }
     let uri = pipeline.spec.checkpoint.uri.clone();
-    let s3 = taxi_worker::store::S3Settings {
+    let s3 = taxi_io::store::S3Settings {
         endpoint_url: pipeline.spec.checkpoint.s3_endpoint_url.clone(),
         force_path_style: pipeline.spec.checkpoint.s3_force_path_style,
         region: pipeline.spec.stream.region.clone(),
@@ -742,7 +743,7 @@ mod tests {
 
     #[test]
     fn back_off_doubles_from_one_second_to_five_minutes() {
-        let delays: Vec<u64> = [1, 2, 3, 4, 9, 10, 50].map(|n| backoff_delay(n).as_secs()).to_vec();
+        let delays: Vec<u64> = [1, 2, 3, 4, 9, 10, 50].map(|n| RECONCILE_RETRY.delay(n).as_secs()).to_vec();
         assert_eq!(delays, [1, 2, 4, 8, 256, 300, 300]);
     }
 

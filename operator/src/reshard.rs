@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::events::EventType;
-use taxi_worker::kinesis::api::{KinesisError, StreamState};
+use taxi_io::kinesis::api::{KinesisError, StreamState};
 
 use crate::observe::{StreamRef, Streams};
 

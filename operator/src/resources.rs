@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use md5::{Digest, Md5};
 use taxi_core::assignment::{ASSIGNMENT_KEY, Assignment, config_map_name};
-use taxi_worker::settings::{SETTINGS_KEY, SINK_PASSWORD_ENV, SINK_USERNAME_ENV, WorkerSettings};
+use taxi_core::settings::{SETTINGS_KEY, SINK_PASSWORD_ENV, SINK_USERNAME_ENV, WorkerSettings};
 
 /// Port of the workers' `/healthz`, `/readyz`, `/metrics` and `/status`.
 pub const HTTP_PORT: i32 = 8080;

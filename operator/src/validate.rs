@@ -12,10 +12,10 @@ use taxi_core::config::{
 };
 use taxi_core::geo::{BoundingBox, Geofence};
 use taxi_core::identity::PipelineId;
-use taxi_worker::settings::{
-    CheckpointSettings, ConsumerSetting, SigV4Setting, SinkAuthSetting, SinkSettings, StreamSettings, WorkerSettings,
-    parse_start_position,
+use taxi_core::settings::{
+    self, CheckpointSettings, ConsumerSetting, SinkAuthSetting, SinkSettings, StreamSettings, WorkerSettings,
 };
+use taxi_core::start_position;
 
 use crate::crd::{
     AuthType, BoundingBoxSpec, ConsumerType, SigV4Service, TaxiPipeline, TaxiPipelineSpec, WatermarkStrategy,
@@ -154,7 +154,7 @@ fn worker_settings(namespace: &str, pipeline: &str, spec: &TaxiPipelineSpec) -> 
         .ok()
         .filter(|p| (1..=12).contains(p))
         .ok_or(invalid("spec.analyses.hotSpots.geohashPrecision", "must be between 1 and 12"))?;
-    if let Err(reason) = parse_start_position(&stream.start_position) {
+    if let Err(reason) = start_position::parse(&stream.start_position) {
         return Err(invalid("spec.stream.startPosition", reason));
     }
     let at_least_one =
@@ -198,8 +198,8 @@ fn worker_settings(namespace: &str, pipeline: &str, spec: &TaxiPipelineSpec) -> 
                     let sigv4 = opensearch.auth.sigv4.clone().unwrap_or_default();
                     SinkAuthSetting::Sigv4 {
                         service: match sigv4.service {
-                            SigV4Service::Es => SigV4Setting::Es,
-                            SigV4Service::Aoss => SigV4Setting::Aoss,
+                            SigV4Service::Es => settings::SigV4Service::Es,
+                            SigV4Service::Aoss => settings::SigV4Service::Aoss,
                         },
                         region: sigv4.region.or_else(|| stream.region.clone()),
                     }

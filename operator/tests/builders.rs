@@ -26,17 +26,17 @@ use serde_json::{Value, json};
 use taxi_core::assignment::{ASSIGNMENT_KEY, Assignment, assign};
 use taxi_core::config::WatermarkStrategy;
 use taxi_core::geo::{BoundingBox, Geofence};
+use taxi_core::settings::{
+    ConsumerSetting, SETTINGS_KEY, SINK_PASSWORD_ENV, SINK_USERNAME_ENV, SinkAuthSetting, WorkerSettings,
+};
 use taxi_core::topology::ShardInfo;
+use taxi_io::sink::opensearch::{OpenSearchAuth, OpenSearchSettings};
 use taxi_operator::crd::TaxiPipeline;
 use taxi_operator::resources::{
     ASSIGNED_AT_ANNOTATION, CONFIG_HASH_ANNOTATION, IRSA_ANNOTATION, Resources, ValidPipeline, build, config_hash,
     selector_labels,
 };
 use taxi_operator::validate::{Defaults, desired_replicas, validate};
-use taxi_worker::opensearch::OpenSearchAuth;
-use taxi_worker::settings::{
-    ConsumerSetting, SETTINGS_KEY, SINK_PASSWORD_ENV, SINK_USERNAME_ENV, SinkAuthSetting, WorkerSettings,
-};
 
 const MINIMAL_EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/taxipipeline-minimal.yaml");
 const FULL_EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/taxipipeline.yaml");
@@ -569,7 +569,8 @@ fn basic_auth_takes_credentials_from_the_secret_keys_and_keeps_them_out_of_worke
         })
         .collect();
     let settings = WorkerSettings::from_json(rendered.as_bytes()).expect("the worker reads worker.json");
-    let opensearch = settings.opensearch(|name| environment.get(name).cloned()).expect("credentials are set");
+    let opensearch = OpenSearchSettings::for_sink(&settings.sink, |name| environment.get(name).cloned())
+        .expect("credentials are set");
     assert_eq!(
         opensearch.auth,
         OpenSearchAuth::Basic { username: "alice".to_owned(), password: "correct horse".to_owned() }

@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use regex::Regex;
 use serde_json::{Value, json};
+use taxi_core::document::{AnalysisKind, PartialDocument};
+use taxi_io::http::Endpoints;
+use taxi_io::sink::opensearch::{BulkSettings, OpenSearchSettings, OpenSearchSink};
 use taxi_operator::metrics::{OperatorMetrics, OperatorState, ReconcileOutcome};
-use taxi_worker::http::Endpoints;
-use taxi_worker::opensearch::{BulkSettings, OpenSearchSettings, OpenSearchSink};
 use taxi_worker::run::WorkerState;
-use taxi_worker::sink::{AnalysisKind, PartialDocument};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 

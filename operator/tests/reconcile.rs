@@ -18,12 +18,12 @@ use serde_json::{Value, json};
 use taxi_core::assignment::Assignment;
 use taxi_core::status::{ShardState, ShardStatus, WorkerStatus};
 use taxi_core::topology::ShardInfo;
+use taxi_io::kinesis::api::{KinesisError, StreamState};
 use taxi_operator::crd::TaxiPipeline;
 use taxi_operator::metrics::{OperatorMetrics, OperatorState};
 use taxi_operator::observe::{ProbeError, StreamRef, Streams, WorkerProbe};
 use taxi_operator::reconcile::{Context, reconcile};
 use taxi_operator::validate::Defaults;
-use taxi_worker::kinesis::api::{KinesisError, StreamState};
 
 /// The test's side of the mocked API server.
 type ApiHandle = tower_test::mock::Handle<Request<Body>, Response<Body>>;

@@ -19,19 +19,22 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use taxi_core::config::EngineConfig;
+use taxi_core::document::merge_documents;
 use taxi_core::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::settings::ConsumerKind;
+use taxi_core::start_position::InitialPosition;
 use taxi_core::topology::ShardInfo;
+use taxi_io::kinesis::api::{KinesisEndpoint, KinesisError, SdkKinesis, StreamState};
+use taxi_io::kinesis::reader::PollingConfig;
+use taxi_io::sink::file::read_documents;
+use taxi_io::sink::opensearch::OpenSearchSettings;
+use taxi_io::store::S3Settings;
 use taxi_operator::observe::{SdkStreams, StreamRef, Streams};
 use taxi_operator::reshard::{Plan, StreamStep, manage_stream};
 use taxi_worker::handoff::AssignmentSource;
-use taxi_worker::kinesis::api::{KinesisEndpoint, KinesisError, SdkKinesis, StreamState};
-use taxi_worker::kinesis::reader::{InitialPosition, PollingConfig};
 use taxi_worker::local::{LocalInput, LocalOptions, Progress, run_local};
-use taxi_worker::opensearch::OpenSearchSettings;
 use taxi_worker::replay::{ReplayOptions, ReplayProgress, ReplaySummary, replay};
-use taxi_worker::run::{ConsumerKind, RunOptions, WorkerState, run_worker};
-use taxi_worker::sink::{merge_documents, read_documents};
-use taxi_worker::store::S3Settings;
+use taxi_worker::run::{RunOptions, WorkerState, run_worker};
 
 use common::kinesis::{client, emulator};
 

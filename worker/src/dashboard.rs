@@ -22,13 +22,13 @@ use hyper::{Method, Response, StatusCode, Uri};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::http::respond;
 use crate::local::{Progress, Summary};
 use taxi_core::analysis::{MergedResult, round4};
 use taxi_core::config::EngineConfig;
 use taxi_core::event::Millis;
 use taxi_core::geo::BoundingBox;
 use taxi_core::time::format_timestamp;
+use taxi_io::http::respond;
 
 /// The page, built into the binary so the dashboard needs no files and no network.
 const PAGE: &str = include_str!("../assets/dashboard.html");
@@ -175,7 +175,7 @@ pub async fn serve(
     addr: SocketAddr,
     dashboard: Arc<Dashboard>,
 ) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = ()> + Send)> {
-    crate::http::serve(addr, move |method, uri| dashboard.route(method, uri)).await
+    taxi_io::http::serve(addr, move |method, uri| dashboard.route(method, uri)).await
 }
 
 fn to_json(value: &impl Serialize) -> Bytes {

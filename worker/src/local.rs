@@ -21,7 +21,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::pace::Pacer;
-use crate::store::{DirStore, Precondition};
 use taxi_core::analysis::{ClosedWindows, MergedResult};
 use taxi_core::checkpoint::{
     CheckpointError, FORMAT_VERSION, Owner, PartialsState, Position, ShardCheckpoint, decode_versioned,
@@ -33,6 +32,7 @@ use taxi_core::input::{Chunk, ChunkReader, Format, InputError, parse_line};
 use taxi_core::merge::Merger;
 use taxi_core::partition::{ShardRouter, shard_id};
 use taxi_core::shard::{Counters, ShardProcessor};
+use taxi_io::store::{DirStore, Precondition};
 
 /// Bytes of input per chunk: large enough to amortize channel hops, small enough to keep memory
 /// flat (a few chunks are in flight per stage).

@@ -13,22 +13,24 @@ use taxi_core::analysis::MergedResult;
 use taxi_core::config::{
     AirportTripsConfig, EngineConfig, EventTimeConfig, HotSpotConfig, WatermarkStrategy, parse_duration, to_millis,
 };
+use taxi_core::document::merge_documents;
 use taxi_core::generate::{GeneratorConfig, write_json_lines};
 use taxi_core::geo::BoundingBox;
+use taxi_core::settings::{
+    CheckpointSettings, ConsumerSetting, SigV4Service, SinkAuthSetting, SinkSettings, StreamSettings, WorkerSettings,
+};
+use taxi_core::start_position;
 use taxi_core::time::{format_timestamp, parse_timestamp};
+use taxi_io::kinesis::api::{KinesisEndpoint, SdkKinesis};
+use taxi_io::kinesis::reader::PollingConfig;
+use taxi_io::sink::file::read_documents;
+use taxi_io::sink::opensearch::{BulkSettings, OpenSearchAuth, OpenSearchSettings};
+use taxi_io::store::S3Settings;
 use taxi_worker::dashboard::{Dashboard, RunState};
 use taxi_worker::handoff::{AssignmentSource, pod_ordinal};
-use taxi_worker::kinesis::api::{KinesisEndpoint, SdkKinesis};
-use taxi_worker::kinesis::reader::PollingConfig;
 use taxi_worker::local::{CheckpointOptions, LocalInput, LocalOptions, LocalRun, Outcome, Progress, run_local};
-use taxi_worker::opensearch::{BulkSettings, OpenSearchAuth, OpenSearchSettings, SigV4Service};
 use taxi_worker::replay::{ReplayOptions, ReplayProgress};
 use taxi_worker::run::{RunOptions, WorkerState, run_worker};
-use taxi_worker::settings::{
-    CheckpointSettings, ConsumerSetting, SigV4Setting, SinkAuthSetting, SinkSettings, StreamSettings, WorkerSettings,
-    parse_start_position,
-};
-use taxi_worker::sink::{merge_documents, read_documents};
 
 /// Command line of the worker binary.
 #[derive(Debug, Parser)]
@@ -311,7 +313,7 @@ struct PipelineArgs {
     #[arg(long, env = "TAXI_S3_FORCE_PATH_STYLE")]
     s3_force_path_style: bool,
     /// Previous checkpoints kept per shard under history/ for inspection (0 = none).
-    #[arg(long, default_value_t = taxi_worker::store::DEFAULT_RETAIN)]
+    #[arg(long, default_value_t = taxi_core::settings::DEFAULT_RETAIN)]
     checkpoint_retain: usize,
     /// Time between checkpoints of a shard.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -378,8 +380,8 @@ impl PipelineArgs {
                     SinkAuth::Basic => SinkAuthSetting::Basic,
                     SinkAuth::Sigv4 => SinkAuthSetting::Sigv4 {
                         service: match os.sigv4_service {
-                            SigV4Kind::Es => SigV4Setting::Es,
-                            SigV4Kind::Aoss => SigV4Setting::Aoss,
+                            SigV4Kind::Es => SigV4Service::Es,
+                            SigV4Kind::Aoss => SigV4Service::Aoss,
                         },
                         region: os.sigv4_region.clone(),
                     },
@@ -417,7 +419,7 @@ struct ResultsArgs {
 }
 
 fn validate_start_position(s: &str) -> Result<String, String> {
-    parse_start_position(s).map(|_| s.to_owned())
+    start_position::parse(s).map(|_| s.to_owned())
 }
 
 /// Analysis and event-time flags, shared by every command that runs the engine.
@@ -860,9 +862,9 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         stream: settings.stream.name.clone(),
         start: settings.start_position().map_err(|e| e.to_string())?,
         checkpoint_uri: settings.checkpoint.uri.clone(),
-        s3: settings.s3(),
+        s3: S3Settings::for_pipeline(&settings),
         checkpoint_retain: settings.checkpoint.retain,
-        opensearch: settings.opensearch(env).map_err(|e| e.to_string())?,
+        opensearch: OpenSearchSettings::for_sink(&settings.sink, env).map_err(|e| e.to_string())?,
         checkpoint_interval: settings.checkpoint_interval(),
         sink_uri: settings.sink.url.clone(),
         shard_discovery_interval: settings.discovery_interval(),
@@ -885,14 +887,14 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     runtime.block_on(async move {
         let kinesis = Arc::new(SdkKinesis::connect(&endpoint).await);
         let state = Arc::new(WorkerState::default());
-        let (addr, serve) = taxi_worker::http::bind(args.http_addr, state.clone())
+        let (addr, serve) = taxi_io::http::bind(args.http_addr, state.clone())
             .await
             .map_err(|e| format!("failed to listen on {}: {e}", args.http_addr))?;
         eprintln!("taxi-worker: serving http://{addr}/metrics, /healthz, /readyz and /status");
         let server = tokio::spawn(serve);
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let signals = tokio::spawn(async move {
-            taxi_worker::signals::terminated().await;
+            taxi_io::signals::terminated().await;
             let _ = shutdown_tx.send(true);
         });
         let started = Instant::now();
@@ -920,7 +922,7 @@ fn dead_letter(args: &DeadLetterArgs) -> Result<ExitCode, String> {
     if let DeadLetterAction::Purge { yes: false } = args.action {
         return Err("purge discards the refused documents for good: confirm with --yes".to_owned());
     }
-    let s3 = taxi_worker::store::S3Settings {
+    let s3 = taxi_io::store::S3Settings {
         endpoint_url: args.s3_endpoint_url.clone(),
         force_path_style: args.s3_force_path_style,
         region: None,
@@ -930,10 +932,10 @@ fn dead_letter(args: &DeadLetterArgs) -> Result<ExitCode, String> {
         .build()
         .map_err(|e| format!("failed to start the runtime: {e}"))?;
     runtime.block_on(async {
-        let store = taxi_worker::store::CheckpointStore::from_uri(uri, &s3, 0).await.map_err(|e| e.to_string())?;
+        let store = taxi_io::store::CheckpointStore::from_uri(uri, &s3, 0).await.map_err(|e| e.to_string())?;
         let gauge =
             prometheus::IntGauge::new("taxi_sink_dead_letters", "Dead letters listed").map_err(|e| e.to_string())?;
-        let letters = taxi_worker::dead_letter::DeadLetterStore::new(store, &args.pipeline, gauge);
+        let letters = taxi_io::sink::dead_letter::DeadLetterStore::new(store, &args.pipeline, gauge);
         let keys = letters.list().await.map_err(|e| e.to_string())?;
         let mut documents = 0;
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -968,7 +970,7 @@ fn results(args: &ResultsArgs) -> Result<ExitCode, String> {
                 .build()
                 .map_err(|e| format!("failed to start the runtime: {e}"))?;
             runtime
-                .block_on(taxi_worker::opensearch::merged_results(&settings, pipeline, &engine))
+                .block_on(taxi_io::sink::opensearch::merged_results(&settings, pipeline, &engine))
                 .map_err(|e| e.to_string())?
         }
         (Some(sink), None) => {

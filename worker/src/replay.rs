@@ -89,14 +89,15 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
-use crate::kinesis::api::{KinesisApi, KinesisError, PutEntry, PutOutcome, StreamState};
-use crate::kinesis::kpl::{AggregatedRecord, Aggregator, MAX_AGGREGATED_BYTES};
 use crate::pace::Pacer;
 use taxi_core::event::{Event, Millis, Trip};
 use taxi_core::input::{Chunk, ChunkReader, Format, InputError, parse_line};
 use taxi_core::partition::{hash_key, trip_hash_key};
 use taxi_core::time::format_timestamp;
 use taxi_core::topology::ShardInfo;
+use taxi_io::kinesis::api::{KinesisApi, KinesisError, PutEntry, PutOutcome, StreamState};
+use taxi_io::kinesis::kpl::{AggregatedRecord, Aggregator, MAX_AGGREGATED_BYTES};
+use taxi_io::retry::{BackoffPolicy, Jitter};
 
 /// Most entries one `PutRecords` call may carry.
 pub const MAX_BATCH_ENTRIES: usize = 500;
@@ -111,10 +112,9 @@ pub const MAX_ATTEMPTS: u32 = 30;
 /// Partition key of watermark events (they are routed by their explicit hash key).
 pub const WATERMARK_PARTITION_KEY: &str = "watermark";
 
-/// First retry delay (before jitter); it doubles with every attempt.
-const BACKOFF_BASE: Duration = Duration::from_millis(20);
-/// Longest retry delay (before jitter).
-const BACKOFF_CAP: Duration = Duration::from_secs(2);
+/// The wait before retry number `n` (1 = the first): 20 ms doubling up to 2 s, drawn from the
+/// upper half.
+const RETRY: BackoffPolicy = BackoffPolicy::new(Duration::from_millis(20), Duration::from_secs(2), Jitter::Equal);
 /// Bytes of input per chunk read by the reader thread.
 const CHUNK_BYTES: usize = 256 * 1024;
 /// Chunks the reader thread may read ahead.
@@ -495,18 +495,12 @@ where
         match call().await {
             Err(e) if e.is_retryable() && attempt < CONTROL_ATTEMPTS => {
                 tracing::debug!(error = %e, attempt, "retrying a Kinesis control-plane call");
-                tokio::time::sleep(backoff(attempt)).await;
+                tokio::time::sleep(RETRY.delay(attempt)).await;
                 attempt += 1;
             }
             other => return other,
         }
     }
-}
-
-/// Delay before retry number `attempt` (1 = the first retry): exponential, capped, with jitter in [d/2, d].
-fn backoff(attempt: u32) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(BACKOFF_CAP);
-    exp / 2 + exp.mul_f64(fastrand::f64() / 2.0)
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -714,7 +708,7 @@ impl Lane {
     /// that grows with the calls in a row that failed.
     fn requeue(&mut self, items: Vec<Item>, now: Instant) {
         self.failed_calls += 1;
-        let retry_at = now + backoff(self.failed_calls);
+        let retry_at = now + RETRY.delay(self.failed_calls);
         for item in items.into_iter().rev() {
             self.bytes += item.bytes();
             self.queue.push_front(item);
@@ -1252,11 +1246,11 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
-    use crate::kinesis::api::{RecordsPage, StartingPosition, Subscription, SubscriptionEvent};
-    use crate::kinesis::kpl::{Deaggregated, deaggregate};
     use taxi_core::generate::{GeneratorConfig, write_json_lines};
     use taxi_core::input::parse_json_record;
     use taxi_core::partition::{even_ranges, shard_id};
+    use taxi_io::kinesis::api::{RecordsPage, StartingPosition, Subscription, SubscriptionEvent};
+    use taxi_io::kinesis::kpl::{Deaggregated, deaggregate};
 
     /// What the fake does to one PutRecords call.
     #[derive(Clone, Copy, Debug)]
@@ -2044,16 +2038,5 @@ mod tests {
         ] {
             assert!(matches!(bad.validate(), Err(ReplayError::Options(_))), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        for attempt in 1..40 {
-            let d = backoff(attempt);
-            assert!(d <= BACKOFF_CAP, "{d:?}");
-            assert!(d >= BACKOFF_BASE / 2);
-        }
-        assert!(backoff(1) <= BACKOFF_BASE);
-        assert!(backoff(20) >= BACKOFF_CAP / 2);
     }
 }

@@ -26,31 +26,34 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::dead_letter::{DeadLetterStore, redrive_periodically};
 use crate::handoff::{
     AssignmentSource, ClaimDecision, Claimant, EpochPlan, HandoffOutcome, Holder, RELEASE_POLL_INTERVAL, SourceError,
     decide_claim, plan_epoch,
 };
-use crate::kinesis::api::{KinesisApi, KinesisError};
-use crate::kinesis::efo::EfoReader;
-use crate::kinesis::kpl::{self, Deaggregated};
-use crate::kinesis::reader::{
-    Backoff, InitialPosition, PollingConfig, PollingReader, ReadOutcome, ReaderStats, initial_position, resume_position,
-};
 use crate::metrics::WorkerMetrics;
-use crate::opensearch::OpenSearchSettings;
-use crate::sink::{Sink, SinkError, documents_for};
-use crate::store::{CheckpointStore, ETag, Precondition, S3Settings};
 use taxi_core::assignment::{Assignment, startable};
 use taxi_core::checkpoint::{CheckpointError, Owner, Position, ShardCheckpoint, child_of};
 use taxi_core::config::EngineConfig;
+use taxi_core::document::documents_for;
 use taxi_core::event::{Event, InvalidReason, Millis};
 use taxi_core::identity::PipelineId;
 use taxi_core::input::parse_json_record;
+use taxi_core::settings::ConsumerKind;
 use taxi_core::shard::{Counters, ShardProcessor};
+use taxi_core::start_position::{InitialPosition, initial_position};
 use taxi_core::status::{ShardState, ShardStatus, WorkerStatus};
 use taxi_core::time::wall_clock_millis;
 use taxi_core::topology::ShardInfo;
+use taxi_io::kinesis::api::{KinesisApi, KinesisError};
+use taxi_io::kinesis::efo::EfoReader;
+use taxi_io::kinesis::kpl::{self, Deaggregated};
+use taxi_io::kinesis::reader::{PollingConfig, PollingReader, ReadOutcome, ReaderStats, resume_position};
+use taxi_io::retry::{Backoff, BackoffPolicy, Jitter};
+use taxi_io::sink::dead_letter::DeadLetterStore;
+use taxi_io::sink::opensearch::OpenSearchSettings;
+use taxi_io::sink::redrive::redrive_periodically;
+use taxi_io::sink::{Sink, SinkError};
+use taxi_io::store::{CheckpointStore, ETag, Precondition, S3Settings};
 
 /// Everything `taxi-worker run` needs besides the Kinesis client.
 #[derive(Clone, Debug)]
@@ -98,18 +101,6 @@ pub struct RunOptions {
     /// Stop each shard (with a checkpoint) after processing this many user records in this run,
     /// even inside a KPL aggregate: for tests and bounded batch runs.
     pub stop_after_records: Option<u64>,
-}
-
-/// How shards are consumed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ConsumerKind {
-    /// GetRecords polling.
-    Polling,
-    /// Enhanced fan-out through the registered consumer of this name.
-    EnhancedFanOut {
-        /// Consumer name (registered once per stream).
-        consumer_name: String,
-    },
 }
 
 /// The reader of one shard, by consumer kind.
@@ -277,7 +268,7 @@ impl WorkerState {
     }
 }
 
-impl crate::http::Endpoints for WorkerState {
+impl taxi_io::http::Endpoints for WorkerState {
     fn readiness(&self) -> Result<(), String> {
         WorkerState::readiness(self)
     }
@@ -435,7 +426,7 @@ impl Retries {
         let now = Instant::now();
         let retry = self.shards.entry(shard.to_owned()).or_insert_with(|| Retry {
             at: now,
-            backoff: Backoff::new(Self::FIRST, Self::LONGEST),
+            backoff: Backoff::new(BackoffPolicy::new(Self::FIRST, Self::LONGEST, Jitter::Full)),
             error: String::new(),
         });
         if now.saturating_duration_since(retry.at) > Self::LONGEST {
@@ -493,6 +484,11 @@ struct Shared<K> {
 
 /// Time between two passes that re-deliver dead letters (the first runs at start).
 const DEAD_LETTER_REDRIVE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The wait between attempts of a control call that must eventually succeed: listing the shards,
+/// registering the EFO consumer, writing a finished shard's checkpoint.
+const CONTROL_RETRY: BackoffPolicy =
+    BackoffPolicy::new(Duration::from_millis(200), Duration::from_secs(10), Jitter::Full);
 
 fn checkpoint_key(pipeline: &str, shard_id: &str) -> String {
     format!("{pipeline}/shards/{shard_id}.json")
@@ -595,7 +591,7 @@ pub async fn run_worker<K: KinesisApi>(
     let mut retries = Retries::default();
     let mut summary = RunSummary::default();
     let mut waiting = 0_usize;
-    let mut discovery_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut discovery_backoff = Backoff::new(CONTROL_RETRY);
     let mut next_discovery = Instant::now();
     let mut stopping: Option<Control> = None;
 
@@ -822,7 +818,7 @@ async fn register_with_retry<K: KinesisApi>(
     name: &str,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<String, RunError> {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut backoff = Backoff::new(CONTROL_RETRY);
     loop {
         match api.register_consumer(stream, name).await {
             Ok(arn) => return Ok(arn),
@@ -1444,7 +1440,7 @@ impl<K: KinesisApi> ShardTask<K> {
     /// shard ends otherwise first: fenced by another owner, stopped, or released (a restart then
     /// reads the end of the shard again from its last durable checkpoint).
     async fn write_finished(&mut self, control: &mut watch::Receiver<Control>) -> Result<Option<ShardExit>, RunError> {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut backoff = Backoff::new(CONTROL_RETRY);
         loop {
             match self.write_checkpoint(None).await? {
                 Written::Yes => return Ok(None),

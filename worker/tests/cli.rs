@@ -149,9 +149,9 @@ fn a_dashboard_address_in_use_is_a_clear_error() {
 
 #[test]
 fn dead_letters_are_listed_and_purged_only_when_confirmed() {
-    use taxi_worker::dead_letter::{DeadLetter, DeadLetterStore};
-    use taxi_worker::sink::{AnalysisKind, PartialDocument};
-    use taxi_worker::store::{CheckpointStore, S3Settings};
+    use taxi_core::document::{AnalysisKind, PartialDocument};
+    use taxi_io::sink::dead_letter::{DeadLetter, DeadLetterStore};
+    use taxi_io::store::{CheckpointStore, S3Settings};
 
     let dir = tempfile::tempdir().expect("tempdir");
     let uri = format!("file://{}", dir.path().display());

@@ -15,11 +15,11 @@ use common::{as_lines, batch_oracle};
 use opensearch::http::Method;
 use serde_json::json;
 use taxi_core::config::EngineConfig;
+use taxi_core::document::AnalysisKind;
 use taxi_core::generate::{GeneratorConfig, write_json_lines};
-use taxi_worker::dead_letter::DeadLetterStore;
-use taxi_worker::opensearch::{BulkSettings, OpenSearchSettings, index_name, merged_results};
-use taxi_worker::sink::AnalysisKind;
-use taxi_worker::store::{CheckpointStore, S3Settings};
+use taxi_io::sink::dead_letter::DeadLetterStore;
+use taxi_io::sink::opensearch::{BulkSettings, OpenSearchSettings, index_name, merged_results};
+use taxi_io::store::{CheckpointStore, S3Settings};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_documents_become_dead_letters_before_the_checkpoint_and_are_redelivered_by_the_worker() {

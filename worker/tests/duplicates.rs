@@ -9,8 +9,9 @@ use std::sync::Arc;
 use common::kinesis::{client, emulator, fresh_stream, put_file, run_options, run_to_idle};
 use common::{as_lines, batch_oracle};
 use taxi_core::config::EngineConfig;
+use taxi_core::document::merge_documents;
 use taxi_core::generate::{GeneratorConfig, write_json_lines};
-use taxi_worker::sink::{merge_documents, read_documents};
+use taxi_io::sink::file::read_documents;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trips_put_twice_count_once_within_a_run_and_across_runs() {
@@ -59,7 +60,7 @@ async fn trips_put_twice_count_once_within_a_run_and_across_runs() {
 /// final state, so the copy still counts once (or is late, as it would have been on the parent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trips_retried_into_a_child_shard_after_a_reshard_count_once() {
-    use taxi_worker::kinesis::api::KinesisApi;
+    use taxi_io::kinesis::api::KinesisApi;
     let Some(endpoint) = emulator() else { return };
     let api = Arc::new(client(&endpoint));
     let dir = tempfile::tempdir().expect("tempdir");

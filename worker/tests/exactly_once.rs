@@ -337,7 +337,7 @@ async fn s3_unavailable_for_a_while_fails_checkpoints_then_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_that_ends_while_s3_is_down_finishes_only_once_durable_and_its_children_wait() {
-    use taxi_worker::kinesis::api::KinesisApi;
+    use taxi_io::kinesis::api::KinesisApi;
     let Some(services) = services() else { return };
     let p = pipeline(services, 600, 1).await;
     let mut proxy = Proxy::start(&p.services.s3).await;

@@ -14,13 +14,14 @@ use common::{as_lines, batch_oracle};
 use taxi_core::assignment::Assignment;
 use taxi_core::checkpoint::{Owner, Position, ShardCheckpoint};
 use taxi_core::config::EngineConfig;
+use taxi_core::document::merge_documents;
 use taxi_core::generate::{GeneratorConfig, write_json_lines};
 use taxi_core::shard::ShardProcessor;
 use taxi_core::status::ShardState;
+use taxi_io::sink::file::read_documents;
+use taxi_io::store::{DirStore, Precondition};
 use taxi_worker::handoff::AssignmentSource;
 use taxi_worker::run::{WorkerState, run_worker};
-use taxi_worker::sink::{merge_documents, read_documents};
-use taxi_worker::store::{DirStore, Precondition};
 
 const SHARD: &str = "shardId-000000000000";
 

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use common::kinesis::{client, count_records, emulator, fresh_stream, put_file, run_options, run_to_idle};
 use common::{as_lines, batch_oracle, split_in_halves};
 use taxi_core::config::EngineConfig;
+use taxi_core::document::{PartialDocument, merge_documents};
 use taxi_core::generate::{GeneratorConfig, write_json_lines};
-use taxi_worker::sink::{PartialDocument, merge_documents, read_documents};
+use taxi_io::sink::file::read_documents;
 
 fn generated(dir: &Path, trips: u64) -> std::path::PathBuf {
     let path = dir.join("trips.jsonl");

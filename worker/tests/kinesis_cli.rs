@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::kinesis::emulator;
-use taxi_worker::settings::WorkerSettings;
+use taxi_core::settings::WorkerSettings;
 
 const BIN: &str = env!("CARGO_BIN_EXE_taxi-worker");
 

@@ -11,15 +11,17 @@ use std::time::Duration;
 use common::kinesis::{client, emulator, fresh_stream, put_file, run_options, run_to_idle, wait_active};
 use common::{as_lines, batch_oracle};
 use taxi_core::config::EngineConfig;
+use taxi_core::document::merge_documents;
 use taxi_core::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::settings::ConsumerKind;
 use taxi_core::topology::ShardInfo;
-use taxi_worker::kinesis::api::{
+use taxi_io::kinesis::api::{
     KinesisApi, KinesisError, PutEntry, PutOutcome, RecordsPage, SdkKinesis, SdkSubscription, StartingPosition,
     StreamState,
 };
+use taxi_io::sink::file::read_documents;
 use taxi_worker::local::{LocalInput, LocalOptions, Progress, run_local};
-use taxi_worker::run::{ConsumerKind, WorkerState, run_worker};
-use taxi_worker::sink::{merge_documents, read_documents};
+use taxi_worker::run::{WorkerState, run_worker};
 
 fn generated(dir: &Path, trips: u64, seed: u64) -> PathBuf {
     let path = dir.join("trips.jsonl");
@@ -291,7 +293,7 @@ async fn enhanced_fan_out_gives_the_same_results_across_a_split() {
 
 /// Puts the file's lines as KPL aggregates of up to `per_record` user records each.
 async fn put_aggregated(api: &SdkKinesis, stream: &str, input: &Path, per_record: usize) -> usize {
-    use taxi_worker::kinesis::kpl::Aggregator;
+    use taxi_io::kinesis::kpl::Aggregator;
     let text = std::fs::read_to_string(input).expect("read");
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let mut entries = Vec::new();

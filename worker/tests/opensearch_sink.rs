@@ -13,13 +13,13 @@ use common::proxy::Proxy;
 use opensearch::http::Method;
 use serde_json::{Value, json};
 use taxi_core::config::EngineConfig;
+use taxi_core::document::{AnalysisKind, PartialDocument, documents_for, merge_documents};
 use taxi_core::event::{Event, GeoPoint, Trip};
 use taxi_core::shard::ShardProcessor;
-use taxi_worker::opensearch::{
+use taxi_io::sink::opensearch::{
     BulkSettings, OpenSearchAuth, OpenSearchSettings, OpenSearchSink, SigV4Service, index_name, merged_results,
     query_partials,
 };
-use taxi_worker::sink::{AnalysisKind, PartialDocument, documents_for, merge_documents};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -497,16 +497,16 @@ async fn a_refused_bulk_and_a_lone_oversized_document_are_dead_lettered_before_t
     });
     let server = FakeServer::start(handler).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = taxi_worker::store::CheckpointStore::from_uri(
+    let store = taxi_io::store::CheckpointStore::from_uri(
         &dir.path().display().to_string(),
-        &taxi_worker::store::S3Settings::default(),
+        &taxi_io::store::S3Settings::default(),
         0,
     )
     .await
     .expect("store");
     let registry = prometheus::Registry::new();
     let gauge = prometheus::IntGauge::new("taxi_sink_dead_letters", "dead letters").expect("gauge");
-    let letters = taxi_worker::dead_letter::DeadLetterStore::new(store, "p", gauge.clone());
+    let letters = taxi_io::sink::dead_letter::DeadLetterStore::new(store, "p", gauge.clone());
     let sink = OpenSearchSink::connect(settings(&server.url, &prefix()), &registry, Some(letters.clone()))
         .await
         .expect("connect");

@@ -13,8 +13,8 @@ use common::kinesis::{client, emulator};
 use taxi_core::event::{Event, Millis};
 use taxi_core::generate::{GeneratorConfig, write_json_lines};
 use taxi_core::input::parse_json_record;
-use taxi_worker::kinesis::api::{KinesisApi, SdkKinesis, StartingPosition};
-use taxi_worker::kinesis::kpl::{Deaggregated, deaggregate};
+use taxi_io::kinesis::api::{KinesisApi, SdkKinesis, StartingPosition};
+use taxi_io::kinesis::kpl::{Deaggregated, deaggregate};
 use taxi_worker::replay::{ReplayOptions, ReplayProgress, replay};
 
 /// What one shard holds, de-aggregated: (trip ids, watermark values, invalid records).

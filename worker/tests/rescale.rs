@@ -29,8 +29,8 @@ use taxi_core::assignment::{Assignment, assign, moved_shards};
 use taxi_core::checkpoint::{Position, ShardCheckpoint};
 use taxi_core::config::EngineConfig;
 use taxi_core::generate::{GeneratorConfig, write_json_lines};
-use taxi_worker::kinesis::api::{KinesisApi, SdkKinesis};
-use taxi_worker::opensearch::{OpenSearchSettings, merged_results};
+use taxi_io::kinesis::api::{KinesisApi, SdkKinesis};
+use taxi_io::sink::opensearch::{OpenSearchSettings, merged_results};
 use taxi_worker::replay::{ReplayError, ReplayOptions, ReplayProgress, ReplaySummary, replay};
 
 const BIN: &str = env!("CARGO_BIN_EXE_taxi-worker");

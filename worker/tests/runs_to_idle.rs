@@ -9,8 +9,9 @@ use std::sync::Arc;
 use common::kinesis::{client, emulator, fresh_stream, put_file, run_options, run_to_idle};
 use common::{as_lines, batch_oracle, trip_line};
 use taxi_core::config::EngineConfig;
+use taxi_core::document::{PartialDocument, merge_documents};
 use taxi_core::event::{GeoPoint, Trip};
-use taxi_worker::sink::{PartialDocument, merge_documents, read_documents};
+use taxi_io::sink::file::read_documents;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runs_to_idle_over_two_replays_merge_to_one_run_over_both() {

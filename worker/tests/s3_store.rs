@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use taxi_core::checkpoint::CheckpointError;
-use taxi_worker::store::{CheckpointStore, S3Settings, S3Store};
-use taxi_worker::store::{DirStore, ETag, Precondition};
+use taxi_io::store::{CheckpointStore, S3Settings, S3Store};
+use taxi_io::store::{DirStore, ETag, Precondition};
 
 /// The moto endpoint, or `None` (after saying why) when the test should be skipped.
 fn s3_endpoint() -> Option<String> {

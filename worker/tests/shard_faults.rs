@@ -13,13 +13,14 @@ use std::time::Duration;
 use common::kinesis::{client, emulator, fresh_stream, put_file, run_options, run_to_idle};
 use common::{as_lines, batch_oracle, split_in_halves};
 use taxi_core::config::EngineConfig;
+use taxi_core::document::merge_documents;
 use taxi_core::generate::{GeneratorConfig, write_json_lines};
 use taxi_core::topology::ShardInfo;
-use taxi_worker::kinesis::api::{
+use taxi_io::kinesis::api::{
     KinesisApi, KinesisError, PutEntry, PutOutcome, RecordsPage, SdkKinesis, StartingPosition, StreamState,
 };
+use taxi_io::sink::file::read_documents;
 use taxi_worker::run::{RunError, RunOptions, WorkerState, run_worker};
-use taxi_worker::sink::{merge_documents, read_documents};
 
 fn generated(dir: &Path, trips: u64) -> PathBuf {
     let path = dir.join("trips.jsonl");
@@ -43,7 +44,7 @@ fn history(dir: &Path, shard: &str) -> Vec<PathBuf> {
 }
 
 /// Runs to idle and returns how the run ended, with the worker's state.
-async fn run_until_idle<K: taxi_worker::kinesis::api::KinesisApi>(
+async fn run_until_idle<K: taxi_io::kinesis::api::KinesisApi>(
     api: Arc<K>,
     options: RunOptions,
 ) -> (Result<(), RunError>, Arc<WorkerState>) {

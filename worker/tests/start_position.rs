@@ -12,12 +12,13 @@ use common::kinesis::{client, emulator, fresh_stream, put_file, run_options, run
 use common::{as_lines, batch_oracle};
 use taxi_core::checkpoint::{Position, ShardCheckpoint};
 use taxi_core::config::EngineConfig;
+use taxi_core::document::merge_documents;
 use taxi_core::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::start_position::InitialPosition;
 use taxi_core::status::ShardState;
-use taxi_worker::kinesis::api::KinesisApi;
-use taxi_worker::kinesis::reader::InitialPosition;
+use taxi_io::kinesis::api::KinesisApi;
+use taxi_io::sink::file::read_documents;
 use taxi_worker::run::{WorkerState, run_worker};
-use taxi_worker::sink::{merge_documents, read_documents};
 
 /// `trips` generated trips in `dir/name`.
 fn generated(dir: &Path, name: &str, trips: u64, seed: u64) -> PathBuf {

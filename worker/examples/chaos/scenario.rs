@@ -15,7 +15,7 @@ use taxi_core::event::Event;
 use taxi_core::generate::{GeneratorConfig, write_json_lines};
 use taxi_core::input::parse_json_record;
 use taxi_core::topology::ShardInfo;
-use taxi_worker::kinesis::api::{KinesisApi, PutEntry, PutOutcome, SdkKinesis, StreamState};
+use taxi_io::kinesis::api::{KinesisApi, PutEntry, PutOutcome, SdkKinesis, StreamState};
 use tokio::time::Instant;
 
 use crate::proxy::{FaultProxy, FaultRates, Service};

@@ -9,12 +9,14 @@ use bytes::Bytes;
 use taxi_core::config::EngineConfig;
 use taxi_core::event::Event;
 use taxi_core::input::{parse_json_record, read_records};
+use taxi_core::settings::ConsumerKind;
+use taxi_core::start_position::InitialPosition;
+use taxi_io::kinesis::api::{KinesisApi, PutEntry, PutOutcome, SdkKinesis, StreamState};
+use taxi_io::kinesis::reader::PollingConfig;
+use taxi_io::sink::opensearch::OpenSearchSettings;
+use taxi_io::store::S3Settings;
 use taxi_worker::handoff::AssignmentSource;
-use taxi_worker::kinesis::api::{KinesisApi, PutEntry, PutOutcome, SdkKinesis, StreamState};
-use taxi_worker::kinesis::reader::{InitialPosition, PollingConfig};
-use taxi_worker::opensearch::OpenSearchSettings;
-use taxi_worker::run::{ConsumerKind, RunOptions, RunSummary, WorkerState, run_worker};
-use taxi_worker::store::S3Settings;
+use taxi_worker::run::{RunOptions, RunSummary, WorkerState, run_worker};
 
 /// The emulator's endpoint, or `None` (with a message) outside CI when it is not running.
 pub fn emulator() -> Option<String> {

@@ -13,13 +13,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::kinesis::reader::InitialPosition;
-use crate::opensearch::{BulkSettings, OpenSearchAuth, OpenSearchSettings, SigV4Service};
-use crate::run::ConsumerKind;
-use crate::store::S3Settings;
-use taxi_core::config::EngineConfig;
-use taxi_core::identity::PipelineId;
-use taxi_core::time::parse_timestamp;
+use crate::config::EngineConfig;
+use crate::identity::PipelineId;
+use crate::start_position::{self, InitialPosition};
 
 /// The worker ConfigMap key (and `--config` file format) holding [`WorkerSettings`] as JSON.
 pub const SETTINGS_KEY: &str = "worker.json";
@@ -28,6 +24,21 @@ pub const SETTINGS_KEY: &str = "worker.json";
 pub const SINK_USERNAME_ENV: &str = "TAXI_SINK_USERNAME";
 /// Environment variable holding the basic-auth password of the sink.
 pub const SINK_PASSWORD_ENV: &str = "TAXI_SINK_PASSWORD";
+
+/// Previous checkpoints kept per shard under `history/`, unless configured otherwise.
+pub const DEFAULT_RETAIN: usize = 3;
+/// The OpenSearch index prefix, unless configured otherwise.
+pub const DEFAULT_INDEX_PREFIX: &str = "taxi";
+/// Time between two checkpoints of a shard, unless configured otherwise.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+/// Time between two listings of the stream's shards, unless configured otherwise.
+pub const DEFAULT_DISCOVERY_INTERVAL: Duration = Duration::from_secs(10);
+/// Most documents in one `_bulk` request, unless configured otherwise.
+pub const DEFAULT_BULK_MAX_DOCS: usize = 5000;
+/// Most bytes in one `_bulk` request, unless configured otherwise.
+pub const DEFAULT_BULK_MAX_BYTES: usize = 5 * 1024 * 1024;
+/// Longest a document waits for its `_bulk` request, unless configured otherwise.
+pub const DEFAULT_BULK_MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// Everything the workers of one pipeline share.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -147,7 +158,7 @@ pub enum SinkAuthSetting {
     /// AWS SigV4 with the default credential chain (IRSA in a cluster).
     Sigv4 {
         /// `es` (OpenSearch Service) or `aoss` (OpenSearch Serverless).
-        service: SigV4Setting,
+        service: SigV4Service,
         /// Signing region; `None`: from the AWS configuration chain.
         #[serde(default)]
         region: Option<String>,
@@ -157,12 +168,22 @@ pub enum SinkAuthSetting {
 /// The AWS service a SigV4 signature is for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum SigV4Setting {
-    /// Amazon OpenSearch Service.
+pub enum SigV4Service {
+    /// Amazon OpenSearch Service domains.
     #[default]
     Es,
-    /// Amazon OpenSearch Serverless.
+    /// Amazon OpenSearch Serverless collections.
     Aoss,
+}
+
+impl SigV4Service {
+    /// The signing name: `es` or `aoss`.
+    pub fn signing_name(self) -> &'static str {
+        match self {
+            SigV4Service::Es => "es",
+            SigV4Service::Aoss => "aoss",
+        }
+    }
 }
 
 /// Settings that cannot run, with the reason.
@@ -187,37 +208,41 @@ pub enum SettingsError {
 fn default_start_position() -> String {
     "trim-horizon".to_owned()
 }
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 fn default_discovery_interval_ms() -> u64 {
-    10_000
+    millis(DEFAULT_DISCOVERY_INTERVAL)
 }
 fn default_checkpoint_interval_ms() -> u64 {
-    10_000
+    millis(DEFAULT_CHECKPOINT_INTERVAL)
 }
 fn default_retain() -> usize {
-    crate::store::DEFAULT_RETAIN
+    DEFAULT_RETAIN
 }
 fn default_index_prefix() -> String {
-    "taxi".to_owned()
+    DEFAULT_INDEX_PREFIX.to_owned()
 }
 fn default_bulk_max_docs() -> usize {
-    BulkSettings::default().max_docs
+    DEFAULT_BULK_MAX_DOCS
 }
 fn default_bulk_max_bytes() -> usize {
-    BulkSettings::default().max_bytes
+    DEFAULT_BULK_MAX_BYTES
 }
 fn default_bulk_max_delay_ms() -> u64 {
-    u64::try_from(BulkSettings::default().max_delay.as_millis()).unwrap_or(u64::MAX)
+    millis(DEFAULT_BULK_MAX_DELAY)
 }
 
-/// Parses a start position: `trim-horizon`, `latest` (either spelling) or an ISO-8601 time.
-pub fn parse_start_position(s: &str) -> Result<InitialPosition, String> {
-    match s {
-        "trim-horizon" | "TRIM_HORIZON" => Ok(InitialPosition::TrimHorizon),
-        "latest" | "LATEST" => Ok(InitialPosition::Latest),
-        other => parse_timestamp(other.as_bytes()).map(InitialPosition::AtTimestamp).ok_or_else(|| {
-            format!("invalid start position {other:?}: expected trim-horizon, latest or an ISO-8601 time")
-        }),
-    }
+/// How shards are consumed, resolved: polling, or enhanced fan-out through a named consumer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsumerKind {
+    /// GetRecords polling.
+    Polling,
+    /// Enhanced fan-out through the registered consumer of this name.
+    EnhancedFanOut {
+        /// Consumer name (registered once per stream).
+        consumer_name: String,
+    },
 }
 
 impl WorkerSettings {
@@ -248,7 +273,7 @@ impl WorkerSettings {
         if self.stream.name.is_empty() {
             return invalid("stream.name", "must not be empty".to_owned());
         }
-        if let Err(reason) = parse_start_position(&self.stream.start_position) {
+        if let Err(reason) = start_position::parse(&self.stream.start_position) {
             return invalid("stream.start_position", reason);
         }
         if self.stream.discovery_interval_ms == 0 {
@@ -274,7 +299,7 @@ impl WorkerSettings {
 
     /// Where shards without a checkpoint start.
     pub fn start_position(&self) -> Result<InitialPosition, SettingsError> {
-        parse_start_position(&self.stream.start_position)
+        start_position::parse(&self.stream.start_position)
             .map_err(|reason| SettingsError::Invalid { field: "stream.start_position", reason })
     }
 
@@ -295,47 +320,6 @@ impl WorkerSettings {
     /// The pipeline's identity in shared state.
     pub fn identity(&self) -> PipelineId {
         PipelineId::new(self.namespace.as_deref(), &self.pipeline)
-    }
-
-    /// How to reach S3 (the stream's region signs S3 requests too).
-    pub fn s3(&self) -> S3Settings {
-        S3Settings {
-            endpoint_url: self.checkpoint.s3_endpoint_url.clone(),
-            force_path_style: self.checkpoint.s3_force_path_style,
-            region: self.stream.region.clone(),
-        }
-    }
-
-    /// The sink's OpenSearch settings, with credentials looked up through `env`.
-    pub fn opensearch(&self, env: impl Fn(&str) -> Option<String>) -> Result<OpenSearchSettings, SettingsError> {
-        let auth = match &self.sink.auth {
-            SinkAuthSetting::None => OpenSearchAuth::None,
-            SinkAuthSetting::Basic => OpenSearchAuth::Basic {
-                username: env(SINK_USERNAME_ENV).ok_or(SettingsError::MissingCredential(SINK_USERNAME_ENV))?,
-                password: env(SINK_PASSWORD_ENV).ok_or(SettingsError::MissingCredential(SINK_PASSWORD_ENV))?,
-            },
-            SinkAuthSetting::Sigv4 { service, region } => OpenSearchAuth::SigV4 {
-                service: match service {
-                    SigV4Setting::Es => SigV4Service::Es,
-                    SigV4Setting::Aoss => SigV4Service::Aoss,
-                },
-                region: region.clone(),
-            },
-        };
-        let defaults = OpenSearchSettings::default();
-        Ok(OpenSearchSettings {
-            url: self.sink.url.clone(),
-            auth,
-            index_prefix: self.sink.index_prefix.clone(),
-            ca_cert: self.sink.ca_cert.clone(),
-            bulk: BulkSettings {
-                max_docs: self.sink.bulk_max_docs,
-                max_bytes: self.sink.bulk_max_bytes,
-                max_delay: Duration::from_millis(self.sink.bulk_max_delay_ms),
-                ..defaults.bulk.clone()
-            },
-            ..defaults
-        })
     }
 
     /// Time between checkpoints of a shard.
@@ -366,38 +350,20 @@ mod tests {
         assert_eq!(settings.start_position().expect("default"), InitialPosition::TrimHorizon);
         assert_eq!(settings.consumer(), ConsumerKind::Polling);
         assert_eq!(settings.checkpoint_interval(), Duration::from_secs(10));
-        assert_eq!(settings.checkpoint.retain, crate::store::DEFAULT_RETAIN);
+        assert_eq!(settings.checkpoint.retain, DEFAULT_RETAIN);
         assert_eq!(settings.engine, EngineConfig::default());
-        let os = settings.opensearch(|_| None).expect("no credentials needed");
-        assert_eq!((os.index_prefix.as_str(), os.auth), ("taxi", OpenSearchAuth::None));
-        assert_eq!(os.bulk, BulkSettings::default());
+        assert_eq!((settings.sink.index_prefix.as_str(), &settings.sink.auth), ("taxi", &SinkAuthSetting::None));
+        let bulk = (settings.sink.bulk_max_docs, settings.sink.bulk_max_bytes, settings.sink.bulk_max_delay_ms);
+        assert_eq!(bulk, (DEFAULT_BULK_MAX_DOCS, DEFAULT_BULK_MAX_BYTES, 1000));
     }
 
     #[test]
     fn round_trips_through_json() {
         let mut settings = WorkerSettings::from_json(MINIMAL.as_bytes()).expect("valid");
         settings.stream.consumer = ConsumerSetting::Efo;
-        settings.sink.auth = SinkAuthSetting::Sigv4 { service: SigV4Setting::Aoss, region: Some("eu-west-1".into()) };
+        settings.sink.auth = SinkAuthSetting::Sigv4 { service: SigV4Service::Aoss, region: Some("eu-west-1".into()) };
         settings.engine.hot_spots.geohash_precision = 7;
         assert_eq!(WorkerSettings::from_json(settings.to_json().as_bytes()).expect("round trip"), settings);
-    }
-
-    #[test]
-    fn basic_auth_takes_credentials_from_the_environment_only() {
-        let mut settings = WorkerSettings::from_json(MINIMAL.as_bytes()).expect("valid");
-        settings.sink.auth = SinkAuthSetting::Basic;
-        let err = settings.opensearch(|_| None).expect_err("no credentials");
-        assert!(err.to_string().contains(SINK_USERNAME_ENV), "{err}");
-        let env = |name: &str| Some(format!("{name}-value"));
-        let os = settings.opensearch(env).expect("credentials");
-        assert_eq!(
-            os.auth,
-            OpenSearchAuth::Basic {
-                username: "TAXI_SINK_USERNAME-value".into(),
-                password: "TAXI_SINK_PASSWORD-value".into()
-            }
-        );
-        assert!(!settings.to_json().contains("value"), "no secret is ever serialized");
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::kinesis::api::{KinesisApi, KinesisError, StartingPosition, Subscription};
-use crate::kinesis::reader::{Backoff, PollingConfig, PollingReader, ReadOutcome, ReaderStats};
+use crate::kinesis::reader::{PollingConfig, PollingReader, ReadOutcome, ReaderStats};
+use crate::retry::Backoff;
 
 /// Kinesis ends a subscription after 5 minutes; renewing a little earlier avoids the gap.
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(290);
@@ -64,7 +65,7 @@ impl<K: KinesisApi> EfoReader<K> {
             position,
             session: None,
             session_lifetime: SESSION_LIFETIME,
-            backoff: Backoff::new(polling.backoff_base, polling.backoff_max),
+            backoff: Backoff::new(polling.backoff),
             polling,
             closed: false,
             drain: None,

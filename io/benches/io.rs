@@ -4,7 +4,7 @@
 //!   parallel);
 //! - OpenSearch sink throughput (documents/s into osmem-server) with the default batching.
 //!
-//! Run with `cargo bench -p taxi-worker --bench io`. Without the services it says so and exits.
+//! Run with `cargo bench -p taxi-io --bench io`. Without the services it says so and exits.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use taxi_core::checkpoint::{Owner, Position, ShardCheckpoint};
 use taxi_core::config::EngineConfig;
+use taxi_core::document::documents_for;
 use taxi_core::event::Event;
 use taxi_core::generate::{GeneratedRecord, GeneratorConfig, TripGenerator};
 use taxi_core::partition::ShardRouter;
 use taxi_core::shard::ShardProcessor;
-use taxi_worker::opensearch::{OpenSearchSettings, OpenSearchSink};
-use taxi_worker::sink::documents_for;
-use taxi_worker::store::Precondition;
-use taxi_worker::store::{CheckpointStore, S3Settings, S3Store};
+use taxi_io::sink::opensearch::{OpenSearchSettings, OpenSearchSink};
+use taxi_io::store::Precondition;
+use taxi_io::store::{CheckpointStore, S3Settings, S3Store};
 
 const SHARDS: usize = 8;
 const ROUNDS: usize = 100;

@@ -4,7 +4,7 @@
 //! The invariant: a refused document (a per-item 4xx, a whole `_bulk` answered 400, a single
 //! document answered 413) counts as done for a flush only once it is stored here, so a checkpoint
 //! never covers a document that is neither in the sink nor in the dead-letter store. The worker
-//! re-delivers dead letters by itself ([`redrive`]), at start and then periodically: each object
+//! re-delivers dead letters by itself ([`super::redrive`]), at start and then periodically: each object
 //! is written to the sink again, flushed, and only then deleted. A document refused again is
 //! stored again (in a new object) before the old one is deleted, so it is never in neither place.
 //! Documents carry their version, so re-delivering an old one never replaces newer content.
@@ -14,14 +14,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use prometheus::IntGauge;
 use serde::{Deserialize, Serialize};
 
-use crate::sink::{PartialDocument, Sink};
 use crate::store::CheckpointStore;
 use taxi_core::checkpoint::CheckpointError;
+use taxi_core::document::PartialDocument;
 use taxi_core::time::wall_clock_millis;
 
 /// One refused document and why it was refused.
@@ -165,7 +164,7 @@ impl DeadLetterStore {
     }
 
     /// Lists and reads the store, so the count includes objects this worker did not write.
-    async fn scan(&self) -> Result<Vec<(String, Vec<DeadLetter>)>, DeadLetterError> {
+    pub(super) async fn scan(&self) -> Result<Vec<(String, Vec<DeadLetter>)>, DeadLetterError> {
         let keys = self.list().await?;
         let mut objects = Vec::with_capacity(keys.len());
         for key in keys {
@@ -180,68 +179,5 @@ impl DeadLetterStore {
         known.objects.extend(objects.iter().map(|(key, letters)| (key.clone(), letters.len())));
         self.publish(&known);
         Ok(objects)
-    }
-}
-
-/// What one re-delivery pass did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RedriveReport {
-    /// Objects written to the sink again and deleted.
-    pub objects: usize,
-    /// Documents in them.
-    pub documents: usize,
-}
-
-/// Writes every stored dead letter to `sink` again; an object is deleted only once the sink's
-/// flush returned (the sink stored its documents, or stored the ones it refused again as new dead
-/// letters).
-pub async fn redrive(store: &DeadLetterStore, sink: &Sink) -> Result<RedriveReport, RedriveError> {
-    let mut report = RedriveReport::default();
-    for (key, letters) in store.scan().await? {
-        if letters.is_empty() {
-            store.delete(&key).await?;
-            continue;
-        }
-        let documents: Vec<PartialDocument> = letters.into_iter().map(|l| l.document).collect();
-        let n = documents.len();
-        sink.write(documents).await?;
-        sink.flush().await?;
-        store.delete(&key).await?;
-        report.objects += 1;
-        report.documents += n;
-    }
-    Ok(report)
-}
-
-/// Why a re-delivery pass stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum RedriveError {
-    /// The dead-letter store failed.
-    #[error(transparent)]
-    Store(#[from] DeadLetterError),
-    /// The sink failed.
-    #[error(transparent)]
-    Sink(#[from] crate::sink::SinkError),
-}
-
-/// Re-delivers dead letters at once and then every `interval`, for as long as the sink lives
-/// (run it as a task; it ends when aborted). Failures are logged and retried at the next pass.
-/// `passes` counts the passes done, so a run can wait for the first before it stops.
-pub async fn redrive_periodically(
-    store: DeadLetterStore,
-    sink: Arc<Sink>,
-    interval: Duration,
-    passes: tokio::sync::watch::Sender<u64>,
-) {
-    loop {
-        match redrive(&store, &sink).await {
-            Ok(report) if report.objects > 0 => {
-                tracing::info!(objects = report.objects, documents = report.documents, "dead letters re-delivered");
-            }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "re-delivering dead letters failed; retrying later"),
-        }
-        passes.send_modify(|n| *n += 1);
-        tokio::time::sleep(interval).await;
     }
 }

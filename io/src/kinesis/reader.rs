@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::kinesis::api::{KinesisApi, KinesisError, KinesisRecord, StartingPosition};
+use crate::retry::{Backoff, BackoffPolicy, Jitter};
 
 /// Settings of a polling reader.
 #[derive(Clone, Debug)]
@@ -17,10 +18,9 @@ pub struct PollingConfig {
     pub min_call_interval: Duration,
     /// Longest wait between polls of an empty shard.
     pub max_idle_delay: Duration,
-    /// First back-off after a throttle or server error.
-    pub backoff_base: Duration,
-    /// Longest back-off.
-    pub backoff_max: Duration,
+    /// The wait after a throttle or server error (full jitter: a stream's many shard readers
+    /// spread out).
+    pub backoff: BackoffPolicy,
 }
 
 impl Default for PollingConfig {
@@ -29,41 +29,8 @@ impl Default for PollingConfig {
             max_records: 10_000,
             min_call_interval: Duration::from_millis(200),
             max_idle_delay: Duration::from_secs(1),
-            backoff_base: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(10),
+            backoff: BackoffPolicy::new(Duration::from_millis(100), Duration::from_secs(10), Jitter::Full),
         }
-    }
-}
-
-/// Exponential back-off with full jitter.
-#[derive(Clone, Debug)]
-pub struct Backoff {
-    base: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    /// Starts at `base`, doubling up to `max`.
-    pub fn new(base: Duration, max: Duration) -> Backoff {
-        Backoff { base, max, attempt: 0 }
-    }
-
-    /// The next wait: uniformly random in [0, min(max, base · 2^attempt)].
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.base.saturating_mul(1_u32 << self.attempt.min(20)).min(self.max);
-        self.attempt += 1;
-        ceiling.mul_f64(fastrand::f64())
-    }
-
-    /// Back to the first step after a success.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    /// Failures since the last success.
-    pub fn attempts(&self) -> u32 {
-        self.attempt
     }
 }
 
@@ -120,7 +87,7 @@ pub struct PollingReader<K> {
 impl<K: KinesisApi> PollingReader<K> {
     /// A reader starting at `position`.
     pub fn new(api: Arc<K>, stream: &str, shard_id: &str, position: StartingPosition, config: PollingConfig) -> Self {
-        let backoff = Backoff::new(config.backoff_base, config.backoff_max);
+        let backoff = Backoff::new(config.backoff);
         PollingReader {
             api,
             stream: stream.to_owned(),
@@ -222,36 +189,6 @@ impl<K: KinesisApi> PollingReader<K> {
     }
 }
 
-/// Where a shard with nothing processed yet starts (`--start-position`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum InitialPosition {
-    /// The oldest record still retained (TRIM_HORIZON).
-    TrimHorizon,
-    /// Only records that arrive after the shard is first claimed (LATEST).
-    Latest,
-    /// The first record that arrived at or after this instant (AT_TIMESTAMP).
-    AtTimestamp(taxi_core::event::Millis),
-}
-
-/// Resolves where a shard with nothing processed yet starts, once, at its first claim; the claim
-/// checkpoints the result, so a restart or handoff before the first record reads from the same
-/// place. LATEST becomes the claim's instant (`now`). A child shard (`child`: one of its parents
-/// is still listed, so it was read to its end first) always starts at TRIM_HORIZON, whatever was
-/// configured: everything in it came after its parents, and none of it may be skipped.
-pub fn initial_position(
-    configured: &InitialPosition,
-    child: bool,
-    now: taxi_core::event::Millis,
-) -> taxi_core::checkpoint::Position {
-    use taxi_core::checkpoint::Position;
-    match configured {
-        _ if child => Position::Start,
-        InitialPosition::TrimHorizon => Position::Start,
-        InitialPosition::Latest => Position::ArrivedFrom { timestamp: now },
-        InitialPosition::AtTimestamp(timestamp) => Position::ArrivedFrom { timestamp: *timestamp },
-    }
-}
-
 /// Turns a checkpointed position into where the reader starts, and how many user records of the
 /// first (aggregated) record were already processed; `None` for a finished shard.
 pub fn resume_position(position: &taxi_core::checkpoint::Position) -> Option<(StartingPosition, Option<u64>)> {
@@ -273,18 +210,6 @@ pub fn resume_position(position: &taxi_core::checkpoint::Position) -> Option<(St
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_up_to_the_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        for attempt in 0..10 {
-            let ceiling = Duration::from_millis(100 * (1 << attempt)).min(Duration::from_secs(1));
-            assert!(b.next_delay() <= ceiling);
-        }
-        assert_eq!(b.attempts(), 10);
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
-    }
 
     /// A closed shard whose single page carries its last two records and no next iterator.
     struct LastPage;
@@ -388,20 +313,5 @@ mod tests {
             Some((StartingPosition::AtTimestamp(1_700), None))
         );
         assert_eq!(resume_position(&Position::Finished), None);
-    }
-
-    #[test]
-    fn latest_resolves_to_the_first_claim_and_children_start_at_their_beginning() {
-        use taxi_core::checkpoint::Position;
-        let now = 1_451_606_400_000;
-        assert_eq!(initial_position(&InitialPosition::Latest, false, now), Position::ArrivedFrom { timestamp: now });
-        assert_eq!(
-            initial_position(&InitialPosition::AtTimestamp(42), false, now),
-            Position::ArrivedFrom { timestamp: 42 }
-        );
-        assert_eq!(initial_position(&InitialPosition::TrimHorizon, false, now), Position::Start);
-        for configured in [InitialPosition::Latest, InitialPosition::AtTimestamp(42), InitialPosition::TrimHorizon] {
-            assert_eq!(initial_position(&configured, true, now), Position::Start, "{configured:?} for a child");
-        }
     }
 }

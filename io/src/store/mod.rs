@@ -29,10 +29,9 @@ mod dir;
 
 pub use dir::{DirStore, ETag, Precondition};
 
+use crate::retry::{BackoffPolicy, Jitter};
 use taxi_core::checkpoint::CheckpointError;
-
-/// Number of history copies kept per key unless configured otherwise.
-pub const DEFAULT_RETAIN: usize = 3;
+use taxi_core::settings::WorkerSettings;
 
 /// The folder (directory or key prefix) under the store's root that holds history copies.
 const HISTORY: &str = "history";
@@ -42,10 +41,8 @@ static DIR_PUTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Attempts per S3 request (the first one included) before a transient failure is returned.
 const MAX_ATTEMPTS: u32 = 4;
-/// Back-off before the second attempt; doubled for each further one (100, 200, 400 ms), jittered.
-const BASE_BACKOFF: Duration = Duration::from_millis(100);
-/// Longest back-off between two attempts.
-const MAX_BACKOFF: Duration = Duration::from_millis(800);
+/// The wait between two attempts: 100, 200, 400 ms, each drawn from its upper half.
+const RETRY: BackoffPolicy = BackoffPolicy::new(Duration::from_millis(100), Duration::from_millis(800), Jitter::Equal);
 /// Time allowed to open a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Time allowed for one attempt of one request (checkpoints are small objects).
@@ -60,6 +57,17 @@ pub struct S3Settings {
     pub force_path_style: bool,
     /// AWS region; `None`: from the AWS configuration chain, else `us-east-1` when `endpoint_url` is set.
     pub region: Option<String>,
+}
+
+impl S3Settings {
+    /// How a pipeline's workers reach S3 (the stream's region signs S3 requests too).
+    pub fn for_pipeline(settings: &WorkerSettings) -> S3Settings {
+        S3Settings {
+            endpoint_url: settings.checkpoint.s3_endpoint_url.clone(),
+            force_path_style: settings.checkpoint.s3_force_path_style,
+            region: settings.stream.region.clone(),
+        }
+    }
 }
 
 /// A checkpoint store: a local directory or an S3 bucket and prefix, with per-key history.
@@ -84,7 +92,7 @@ pub enum CheckpointStore {
 impl CheckpointStore {
     /// Opens the store named by `uri`: `file:///dir`, a plain directory path, or `s3://bucket/prefix`
     /// (credentials from the default AWS chain, `s3` for endpoint, addressing and region). `retain`
-    /// history copies are kept per key ([`DEFAULT_RETAIN`] is the usual choice, 0 keeps none).
+    /// history copies are kept per key ([`taxi_core::settings::DEFAULT_RETAIN`] is the usual choice, 0 keeps none).
     pub async fn from_uri(uri: &str, s3: &S3Settings, retain: usize) -> Result<CheckpointStore, CheckpointError> {
         match parse_uri(uri)? {
             StoreUri::Dir(store) => Ok(CheckpointStore::Dir { store, retain }),
@@ -609,16 +617,12 @@ impl S3Store {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, CheckpointError>>,
     {
-        let mut backoff = BASE_BACKOFF;
         for n in 1..=MAX_ATTEMPTS {
             match attempt().await {
                 Err(CheckpointError::S3 { message, retryable: true, .. }) if n < MAX_ATTEMPTS => {
-                    // Full jitter over the upper half: [backoff/2, backoff].
-                    let half = backoff / 2;
-                    let delay = half + half.mul_f64(fastrand::f64());
+                    let delay = RETRY.delay(n);
                     tracing::debug!(action, key, attempt = n, ?delay, %message, "transient S3 failure, retrying");
                     tokio::time::sleep(delay).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Err(CheckpointError::S3 { action, uri, message, retryable: true }) => {
                     return Err(CheckpointError::S3 {
