@@ -157,31 +157,26 @@ impl Default for BulkSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use taxi_core::settings::WorkerSettings;
 
-    const MINIMAL: &str = r#"{
-        "pipeline": "nyc",
-        "stream": {"name": "taxi-trips"},
-        "checkpoint": {"uri": "s3://bucket/checkpoints"},
-        "sink": {"url": "https://search.example.com"}
-    }"#;
+    /// A sink that names only its URL: everything else takes the settings' defaults.
+    fn minimal_sink() -> SinkSettings {
+        serde_json::from_str(r#"{"url": "https://search.example.com"}"#).expect("valid")
+    }
 
     #[test]
     fn a_minimal_sink_gets_the_default_prefix_batching_and_no_auth() {
-        let settings = WorkerSettings::from_json(MINIMAL.as_bytes()).expect("valid");
-        let os = OpenSearchSettings::for_sink(&settings.sink, |_| None).expect("no credentials needed");
+        let os = OpenSearchSettings::for_sink(&minimal_sink(), |_| None).expect("no credentials needed");
         assert_eq!((os.index_prefix.as_str(), os.auth), ("taxi", OpenSearchAuth::None));
         assert_eq!(os.bulk, BulkSettings::default());
     }
 
     #[test]
     fn basic_auth_takes_credentials_from_the_environment_only() {
-        let mut settings = WorkerSettings::from_json(MINIMAL.as_bytes()).expect("valid");
-        settings.sink.auth = SinkAuthSetting::Basic;
-        let err = OpenSearchSettings::for_sink(&settings.sink, |_| None).expect_err("no credentials");
+        let sink = SinkSettings { auth: SinkAuthSetting::Basic, ..minimal_sink() };
+        let err = OpenSearchSettings::for_sink(&sink, |_| None).expect_err("no credentials");
         assert!(err.to_string().contains(SINK_USERNAME_ENV), "{err}");
         let env = |name: &str| Some(format!("{name}-value"));
-        let os = OpenSearchSettings::for_sink(&settings.sink, env).expect("credentials");
+        let os = OpenSearchSettings::for_sink(&sink, env).expect("credentials");
         assert_eq!(
             os.auth,
             OpenSearchAuth::Basic {
@@ -189,7 +184,8 @@ mod tests {
                 password: "TAXI_SINK_PASSWORD-value".into()
             }
         );
-        assert!(!settings.to_json().contains("value"), "no secret is ever serialized");
+        let serialized = serde_json::to_string(&sink).expect("serialize");
+        assert!(!serialized.contains("value"), "no secret is ever serialized");
     }
 
     #[test]
