@@ -349,7 +349,7 @@ def test_prometheus_rule_alerts_with_the_thresholds_of_values(chart):
 def test_default_rule_thresholds(chart):
     rule = one(rendered_docs(chart, {"metrics": {"prometheusRule": {"enabled": True}}}), "PrometheusRule")
     alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
-    assert alerts["TaxiCheckpointMissed"]["expr"].rstrip().endswith("> 15"), "3 intervals of 5 s"
+    assert alerts["TaxiCheckpointMissed"]["expr"].rstrip().endswith("> 30"), "3 intervals of 10 s"
     assert alerts["TaxiWorkerLagHigh"]["expr"].rstrip().endswith("> 60")
     assert alerts["TaxiSinkItemErrors"]["expr"].rstrip().endswith("> 0")
     assert {a["for"] for a in alerts.values()} == {"5m"}

@@ -8,16 +8,19 @@ use serde::{Deserialize, Serialize};
 use crate::event::Millis;
 use crate::geo::{BoundingBox, Geofence, MAX_GEOHASH_PRECISION};
 
-/// How a shard's watermark advances.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// How a shard's watermark advances: the one definition used by the CRD
+/// (`spec.eventTime.watermark`), the `--watermark` flag and the engine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum WatermarkStrategy {
-    /// Max event time seen on the shard minus the out-of-orderness bound (default).
+    /// Highest event time seen on the shard minus `maxOutOfOrderness`, never decreasing.
+    #[default]
     Bounded,
-    /// Only watermark events move the watermark.
+    /// Only the producer's watermark events move the watermark.
     Punctuated,
-    /// Kinesis ApproximateArrivalTimestamp minus the out-of-orderness bound.
+    /// Kinesis ApproximateArrivalTimestamp minus `maxOutOfOrderness`.
     Arrival,
 }
 
@@ -48,7 +51,7 @@ fn default_max_time_jump_ms() -> Millis {
 impl Default for EventTimeConfig {
     fn default() -> Self {
         EventTimeConfig {
-            watermark: WatermarkStrategy::Bounded,
+            watermark: WatermarkStrategy::default(),
             max_out_of_orderness_ms: 60_000,
             allowed_lateness_ms: 0,
             idle_timeout_ms: 60_000,
@@ -211,48 +214,6 @@ impl EngineConfig {
     }
 }
 
-/// Why a duration string was not understood.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {input:?}: expected a number with a unit, like 500ms, 60s, 10m or 1h")]
-pub struct DurationError {
-    input: String,
-}
-
-/// Parses `500ms`, `60s`, `10m`, `1h`, `1d`, or combinations such as `1h30m`. A bare `0` is zero.
-pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
-    let err = || DurationError { input: input.to_owned() };
-    let s = input.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut rest = s;
-    let mut total = Duration::ZERO;
-    if rest.is_empty() {
-        return Err(err());
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
-        if digits == 0 {
-            return Err(err());
-        }
-        let value: u64 = rest[..digits].parse().map_err(|_| err())?;
-        rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
-        let unit_ms: u64 = match &rest[..unit_len] {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            _ => return Err(err()),
-        };
-        let ms = value.checked_mul(unit_ms).ok_or_else(err)?;
-        total = total.checked_add(Duration::from_millis(ms)).ok_or_else(err)?;
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
-}
-
 /// A duration in whole milliseconds as event-time [`Millis`], saturating.
 pub fn to_millis(d: Duration) -> Millis {
     Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
@@ -261,25 +222,6 @@ pub fn to_millis(d: Duration) -> Millis {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_durations_with_units() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-    }
-
-    #[test]
-    fn rejects_durations_without_a_known_unit() {
-        for bad in ["", "10", "m", "10x", "-5s", "1.5s", "s10"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
-        }
-        let message = parse_duration("10x").expect_err("bad unit").to_string();
-        assert!(message.contains("10x") && message.contains("10m"), "{message}");
-    }
 
     #[test]
     fn defaults_are_the_design_defaults_and_valid() {

@@ -5,7 +5,8 @@
 //! - [`event`], [`time`], [`geo`], [`partition`]: what a record means, event time, the geohash
 //!   grid and airport geofences, and the partition key a producer sends;
 //! - [`input`]: parsing records and reading JSON-lines / TLC CSV files (plain, gzip, zstd);
-//! - [`config`]: event-time and analysis settings, and their fingerprint;
+//! - [`config`]: event-time and analysis settings, and their fingerprint; [`duration`]: the one
+//!   grammar of durations as text (Go's), shared by the flags, the CRD and the chart;
 //! - [`window`], [`analysis`], [`dedupe`], [`shard`], [`merge`]: per-shard event-time aggregation
 //!   and the merge across shards;
 //! - [`document`]: the documents closed windows become, their ids and versions, and the merged view;
@@ -24,6 +25,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod dedupe;
 pub mod document;
+pub mod duration;
 pub mod event;
 pub mod generate;
 pub mod geo;

@@ -25,6 +25,8 @@ pub const SINK_USERNAME_ENV: &str = "TAXI_SINK_USERNAME";
 /// Environment variable holding the basic-auth password of the sink.
 pub const SINK_PASSWORD_ENV: &str = "TAXI_SINK_PASSWORD";
 
+/// Where a shard with nothing read yet starts, unless configured otherwise.
+pub const DEFAULT_START_POSITION: &str = "trim-horizon";
 /// Previous checkpoints kept per shard under `history/`, unless configured otherwise.
 pub const DEFAULT_RETAIN: usize = 3;
 /// The OpenSearch index prefix, unless configured otherwise.
@@ -39,6 +41,9 @@ pub const DEFAULT_BULK_MAX_DOCS: usize = 5000;
 pub const DEFAULT_BULK_MAX_BYTES: usize = 5 * 1024 * 1024;
 /// Longest a document waits for its `_bulk` request, unless configured otherwise.
 pub const DEFAULT_BULK_MAX_DELAY: Duration = Duration::from_secs(1);
+/// How long a worker waits for a shard's previous owner to release it before taking it over.
+/// The operator waits as long before it shrinks the StatefulSet, so both must use this one value.
+pub const DEFAULT_TAKEOVER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything the workers of one pipeline share.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -80,7 +85,7 @@ pub struct StreamSettings {
     pub start_position: String,
     /// How shards are consumed.
     #[serde(default)]
-    pub consumer: ConsumerSetting,
+    pub consumer: ConsumerType,
     /// Enhanced fan-out consumer name; `None`: [`PipelineId::default_consumer_name`].
     #[serde(default)]
     pub efo_consumer_name: Option<String>,
@@ -89,14 +94,17 @@ pub struct StreamSettings {
     pub discovery_interval_ms: u64,
 }
 
-/// How shards are consumed.
+/// How shards are consumed: the one definition used by the CRD (`spec.stream.consumer`), the
+/// `--consumer` flag and the worker settings.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
-pub enum ConsumerSetting {
-    /// GetRecords polling.
+pub enum ConsumerType {
+    /// GetRecords polling (shared throughput, 5 calls/s per shard).
     #[default]
     Polling,
-    /// Enhanced fan-out (SubscribeToShard).
+    /// Enhanced fan-out with SubscribeToShard (dedicated throughput per consumer).
     Efo,
 }
 
@@ -148,25 +156,46 @@ pub struct SinkSettings {
 
 /// How sink requests authenticate; credentials are never part of the settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum SinkAuthSetting {
+#[serde(deny_unknown_fields)]
+pub struct SinkAuthSetting {
+    /// The kind of authentication.
+    #[serde(rename = "type", default)]
+    pub kind: SinkAuthType,
+    /// With `sigv4`: the service signed for; `None`: `es`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<SigV4Service>,
+    /// With `sigv4`: the signing region; `None`: from the AWS configuration chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+impl SinkAuthSetting {
+    /// Authentication of this kind, without SigV4 details.
+    pub fn of(kind: SinkAuthType) -> SinkAuthSetting {
+        SinkAuthSetting { kind, service: None, region: None }
+    }
+}
+
+/// How sink requests authenticate: the one definition used by the CRD
+/// (`spec.sink.opensearch.auth.type`), the `--sink-auth` flag and the worker settings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum SinkAuthType {
     /// No authentication.
     #[default]
     None,
     /// HTTP basic, with [`SINK_USERNAME_ENV`] and [`SINK_PASSWORD_ENV`] from the environment.
     Basic,
-    /// AWS SigV4 with the default credential chain (IRSA in a cluster).
-    Sigv4 {
-        /// `es` (OpenSearch Service) or `aoss` (OpenSearch Serverless).
-        service: SigV4Service,
-        /// Signing region; `None`: from the AWS configuration chain.
-        #[serde(default)]
-        region: Option<String>,
-    },
+    /// AWS Signature Version 4 with the default credential chain (IRSA in a cluster).
+    Sigv4,
 }
 
 /// The AWS service a SigV4 signature is for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum SigV4Service {
     /// Amazon OpenSearch Service domains.
@@ -206,7 +235,7 @@ pub enum SettingsError {
 }
 
 fn default_start_position() -> String {
-    "trim-horizon".to_owned()
+    DEFAULT_START_POSITION.to_owned()
 }
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -291,6 +320,10 @@ impl WorkerSettings {
         if self.sink.bulk_max_docs == 0 || self.sink.bulk_max_bytes == 0 {
             return invalid("sink.bulk_max_docs", "bulk limits must be positive".to_owned());
         }
+        let auth = &self.sink.auth;
+        if auth.kind != SinkAuthType::Sigv4 && (auth.service.is_some() || auth.region.is_some()) {
+            return invalid("sink.auth", "service and region are only allowed with type sigv4".to_owned());
+        }
         if let Err(e) = self.engine.validate() {
             return invalid("engine", e.to_string());
         }
@@ -306,8 +339,8 @@ impl WorkerSettings {
     /// How shards are consumed.
     pub fn consumer(&self) -> ConsumerKind {
         match self.stream.consumer {
-            ConsumerSetting::Polling => ConsumerKind::Polling,
-            ConsumerSetting::Efo => ConsumerKind::EnhancedFanOut {
+            ConsumerType::Polling => ConsumerKind::Polling,
+            ConsumerType::Efo => ConsumerKind::EnhancedFanOut {
                 consumer_name: self
                     .stream
                     .efo_consumer_name
@@ -352,7 +385,10 @@ mod tests {
         assert_eq!(settings.checkpoint_interval(), Duration::from_secs(10));
         assert_eq!(settings.checkpoint.retain, DEFAULT_RETAIN);
         assert_eq!(settings.engine, EngineConfig::default());
-        assert_eq!((settings.sink.index_prefix.as_str(), &settings.sink.auth), ("taxi", &SinkAuthSetting::None));
+        assert_eq!(
+            (settings.sink.index_prefix.as_str(), &settings.sink.auth),
+            ("taxi", &SinkAuthSetting::of(SinkAuthType::None))
+        );
         let bulk = (settings.sink.bulk_max_docs, settings.sink.bulk_max_bytes, settings.sink.bulk_max_delay_ms);
         assert_eq!(bulk, (DEFAULT_BULK_MAX_DOCS, DEFAULT_BULK_MAX_BYTES, 1000));
     }
@@ -360,8 +396,12 @@ mod tests {
     #[test]
     fn round_trips_through_json() {
         let mut settings = WorkerSettings::from_json(MINIMAL.as_bytes()).expect("valid");
-        settings.stream.consumer = ConsumerSetting::Efo;
-        settings.sink.auth = SinkAuthSetting::Sigv4 { service: SigV4Service::Aoss, region: Some("eu-west-1".into()) };
+        settings.stream.consumer = ConsumerType::Efo;
+        settings.sink.auth = SinkAuthSetting {
+            kind: SinkAuthType::Sigv4,
+            service: Some(SigV4Service::Aoss),
+            region: Some("eu-west-1".into()),
+        };
         settings.engine.hot_spots.geohash_precision = 7;
         assert_eq!(WorkerSettings::from_json(settings.to_json().as_bytes()).expect("round trip"), settings);
     }
@@ -387,5 +427,33 @@ mod tests {
             let err = WorkerSettings::from_json(doc.as_bytes()).expect_err(field);
             assert!(err.to_string().contains(field), "{field}: {err}");
         }
+    }
+
+    #[test]
+    fn sink_auth_reads_as_it_always_did_and_sigv4_details_need_sigv4() {
+        let with_auth = |auth: &str| {
+            MINIMAL.replace(
+                r#""url": "https://search.example.com""#,
+                &format!(r#""url": "https://search.example.com", "auth": {auth}"#),
+            )
+        };
+        let sigv4 = WorkerSettings::from_json(
+            with_auth(r#"{"type": "sigv4", "service": "aoss", "region": "eu-west-1"}"#).as_bytes(),
+        )
+        .expect("sigv4");
+        assert_eq!(
+            sigv4.sink.auth,
+            SinkAuthSetting {
+                kind: SinkAuthType::Sigv4,
+                service: Some(SigV4Service::Aoss),
+                region: Some("eu-west-1".into())
+            }
+        );
+        let none = WorkerSettings::from_json(with_auth(r#"{"type": "none"}"#).as_bytes()).expect("none");
+        assert_eq!(none.sink.auth, SinkAuthSetting::of(SinkAuthType::None));
+        let err = WorkerSettings::from_json(with_auth(r#"{"type": "basic", "region": "eu-west-1"}"#).as_bytes())
+            .expect_err("region without sigv4");
+        assert!(err.to_string().contains("sink.auth"), "{err}");
+        assert!(WorkerSettings::from_json(with_auth(r#"{"type": "anonymous"}"#).as_bytes()).is_err());
     }
 }

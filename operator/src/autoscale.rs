@@ -71,7 +71,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::crd::{AutoscalingSpec, DurationError, parse_duration};
+use taxi_core::duration::{self, DurationError};
+
+use crate::crd::AutoscalingSpec;
 
 /// Utilisation the sized replica count aims at once the backlog is drained.
 pub const TARGET_UTILISATION: f64 = 0.8;
@@ -151,7 +153,7 @@ impl Policy {
             u32::try_from(value).ok().filter(|v| *v >= 1).ok_or(PolicyError::NotPositive { field, value })
         };
         let duration = |field: &'static str, value: &str| {
-            parse_duration(value).map_err(|source| PolicyError::Duration { field, source })
+            duration::parse(value).map_err(|source| PolicyError::Duration { field, source })
         };
         let policy = Policy {
             min_replicas: count("minReplicas", spec.min_replicas)?,

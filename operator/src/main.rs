@@ -79,13 +79,13 @@ struct SimulateArgs {
     #[arg(long)]
     rate: Option<f64>,
     /// autoscaling.maxLag [default: 1m].
-    #[arg(long, value_parser = go_duration)]
+    #[arg(long, value_parser = taxi_core::duration::parse)]
     max_lag: Option<Duration>,
     /// autoscaling.scaleUpStabilization [default: 1m].
-    #[arg(long, value_parser = go_duration)]
+    #[arg(long, value_parser = taxi_core::duration::parse)]
     scale_up_stabilization: Option<Duration>,
     /// autoscaling.scaleDownStabilization [default: 10m].
-    #[arg(long, value_parser = go_duration)]
+    #[arg(long, value_parser = taxi_core::duration::parse)]
     scale_down_stabilization: Option<Duration>,
     /// autoscaling.minReplicas [default: 1].
     #[arg(long)]
@@ -97,19 +97,19 @@ struct SimulateArgs {
     #[arg(long)]
     target_shards_per_replica: Option<u32>,
     /// How often the policy is asked [default: 30s].
-    #[arg(long, value_parser = go_duration)]
+    #[arg(long, value_parser = taxi_core::duration::parse)]
     interval: Option<Duration>,
     /// How long a moved shard pauses [default: 10s].
-    #[arg(long, value_parser = go_duration)]
+    #[arg(long, value_parser = taxi_core::duration::parse)]
     handoff_pause: Option<Duration>,
     /// How long new pods take to become ready [default: 20s].
-    #[arg(long, value_parser = go_duration)]
+    #[arg(long, value_parser = taxi_core::duration::parse)]
     pod_startup: Option<Duration>,
     /// Seed of the noisy trace [default: 42].
     #[arg(long)]
     seed: Option<u64>,
     /// Length of the run [default: the trace's, 1h or 24h for diurnal].
-    #[arg(long, value_parser = go_duration)]
+    #[arg(long, value_parser = taxi_core::duration::parse)]
     duration: Option<Duration>,
 }
 
@@ -138,10 +138,6 @@ impl SimulateArgs {
             duration: self.duration.or(base.duration),
         }
     }
-}
-
-fn go_duration(s: &str) -> Result<Duration, String> {
-    taxi_operator::crd::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn simulate(args: &SimulateArgs) -> ExitCode {

@@ -7,20 +7,16 @@
 use std::time::Duration;
 
 use kube::ResourceExt;
-use taxi_core::config::{
-    AirportTripsConfig, EngineConfig, EventTimeConfig, HotSpotConfig, WatermarkStrategy as EngineWatermark,
-};
+use taxi_core::config::{AirportTripsConfig, EngineConfig, EventTimeConfig, HotSpotConfig};
+use taxi_core::duration;
 use taxi_core::geo::{BoundingBox, Geofence};
 use taxi_core::identity::PipelineId;
 use taxi_core::settings::{
-    self, CheckpointSettings, ConsumerSetting, SinkAuthSetting, SinkSettings, StreamSettings, WorkerSettings,
+    self, CheckpointSettings, SinkAuthSetting, SinkAuthType, SinkSettings, StreamSettings, WorkerSettings,
 };
 use taxi_core::start_position;
 
-use crate::crd::{
-    AuthType, BoundingBoxSpec, ConsumerType, SigV4Service, TaxiPipeline, TaxiPipelineSpec, WatermarkStrategy,
-    parse_duration,
-};
+use crate::crd::{BoundingBoxSpec, TaxiPipeline, TaxiPipelineSpec};
 use crate::observe::StreamRef;
 use crate::resources::{CA_DIR, ValidPipeline, WorkerPod};
 
@@ -47,7 +43,7 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidSpec {
 
 /// A Go-syntax duration from the spec, in whole milliseconds.
 fn millis(field: &'static str, value: &str) -> Result<u64, InvalidSpec> {
-    let d = parse_duration(value).map_err(|e| invalid(field, e.to_string()))?;
+    let d = duration::parse(value).map_err(|e| invalid(field, e.to_string()))?;
     Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
@@ -82,10 +78,10 @@ pub fn validate(pipeline: &TaxiPipeline, defaults: &Defaults) -> Result<ValidPip
     settings.validate().map_err(|e| invalid("spec", e.to_string()))?;
     let auth = &spec.sink.opensearch.auth;
     let basic_auth_secret = match (auth.type_, &auth.secret_ref) {
-        (AuthType::Basic, Some(secret)) => {
+        (SinkAuthType::Basic, Some(secret)) => {
             Some((secret.name.clone(), secret.username_key.clone(), secret.password_key.clone()))
         }
-        (AuthType::Basic, None) => {
+        (SinkAuthType::Basic, None) => {
             return Err(invalid(
                 "spec.sink.opensearch.auth.secretRef",
                 "basic auth needs a Secret with the credentials",
@@ -129,8 +125,9 @@ pub fn stream_ref(spec: &TaxiPipelineSpec) -> StreamRef {
     }
 }
 
-/// Time a new owner waits for the previous owner's release before taking a shard over.
-pub const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a new owner waits for the previous owner's release before taking a shard over: the
+/// workers' default, which the rollout waits out too.
+pub const TAKEOVER_TIMEOUT: Duration = settings::DEFAULT_TAKEOVER_TIMEOUT;
 
 fn worker_settings(namespace: &str, pipeline: &str, spec: &TaxiPipelineSpec) -> Result<WorkerSettings, InvalidSpec> {
     let stream = &spec.stream;
@@ -167,10 +164,7 @@ fn worker_settings(namespace: &str, pipeline: &str, spec: &TaxiPipelineSpec) -> 
             region: stream.region.clone(),
             endpoint_url: stream.endpoint_url.clone(),
             start_position: stream.start_position.clone(),
-            consumer: match stream.consumer {
-                ConsumerType::Polling => ConsumerSetting::Polling,
-                ConsumerType::Efo => ConsumerSetting::Efo,
-            },
+            consumer: stream.consumer,
             // Unique per TaxiPipeline, so two pipelines on one stream never share a consumer.
             efo_consumer_name: Some(
                 stream
@@ -178,7 +172,7 @@ fn worker_settings(namespace: &str, pipeline: &str, spec: &TaxiPipelineSpec) -> 
                     .clone()
                     .unwrap_or_else(|| PipelineId::new(Some(namespace), pipeline).default_consumer_name()),
             ),
-            discovery_interval_ms: 10_000,
+            discovery_interval_ms: u64::try_from(settings::DEFAULT_DISCOVERY_INTERVAL.as_millis()).unwrap_or(u64::MAX),
         },
         checkpoint: CheckpointSettings {
             uri: checkpoint.uri.clone(),
@@ -192,18 +186,15 @@ fn worker_settings(namespace: &str, pipeline: &str, spec: &TaxiPipelineSpec) -> 
             url: opensearch.endpoint.clone(),
             index_prefix: opensearch.index_prefix.clone(),
             auth: match opensearch.auth.type_ {
-                AuthType::Anonymous => SinkAuthSetting::None,
-                AuthType::Basic => SinkAuthSetting::Basic,
-                AuthType::Sigv4 => {
+                SinkAuthType::Sigv4 => {
                     let sigv4 = opensearch.auth.sigv4.clone().unwrap_or_default();
-                    SinkAuthSetting::Sigv4 {
-                        service: match sigv4.service {
-                            SigV4Service::Es => settings::SigV4Service::Es,
-                            SigV4Service::Aoss => settings::SigV4Service::Aoss,
-                        },
+                    SinkAuthSetting {
+                        kind: SinkAuthType::Sigv4,
+                        service: Some(sigv4.service),
                         region: sigv4.region.or_else(|| stream.region.clone()),
                     }
                 }
+                kind => SinkAuthSetting::of(kind),
             },
             ca_cert: opensearch.ca_secret_ref.as_ref().map(|ca| format!("{CA_DIR}/{}", ca.key).into()),
             bulk_max_docs: usize::try_from(opensearch.bulk.max_docs)
@@ -219,11 +210,7 @@ fn worker_settings(namespace: &str, pipeline: &str, spec: &TaxiPipelineSpec) -> 
         engine: EngineConfig {
             region: bounding_box("spec.analyses.region", &analyses.region)?,
             event_time: EventTimeConfig {
-                watermark: match event_time.watermark {
-                    WatermarkStrategy::Bounded => EngineWatermark::Bounded,
-                    WatermarkStrategy::Punctuated => EngineWatermark::Punctuated,
-                    WatermarkStrategy::Arrival => EngineWatermark::Arrival,
-                },
+                watermark: event_time.watermark,
                 max_out_of_orderness_ms: signed(millis(
                     "spec.eventTime.maxOutOfOrderness",
                     &event_time.max_out_of_orderness,

@@ -27,7 +27,7 @@ use taxi_core::assignment::{ASSIGNMENT_KEY, Assignment, assign};
 use taxi_core::config::WatermarkStrategy;
 use taxi_core::geo::{BoundingBox, Geofence};
 use taxi_core::settings::{
-    ConsumerSetting, SETTINGS_KEY, SINK_PASSWORD_ENV, SINK_USERNAME_ENV, SinkAuthSetting, WorkerSettings,
+    ConsumerType, SETTINGS_KEY, SINK_PASSWORD_ENV, SINK_USERNAME_ENV, SinkAuthSetting, SinkAuthType, WorkerSettings,
 };
 use taxi_core::topology::ShardInfo;
 use taxi_io::sink::opensearch::{OpenSearchAuth, OpenSearchSettings};
@@ -640,13 +640,13 @@ fn minimal_example_renders_the_design_defaults_into_worker_json() {
     assert_eq!(settings.pipeline, "nyc-taxi");
     assert_eq!(settings.stream.name, "taxi-trips");
     assert_eq!(settings.stream.start_position, "trim-horizon");
-    assert_eq!(settings.stream.consumer, ConsumerSetting::Polling);
+    assert_eq!(settings.stream.consumer, ConsumerType::Polling);
     assert_eq!(settings.checkpoint.uri, "s3://taxi-checkpoints/nyc-taxi");
     assert_eq!(settings.checkpoint.interval_ms, 10_000);
     assert_eq!(settings.checkpoint.retain, 3);
     assert_eq!(settings.sink.url, "http://opensearch.opensearch.svc:9200");
     assert_eq!(settings.sink.index_prefix, "taxi");
-    assert_eq!(settings.sink.auth, SinkAuthSetting::None);
+    assert_eq!(settings.sink.auth, SinkAuthSetting::of(SinkAuthType::None));
     assert_eq!(settings.sink.ca_cert, None);
     let engine = &settings.engine;
     assert_eq!(engine.region, BoundingBox { min_lat: 40.4774, max_lat: 40.9176, min_lon: -74.2591, max_lon: -73.7004 });
@@ -731,12 +731,12 @@ fn rendered_worker_json_is_read_back_by_the_worker_unchanged() {
 fn full_example_renders_every_spec_field_into_worker_json() {
     let settings = WorkerSettings::from_json(rendered_settings(&built(&full())).as_bytes()).expect("worker.json");
     assert_eq!(settings.stream.region.as_deref(), Some("us-east-1"));
-    assert_eq!(settings.stream.consumer, ConsumerSetting::Efo);
+    assert_eq!(settings.stream.consumer, ConsumerType::Efo);
     assert_eq!(settings.stream.efo_consumer_name.as_deref(), Some("nyc-taxi-prod"));
     assert_eq!(settings.checkpoint.uri, "s3://example-taxi-checkpoints/prod/nyc-taxi");
     assert_eq!(settings.sink.url, "https://opensearch-cluster-master.opensearch.svc:9200");
     assert_eq!(settings.sink.index_prefix, "nyc-taxi");
-    assert_eq!(settings.sink.auth, SinkAuthSetting::Basic);
+    assert_eq!(settings.sink.auth, SinkAuthSetting::of(SinkAuthType::Basic));
     assert_eq!(settings.sink.ca_cert, Some(PathBuf::from("/etc/taxi-ca/ca.crt")));
     assert_eq!(settings.engine.event_time.allowed_lateness_ms, 30_000);
     assert_eq!(settings.engine.event_time.idle_timeout_ms, 120_000);

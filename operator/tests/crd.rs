@@ -15,11 +15,15 @@ use cel_interpreter::extractors::This;
 use cel_interpreter::{Context, ExecutionError, FunctionContext, Program, Value as Cel};
 use chrono::Timelike;
 use serde_json::{Map, Value, json};
-use taxi_operator::crd::{TaxiPipeline, TaxiPipelineSpec, crd_yaml, parse_duration_nanos};
+use taxi_core::duration;
+use taxi_core::settings::{DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_INDEX_PREFIX, WorkerSettings};
+use taxi_operator::crd::{TaxiPipeline, TaxiPipelineSpec, crd_yaml};
+use taxi_operator::validate::{Defaults, validate};
 
 const CRD_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/taxipipelines.yaml");
 const FULL_EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/taxipipeline.yaml");
 const MINIMAL_EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/taxipipeline-minimal.yaml");
+const CHART_VALUES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/taxi-pipeline/values.yaml");
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"))
@@ -316,6 +320,48 @@ fn minimal_spec_is_filled_with_the_documented_defaults() {
     let api = ApiServer::new();
     let defaulted = api.defaulted(&minimal());
     assert_eq!(defaulted["spec"], expected);
+}
+
+/// Every default the CRD, the chart and the worker share has one definition, in
+/// `taxi_core::settings` and `EngineConfig::default()`: the published schema's defaults, applied
+/// as the API server applies them, render exactly what a worker assumes for a document that
+/// leaves every field out.
+#[test]
+fn the_published_defaults_render_the_workers_own_settings() {
+    let mut object = ApiServer::new().defaulted(&yaml(&read(MINIMAL_EXAMPLE)));
+    object["metadata"]["namespace"] = json!("streaming");
+    object["metadata"]["uid"] = json!("0b5d6a3e-7c41-4f0e-9a2b-5e8c1d7f3a90");
+    // Every field is present now, so the Rust-side serde defaults play no part.
+    let pipeline: TaxiPipeline = serde_json::from_value(object).expect("a defaulted TaxiPipeline");
+    let defaults = Defaults { worker_image: "registry.example.com/taxi:test".to_owned() };
+    let rendered = validate(&pipeline, &defaults).expect("valid").settings;
+
+    let workers_own = json!({
+        "pipeline": "nyc-taxi",
+        "namespace": "streaming",
+        "stream": {"name": "taxi-trips", "efo_consumer_name": "streaming.nyc-taxi"},
+        "checkpoint": {"uri": "s3://taxi-checkpoints/nyc-taxi"},
+        "sink": {"url": "http://opensearch.opensearch.svc:9200"},
+    });
+    let workers_own = WorkerSettings::from_json(workers_own.to_string().as_bytes()).expect("minimal settings");
+    assert_eq!(rendered, workers_own);
+}
+
+/// The chart restates two pipeline defaults (for an alert and for the saved objects): they must
+/// be the same values.
+#[test]
+fn the_chart_values_restate_the_pipeline_defaults_unchanged() {
+    let values = yaml(&read(CHART_VALUES));
+    assert_eq!(
+        values["metrics"]["prometheusRule"]["checkpointIntervalSeconds"],
+        json!(DEFAULT_CHECKPOINT_INTERVAL.as_secs()),
+        "the checkpoint alert assumes the default spec.checkpoint.interval"
+    );
+    assert_eq!(
+        values["opensearchDashboards"]["savedObjects"]["indexPrefix"],
+        json!(DEFAULT_INDEX_PREFIX),
+        "the saved objects point at the default spec.sink.opensearch.indexPrefix"
+    );
 }
 
 #[test]
@@ -1048,7 +1094,7 @@ fn object_to_cel(map: &Map<String, Value>, schema: &Value) -> HashMap<String, Ce
 /// cel-interpreter's standard functions plus what Kubernetes' CEL environment has and it lacks
 /// or does differently:
 /// - `duration(string)`: cel-interpreter parses its own grammar (no `µs`, accepts `1e3s`); the
-///   API server uses Go's `time.ParseDuration`, which `parse_duration_nanos` implements exactly.
+///   API server uses Go's `time.ParseDuration`, which `taxi_core::duration::parse_nanos` implements exactly.
 /// - `<duration>.getSeconds()`: cel-interpreter only has it on timestamps. Kubernetes (cel-go)
 ///   returns the whole seconds of a duration, truncated toward zero; on a timestamp, the seconds
 ///   of the minute in UTC.
@@ -1060,7 +1106,7 @@ fn cel_context() -> Context<'static> {
 }
 
 fn go_duration(ftx: &FunctionContext, text: Arc<String>) -> Result<Cel, ExecutionError> {
-    let nanos = parse_duration_nanos(&text).map_err(|e| ftx.error(e))?;
+    let nanos = duration::parse_nanos(&text).map_err(|e| ftx.error(e))?;
     Ok(Cel::Duration(chrono::Duration::nanoseconds(nanos)))
 }
 

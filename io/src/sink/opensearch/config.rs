@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::retry::{BackoffPolicy, Jitter};
 use taxi_core::settings::{
     DEFAULT_BULK_MAX_BYTES, DEFAULT_BULK_MAX_DELAY, DEFAULT_BULK_MAX_DOCS, DEFAULT_INDEX_PREFIX, SINK_PASSWORD_ENV,
-    SINK_USERNAME_ENV, SettingsError, SigV4Service, SinkAuthSetting, SinkSettings,
+    SINK_USERNAME_ENV, SettingsError, SigV4Service, SinkAuthType, SinkSettings,
 };
 
 /// Where and how to reach OpenSearch, and how to batch.
@@ -36,15 +36,16 @@ impl OpenSearchSettings {
         sink: &SinkSettings,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<OpenSearchSettings, SettingsError> {
-        let auth = match &sink.auth {
-            SinkAuthSetting::None => OpenSearchAuth::None,
-            SinkAuthSetting::Basic => OpenSearchAuth::Basic {
+        let auth = match sink.auth.kind {
+            SinkAuthType::None => OpenSearchAuth::None,
+            SinkAuthType::Basic => OpenSearchAuth::Basic {
                 username: env(SINK_USERNAME_ENV).ok_or(SettingsError::MissingCredential(SINK_USERNAME_ENV))?,
                 password: env(SINK_PASSWORD_ENV).ok_or(SettingsError::MissingCredential(SINK_PASSWORD_ENV))?,
             },
-            SinkAuthSetting::Sigv4 { service, region } => {
-                OpenSearchAuth::SigV4 { service: *service, region: region.clone() }
-            }
+            SinkAuthType::Sigv4 => OpenSearchAuth::SigV4 {
+                service: sink.auth.service.unwrap_or_default(),
+                region: sink.auth.region.clone(),
+            },
         };
         let defaults = OpenSearchSettings::default();
         Ok(OpenSearchSettings {
@@ -157,6 +158,7 @@ impl Default for BulkSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use taxi_core::settings::SinkAuthSetting;
 
     /// A sink that names only its URL: everything else takes the settings' defaults.
     fn minimal_sink() -> SinkSettings {
@@ -172,7 +174,7 @@ mod tests {
 
     #[test]
     fn basic_auth_takes_credentials_from_the_environment_only() {
-        let sink = SinkSettings { auth: SinkAuthSetting::Basic, ..minimal_sink() };
+        let sink = SinkSettings { auth: SinkAuthSetting::of(SinkAuthType::Basic), ..minimal_sink() };
         let err = OpenSearchSettings::for_sink(&sink, |_| None).expect_err("no credentials");
         assert!(err.to_string().contains(SINK_USERNAME_ENV), "{err}");
         let env = |name: &str| Some(format!("{name}-value"));
