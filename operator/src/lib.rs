@@ -10,8 +10,14 @@
 //! - [`resources`]: pure builders of every Kubernetes object of a pipeline;
 //! - [`observe`]: Kinesis shard listing and the workers' `/status`, behind traits;
 //! - [`reshard`]: a managed stream's creation and resharding within Kinesis' limits, planned purely;
-//! - [`reconcile`]: the reconcile pass (the only module that calls the Kubernetes API for it);
+//! - [`reconcile`]: the reconcile pass, a driver over one module per step (the only module that
+//!   calls the Kubernetes API for it);
 //! - [`leader`], [`metrics`], [`controller`]: leader election, metrics and the running operator.
+//!
+//! One pass over a TaxiPipeline, step by step ([`reconcile`] draws it):
+//! [`crd`] → [`validate`] → [`reconcile::observe`] → [`reconcile::decide`] (pure) → [`reconcile::apply`]
+//! → [`reconcile::status`]; for a stream the operator manages, [`reconcile::stream`] creates or
+//! reshards it before it is observed.
 
 pub mod autoscale;
 pub mod controller;

@@ -43,7 +43,7 @@ pub struct Decision {
 
 impl Decision {
     /// The worker replicas this pass aims at.
-    pub fn desired(&self) -> u32 {
+    pub fn replicas(&self) -> u32 {
         self.scaling.replicas
     }
 }
@@ -274,7 +274,7 @@ mod tests {
     #[test]
     fn a_first_pass_assigns_every_shard_over_the_desired_workers_at_once() {
         let d = decide_at(&pipeline(2, json!({})), &observed(four_open_shards(), None, None), at(NOW)).expect("decide");
-        assert_eq!(d.desired(), 2);
+        assert_eq!(d.replicas(), 2);
         assert_eq!(d.scaling.reason, "spec.parallelism is 2 (autoscaling is off)");
         assert_eq!(d.scaling.policy_reason, None);
         assert_eq!(d.rollout, Rollout { statefulset_replicas: 2, assignment_replicas: 2, waiting: None });
@@ -407,7 +407,7 @@ mod tests {
 
         // Pass 1: the lag is new; the workers stay at the shard baseline (4 shards / 2 per replica).
         let first = decide_at(&pipeline, &seen, at(NOW)).expect("decide");
-        assert_eq!(first.desired(), 2);
+        assert_eq!(first.replicas(), 2);
         assert!(first.scaling.policy_reason.is_some());
         assert_eq!(first.scaling.max_lag_ms, Some(120_000));
         assert_eq!(first.scaling_memory.records.len(), 4, "every reading shard's count is kept");
@@ -415,22 +415,22 @@ mod tests {
         // Pass 2, 30 s later: still inside the one-minute window.
         seen.scaling = first.scaling_memory.clone();
         let second = decide_at(&pipeline, &seen, later(30)).expect("decide");
-        assert_eq!(second.desired(), 2, "{:?}", second.scaling);
+        assert_eq!(second.replicas(), 2, "{:?}", second.scaling);
 
         // Pass 3, 90 s after the first: lag above maxLag for longer than the window: scale up.
         seen.scaling = second.scaling_memory.clone();
         let third = decide_at(&pipeline, &seen, later(90)).expect("decide");
-        assert!(third.desired() > 2 && third.desired() <= 4, "within maxReplicas and the open shards: {third:?}");
+        assert!(third.replicas() > 2 && third.replicas() <= 4, "within maxReplicas and the open shards: {third:?}");
         assert!(third.scaling.reason.contains("above maxLag"), "{}", third.scaling.reason);
-        assert_eq!(third.scaling.desired, third.desired());
+        assert_eq!(third.scaling.desired, third.replicas());
         // The new pods are not ready yet: the StatefulSet grows, the assignment waits.
-        assert_eq!(third.rollout.statefulset_replicas, third.desired());
+        assert_eq!(third.rollout.statefulset_replicas, third.replicas());
         assert_eq!(third.rollout.assignment_replicas, 2);
 
         // The same observation without the memory starts the window afresh.
         seen.scaling = ScalingMemory::default();
         let forgot = decide_at(&pipeline, &seen, later(90)).expect("decide");
-        assert_eq!(forgot.desired(), 2);
+        assert_eq!(forgot.replicas(), 2);
     }
 
     #[test]
@@ -441,7 +441,7 @@ mod tests {
         // The autoscaler would scale down to the shard baseline at once (4 shards / 2 per replica).
         let eager = pipeline(3, json!({"spec": {"autoscaling": {"enabled": true, "scaleDownStabilization": "0s"}}}));
         let d = decide_at(&eager, &seen, at(NOW)).expect("decide");
-        assert_eq!(d.desired(), 3);
+        assert_eq!(d.replicas(), 3);
         assert!(d.scaling.reason.starts_with("spec.parallelism 3 is the floor"), "{}", d.scaling.reason);
         assert!(d.scaling.reason.contains("the autoscaler alone wants 2"), "{}", d.scaling.reason);
     }

@@ -20,7 +20,8 @@
 //! - [`observe`] reads everything the pass needs, once, into an [`observe::Observed`];
 //! - [`decide`] is pure: from the spec, the observation and the time to a [`decide::Decision`];
 //! - [`apply`] writes the decided objects to the API server;
-//! - [`status`] reports the pass: the status subresource, Events and the per-pipeline gauges.
+//! - [`status`] reports the pass: the status subresource, Events and the per-pipeline gauges; it
+//!   also reports the passes that end early (under the arrows above).
 //!
 //! Each step that can fail has its own error type; [`Error`] wraps them, and its
 //! [`category`](Error::category) labels the failure in metrics and logs. A deleted pipeline whose

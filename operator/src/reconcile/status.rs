@@ -49,7 +49,7 @@ pub(super) async fn report<S, P>(
         publish(ctx, pipeline, event.type_, event.reason, event.action, event.note).await;
     }
     let label = pipeline_label(&valid.namespace, &valid.name);
-    ctx.state.metrics.set_desired_replicas(&label, i32::try_from(decision.desired()).unwrap_or(i32::MAX));
+    ctx.state.metrics.set_desired_replicas(&label, i32::try_from(decision.replicas()).unwrap_or(i32::MAX));
     ctx.state.metrics.set_ready_replicas(&label, observed.statefulset.ready);
     ctx.state.metrics.set_assignment_epoch(&label, decision.assignment.epoch);
     ctx.state.metrics.set_open_shards(&label, decision.open_shards);
@@ -145,7 +145,7 @@ pub fn running_status(
 ) -> TaxiPipelineStatus {
     let mut status = pipeline.status.clone().unwrap_or_default();
     let ready = observed.statefulset.ready;
-    let desired = i32::try_from(decision.desired()).unwrap_or(i32::MAX);
+    let desired = i32::try_from(decision.replicas()).unwrap_or(i32::MAX);
     let previous_replicas = observed.statefulset.replicas;
     let progress = PipelineProgress::from_reports(observed.reports.values());
     status.observed_generation = pipeline.metadata.generation;
@@ -191,7 +191,8 @@ pub fn running_status(
             false,
             "NotManaged",
             &format!(
-                "the stream has {open_shards} open shards and spec.stream.shards is {spec_shards}; set spec.stream.manage to reshard"
+                "the stream has {open_shards} open shards and spec.stream.shards is {spec_shards}; \
+                 set spec.stream.manage to reshard"
             ),
         )
     };
@@ -234,7 +235,7 @@ async fn publish_decisions<S, P>(
         publish(ctx, pipeline, EventType::Normal, "Rebalanced", "Assign", note).await;
     }
     let previous_replicas = observed.statefulset.replicas;
-    let desired = decision.desired();
+    let desired = decision.replicas();
     if decision.scaling.policy_reason.is_some() && previous_replicas.is_some_and(|r| r != desired) {
         let from = previous_replicas.unwrap_or(0);
         let note = format!("autoscaler: {from} → {desired} workers: {}", decision.scaling.reason);
