@@ -22,7 +22,7 @@ pub struct StreamError {
     pub source: KinesisError,
 }
 
-/// What [`manage`] found: a stream being created, or the step of a stream that exists.
+/// What the stream step found: a stream being created, or the step of a stream that exists.
 #[derive(Debug)]
 pub enum ManagedStream {
     /// The stream was just created: it has no shards to assign yet.
