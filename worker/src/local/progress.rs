@@ -9,7 +9,7 @@ use taxi_core::event::Millis;
 use taxi_core::shard::Counters;
 
 /// Live figures of a running local run, read by the progress line and the dashboard while the
-/// run writes them. The run's [`Summary`] is the exact account once it ends.
+/// run writes them. The run's [`Summary`](super::Summary) is the exact account once it ends.
 #[derive(Debug, Default)]
 pub struct Progress {
     /// Input records handed to the shards.
