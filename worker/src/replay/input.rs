@@ -1,0 +1,149 @@
+//! Reading the input: a blocking thread reads the file chunk by chunk with the readers of
+//! `taxi-worker local` and converts every record into what is sent for it ([`InputRecord`]);
+//! [`trip_json`] and [`watermark_json`] are the seed-format lines the producer sends.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use taxi_core::event::{Event, Millis, Trip};
+use taxi_core::input::{Chunk, ChunkReader, Format, InputError, parse_line};
+use taxi_core::time::format_timestamp;
+
+/// Bytes of input per chunk read by the reader thread.
+const CHUNK_BYTES: usize = 256 * 1024;
+/// Chunks the reader thread may read ahead.
+pub(super) const READ_AHEAD: usize = 4;
+
+/// One record of the input, ready to send.
+#[derive(Debug)]
+pub(super) enum InputRecord {
+    /// A valid trip.
+    Trip {
+        /// Its id (the partition key in decimal).
+        trip_id: u64,
+        /// Its event time.
+        event_time: Millis,
+        /// The bytes to send.
+        data: Bytes,
+    },
+    /// An invalid line, sent as it is.
+    Invalid {
+        /// Its record number (the partition key in decimal).
+        record_no: u64,
+        /// The line.
+        data: Bytes,
+    },
+}
+
+/// What the reader thread sends.
+pub(super) enum ReaderMsg {
+    /// The records of one chunk, and how many watermark lines it held.
+    Records(Vec<InputRecord>, u64),
+    /// The input could not be read.
+    Failed(InputError),
+    /// The end of the input.
+    End,
+}
+
+/// The reader thread: reads and parses `path`, sending a message per chunk.
+pub(super) fn read_input(path: &Path, tx: &mpsc::Sender<ReaderMsg>) {
+    let mut reader = match ChunkReader::open(path) {
+        Ok(reader) => reader,
+        Err(e) => {
+            let _ = tx.blocking_send(ReaderMsg::Failed(e));
+            return;
+        }
+    };
+    let format = *reader.format();
+    loop {
+        let msg = match reader.next_chunk(CHUNK_BYTES) {
+            Ok(Some(chunk)) => convert_chunk(&format, &chunk),
+            Ok(None) => ReaderMsg::End,
+            Err(e) => ReaderMsg::Failed(e),
+        };
+        let last = !matches!(msg, ReaderMsg::Records(..));
+        // A send fails only when the replay has stopped: then there is nobody to read for.
+        if tx.blocking_send(msg).is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Parses a chunk into the records to send.
+fn convert_chunk(format: &Format, chunk: &Chunk) -> ReaderMsg {
+    let mut records = Vec::with_capacity(usize::try_from(chunk.records).unwrap_or(0));
+    let mut watermarks = 0;
+    for (record_no, line) in chunk.lines() {
+        match parse_line(format, line, record_no) {
+            Ok(Event::Trip(trip)) => {
+                let data = match format {
+                    Format::JsonLines => Bytes::copy_from_slice(line),
+                    Format::Csv(_) => Bytes::from(trip_json(&trip)),
+                };
+                records.push(InputRecord::Trip { trip_id: trip.trip_id, event_time: trip.event_time(), data });
+            }
+            Ok(Event::Watermark(_)) => watermarks += 1,
+            Err(_) => records.push(InputRecord::Invalid { record_no, data: Bytes::copy_from_slice(line) }),
+        }
+    }
+    ReaderMsg::Records(records, watermarks)
+}
+
+/// A trip as a seed-format JSON line (without newline).
+pub fn trip_json(trip: &Trip) -> String {
+    format!(
+        "{{\"type\":\"trip\",\"trip_id\":{},\"pickup_datetime\":\"{}\",\"dropoff_datetime\":\"{}\",\
+         \"pickup_latitude\":{},\"pickup_longitude\":{},\"dropoff_latitude\":{},\"dropoff_longitude\":{}}}",
+        trip.trip_id,
+        format_timestamp(trip.pickup_time),
+        format_timestamp(trip.dropoff_time),
+        trip.pickup.lat,
+        trip.pickup.lon,
+        trip.dropoff.lat,
+        trip.dropoff.lon,
+    )
+}
+
+/// A watermark event's data.
+pub fn watermark_json(at: Millis) -> String {
+    format!("{{\"watermark\":\"{}\",\"type\":\"watermark\"}}", format_timestamp(at))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::replay::fake::{Fake, even_shards, options, write_file};
+    use crate::replay::{ReplayProgress, replay};
+    use taxi_core::input::parse_json_record;
+
+    #[tokio::test]
+    async fn csv_trips_are_re_encoded_as_json() {
+        let csv = "VendorID,tpep_pickup_datetime,tpep_dropoff_datetime,passenger_count,trip_distance,\
+                   pickup_longitude,pickup_latitude,RateCodeID,store_and_fwd_flag,dropoff_longitude,\
+                   dropoff_latitude,payment_type,fare_amount,extra,mta_tax,tip_amount,tolls_amount,\
+                   improvement_surcharge,total_amount\n\
+                   2,2015-01-15 19:05:39,2015-01-15 19:23:42,1,1.59,-73.993896484375,40.750110626220703,1,N,\
+                   -73.974784851074219,40.750617980957031,1,12,1,0.5,3.25,0,0.3,17.05\n\
+                   1,2015-01-10 20:33:38,garbage,1,3.30,-74.00164794921875,40.7242431640625,1,N,\
+                   -73.994415283203125,40.759109497070313,1,14.5,0.5,0.5,2,0,0.3,17.8\n\
+                   1,2015-01-10 20:33:38,2015-01-10 20:53:28,1,3.30,-74.00164794921875,40.7242431640625,1,N,\
+                   -73.994415283203125,40.759109497070313,1,14.5,0.5,0.5,2,0,0.3,17.8\n";
+        let file = write_file(csv.as_bytes());
+        let fake = Arc::new(Fake::new(even_shards(1, 0)));
+        let summary = replay(Arc::clone(&fake), &options(&file, 0.0), &ReplayProgress::new()).await.expect("replay");
+        assert_eq!((summary.trips, summary.invalid), (2, 1));
+        let expected: Vec<(u64, taxi_core::event::ParsedRecord)> =
+            taxi_core::input::read_records(file.path()).expect("read").map(|r| r.expect("record")).collect();
+        let st = fake.state();
+        for (no, parsed) in expected {
+            let record = st.stored.iter().find(|r| r.partition_key == no.to_string()).expect("stored");
+            match parsed {
+                Ok(trip) => assert_eq!(parse_json_record(&record.data), Ok(trip)),
+                Err(_) => assert!(parse_json_record(&record.data).is_err()),
+            }
+        }
+    }
+}
