@@ -1,31 +1,7 @@
-//! Leader election through a `coordination.k8s.io/v1` Lease, so that two operator replicas never
-//! reconcile at the same time.
-//!
-//! One replica holds the Lease and renews it every [`LeaseConfig::renew_interval`]; the others poll
-//! and take it over once it has not been renewed for [`LeaseConfig::lease_duration`] (plus
-//! [`LeaseConfig::clock_skew`]). Every write is a `PUT` carrying the `resourceVersion` just read, so
-//! of two replicas racing for the same Lease exactly one wins and the other gets `409 Conflict`.
-//!
-//! How the operator uses it:
-//!
-//! ```text
-//! let (leading_tx, leading_rx) = watch::channel(false);
-//! let (shutdown_tx, shutdown_rx) = watch::channel(false);
-//! let elector = LeaderElector::new(client.clone(), LeaseConfig::new(namespace, holder_identity(&pod)))?;
-//! let election = tokio::spawn(async move { elector.run(shutdown_rx, leading_tx, &metrics).await });
-//! // The controller runs only while leading: it is dropped (in-flight reconciles cancelled) as soon
-//! // as `false` is published, and started afresh when the Lease is won again.
-//! run_while_leading(leading_rx, || controller_future()).await;
-//! // On SIGTERM: stop the controller first, then `shutdown_tx.send(true)`; `run` publishes `false`
-//! // and clears the holder so that the other replica takes over without waiting for expiry.
-//! ```
-//!
-//! Leadership is published as `false` before the Lease can expire in anybody else's eyes: a replica
-//! that cannot renew stops leading once [`LeaseConfig::lease_duration`] has passed since the *start*
-//! of its last successful renewal, while the others wait that long after the renewal's *end* plus
-//! [`LeaseConfig::clock_skew`].
+//! The election against the API server: [`LeaderElector`] reads the Lease, creates, renews, takes
+//! over or releases it with `resourceVersion`-guarded writes, and runs the election loop that
+//! publishes whether this replica leads.
 
-use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -36,194 +12,11 @@ use taxi_io::retry::{BackoffPolicy, Jitter};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::{Decision, FIELD_MANAGER, LeaderError, LeaseConfig, decide};
 use crate::metrics::OperatorMetrics;
-
-/// Name of the operator's Lease when none is configured.
-pub const DEFAULT_LEASE_NAME: &str = "taxi-operator-leader";
-/// How long a Lease stays valid after its last renewal.
-pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
-/// How often the holder renews, and how often the others check whether the Lease has expired.
-pub const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_secs(5);
-/// How far apart the replicas' clocks may be; added before a foreign Lease counts as expired.
-pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(2);
-/// Field manager recorded on the Lease writes.
-pub const FIELD_MANAGER: &str = "taxi-operator";
 
 /// First delay after a failed attempt; it doubles per failure up to the renew interval.
 const FIRST_RETRY: Duration = Duration::from_millis(200);
-
-/// Where the Lease lives, who we are and how long a term lasts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LeaseConfig {
-    /// Namespace of the Lease (the operator's own namespace).
-    pub namespace: String,
-    /// Name of the Lease.
-    pub name: String,
-    /// This replica's holder identity, unique per process (see [`holder_identity`]).
-    pub identity: String,
-    /// How long the Lease stays ours without renewal; written as `leaseDurationSeconds`.
-    pub lease_duration: Duration,
-    /// Time between renewals (and between checks while another replica leads).
-    pub renew_interval: Duration,
-    /// Extra time a foreign Lease must be overdue before it is taken over, for clock differences.
-    pub clock_skew: Duration,
-}
-
-impl LeaseConfig {
-    /// The defaults: Lease [`DEFAULT_LEASE_NAME`], 15 s duration, renewal every 5 s, 2 s clock skew.
-    pub fn new(namespace: impl Into<String>, identity: impl Into<String>) -> LeaseConfig {
-        LeaseConfig {
-            namespace: namespace.into(),
-            name: DEFAULT_LEASE_NAME.to_owned(),
-            identity: identity.into(),
-            lease_duration: DEFAULT_LEASE_DURATION,
-            renew_interval: DEFAULT_RENEW_INTERVAL,
-            clock_skew: DEFAULT_CLOCK_SKEW,
-        }
-    }
-
-    fn validate(&self) -> Result<(), LeaderError> {
-        let invalid = |reason: &'static str| Err(LeaderError::InvalidConfig { reason });
-        if self.namespace.is_empty() || self.name.is_empty() {
-            return invalid("the Lease needs a namespace and a name");
-        }
-        if self.identity.is_empty() {
-            return invalid("the holder identity must not be empty");
-        }
-        if self.lease_duration < Duration::from_secs(1) || self.lease_duration.as_secs() > i32::MAX as u64 {
-            return invalid("the lease duration must be between 1 s and i32::MAX seconds");
-        }
-        if self.renew_interval.is_zero() || self.renew_interval >= self.lease_duration {
-            return invalid("the renew interval must be positive and shorter than the lease duration");
-        }
-        Ok(())
-    }
-
-    fn duration_seconds(&self) -> i32 {
-        i32::try_from(self.lease_duration.as_secs()).unwrap_or(i32::MAX)
-    }
-}
-
-/// A holder identity for this process: the pod name and a random suffix, so that a restarted
-/// container with the same pod name is a different holder from its predecessor.
-pub fn holder_identity(pod_name: &str) -> String {
-    let suffix: String = std::iter::repeat_with(fastrand::lowercase).take(6).collect();
-    format!("{pod_name}-{suffix}")
-}
-
-/// What leader election failed at. Conflicts and races are not errors: they mean "not leading".
-#[derive(Debug, thiserror::Error)]
-pub enum LeaderError {
-    /// Reading the Lease failed (other than "not found").
-    #[error("failed to read Lease {lease}")]
-    Get {
-        /// `namespace/name` of the Lease.
-        lease: String,
-        /// The API error.
-        #[source]
-        source: kube::Error,
-    },
-    /// Creating the Lease failed (other than "already exists").
-    #[error("failed to create Lease {lease}")]
-    Create {
-        /// `namespace/name` of the Lease.
-        lease: String,
-        /// The API error.
-        #[source]
-        source: kube::Error,
-    },
-    /// Writing the Lease failed (other than a conflict).
-    #[error("failed to {action} Lease {lease}")]
-    Replace {
-        /// `renew`, `take over` or `release`.
-        action: &'static str,
-        /// `namespace/name` of the Lease.
-        lease: String,
-        /// The API error.
-        #[source]
-        source: kube::Error,
-    },
-    /// The API server did not answer within the time left.
-    #[error("timed out after {after:?} acquiring or renewing Lease {lease}")]
-    Timeout {
-        /// `namespace/name` of the Lease.
-        lease: String,
-        /// How long the attempt was given.
-        after: Duration,
-    },
-    /// The settings cannot work.
-    #[error("invalid leader election settings: {reason}")]
-    InvalidConfig {
-        /// What is wrong.
-        reason: &'static str,
-    },
-}
-
-impl LeaderError {
-    /// A short fixed label for metrics: `forbidden`, `api`, `transport`, `serialization`,
-    /// `kubernetes`, `timeout` or `config`.
-    pub fn category(&self) -> &'static str {
-        match self {
-            LeaderError::Get { source, .. }
-            | LeaderError::Create { source, .. }
-            | LeaderError::Replace { source, .. } => match source {
-                kube::Error::Api(status) if status.is_forbidden() => "forbidden",
-                kube::Error::Api(_) => "api",
-                kube::Error::HyperError(_) | kube::Error::Service(_) => "transport",
-                kube::Error::SerdeError(_) => "serialization",
-                _ => "kubernetes",
-            },
-            LeaderError::Timeout { .. } => "timeout",
-            LeaderError::InvalidConfig { .. } => "config",
-        }
-    }
-}
-
-/// What to do with the Lease as read, decided by [`decide`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// There is no Lease: create it with us as holder.
-    Create,
-    /// We hold it: renew it.
-    Renew,
-    /// It is free or expired: take it over (a new term, `leaseTransitions` + 1).
-    TakeOver,
-    /// Another replica holds a valid Lease.
-    Wait {
-        /// The current holder.
-        holder: String,
-        /// Time until it may be taken over, by our clock.
-        remaining: Duration,
-    },
-}
-
-/// The pure election rule: given the Lease as read (`None` when absent), our identity and the local
-/// time, what to do. A Lease without holder is free; a foreign Lease expires `clock_skew` after
-/// `renewTime` (or `acquireTime`) + `leaseDurationSeconds`; one missing those times or with a
-/// non-positive duration counts as expired. Our own Lease is renewed even if we are late: the
-/// `resourceVersion` on the write detects whether anybody took it meanwhile.
-pub fn decide(lease: Option<&Lease>, identity: &str, now: Timestamp, clock_skew: Duration) -> Decision {
-    let Some(lease) = lease else { return Decision::Create };
-    let spec = lease.spec.as_ref();
-    let holder = spec.and_then(|s| s.holder_identity.as_deref()).unwrap_or_default();
-    if holder.is_empty() {
-        return Decision::TakeOver;
-    }
-    if holder == identity {
-        return Decision::Renew;
-    }
-    let renewed = spec.and_then(|s| s.renew_time.as_ref().or(s.acquire_time.as_ref()));
-    let duration = spec.and_then(|s| s.lease_duration_seconds).filter(|d| *d > 0);
-    let (Some(renewed), Some(duration)) = (renewed, duration) else { return Decision::TakeOver };
-    let skew = i64::try_from(clock_skew.as_micros()).unwrap_or(i64::MAX);
-    let expires = renewed.0.as_microsecond().saturating_add(i64::from(duration) * 1_000_000).saturating_add(skew);
-    let remaining = expires.saturating_sub(now.as_microsecond());
-    if remaining <= 0 {
-        Decision::TakeOver
-    } else {
-        Decision::Wait { holder: holder.to_owned(), remaining: Duration::from_micros(remaining.unsigned_abs()) }
-    }
-}
 
 /// The current time as a Kubernetes `MicroTime` value.
 fn now() -> Timestamp {
@@ -479,71 +272,19 @@ fn jittered(delay: Duration) -> Duration {
     delay + delay.mul_f64(fastrand::f64() / 4.0)
 }
 
-/// Runs `work` only while `leading` is `true`: waits for leadership, starts `work()`, and drops that
-/// future (cancelling it at its next `.await`) as soon as leadership is lost, starting a fresh one
-/// when it is won again. Returns when `work` finishes by itself or when the elector has stopped
-/// (its sender dropped) while not leading.
-///
-/// With the controller as `work`, a replica that loses the Lease stops reconciling before any other
-/// replica can take the Lease over (see the module documentation).
-pub async fn run_while_leading<F, Fut>(mut leading: watch::Receiver<bool>, mut work: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = ()>,
-{
-    loop {
-        if leading.wait_for(|l| *l).await.is_err() {
-            return;
-        }
-        tokio::select! {
-            () = work() => return,
-            lost = leading.wait_for(|l| !*l) => if lost.is_err() { return },
-        }
-        tracing::info!("leadership lost: reconciling stopped");
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use http::{Method, Request, Response, StatusCode};
     use kube::client::Body;
     use serde_json::{Value, json};
     use tower_test::mock::{self, Handle};
 
+    use super::super::test_support::{ME, NS, OLD, OTHER, lease_json};
+    use super::super::{DEFAULT_LEASE_DURATION, DEFAULT_RENEW_INTERVAL};
     use super::*;
 
-    const NS: &str = "taxi-system";
-    const ME: &str = "taxi-operator-0-abcdef";
-    const OTHER: &str = "taxi-operator-1-zyxwvu";
     const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/taxi-system/leases";
-    const OLD: &str = "2025-01-01T00:00:00.000000Z";
     const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/taxi-system/leases/taxi-operator-leader";
-
-    fn ts(rfc3339: &str) -> Timestamp {
-        rfc3339.parse().expect("valid timestamp")
-    }
-
-    fn lease_json(holder: Option<&str>, renewed: &str, transitions: i32) -> Value {
-        json!({
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": {"name": "taxi-operator-leader", "namespace": NS, "resourceVersion": "4711"},
-            "spec": {
-                "holderIdentity": holder,
-                "acquireTime": OLD,
-                "renewTime": renewed,
-                "leaseDurationSeconds": 15,
-                "leaseTransitions": transitions,
-            }
-        })
-    }
-
-    fn lease(holder: Option<&str>, renewed: &str) -> Lease {
-        serde_json::from_value(lease_json(holder, renewed, 3)).expect("valid Lease")
-    }
 
     fn not_found() -> Value {
         json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
@@ -557,72 +298,6 @@ mod tests {
 
     fn recent() -> String {
         now().to_string()
-    }
-
-    // --- the pure rule ---
-
-    #[test]
-    fn absent_lease_is_created() {
-        assert_eq!(decide(None, ME, ts("2025-01-01T00:00:00Z"), DEFAULT_CLOCK_SKEW), Decision::Create);
-    }
-
-    #[test]
-    fn own_lease_is_renewed_even_when_overdue() {
-        let l = lease(Some(ME), "2025-01-01T00:00:00Z");
-        assert_eq!(decide(Some(&l), ME, ts("2025-01-01T00:00:05Z"), DEFAULT_CLOCK_SKEW), Decision::Renew);
-        assert_eq!(decide(Some(&l), ME, ts("2025-01-01T01:00:00Z"), DEFAULT_CLOCK_SKEW), Decision::Renew);
-    }
-
-    #[test]
-    fn foreign_lease_is_respected_until_duration_and_skew_have_passed() {
-        let l = lease(Some(OTHER), "2025-01-01T00:00:00Z");
-        let skew = Duration::from_secs(2);
-        assert_eq!(
-            decide(Some(&l), ME, ts("2025-01-01T00:00:10Z"), skew),
-            Decision::Wait { holder: OTHER.to_owned(), remaining: Duration::from_secs(7) }
-        );
-        // Past 15 s but within the skew tolerance: still theirs.
-        assert!(matches!(decide(Some(&l), ME, ts("2025-01-01T00:00:16Z"), skew), Decision::Wait { .. }));
-        assert_eq!(decide(Some(&l), ME, ts("2025-01-01T00:00:17Z"), skew), Decision::TakeOver);
-    }
-
-    #[test]
-    fn released_or_incomplete_lease_is_free() {
-        let released = lease(None, "2025-01-01T00:00:00Z");
-        assert_eq!(decide(Some(&released), ME, ts("2025-01-01T00:00:01Z"), DEFAULT_CLOCK_SKEW), Decision::TakeOver);
-        let mut no_duration = lease(Some(OTHER), "2025-01-01T00:00:00Z");
-        if let Some(spec) = no_duration.spec.as_mut() {
-            spec.lease_duration_seconds = None;
-        }
-        assert_eq!(decide(Some(&no_duration), ME, ts("2025-01-01T00:00:01Z"), DEFAULT_CLOCK_SKEW), Decision::TakeOver);
-    }
-
-    #[test]
-    fn acquire_time_stands_in_for_a_missing_renew_time() {
-        let mut l = lease(Some(OTHER), "2025-01-01T00:00:00Z");
-        if let Some(spec) = l.spec.as_mut() {
-            spec.renew_time = None;
-            spec.acquire_time = Some(MicroTime(ts("2025-01-01T00:01:00Z")));
-        }
-        assert!(matches!(decide(Some(&l), ME, ts("2025-01-01T00:01:10Z"), Duration::ZERO), Decision::Wait { .. }));
-    }
-
-    #[test]
-    fn settings_are_validated() {
-        let ok = LeaseConfig::new(NS, ME);
-        assert!(ok.validate().is_ok());
-        let slow = LeaseConfig { renew_interval: Duration::from_secs(15), ..ok.clone() };
-        assert_eq!(slow.validate().map_err(|e| e.category()).err(), Some("config"));
-        let anonymous = LeaseConfig { identity: String::new(), ..ok };
-        assert!(anonymous.validate().is_err());
-    }
-
-    #[test]
-    fn identities_carry_the_pod_name_and_differ_per_process() {
-        let a = holder_identity("taxi-operator-0");
-        let b = holder_identity("taxi-operator-0");
-        assert!(a.starts_with("taxi-operator-0-") && a.len() == "taxi-operator-0-".len() + 6, "{a}");
-        assert_ne!(a, b);
     }
 
     // --- against a mocked API server ---
@@ -872,45 +547,5 @@ mod tests {
         drop(shutdown_tx);
         run.await.expect("run ends when its shutdown sender is dropped");
         server.expect_nothing().await;
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn work_runs_only_while_leading() {
-        let (leading_tx, leading_rx) = watch::channel(false);
-        let started = Arc::new(AtomicUsize::new(0));
-        let dropped = Arc::new(AtomicUsize::new(0));
-        struct Guard(Arc<AtomicUsize>);
-        impl Drop for Guard {
-            fn drop(&mut self) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        let runner = tokio::spawn({
-            let (started, dropped) = (started.clone(), dropped.clone());
-            run_while_leading(leading_rx, move || {
-                let guard = Guard(dropped.clone());
-                started.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    let _guard = guard;
-                    std::future::pending::<()>().await;
-                }
-            })
-        });
-        let settle = || tokio::time::sleep(Duration::from_millis(20));
-        settle().await;
-        assert_eq!(started.load(Ordering::SeqCst), 0, "started without leadership");
-        leading_tx.send(true).expect("runner listens");
-        settle().await;
-        assert_eq!((started.load(Ordering::SeqCst), dropped.load(Ordering::SeqCst)), (1, 0));
-        leading_tx.send(false).expect("runner listens");
-        settle().await;
-        assert_eq!(dropped.load(Ordering::SeqCst), 1, "work not stopped on losing leadership");
-        leading_tx.send(true).expect("runner listens");
-        settle().await;
-        assert_eq!(started.load(Ordering::SeqCst), 2, "work not restarted on regaining leadership");
-        leading_tx.send(false).expect("runner listens");
-        drop(leading_tx);
-        runner.await.expect("runner ends with the elector");
-        assert_eq!(dropped.load(Ordering::SeqCst), 2);
     }
 }

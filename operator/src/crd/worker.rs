@@ -1,0 +1,66 @@
+//! `spec.worker`: how the worker pods run (image, resources, scheduling, service account).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// How the worker pods run. Every field is optional.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerSpec {
+    /// Container image of the workers. Default: the image the operator was deployed with
+    /// (its `--worker-image` setting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// `Always`, `IfNotPresent` or `Never`. Default: Kubernetes' rule (`Always` for `:latest`,
+    /// else `IfNotPresent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<String>,
+    /// CPU and memory requests and limits of the worker container. Default: none set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// An existing ServiceAccount the workers run as. Default: a ServiceAccount the operator
+    /// creates for the pipeline (annotated with `iamRoleArn` when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// IAM role for the workers (IRSA on EKS): written as the `eks.amazonaws.com/role-arn`
+    /// annotation of the ServiceAccount the operator creates. Ignored with `serviceAccountName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iam_role_arn: Option<String>,
+    /// Node labels the worker pods must match. Default: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the worker pods tolerate. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Extra annotations on the worker pods. Default: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+    /// Seconds a worker gets after SIGTERM to flush the sink and write final checkpoints before it
+    /// is killed, at least 0. Default 60.
+    #[serde(default = "default_termination_grace_period_seconds")]
+    #[schemars(range(min = 0))]
+    pub termination_grace_period_seconds: i64,
+}
+
+impl Default for WorkerSpec {
+    fn default() -> Self {
+        WorkerSpec {
+            image: None,
+            image_pull_policy: None,
+            resources: None,
+            service_account_name: None,
+            iam_role_arn: None,
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            pod_annotations: BTreeMap::new(),
+            termination_grace_period_seconds: default_termination_grace_period_seconds(),
+        }
+    }
+}
+
+fn default_termination_grace_period_seconds() -> i64 {
+    60
+}
