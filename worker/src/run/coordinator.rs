@@ -1,0 +1,442 @@
+//! The coordinator of a run: [`run_worker`] opens the checkpoint store and the sink, then loops
+//! until it stops: it puts new assignments into effect, discovers shards and starts a task per
+//! startable one, handles how each task ended (finished, fenced, stopped, released or failed) and
+//! decides when the run stops (shutdown, idle, or every record budget spent).
+
+use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::watch;
+
+use super::claim::key_in_use;
+use super::control::{Control, ShardExit, request_stop};
+use super::discovery::{StartableShard, discover};
+use super::idle::CaughtUp;
+use super::ownership::Ownership;
+use super::retries::Retries;
+use super::shard_task::ShardTask;
+use super::{CONTROL_RETRY, RunError, RunOptions, RunSummary, Shared, WorkerState};
+use crate::handoff::{AssignmentSource, EpochPlan};
+use taxi_core::checkpoint::Owner;
+use taxi_core::identity::PipelineId;
+use taxi_core::settings::ConsumerKind;
+use taxi_core::shard::Counters;
+use taxi_core::status::ShardState;
+use taxi_io::kinesis::api::KinesisApi;
+use taxi_io::retry::Backoff;
+use taxi_io::sink::Sink;
+use taxi_io::sink::dead_letter::DeadLetterStore;
+use taxi_io::sink::redrive::redrive_periodically;
+use taxi_io::store::CheckpointStore;
+
+/// Time between two passes that re-deliver dead letters (the first runs at start).
+const DEAD_LETTER_REDRIVE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How often the coordinator looks around when nothing wakes it earlier.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Runs the worker until `shutdown` turns true (SIGTERM) or, with `stop_when_idle`, until every
+/// shard has been caught up and quiet for that long.
+pub async fn run_worker<K: KinesisApi>(
+    api: Arc<K>,
+    options: RunOptions,
+    state: Arc<WorkerState>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<RunSummary, RunError> {
+    let ordinal = validate(&options)?;
+    let store = CheckpointStore::from_uri(&options.checkpoint_uri, &options.s3, options.checkpoint_retain).await?;
+    let identity = key_in_use(&store, &PipelineId::new(options.namespace.as_deref(), &options.pipeline)).await?;
+    let dead_letters = DeadLetterStore::new(store.clone(), &identity, state.metrics.sink_dead_letters.clone());
+    let _ = state.dead_letters.set(dead_letters.clone());
+    let sink = Arc::new(
+        Sink::open(&options.sink_uri, &options.opensearch, state.metrics.registry(), dead_letters.clone()).await?,
+    );
+    // Re-delivers dead letters at start and then periodically; aborted when the run ends.
+    let mut background = tokio::task::JoinSet::new();
+    let (passes, redrive_passes) = watch::channel(0);
+    background.spawn(redrive_periodically(dead_letters, sink.clone(), DEAD_LETTER_REDRIVE_INTERVAL, passes));
+    let ownership = follow(&options, ordinal, &state)?;
+    let owner = Owner { ordinal, ..Owner::this_process(options.owner_epoch) };
+    let consumer_arn = match &options.consumer {
+        ConsumerKind::Polling => None,
+        ConsumerKind::EnhancedFanOut { consumer_name } => {
+            Some(register_with_retry(api.as_ref(), &options.stream, consumer_name, &mut shutdown).await?)
+        }
+    };
+    let shared = Arc::new(Shared {
+        api,
+        identity,
+        config: Arc::new(options.engine.clone()),
+        options,
+        store,
+        sink,
+        state,
+        caught_up: CaughtUp::default(),
+        totals: Mutex::new(Counters::default()),
+        closed_shards: Mutex::new(HashSet::new()),
+        consumer_arn,
+        owner,
+    });
+    Coordinator::new(shared, ownership, redrive_passes).run(shutdown).await
+}
+
+/// Checks the settings a run cannot start without; returns the worker's ordinal when it follows
+/// an assignment.
+fn validate(options: &RunOptions) -> Result<Option<u32>, RunError> {
+    options.engine.validate().map_err(|e| RunError::Config(e.to_string()))?;
+    if options.pipeline.is_empty() || options.pipeline.contains('/') {
+        return Err(RunError::Config(format!(
+            "pipeline name {:?} must be non-empty and without '/'",
+            options.pipeline
+        )));
+    }
+    match (&options.assignment, options.ordinal) {
+        (AssignmentSource::All, _) => Ok(None),
+        (_, Some(ordinal)) => Ok(Some(ordinal)),
+        (source, None) => {
+            Err(RunError::Config(format!("--assignment {source} needs the worker's ordinal (--ordinal N)")))
+        }
+    }
+}
+
+/// Subscribes to the assignment source, if the run follows one; `/status` then shows what the
+/// worker waits for until a first assignment arrives.
+fn follow(options: &RunOptions, ordinal: Option<u32>, state: &WorkerState) -> Result<Ownership, RunError> {
+    match (crate::handoff::subscribe(&options.assignment, &options.pipeline, &state.metrics)?, ordinal) {
+        (Some(assignments), Some(ordinal)) => {
+            let source = options.assignment.to_string();
+            state.update_assignment(|a| {
+                a.ordinal = Some(ordinal);
+                a.awaiting = Some(source);
+            });
+            Ok(Ownership::assigned(ordinal, assignments))
+        }
+        _ => Ok(Ownership::All { epoch: options.owner_epoch }),
+    }
+}
+
+/// Registers the enhanced fan-out consumer, retrying transient failures until shutdown.
+async fn register_with_retry<K: KinesisApi>(
+    api: &K,
+    stream: &str,
+    name: &str,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<String, RunError> {
+    let mut backoff = Backoff::new(CONTROL_RETRY);
+    loop {
+        match api.register_consumer(stream, name).await {
+            Ok(arn) => return Ok(arn),
+            Err(e) if e.is_retryable() && !*shutdown.borrow() => {
+                tracing::warn!(error = %e, "registering the enhanced fan-out consumer failed; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A running shard task and its control channel.
+struct Running {
+    task: tokio::task::JoinHandle<()>,
+    control: watch::Sender<Control>,
+}
+
+/// How a shard task ended, as it reports to the coordinator.
+type TaskExit = (String, Result<ShardExit, RunError>);
+
+/// The coordinator's view of the run.
+struct Coordinator<K> {
+    shared: Arc<Shared<K>>,
+    ownership: Ownership,
+    running: HashMap<String, Running>,
+    /// Every shard task reports its end here.
+    exit_tx: UnboundedSender<TaskExit>,
+    exit_rx: UnboundedReceiver<TaskExit>,
+    /// Shards read to their end (by this run, an earlier one or another worker).
+    finished: HashSet<String>,
+    /// Shards not to start again at this epoch (with `all`: in this run): out of record budget, or
+    /// (with `all`) fenced by another owner; by the epoch at which they were parked.
+    parked: HashMap<String, u64>,
+    retries: Retries,
+    summary: RunSummary,
+    /// Owned shards waiting for their parents at the last discovery.
+    waiting: usize,
+    discovery_backoff: Backoff,
+    next_discovery: Instant,
+    /// Set once the run stops: what every shard task is asked to do.
+    stopping: Option<Control>,
+    /// Passes of the dead-letter redrive so far (a run is not idle before the first).
+    redrive_passes: watch::Receiver<u64>,
+}
+
+impl<K: KinesisApi> Coordinator<K> {
+    fn new(shared: Arc<Shared<K>>, ownership: Ownership, redrive_passes: watch::Receiver<u64>) -> Self {
+        let (exit_tx, exit_rx) = unbounded_channel();
+        Coordinator {
+            shared,
+            ownership,
+            running: HashMap::new(),
+            exit_tx,
+            exit_rx,
+            finished: HashSet::new(),
+            parked: HashMap::new(),
+            retries: Retries::default(),
+            summary: RunSummary::default(),
+            waiting: 0,
+            discovery_backoff: Backoff::new(CONTROL_RETRY),
+            next_discovery: Instant::now(),
+            stopping: None,
+            redrive_passes,
+        }
+    }
+
+    /// The coordinator loop, until the run stops.
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<RunSummary, RunError> {
+        loop {
+            if self.stopping.is_none() {
+                self.follow_assignment().await?;
+            }
+            if self.stopping.is_none()
+                && Instant::now() >= self.next_discovery
+                && self.discover_and_start().await.is_break()
+            {
+                break;
+            }
+            let failed_now = self.publish_gauges();
+            if self.idle(failed_now) {
+                let idle = self.shared.options.stop_when_idle;
+                tracing::info!(?idle, "every shard caught up and quiet: writing open windows and stopping");
+                self.stopping = Some(Control::Stop { emit_open_windows: true });
+            }
+            if let Some(control) = self.stopping {
+                for shard in self.running.values() {
+                    request_stop(&shard.control, control);
+                }
+                if self.running.is_empty() {
+                    break;
+                }
+            }
+            tokio::select! {
+                Some((id, result)) = self.exit_rx.recv() => self.on_exit(id, result),
+                changed = shutdown.changed(), if self.stopping.is_none() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        tracing::info!("shutting down: final checkpoints");
+                        self.stopping = Some(Control::Stop { emit_open_windows: false });
+                    }
+                }
+                () = self.ownership.changed(), if self.stopping.is_none() => {}
+                () = tokio::time::sleep(TICK) => {}
+            }
+        }
+        self.into_summary()
+    }
+
+    /// Puts a new assignment into effect, if one arrived. When its source is gone, every shard
+    /// stops and the run fails.
+    async fn follow_assignment(&mut self) -> Result<(), RunError> {
+        match self.ownership.next_plan(self.running.keys().map(String::as_str), Instant::now()) {
+            Ok(Some(plan)) => {
+                apply_plan(&self.shared, plan, &self.running);
+                // Start what this epoch grants at once.
+                self.next_discovery = Instant::now();
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                tracing::error!(error = %e, "lost the shard assignment: stopping every shard");
+                stop_all(std::mem::take(&mut self.running), Control::Stop { emit_open_windows: false }).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Discovers shards and starts the startable ones. `Break` when a run with record budgets has
+    /// nothing left to do.
+    async fn discover_and_start(&mut self) -> ControlFlow<()> {
+        let (shared, ownership) = (&self.shared, &self.ownership);
+        let found =
+            discover(shared, ownership, &mut self.finished, &self.running, &self.parked, &mut self.retries).await;
+        match found {
+            Ok(discovered) => {
+                if discovered.start.is_empty()
+                    && self.running.is_empty()
+                    && self.ownership.settled()
+                    && self.shared.options.stop_after_records.is_some()
+                {
+                    tracing::info!("every shard spent its record budget or finished: stopping");
+                    return ControlFlow::Break(());
+                }
+                self.discovery_backoff.reset();
+                self.waiting = discovered.waiting.len();
+                for shard in discovered.start {
+                    self.start(shard);
+                }
+                self.next_discovery = Instant::now() + self.shared.options.shard_discovery_interval;
+            }
+            Err(e) => {
+                self.shared.state.metrics.kinesis_errors.with_label_values(&["ListShards", e.category()]).inc();
+                // Discovery always retries (the stream may not exist yet); permanent causes,
+                // such as missing permissions, are logged louder.
+                if e.is_retryable() {
+                    tracing::warn!(error = %e, "shard discovery failed; retrying");
+                } else {
+                    tracing::error!(error = %e, "shard discovery failed; retrying with back-off");
+                }
+                self.next_discovery =
+                    Instant::now() + self.discovery_backoff.next_delay().max(Duration::from_millis(100));
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Spawns the task of a startable shard, under the grant the ownership gives it now.
+    fn start(&mut self, shard: StartableShard) {
+        let id = shard.info.shard_id.clone();
+        let grant = self.ownership.grant(&id, Instant::now());
+        let (control, control_rx) = watch::channel(Control::Run);
+        let task = ShardTask::start(self.shared.clone(), shard, control_rx, grant);
+        let exit = self.exit_tx.clone();
+        let task_id = id.clone();
+        let task = tokio::spawn(async move {
+            let result = task.await;
+            let _ = exit.send((task_id, result));
+        });
+        self.running.insert(id, Running { task, control });
+    }
+
+    /// Publishes the owned and failed shard gauges; returns how many failed shards wait for
+    /// their retry.
+    fn publish_gauges(&self) -> usize {
+        let metrics = &self.shared.state.metrics;
+        let owned_running = self.running.keys().filter(|id| self.ownership.owns(id)).count();
+        metrics.owned_shards.set(i64::try_from(owned_running).unwrap_or(i64::MAX));
+        let failed_now = self.retries.failed_now(|id| self.running.contains_key(id));
+        metrics.failed_shards.set(i64::try_from(failed_now).unwrap_or(i64::MAX));
+        failed_now
+    }
+
+    /// Whether a run to idle may stop now: no shard waits for a parent, the dead letters found at
+    /// start were re-delivered (or tried), and every running shard stayed caught up long enough.
+    /// Failed shards waiting for their retry do not keep it going: it ends with their errors.
+    fn idle(&self, failed_now: usize) -> bool {
+        let Some(idle) = self.shared.options.stop_when_idle else { return false };
+        self.stopping.is_none()
+            && self.waiting == 0
+            && *self.redrive_passes.borrow() > 0
+            && (!self.running.is_empty() || failed_now > 0)
+            && self.shared.caught_up.all_for(self.running.keys().map(String::as_str), idle, Instant::now())
+    }
+
+    /// A shard task ended: forget it, and act on how it ended.
+    fn on_exit(&mut self, id: String, result: Result<ShardExit, RunError>) {
+        self.running.remove(&id);
+        self.shared.state.metrics.forget_shard(&id);
+        // A shard started again must catch up again before the run counts as idle.
+        self.shared.caught_up.forget(&id);
+        match result {
+            Ok(exit) => {
+                self.retries.succeeded(&id);
+                self.on_ended(id, exit);
+            }
+            Err(e) => self.on_failed(id, &e),
+        }
+    }
+
+    fn on_ended(&mut self, id: String, exit: ShardExit) {
+        match exit {
+            ShardExit::Finished => {
+                self.finished.insert(id.clone());
+                self.summary.finished_shards.push(id);
+                // Its children may start now.
+                self.next_discovery = Instant::now();
+            }
+            ShardExit::Fenced => {
+                // Another owner has it.
+                if self.ownership.parks_fenced_shards() {
+                    self.parked.insert(id.clone(), self.ownership.epoch());
+                }
+                self.summary.fenced_shards.push(id);
+            }
+            ShardExit::Stopped => {
+                if self.stopping.is_none() {
+                    // Its record budget is spent (`stop_after_records`).
+                    self.parked.insert(id, self.ownership.epoch());
+                }
+            }
+            ShardExit::Released => {
+                // Granted back while it was being released: start it again.
+                if self.ownership.owns(&id) {
+                    self.next_discovery = Instant::now();
+                }
+            }
+        }
+    }
+
+    /// A shard failed: it starts again after its back-off, while the worker and its other shards
+    /// go on.
+    fn on_failed(&mut self, id: String, e: &RunError) {
+        let reason = e.failure_reason();
+        let error = e.to_string();
+        let now = Instant::now();
+        let retry_at = self.retries.failed(&id, error.clone(), now);
+        tracing::error!(
+            shard = %id,
+            reason,
+            error = %error,
+            retry_in = ?retry_at.saturating_duration_since(now),
+            "shard failed; the worker and its other shards go on"
+        );
+        self.shared.state.metrics.shard_failures.with_label_values(&[reason]).inc();
+        self.shared.state.update(&id, |s| {
+            s.state = ShardState::Failed;
+            s.error = Some(error);
+        });
+        self.next_discovery = self.next_discovery.min(retry_at);
+    }
+
+    /// How the run ended: a run to idle that leaves failed shards behind fails with their errors.
+    fn into_summary(self) -> Result<RunSummary, RunError> {
+        let mut summary = self.summary;
+        summary.counters = self.shared.totals.lock().map(|c| c.clone()).unwrap_or_default();
+        let failures = self.retries.failures();
+        if self.stopping == Some(Control::Stop { emit_open_windows: true }) && !failures.is_empty() {
+            return Err(RunError::ShardsFailed(failures));
+        }
+        Ok(summary)
+    }
+}
+
+/// Puts a new epoch into effect: releases the running shards it moved away, and shows it.
+fn apply_plan<K>(shared: &Shared<K>, plan: &EpochPlan, running: &HashMap<String, Running>) {
+    tracing::info!(
+        epoch = plan.epoch,
+        owned = plan.owned.len(),
+        release = ?plan.release,
+        granted = ?plan.granted,
+        "shard assignment in effect"
+    );
+    for shard in &plan.release {
+        if let Some(running) = running.get(shard) {
+            running.control.send_replace(Control::Release { epoch: plan.epoch });
+        }
+    }
+    let metrics = &shared.state.metrics;
+    metrics.assignment_epoch.set(i64::try_from(plan.epoch).unwrap_or(i64::MAX));
+    shared.state.update_assignment(|a| {
+        a.epoch = Some(plan.epoch);
+        a.awaiting = None;
+    });
+}
+
+/// Stops every running shard and waits for them.
+async fn stop_all(running: HashMap<String, Running>, stop: Control) {
+    for shard in running.values() {
+        request_stop(&shard.control, stop);
+    }
+    for (_, shard) in running {
+        let _ = shard.task.await;
+    }
+}
