@@ -440,3 +440,223 @@ async fn stop_all(running: HashMap<String, Running>, stop: Control) {
         let _ = shard.task.await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::super::testing::{self, FakeKinesis, shard};
+    use super::*;
+    use taxi_core::assignment::Assignment;
+    use taxi_core::checkpoint::{Position, ShardCheckpoint};
+    use taxi_core::status::ShardStatus;
+    use taxi_io::kinesis::api::KinesisError;
+
+    fn config_error(options: &RunOptions) -> String {
+        match validate(options) {
+            Err(RunError::Config(message)) => message,
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_run_needs_a_plain_pipeline_name_and_an_ordinal_to_follow_an_assignment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut options = testing::options(dir.path());
+        assert!(matches!(validate(&options), Ok(None)), "every shard, no ordinal");
+        options.ordinal = Some(3);
+        assert!(matches!(validate(&options), Ok(None)), "an ordinal means nothing with every shard");
+
+        options.assignment = AssignmentSource::ConfigMap;
+        assert!(matches!(validate(&options), Ok(Some(3))));
+        options.ordinal = None;
+        assert!(config_error(&options).contains("needs the worker's ordinal (--ordinal N)"));
+
+        options.assignment = AssignmentSource::All;
+        for bad in ["", "team/nyc"] {
+            options.pipeline = bad.to_owned();
+            assert!(config_error(&options).contains("must be non-empty and without '/'"), "{bad:?}");
+        }
+    }
+
+    async fn checkpoint(dir: &std::path::Path, shard: &str) -> ShardCheckpoint {
+        let store =
+            CheckpointStore::from_uri(&format!("file://{}", dir.join("checkpoints").display()), &Default::default(), 0)
+                .await
+                .expect("store");
+        let key = super::super::claim::checkpoint_key("nyc", shard);
+        let (bytes, _) = store.get(&key).await.expect("read").expect("a checkpoint");
+        ShardCheckpoint::from_bytes(&bytes).expect("readable")
+    }
+
+    async fn run_to_end(api: FakeKinesis, options: RunOptions) -> (Result<RunSummary, RunError>, Arc<WorkerState>) {
+        let state = Arc::new(WorkerState::default());
+        let (_shutdown, rx) = watch::channel(false);
+        let run = run_worker(Arc::new(api), options, state.clone(), rx);
+        let result = tokio::time::timeout(Duration::from_secs(30), run).await.expect("the run stops by itself");
+        (result, state)
+    }
+
+    fn shard_status(state: &WorkerState, shard: &str) -> ShardStatus {
+        state.status().shards.get(shard).cloned().unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_run_to_idle_reads_parents_first_then_their_children() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api = FakeKinesis::new(vec![shard("p", &[], true), shard("a", &["p"], false), shard("b", &["p"], false)]);
+        api.add_records("p", 2);
+        api.add_records("a", 1);
+        let (result, state) = run_to_end(api, testing::options(dir.path())).await;
+        let summary = result.expect("a clean run");
+        assert_eq!(summary.finished_shards, ["p"]);
+        assert!(summary.fenced_shards.is_empty());
+        assert_eq!(summary.counters.records, 3);
+
+        let p = shard_status(&state, "p");
+        for child in ["a", "b"] {
+            let status = shard_status(&state, child);
+            assert_eq!(status.state, ShardState::Stopped, "{child} stopped when the run went idle");
+            assert!(status.started_at_ms >= p.finished_at_ms, "{child} started after its parent finished");
+        }
+        assert_eq!(checkpoint(dir.path(), "p").await.position, Position::Finished);
+        let a = checkpoint(dir.path(), "a").await.position;
+        assert_eq!(a, Position::Sequence { sequence_number: "00001".to_owned(), sub_sequence: None });
+    }
+
+    #[tokio::test]
+    async fn a_run_with_a_record_budget_stops_once_every_shard_spent_it_or_finished() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api = FakeKinesis::new(vec![shard("x", &[], false), shard("y", &[], true)]);
+        api.add_records("x", 5);
+        api.add_records("y", 1);
+        let mut options = testing::options(dir.path());
+        options.stop_when_idle = None;
+        options.stop_after_records = Some(2);
+        let (result, state) = run_to_end(api, options).await;
+        let summary = result.expect("a clean run");
+        assert_eq!(summary.finished_shards, ["y"]);
+        assert_eq!(summary.counters.records, 3, "two of x, one of y");
+        assert_eq!(shard_status(&state, "x").records, 2);
+        let x = checkpoint(dir.path(), "x").await.position;
+        assert_eq!(x, Position::Sequence { sequence_number: "00002".to_owned(), sub_sequence: None });
+    }
+
+    #[tokio::test]
+    async fn an_assigned_worker_reads_only_its_own_shards_at_the_assignment_epoch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path: PathBuf = dir.path().join("assignment.json");
+        let owners = [("x".to_owned(), 0), ("y".to_owned(), 1)].into();
+        std::fs::write(&path, Assignment { epoch: 4, replicas: 2, owners }.to_json()).expect("write");
+        let api = FakeKinesis::new(vec![shard("x", &[], false), shard("y", &[], false)]);
+        api.add_records("x", 1);
+        api.add_records("y", 1);
+        let mut options = testing::options(dir.path());
+        options.assignment = AssignmentSource::File(path);
+        options.ordinal = Some(0);
+        let (result, state) = run_to_end(api, options).await;
+        assert_eq!(result.expect("a clean run").counters.records, 1, "x only");
+        let status = state.status();
+        assert_eq!((status.ordinal, status.assignment_epoch), (Some(0), Some(4)));
+        assert!(!status.shards.contains_key("y"), "y belongs to ordinal 1");
+        let x = checkpoint(dir.path(), "x").await;
+        assert_eq!((x.owner_ordinal, x.owner_epoch), (Some(0), 4));
+        assert_eq!(state.readiness(), Ok(()), "no longer waiting for an assignment");
+    }
+
+    /// A coordinator over a stream with no shard, as `run_worker` builds it.
+    async fn coordinator(dir: &std::path::Path, ownership: Ownership) -> Coordinator<FakeKinesis> {
+        let shared = testing::shared(Arc::new(FakeKinesis::default()), testing::options(dir)).await;
+        let (_passes, redrive_passes) = watch::channel(0);
+        Coordinator::new(Arc::new(shared), ownership, redrive_passes)
+    }
+
+    #[tokio::test]
+    async fn how_a_shard_ended_decides_whether_it_starts_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = coordinator(dir.path(), Ownership::All { epoch: 7 }).await;
+        let later = Instant::now() + Duration::from_secs(600);
+
+        c.next_discovery = later;
+        c.on_exit("done".to_owned(), Ok(ShardExit::Finished));
+        assert!(c.finished.contains("done") && c.next_discovery < later, "its children are looked for at once");
+
+        c.on_exit("taken".to_owned(), Ok(ShardExit::Fenced));
+        assert_eq!(c.parked.get("taken"), Some(&7), "with every shard owned, a fenced shard is not taken back");
+
+        c.on_exit("spent".to_owned(), Ok(ShardExit::Stopped));
+        assert_eq!(c.parked.get("spent"), Some(&7), "its record budget is spent");
+        c.stopping = Some(Control::Stop { emit_open_windows: false });
+        c.on_exit("stopped".to_owned(), Ok(ShardExit::Stopped));
+        assert!(!c.parked.contains_key("stopped"), "stopped by the run itself");
+
+        assert_eq!(c.summary.finished_shards, ["done"]);
+        assert_eq!(c.summary.fenced_shards, ["taken"]);
+    }
+
+    #[tokio::test]
+    async fn an_assigned_worker_looks_again_at_fenced_shards_and_restarts_released_ones_it_owns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let owners = [("mine".to_owned(), 0), ("theirs".to_owned(), 1)].into();
+        let (_tx, rx) = watch::channel(Some(Assignment { epoch: 2, replicas: 2, owners }));
+        let mut c = coordinator(dir.path(), Ownership::assigned(0, rx)).await;
+        c.follow_assignment().await.expect("the source is open");
+        assert_eq!(c.shared.state.assignment_epoch(), Some(2));
+
+        c.on_exit("mine".to_owned(), Ok(ShardExit::Fenced));
+        assert!(c.parked.is_empty(), "a newer epoch's owner is waited for at the next discovery");
+
+        let later = Instant::now() + Duration::from_secs(600);
+        c.next_discovery = later;
+        c.on_exit("theirs".to_owned(), Ok(ShardExit::Released));
+        assert_eq!(c.next_discovery, later, "released to its new owner");
+        c.on_exit("mine".to_owned(), Ok(ShardExit::Released));
+        assert!(c.next_discovery < later, "granted back while it was being released: started again");
+    }
+
+    #[tokio::test]
+    async fn a_failed_shard_waits_for_its_retry_and_a_run_to_idle_ends_with_its_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = coordinator(dir.path(), Ownership::All { epoch: 0 }).await;
+        c.next_discovery = Instant::now() + Duration::from_secs(600);
+        let gone = KinesisError::NotFound { operation: "GetRecords", message: "no such shard".to_owned() };
+        c.on_exit("s".to_owned(), Err(RunError::Kinesis(gone)));
+        assert!(c.next_discovery <= Instant::now() + Retries::FIRST, "discovery comes back for it");
+        let status = shard_status(&c.shared.state, "s");
+        assert_eq!(status.state, ShardState::Failed);
+        assert!(status.error.as_deref().is_some_and(|e| e.contains("no such shard")));
+        assert_eq!(c.shared.state.metrics.shard_failures.with_label_values(&["kinesis"]).get(), 1);
+        assert_eq!(c.publish_gauges(), 1, "one failed shard waits for its retry");
+
+        c.stopping = Some(Control::Stop { emit_open_windows: true });
+        match c.into_summary() {
+            Err(RunError::ShardsFailed(failures)) => assert_eq!(failures[0].0, "s"),
+            other => panic!("expected the failed shard, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shard_that_ends_well_after_failing_is_forgotten_and_a_stopped_run_succeeds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = coordinator(dir.path(), Ownership::All { epoch: 0 }).await;
+        c.on_exit("s".to_owned(), Err(RunError::Config("boom".to_owned())));
+        c.on_exit("s".to_owned(), Ok(ShardExit::Finished));
+        assert_eq!(c.publish_gauges(), 0);
+        c.stopping = Some(Control::Stop { emit_open_windows: true });
+        assert!(c.into_summary().is_ok());
+
+        let mut c = coordinator(dir.path(), Ownership::All { epoch: 0 }).await;
+        c.on_exit("s".to_owned(), Err(RunError::Config("boom".to_owned())));
+        c.stopping = Some(Control::Stop { emit_open_windows: false });
+        assert!(c.into_summary().is_ok(), "a shutdown does not fail for a shard that would have been retried");
+    }
+
+    #[tokio::test]
+    async fn a_lost_assignment_source_fails_the_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (tx, rx) = watch::channel(None);
+        let mut c = coordinator(dir.path(), Ownership::assigned(0, rx)).await;
+        drop(tx);
+        assert!(matches!(c.follow_assignment().await, Err(RunError::Assignment(crate::handoff::SourceError::Ended))));
+    }
+}

@@ -36,11 +36,7 @@ pub(super) struct Discovered {
 
 /// The listed shards whose checkpoints may say they are finished and matter here: the owned ones
 /// and their parents, unless `known` (finished or running) already.
-fn worth_checking<'a>(
-    shards: &'a [ShardInfo],
-    owns: impl Fn(&str) -> bool,
-    known: impl Fn(&str) -> bool,
-) -> Vec<&'a str> {
+fn worth_checking(shards: &[ShardInfo], owns: impl Fn(&str) -> bool, known: impl Fn(&str) -> bool) -> Vec<&str> {
     let relevant: HashSet<&str> = shards
         .iter()
         .filter(|s| owns(&s.shard_id))
