@@ -251,20 +251,20 @@ mod tests {
     use std::sync::Arc;
     use std::time::Instant;
 
-    use super::super::testing;
+    use super::super::{RunOptions, testing};
     use super::*;
     use taxi_core::config::EngineConfig;
 
     const SHARD: &str = "shardId-000000000001";
 
-    /// A claim made by this worker (ordinal 1) under `grant`, at `assignment_epoch` if given.
+    /// This worker (ordinal 1) about to claim a shard, over a fresh checkpoint directory.
     struct Setup {
         shared: Shared<()>,
         owner: Owner,
         _dir: tempfile::TempDir,
     }
 
-    async fn setup(configure: impl FnOnce(&mut super::super::RunOptions)) -> Setup {
+    async fn setup(configure: impl FnOnce(&mut RunOptions)) -> Setup {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut options = testing::options(dir.path());
         options.ordinal = Some(1);

@@ -151,6 +151,7 @@ type TaskExit = (String, Result<ShardExit, RunError>);
 struct Coordinator<K> {
     shared: Arc<Shared<K>>,
     ownership: Ownership,
+    /// Shard tasks started and not ended yet, by shard id.
     running: HashMap<String, Running>,
     /// Every shard task reports its end here.
     exit_tx: UnboundedSender<TaskExit>,
@@ -164,7 +165,9 @@ struct Coordinator<K> {
     summary: RunSummary,
     /// Owned shards waiting for their parents at the last discovery.
     waiting: usize,
+    /// Spaces the attempts of a failing ListShards.
     discovery_backoff: Backoff,
+    /// When discovery runs next (at once after a shard finished or a new epoch).
     next_discovery: Instant,
     /// Set once the run stops: what every shard task is asked to do.
     stopping: Option<Control>,
@@ -443,14 +446,16 @@ async fn stop_all(running: HashMap<String, Running>, stop: Control) {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
+    use super::super::claim::checkpoint_key;
     use super::super::testing::{self, FakeKinesis, shard};
     use super::*;
     use taxi_core::assignment::Assignment;
     use taxi_core::checkpoint::{Position, ShardCheckpoint};
     use taxi_core::status::ShardStatus;
     use taxi_io::kinesis::api::KinesisError;
+    use taxi_io::store::S3Settings;
 
     fn config_error(options: &RunOptions) -> String {
         match validate(options) {
@@ -479,13 +484,11 @@ mod tests {
         }
     }
 
-    async fn checkpoint(dir: &std::path::Path, shard: &str) -> ShardCheckpoint {
-        let store =
-            CheckpointStore::from_uri(&format!("file://{}", dir.join("checkpoints").display()), &Default::default(), 0)
-                .await
-                .expect("store");
-        let key = super::super::claim::checkpoint_key("nyc", shard);
-        let (bytes, _) = store.get(&key).await.expect("read").expect("a checkpoint");
+    /// The checkpoint of `shard` a run over `dir` left.
+    async fn checkpoint(dir: &Path, shard: &str) -> ShardCheckpoint {
+        let uri = testing::options(dir).checkpoint_uri;
+        let store = CheckpointStore::from_uri(&uri, &S3Settings::default(), 0).await.expect("store");
+        let (bytes, _) = store.get(&checkpoint_key("nyc", shard)).await.expect("read").expect("a checkpoint");
         ShardCheckpoint::from_bytes(&bytes).expect("readable")
     }
 
@@ -565,7 +568,7 @@ mod tests {
     }
 
     /// A coordinator over a stream with no shard, as `run_worker` builds it.
-    async fn coordinator(dir: &std::path::Path, ownership: Ownership) -> Coordinator<FakeKinesis> {
+    async fn coordinator(dir: &Path, ownership: Ownership) -> Coordinator<FakeKinesis> {
         let shared = testing::shared(Arc::new(FakeKinesis::default()), testing::options(dir)).await;
         let (_passes, redrive_passes) = watch::channel(0);
         Coordinator::new(Arc::new(shared), ownership, redrive_passes)

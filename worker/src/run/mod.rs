@@ -23,6 +23,11 @@
 //!
 //! # The modules, in the order a shard meets them
 //!
+//! Discovery finds a shard startable; the coordinator spawns its task under the grant ownership
+//! gives it; the task claims the shard's checkpoint, reads until it is told to stop or release it,
+//! or reaches its end, and reports how it ended; the coordinator then marks it finished, parks it,
+//! or retries it after a back-off.
+//!
 //! - `coordinator`: [`run_worker`] opens the store and the sink, then loops: it applies new
 //!   assignments, runs discovery, starts shard tasks, handles how they end and decides when to
 //!   stop;

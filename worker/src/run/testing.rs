@@ -195,8 +195,8 @@ pub(super) fn options(dir: &Path) -> RunOptions {
     }
 }
 
-/// The context of a run over `options`, keyed by the pipeline name, as this process at epoch 0
-/// (ordinal 1 when `options` has one).
+/// The context of a run over `options`, keyed by the pipeline name, as this process with the
+/// epoch and ordinal of `options`.
 pub(super) async fn shared<K>(api: Arc<K>, options: RunOptions) -> Shared<K> {
     let store = CheckpointStore::from_uri(&options.checkpoint_uri, &options.s3, options.checkpoint_retain)
         .await
