@@ -167,7 +167,7 @@ pub fn format(d: Duration) -> String {
     out
 }
 
-/// [`format`] of a duration held in (event-time) milliseconds; negative counts as zero.
+/// [`format()`] of a duration held in (event-time) milliseconds; negative counts as zero.
 pub fn format_millis(ms: i64) -> String {
     format(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
 }

@@ -61,7 +61,7 @@ pub struct OpenSearchArgs {
     /// SigV4 region (default: from the AWS configuration chain).
     #[arg(long)]
     pub sigv4_region: Option<String>,
-    /// Index name prefix: documents go to <prefix>-hot-spots and <prefix>-airport-trips.
+    /// Index name prefix: documents go to PREFIX-hot-spots and PREFIX-airport-trips.
     #[arg(long, default_value = DEFAULT_INDEX_PREFIX, env = "TAXI_INDEX_PREFIX")]
     pub index_prefix: String,
     /// PEM file of CA certificates to trust for https:// (besides the system roots).

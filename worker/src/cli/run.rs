@@ -48,7 +48,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
     /// Which shards this worker owns: all, file:PATH (an assignment document, read
-    /// every 250 ms) or configmap (the operator's ConfigMap <pipeline>-assignment, watched).
+    /// every 250 ms) or configmap (the operator's ConfigMap PIPELINE-assignment, watched).
     #[arg(long, default_value = "all", env = "TAXI_ASSIGNMENT")]
     pub assignment: AssignmentSource,
     /// This worker's ordinal in the assignment. Required with file:PATH; with configmap it
@@ -82,7 +82,7 @@ pub struct PipelineArgs {
     /// Polling (GetRecords) or enhanced fan-out.
     #[arg(long, value_enum, default_value_t = ConsumerType::default())]
     pub consumer: ConsumerType,
-    /// Name of the enhanced fan-out consumer (default: taxi-<pipeline>).
+    /// Name of the enhanced fan-out consumer (default: NAMESPACE.PIPELINE, or taxi-PIPELINE outside Kubernetes).
     #[arg(long)]
     pub efo_consumer_name: Option<String>,
     /// Where a shard with nothing read yet starts: trim-horizon, latest, or an ISO-8601 timestamp.

@@ -25,7 +25,7 @@ pub struct OpenSearchSettings {
     pub bulk: BulkSettings,
     /// Timeout of one HTTP request.
     pub request_timeout: Duration,
-    /// How long [`OpenSearchSink::connect`] keeps retrying while the cluster is unreachable.
+    /// How long [`OpenSearchSink::connect`](super::OpenSearchSink::connect) keeps retrying while the cluster is unreachable.
     pub startup_timeout: Duration,
 }
 

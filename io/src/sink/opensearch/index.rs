@@ -30,7 +30,7 @@ pub fn valid_index_prefix(prefix: &str) -> bool {
         && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-/// The `_id` of a document: its [`PartialDocument::id`] when that fits in [`MAX_ID_BYTES`];
+/// The `_id` of a document: its [`PartialDocument::id`](taxi_core::document::PartialDocument::id) when that fits in [`MAX_ID_BYTES`];
 /// otherwise its first 400 bytes (cut at a character boundary), `#md5:` and the lowercase hex
 /// MD5 of the whole id — at most 437 bytes, deterministic, and distinct for distinct ids (MD5 is
 /// not a security boundary here). The full id stays in the document's `id` field.
