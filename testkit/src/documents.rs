@@ -28,5 +28,7 @@ pub fn hot_spot(pipeline: &str, shard: &str, window_s: i64, cell: &str, pickups:
 /// `n` hot-spot partials of one pipeline and shard, in `n` consecutive windows from
 /// 2016-01-01T00:00:00Z, all in cell `dr5ru7`.
 pub fn hot_spots(pipeline: &str, n: usize, pickups: u64) -> Vec<PartialDocument> {
-    (0..n).map(|i| hot_spot(pipeline, "shardId-000000000000", 1_451_606_400 + 600 * i as i64, "dr5ru7", pickups)).collect()
+    (0..n)
+        .map(|i| hot_spot(pipeline, "shardId-000000000000", 1_451_606_400 + 600 * i as i64, "dr5ru7", pickups))
+        .collect()
 }

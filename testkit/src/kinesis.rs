@@ -41,12 +41,12 @@ pub async fn fresh_stream(api: &SdkKinesis, shards: u32) -> String {
 }
 
 /// Waits until the stream is ACTIVE again (after a create or a reshard), for up to 10 s.
-pub async fn wait_active(api: &impl KinesisApi, stream: &str) {
+pub async fn wait_active(api: &SdkKinesis, stream: &str) {
     wait_active_within(api, stream, Duration::from_secs(10)).await;
 }
 
 /// Waits until the stream is ACTIVE, looking every 50 ms for up to `within`.
-pub async fn wait_active_within(api: &impl KinesisApi, stream: &str, within: Duration) {
+pub async fn wait_active_within(api: &SdkKinesis, stream: &str, within: Duration) {
     let looks = within.as_millis() / 50;
     for _ in 0..looks {
         if matches!(api.stream_state(stream).await.expect("describe"), StreamState::Active { .. }) {

@@ -1,13 +1,16 @@
 //! `taxi-worker run` as a child process: started with the emulators in its environment, its HTTP
 //! address read from its first stderr line, its endpoints queried, signalled, and waited for with
-//! the rest of its stderr kept for failure messages. The binary's path comes from the caller
-//! (`env!("CARGO_BIN_EXE_taxi-worker")` in the worker's tests).
+//! the rest of its stderr kept for failure messages; and the assignment file it follows. The
+//! binary's path comes from the caller (`env!("CARGO_BIN_EXE_taxi-worker")` in the worker's tests).
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use taxi_core::assignment::Assignment;
 
 use crate::services::Services;
 
@@ -25,6 +28,14 @@ pub fn emulator_command(bin: impl AsRef<OsStr>, services: &Services) -> Command 
     cmd.env("TAXI_KINESIS_ENDPOINT_URL", &services.kinesis);
     cmd.env("TAXI_S3_ENDPOINT_URL", &services.s3).env("TAXI_S3_FORCE_PATH_STYLE", "true");
     cmd
+}
+
+/// Writes the assignment file workers follow with `--assignment file:PATH`, atomically (written
+/// beside it, then renamed), so a worker never reads half of it.
+pub fn publish_assignment(path: &Path, assignment: &Assignment) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, assignment.to_json()).expect("write the assignment");
+    std::fs::rename(&tmp, path).expect("publish the assignment");
 }
 
 /// A `GET` of `path` on `addr` (`host:port`): the status and the body; status 0 when nothing
