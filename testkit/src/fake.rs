@@ -125,11 +125,6 @@ impl<K: KinesisApi> FaultyKinesis<K> {
         self.tally.lock().expect("tally").injected.get(category).copied().unwrap_or(0)
     }
 
-    /// The wrapped API.
-    pub fn inner(&self) -> &K {
-        &self.inner
-    }
-
     /// Counts the call, waits its delay, and returns its index or the error to answer instead.
     async fn enter(&self, call: KinesisCall) -> Result<u32, KinesisError> {
         let (index, failure) = {
@@ -212,5 +207,122 @@ impl<K: KinesisApi> KinesisApi for FaultyKinesis<K> {
         self.enter(KinesisCall::SubscribeToShard).await?;
         self.vanished("SubscribeToShard", shard_id, consumer_arn)?;
         self.inner.subscribe_to_shard(consumer_arn, shard_id, position).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use taxi_io::kinesis::api::{Subscription, SubscriptionEvent};
+
+    use super::*;
+
+    /// A stream of two shards that answers every read with an empty page.
+    struct TwoShards;
+
+    struct NoEvents;
+
+    impl Subscription for NoEvents {
+        async fn next_event(&mut self) -> Result<Option<SubscriptionEvent>, KinesisError> {
+            Ok(None)
+        }
+    }
+
+    fn shard(id: &str) -> ShardInfo {
+        ShardInfo {
+            shard_id: id.to_owned(),
+            parent: None,
+            adjacent_parent: None,
+            starting_hash_key: 0,
+            ending_hash_key: u128::MAX,
+            ending_sequence_number: None,
+        }
+    }
+
+    impl KinesisApi for TwoShards {
+        type Subscription = NoEvents;
+
+        async fn list_shards(&self, _: &str) -> Result<Vec<ShardInfo>, KinesisError> {
+            Ok(vec![shard("shard-a"), shard("shard-b")])
+        }
+        async fn get_shard_iterator(
+            &self,
+            _: &str,
+            shard_id: &str,
+            _: &StartingPosition,
+        ) -> Result<String, KinesisError> {
+            Ok(format!("iterator-{shard_id}"))
+        }
+        async fn get_records(&self, _: &str, _: i32) -> Result<RecordsPage, KinesisError> {
+            Ok(RecordsPage::default())
+        }
+        async fn put_records(&self, _: &str, _: Vec<PutEntry>) -> Result<Vec<PutOutcome>, KinesisError> {
+            Ok(Vec::new())
+        }
+        async fn stream_state(&self, _: &str) -> Result<StreamState, KinesisError> {
+            Ok(StreamState::Active { open_shards: 2 })
+        }
+        async fn create_stream(&self, _: &str, _: u32) -> Result<(), KinesisError> {
+            Ok(())
+        }
+        async fn update_shard_count(&self, _: &str, _: u32) -> Result<(), KinesisError> {
+            Ok(())
+        }
+        async fn register_consumer(&self, _: &str, name: &str) -> Result<String, KinesisError> {
+            Ok(format!("arn:{name}"))
+        }
+        async fn subscribe_to_shard(&self, _: &str, _: &str, _: &StartingPosition) -> Result<NoEvents, KinesisError> {
+            Ok(NoEvents)
+        }
+    }
+
+    fn throttled() -> KinesisError {
+        KinesisError::Throttled { operation: "GetRecords", code: "ProvisionedThroughputExceededException".into() }
+    }
+
+    #[tokio::test]
+    async fn the_calls_in_a_range_fail_and_the_others_are_forwarded() {
+        let expired = KinesisError::ExpiredIterator { operation: "GetRecords" };
+        let api = FaultyKinesis::new(TwoShards).failing(KinesisCall::GetRecords, 0..2, throttled()).failing(
+            KinesisCall::GetRecords,
+            3..4,
+            expired.clone(),
+        );
+        let mut answers = Vec::new();
+        for _ in 0..5 {
+            answers.push(api.get_records("it", 10).await);
+        }
+        assert_eq!(
+            answers,
+            [Err(throttled()), Err(throttled()), Ok(RecordsPage::default()), Err(expired), Ok(RecordsPage::default())]
+        );
+        assert_eq!((api.injected("throttled"), api.injected("expired_iterator")), (2, 1));
+        assert_eq!(api.calls(KinesisCall::GetRecords), 5, "failed calls count too");
+        assert_eq!(api.calls(KinesisCall::ListShards), 0, "each method is counted on its own");
+        api.list_shards("s").await.expect("other methods are untouched");
+    }
+
+    #[tokio::test]
+    async fn a_vanishing_shard_is_listed_as_often_as_asked_then_no_more_and_never_readable() {
+        let api = FaultyKinesis::new(TwoShards).vanishing_shard("shard-a", 1);
+        let ids = |shards: Vec<ShardInfo>| shards.into_iter().map(|s| s.shard_id).collect::<Vec<_>>();
+        assert_eq!(ids(api.list_shards("s").await.expect("list")), ["shard-a", "shard-b"]);
+        assert_eq!(ids(api.list_shards("s").await.expect("list")), ["shard-b"]);
+        let gone = api.get_shard_iterator("s", "shard-a", &StartingPosition::TrimHorizon).await;
+        let Err(KinesisError::NotFound { message, .. }) = gone else { panic!("expected NotFound, got {gone:?}") };
+        assert_eq!(message, "Shard shard-a in stream s does not exist");
+        assert!(api.subscribe_to_shard("arn", "shard-a", &StartingPosition::Latest).await.is_err());
+        let other = api.get_shard_iterator("s", "shard-b", &StartingPosition::TrimHorizon).await;
+        assert_eq!(other, Ok("iterator-shard-b".to_owned()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delayed_call_is_answered_after_its_delay() {
+        let api = FaultyKinesis::new(TwoShards).delaying(KinesisCall::StreamState, Duration::from_secs(3));
+        let started = tokio::time::Instant::now();
+        api.stream_state("s").await.expect("state");
+        assert!(started.elapsed() >= Duration::from_secs(3));
+        let started = tokio::time::Instant::now();
+        api.list_shards("s").await.expect("list");
+        assert!(started.elapsed() < Duration::from_secs(1), "other methods are not delayed");
     }
 }

@@ -79,3 +79,57 @@ pub fn trip_line(t: &Trip) -> String {
 pub fn trip_lines(trips: &[Trip]) -> String {
     trips.iter().map(|t| trip_line(t) + "\n").collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_of(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path).expect("read").lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn splits_keep_every_line_once_and_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let input = dir.path().join("all.jsonl");
+        let all: Vec<String> = (1..=10).map(|i| format!("line {i}")).collect();
+        std::fs::write(&input, all.join("\n") + "\n").expect("write");
+
+        let (a, b) = split_in_halves(&input, dir.path(), ["a.jsonl", "b.jsonl"]);
+        assert_eq!((lines_of(&a), lines_of(&b)), (all[..5].to_vec(), all[5..].to_vec()));
+        let (a, b) = split_at_share(&input, dir.path(), ["c.jsonl", "d.jsonl"], (2, 5));
+        assert_eq!((lines_of(&a), lines_of(&b)), (all[..4].to_vec(), all[4..].to_vec()));
+        let phases = split_in_phases(&input, 3);
+        let names: Vec<_> = phases.iter().map(|p| p.file_name().expect("name").to_owned()).collect();
+        assert_eq!(names, ["phase1.jsonl", "phase2.jsonl", "phase3.jsonl"]);
+        let counts: Vec<usize> = phases.iter().map(|p| lines_of(p).len()).collect();
+        assert_eq!(counts, [4, 4, 2]);
+        assert_eq!(phases.iter().flat_map(|p| lines_of(p)).collect::<Vec<_>>(), all);
+    }
+
+    #[test]
+    fn generated_trips_are_counted_as_the_pipeline_reads_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let input = generated_input(dir.path(), 300, 7);
+        assert_eq!(input, dir.path().join("trips.jsonl"));
+        assert_eq!(count_records(&input), 300);
+    }
+
+    #[test]
+    fn a_trip_line_reads_back_as_the_trip() {
+        use taxi_core::event::{Event, GeoPoint};
+        use taxi_core::input::parse_json_record;
+
+        let trip = Trip {
+            trip_id: 42,
+            pickup_time: 1_451_606_400_000,
+            dropoff_time: 1_451_607_600_000,
+            pickup: GeoPoint { lat: 40.758, lon: -73.9855 },
+            dropoff: GeoPoint { lat: 40.6413, lon: -73.7781 },
+        };
+        assert_eq!(parse_json_record(trip_line(&trip).as_bytes()), Ok(Event::Trip(trip)));
+        let two = trip_lines(&[trip, Trip { trip_id: 43, ..trip }]);
+        assert_eq!(two.lines().count(), 2);
+        assert!(two.ends_with('\n'));
+    }
+}
