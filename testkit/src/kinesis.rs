@@ -16,20 +16,15 @@ pub fn emulator() -> Option<String> {
     crate::services::service_endpoint(crate::services::KINESIS_ENDPOINT)
 }
 
-/// An SDK client for the emulator (any credentials are accepted there).
-pub fn sdk_client(endpoint: &str) -> aws_sdk_kinesis::Client {
+/// A client for the emulator (any credentials are accepted there).
+pub fn client(endpoint: &str) -> SdkKinesis {
     let config = aws_sdk_kinesis::Config::builder()
         .behavior_version_latest()
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .credentials_provider(Credentials::new("test", "test", None, None, "static"))
         .build();
-    aws_sdk_kinesis::Client::from_conf(config)
-}
-
-/// [`sdk_client`] behind the pipeline's [`KinesisApi`].
-pub fn client(endpoint: &str) -> SdkKinesis {
-    SdkKinesis::from_client(sdk_client(endpoint))
+    SdkKinesis::from_client(aws_sdk_kinesis::Client::from_conf(config))
 }
 
 /// A fresh, randomly named stream with `shards` shards, active.
@@ -58,7 +53,7 @@ pub async fn wait_active_within(api: &SdkKinesis, stream: &str, within: Duration
 }
 
 /// The hash key in the middle of a shard's range: where a split cuts it in halves.
-pub fn middle_hash_key(shard: &ShardInfo) -> u128 {
+fn middle_hash_key(shard: &ShardInfo) -> u128 {
     shard.starting_hash_key + (shard.ending_hash_key - shard.starting_hash_key) / 2
 }
 
@@ -76,7 +71,7 @@ pub async fn split_shard(api: &SdkKinesis, stream: &str, shard: &ShardInfo) -> R
 }
 
 /// Merges two adjacent shards (MergeShards); the stream is UPDATING afterwards.
-pub async fn merge(api: &SdkKinesis, stream: &str, shard: &str, adjacent: &str) -> Result<(), String> {
+pub async fn merge_shards(api: &SdkKinesis, stream: &str, shard: &str, adjacent: &str) -> Result<(), String> {
     api.client()
         .merge_shards()
         .stream_name(stream)

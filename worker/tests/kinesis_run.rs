@@ -15,7 +15,9 @@ use taxi_core::settings::ConsumerKind;
 use taxi_io::kinesis::api::{KinesisApi, KinesisError, PutEntry, SdkKinesis};
 use taxi_testkit::fake::{FaultyKinesis, KinesisCall};
 use taxi_testkit::input::{count_records, split_in_halves, write_generated};
-use taxi_testkit::kinesis::{client, emulator, fresh_stream, merge, put_entries, put_file, split_shard, wait_active};
+use taxi_testkit::kinesis::{
+    client, emulator, fresh_stream, merge_shards, put_entries, put_file, split_shard, wait_active,
+};
 use taxi_testkit::oracle::{as_lines, batch_oracle};
 use taxi_worker::local::{Progress, run_local};
 use taxi_worker::run::{WorkerState, run_worker};
@@ -111,7 +113,7 @@ async fn split_and_merge_while_reading_lose_nothing_and_children_wait_for_parent
     let shards = api.list_shards(&stream).await.expect("list");
     split_shard(&api, &stream, &shards[0]).await.expect("split");
     wait_active(&api, &stream).await;
-    merge(&api, &stream, &shards[2].shard_id, &shards[3].shard_id).await.expect("merge");
+    merge_shards(&api, &stream, &shards[2].shard_id, &shards[3].shard_id).await.expect("merge");
     wait_active(&api, &stream).await;
     put_file(&api, &stream, &b).await;
 

@@ -13,7 +13,7 @@ use taxi_core::generate::GeneratorConfig;
 use taxi_core::topology::ShardInfo;
 use taxi_io::kinesis::api::{KinesisApi, PutEntry, SdkKinesis};
 use taxi_testkit::input::write_generated;
-use taxi_testkit::kinesis::{entries_of_lines, failed_entries, merge, split_shard, wait_active_within};
+use taxi_testkit::kinesis::{entries_of_lines, failed_entries, merge_shards, split_shard, wait_active_within};
 use taxi_testkit::oracle::{as_lines, batch_oracle};
 use taxi_testkit::process::publish_assignment;
 use taxi_testkit::s3::{fresh_bucket, read_object};
@@ -416,7 +416,7 @@ impl World {
                 let Some(pair) = sorted.windows(2).find(|p| p[0].ending_hash_key + 1 == p[1].starting_hash_key) else {
                     return Ok(());
                 };
-                merge(&self.kinesis, &self.stream, &pair[0].shard_id, &pair[1].shard_id).await
+                merge_shards(&self.kinesis, &self.stream, &pair[0].shard_id, &pair[1].shard_id).await
             }
             _ => {
                 let target = if open.len() >= 4 { open.len() / 2 } else { open.len() * 2 };
