@@ -7,8 +7,10 @@
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# Every workspace member, the test kit too: cargo reads all their manifests even to build two crates.
 COPY core core
 COPY io io
+COPY testkit testkit
 COPY operator operator
 COPY worker worker
 # The registry and target dir are BuildKit caches, so a rebuild recompiles only what changed; the

@@ -5,24 +5,23 @@
 //! every `taxi_…` name in the dashboard's queries and the alert rules must be among the exported
 //! names; every label they match on or group by must be a label of one of the expression's metrics
 //! (or a target label a per-pod scrape adds); and every expression must parse as PromQL. The
-//! OpenSearch sink registers its metrics when it connects, so a small fake OpenSearch answers it
-//! here: one failed bulk request, then an item error.
+//! OpenSearch sink registers its metrics when it connects, so the test kit's fake OpenSearch
+//! answers it: one failed bulk request, then an item error.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use regex::Regex;
 use serde_json::{Value, json};
-use taxi_core::document::{AnalysisKind, PartialDocument};
+use taxi_core::document::PartialDocument;
 use taxi_io::http::Endpoints;
 use taxi_io::sink::opensearch::{BulkSettings, OpenSearchSettings, OpenSearchSink};
 use taxi_operator::metrics::{OperatorMetrics, OperatorState, ReconcileOutcome};
+use taxi_testkit::documents::hot_spot;
+use taxi_testkit::opensearch::{FakeOpenSearch, Request, bulk_ids};
 use taxi_worker::run::WorkerState;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
 
 /// Labels a Prometheus scrape adds to every series (ServiceMonitor or pod annotations).
 const TARGET_LABELS: [&str; 5] = ["namespace", "pod", "instance", "job", "container"];
@@ -47,92 +46,37 @@ fn exported(text: &str) -> BTreeMap<String, BTreeSet<String>> {
     names
 }
 
+/// A hot-spot partial of pipeline `nyc` whose id starts with `id_prefix` (the fake refuses those
+/// starting with "bad").
 fn partial(id_prefix: &str, window_s: i64) -> PartialDocument {
     PartialDocument {
-        id: format!("{id_prefix}/hot_spot/{window_s}/dr5ru7/shardId-000000000000"),
         pipeline: "nyc".to_owned(),
-        analysis: AnalysisKind::HotSpot,
-        window_start: window_s * 1000,
-        window_end: window_s * 1000 + 600_000,
-        location: "dr5ru7".to_owned(),
-        geohash: "dr5ru7".parse().expect("geohash"),
-        pickup_count: Some(3),
-        airport: None,
-        trip_count: None,
-        sum_duration_min: None,
-        sum_duration_ms: None,
-        shard: "shardId-000000000000".to_owned(),
-        is_final: true,
         version: 6,
+        ..hot_spot(id_prefix, "shardId-000000000000", window_s, "dr5ru7", 3)
     }
 }
 
-/// A one-request-per-connection OpenSearch: every call succeeds, except that the first `_bulk`
-/// fails with 503 and, afterwards, documents whose id starts with "bad" are refused.
-async fn fake_opensearch() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let bulks = Arc::new(AtomicU32::new(0));
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let bulks = bulks.clone();
-            tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
-                let mut read = BufReader::new(read);
-                let mut request_line = String::new();
-                if read.read_line(&mut request_line).await.unwrap_or(0) == 0 {
-                    return;
-                }
-                let mut length = 0usize;
-                loop {
-                    let mut header = String::new();
-                    if read.read_line(&mut header).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let header = header.trim_end();
-                    if header.is_empty() {
-                        break;
-                    }
-                    if let Some((name, value)) = header.split_once(':')
-                        && name.eq_ignore_ascii_case("content-length")
-                    {
-                        length = value.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0; length];
-                if read.read_exact(&mut body).await.is_err() {
-                    return;
-                }
-                let (method, target) = request_line.split_once(' ').unwrap_or_default();
-                let (status, reply) = if target.starts_with("/_bulk") {
-                    bulk_reply(bulks.fetch_add(1, Ordering::SeqCst), &body)
-                } else {
-                    (200, json!({ "acknowledged": true }))
-                };
-                let reply = if method == "HEAD" { String::new() } else { reply.to_string() };
-                let head = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    reply.len()
-                );
-                let _ = write.write_all(head.as_bytes()).await;
-                let _ = write.write_all(reply.as_bytes()).await;
-            });
+/// A fake OpenSearch where every call succeeds, except that the first `_bulk` fails with 503
+/// and, afterwards, documents whose id starts with "bad" are refused.
+async fn fake_opensearch() -> FakeOpenSearch {
+    let bulks = AtomicU32::new(0);
+    FakeOpenSearch::start(move |request: &Request| {
+        if request.target.starts_with("/_bulk") {
+            bulk_reply(bulks.fetch_add(1, Ordering::SeqCst), &request.body)
+        } else {
+            (200, json!({ "acknowledged": true }))
         }
-    });
-    url
+    })
+    .await
 }
 
 fn bulk_reply(attempt: u32, body: &[u8]) -> (u16, Value) {
     if attempt == 0 {
         return (503, json!({ "error": "unavailable", "status": 503 }));
     }
-    let text = String::from_utf8_lossy(body);
-    let items: Vec<Value> = text
-        .lines()
-        .step_by(2)
-        .map(|action| {
-            let action: Value = serde_json::from_str(action).expect("bulk action line");
-            let id = action["index"]["_id"].as_str().expect("_id").to_owned();
+    let items: Vec<Value> = bulk_ids(body)
+        .into_iter()
+        .map(|id| {
             if id.starts_with("bad") {
                 json!({ "index": { "_id": id, "status": 400, "error": { "type": "mapper_parsing_exception", "reason": "bad" } } })
             } else {
@@ -146,9 +90,9 @@ fn bulk_reply(attempt: u32, body: &[u8]) -> (u16, Value) {
 /// A worker's `/metrics` with every family present.
 async fn worker_metrics() -> String {
     let state = WorkerState::default();
-    let url = fake_opensearch().await;
+    let opensearch = fake_opensearch().await;
     let settings = OpenSearchSettings {
-        url,
+        url: opensearch.url().to_owned(),
         index_prefix: "dash".to_owned(),
         bulk: BulkSettings {
             max_docs: 10,

@@ -1,16 +1,13 @@
-//! Reconcile I/O against a mocked Kubernetes API server (kube's `tower_test::mock::pair`): each
-//! test lists the calls it expects, in order, with the answer the server gives, and checks the
-//! bodies the operator sent.
+//! Reconcile I/O against a mocked Kubernetes API server (`taxi_testkit::apiserver`): each test
+//! lists the calls it expects, in order, with the answer the server gives, and checks the bodies
+//! the operator sent.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Method, Request, Response};
-use http_body_util::BodyExt;
+use http::Method;
 use k8s_openapi::jiff::Timestamp;
-use kube::Client;
-use kube::client::Body;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
@@ -24,67 +21,7 @@ use taxi_operator::metrics::{OperatorMetrics, OperatorState};
 use taxi_operator::observe::{ProbeError, StreamRef, Streams, WorkerProbe};
 use taxi_operator::reconcile::{Context, reconcile};
 use taxi_operator::validate::Defaults;
-
-/// The test's side of the mocked API server.
-type ApiHandle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
-/// One call the test expects: method, a path prefix (query excluded), the status and body answered.
-struct Call {
-    method: Method,
-    path: String,
-    status: u16,
-    response: Value,
-}
-
-fn call(method: Method, path: &str, status: u16, response: Value) -> Call {
-    Call { method, path: path.to_owned(), status, response }
-}
-
-/// What the operator sent: method, path with query, JSON body.
-#[derive(Debug)]
-struct Sent {
-    method: Method,
-    uri: String,
-    body: Value,
-}
-
-/// Serves `calls` in order and returns what was sent; panics on any other request.
-async fn serve(mut handle: ApiHandle, calls: Vec<Call>) -> Vec<Sent> {
-    let mut sent = Vec::new();
-    for expected in calls {
-        let next = tokio::time::timeout(Duration::from_secs(5), handle.next_request()).await;
-        let (request, respond) = next
-            .unwrap_or_else(|_| panic!("timed out waiting for {} {}", expected.method, expected.path))
-            .unwrap_or_else(|| panic!("the client went away before {} {}", expected.method, expected.path));
-        let uri = request.uri().to_string();
-        let method = request.method().clone();
-        let path = request.uri().path().to_owned();
-        assert!(
-            method == expected.method && path == expected.path,
-            "expected {} {}, got {method} {uri}",
-            expected.method,
-            expected.path
-        );
-        let bytes = request.into_body().collect().await.expect("request body").to_bytes();
-        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
-        let response = Response::builder()
-            .status(expected.status)
-            .body(Body::from(serde_json::to_vec(&expected.response).expect("response")))
-            .expect("response");
-        respond.send_response(response);
-        sent.push(Sent { method, uri, body });
-    }
-    sent
-}
-
-fn not_found() -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
-}
-
-fn conflict() -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
-        "message": "the object has been modified; please apply your changes to the latest version and try again"})
-}
+use taxi_testkit::apiserver::{ApiHandle, Call, Sent, call, conflict, find, mock_client, not_found, serve};
 
 /// A shard of an even split of the hash space into `n` parts.
 fn shard(index: u32, n: u32, parent: Option<&str>, closed: bool) -> ShardInfo {
@@ -157,8 +94,7 @@ fn fixed_now() -> Timestamp {
 }
 
 fn context(shards: Result<Vec<ShardInfo>, ()>, probe: FakeProbe) -> (Arc<Context<FakeStreams, FakeProbe>>, ApiHandle) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "default");
+    let (client, handle) = mock_client("default");
     let reporter = Reporter { controller: "taxi-operator".into(), instance: Some("test".into()) };
     let ctx = Context {
         recorder: Recorder::new(client.clone(), reporter),
@@ -304,12 +240,6 @@ fn pipeline_json() -> Value {
 
 fn status_patch() -> Call {
     call(Method::PATCH, &format!("{TP}/status"), 200, pipeline_json())
-}
-
-fn find<'a>(sent: &'a [Sent], method: Method, path: &str) -> &'a Sent {
-    sent.iter()
-        .find(|s| s.method == method && s.uri.split('?').next() == Some(path))
-        .unwrap_or_else(|| panic!("no {method} {path} among {:?}", sent.iter().map(|s| &s.uri).collect::<Vec<_>>()))
 }
 
 fn sent_assignment(sent: &[Sent]) -> Assignment {

@@ -19,14 +19,12 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use taxi_core::config::EngineConfig;
-use taxi_core::document::merge_documents;
-use taxi_core::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::generate::GeneratorConfig;
 use taxi_core::settings::ConsumerKind;
 use taxi_core::start_position::InitialPosition;
 use taxi_core::topology::ShardInfo;
 use taxi_io::kinesis::api::{KinesisEndpoint, KinesisError, SdkKinesis, StreamState};
 use taxi_io::kinesis::reader::PollingConfig;
-use taxi_io::sink::file::read_documents;
 use taxi_io::sink::opensearch::OpenSearchSettings;
 use taxi_io::store::S3Settings;
 use taxi_operator::observe::{SdkStreams, StreamRef, Streams};
@@ -36,16 +34,9 @@ use taxi_worker::local::{LocalInput, LocalOptions, Progress, run_local};
 use taxi_worker::replay::{ReplayOptions, ReplayProgress, ReplaySummary, replay};
 use taxi_worker::run::{RunOptions, WorkerState, run_worker};
 
-use common::kinesis::{client, emulator};
-
-/// The worker's helpers for tests against the emulators, included rather than copied (an
-/// integration test cannot depend on another crate's test helpers).
-#[path = "../../worker/tests/common"]
-mod common {
-    #![allow(dead_code, reason = "this test uses a few of the worker's helpers")]
-    pub mod kinesis;
-    pub mod services;
-}
+use taxi_testkit::input::{split_in_phases, write_generated};
+use taxi_testkit::kinesis::{client, emulator};
+use taxi_testkit::oracle::{as_lines, assert_same_lines, merged_partials};
 
 /// Trips of the replayed day.
 const TRIPS: u64 = 9_000;
@@ -154,22 +145,6 @@ async fn reshard_to(desired: &tokio::sync::watch::Sender<u32>, status: &Mutex<St
     }
 }
 
-/// Splits the input into three phases of equal line counts.
-fn split_input(input: &Path) -> Vec<PathBuf> {
-    let text = std::fs::read_to_string(input).expect("input");
-    let lines: Vec<&str> = text.lines().collect();
-    let third = lines.len().div_ceil(3);
-    lines
-        .chunks(third)
-        .enumerate()
-        .map(|(i, part)| {
-            let path = input.with_file_name(format!("phase{}.jsonl", i + 1));
-            std::fs::write(&path, part.join("\n") + "\n").expect("write phase");
-            path
-        })
-        .collect()
-}
-
 /// Replays one phase, paced so the whole day would take [`DAY`].
 async fn produce(kinesis: Arc<SdkKinesis>, stream: &str, phase: PathBuf) -> ReplaySummary {
     let mut options = ReplayOptions::new(phase, stream);
@@ -215,19 +190,17 @@ fn worker_options(stream: &str, dir: &Path) -> RunOptions {
     }
 }
 
-fn as_lines(results: &[taxi_core::analysis::MergedResult]) -> Vec<String> {
-    results.iter().map(|r| serde_json::to_string(r).expect("serialize")).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn managed_stream_is_created_and_resharded_4_8_3_in_steps_while_workers_lose_nothing() {
     let Some(endpoint) = emulator() else { return };
     let started = Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("trips.jsonl");
-    let generator = GeneratorConfig { trips: TRIPS, seed: 606, invalid_ratio: 0.002, ..GeneratorConfig::default() };
-    write_json_lines(&generator, std::fs::File::create(&input).expect("create")).expect("generate");
-    let phases = split_input(&input);
+    write_generated(
+        &input,
+        &GeneratorConfig { trips: TRIPS, seed: 606, invalid_ratio: 0.002, ..GeneratorConfig::default() },
+    );
+    let phases = split_in_phases(&input, 3);
 
     let name = format!("taxi-reshard-{:016x}", fastrand::u64(..));
     let stream = StreamRef { name: name.clone(), region: None, endpoint_url: Some(endpoint.clone()) };
@@ -292,8 +265,7 @@ async fn managed_stream_is_created_and_resharded_4_8_3_in_steps_while_workers_lo
     // local mode over the same file.
     let trips: u64 = sent.iter().map(|s| s.trips).sum();
     assert_eq!((summary.counters.trips, summary.counters.late), (trips, 0), "{:?}", summary.counters);
-    let merged =
-        as_lines(&merge_documents(&engine(), read_documents(&dir.path().join("partials.jsonl")).expect("partials")));
+    let merged = merged_partials(&engine(), &dir.path().join("partials.jsonl"));
     let local = LocalOptions {
         input: LocalInput::File(input.clone()),
         shards: 3,
@@ -306,15 +278,7 @@ async fn managed_stream_is_created_and_resharded_4_8_3_in_steps_while_workers_lo
     let local = run_local(local, Arc::new(AtomicBool::new(false)), Arc::new(Progress::default())).await.expect("local");
     let expected = as_lines(&local.results);
     assert!(!expected.is_empty());
-    let first_difference = merged.iter().zip(&expected).position(|(a, b)| a != b);
-    assert!(
-        merged.len() == expected.len() && first_difference.is_none(),
-        "merged results differ from local: {} vs {} lines, first difference at {first_difference:?}: {:?} vs {:?}",
-        merged.len(),
-        expected.len(),
-        first_difference.and_then(|i| merged.get(i)),
-        first_difference.and_then(|i| expected.get(i)),
-    );
+    assert_same_lines(&merged, &expected, "merged results differ from local");
     eprintln!(
         "created in {:.1} s, 4 → 8 in {:.1} s, 8 → 3 in {:.1} s; test took {:.1} s",
         created.as_secs_f64(),

@@ -149,9 +149,10 @@ fn a_dashboard_address_in_use_is_a_clear_error() {
 
 #[test]
 fn dead_letters_are_listed_and_purged_only_when_confirmed() {
-    use taxi_core::document::{AnalysisKind, PartialDocument};
+    use taxi_core::document::PartialDocument;
     use taxi_io::sink::dead_letter::{DeadLetter, DeadLetterStore};
     use taxi_io::store::{CheckpointStore, S3Settings};
+    use taxi_testkit::documents::hot_spot;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let uri = format!("file://{}", dir.path().display());
@@ -159,23 +160,7 @@ fn dead_letters_are_listed_and_purged_only_when_confirmed() {
         status: 400,
         error_type: "mapper_parsing_exception".to_owned(),
         reason: "failed to parse field [shard]".to_owned(),
-        document: PartialDocument {
-            id: "nyc/hot_spot/1451606400/dr5ru7/shardId-000000000000".to_owned(),
-            pipeline: "nyc".to_owned(),
-            analysis: AnalysisKind::HotSpot,
-            window_start: 1_451_606_400_000,
-            window_end: 1_451_607_000_000,
-            location: "dr5ru7".to_owned(),
-            geohash: "dr5ru7".parse().expect("geohash"),
-            pickup_count: Some(3),
-            airport: None,
-            trip_count: None,
-            sum_duration_min: None,
-            sum_duration_ms: None,
-            shard: "shardId-000000000000".to_owned(),
-            is_final: true,
-            version: 7,
-        },
+        document: PartialDocument { version: 7, ..hot_spot("nyc", "shardId-000000000000", 1_451_606_400, "dr5ru7", 3) },
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {

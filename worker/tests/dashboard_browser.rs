@@ -2,15 +2,13 @@
 //! headless Chromium (driven by `tests/browser/dashboard.mjs`) watches it draw, steps back through
 //! the windows and checks the headline figures against the API, and Ctrl-C ends the worker cleanly.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::services::service_endpoint;
+use taxi_testkit::services::service_endpoint;
 
 const BIN: &str = env!("CARGO_BIN_EXE_taxi-worker");
 /// 100 000 trips over a day at the seed's 6 480× wall clock: about 13 s of run, so the page still

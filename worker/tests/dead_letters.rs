@@ -8,32 +8,31 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::kinesis::{client, fresh_stream, put_file, run_options, run_to_idle};
-use common::opensearch::raw;
-use common::services::services;
-use common::{as_lines, batch_oracle};
+use common::{run_options, run_to_idle};
 use opensearch::http::Method;
 use serde_json::json;
 use taxi_core::config::EngineConfig;
 use taxi_core::document::AnalysisKind;
-use taxi_core::generate::{GeneratorConfig, write_json_lines};
 use taxi_io::sink::dead_letter::DeadLetterStore;
 use taxi_io::sink::opensearch::{BulkSettings, OpenSearchSettings, index_name, merged_results};
 use taxi_io::store::{CheckpointStore, S3Settings};
+use taxi_testkit::input::{count_records, generated_input};
+use taxi_testkit::kinesis::{client, fresh_stream, put_file};
+use taxi_testkit::opensearch::{fresh_index_prefix, raw};
+use taxi_testkit::oracle::{as_lines, batch_oracle};
+use taxi_testkit::services::services;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_documents_become_dead_letters_before_the_checkpoint_and_are_redelivered_by_the_worker() {
     let Some(services) = services() else { return };
     let api = Arc::new(client(&services.kinesis));
     let dir = tempfile::tempdir().expect("tempdir");
-    let input = dir.path().join("trips.jsonl");
-    let config = GeneratorConfig { trips: 1_200, seed: 51, ..GeneratorConfig::default() };
-    write_json_lines(&config, std::fs::File::create(&input).expect("create")).expect("generate");
+    let input = generated_input(dir.path(), 1_200, 51);
     let stream = fresh_stream(&api, 2).await;
     put_file(&api, &stream, &input).await;
 
     // Both indices exist with a mapping that refuses every document ("shardId-…" is no number).
-    let prefix = format!("t{:016x}", fastrand::u64(..));
+    let prefix = fresh_index_prefix();
     let url = services.opensearch.clone();
     for analysis in [AnalysisKind::HotSpot, AnalysisKind::AirportTrip] {
         let body = json!({ "mappings": { "properties": { "shard": { "type": "long" } } } });
@@ -50,7 +49,7 @@ async fn refused_documents_become_dead_letters_before_the_checkpoint_and_are_red
 
     // The first run reads everything; OpenSearch stores nothing, the dead letters hold it all.
     let (first, state) = run_to_idle(api.clone(), options.clone()).await;
-    assert_eq!(first.counters.records, common::kinesis::count_records(&input));
+    assert_eq!(first.counters.records, count_records(&input));
     let store =
         CheckpointStore::from_uri(&options.checkpoint_uri, &S3Settings::default(), 0).await.expect("checkpoint store");
     let letters = DeadLetterStore::new(store, "nyc", prometheus::IntGauge::new("g", "g").expect("gauge"));

@@ -6,21 +6,19 @@ mod common;
 
 use std::sync::Arc;
 
-use common::kinesis::{client, emulator, fresh_stream, put_file, run_options, run_to_idle};
-use common::{as_lines, batch_oracle};
+use common::{merged, run_options, run_to_idle};
 use taxi_core::config::EngineConfig;
-use taxi_core::document::merge_documents;
-use taxi_core::generate::{GeneratorConfig, write_json_lines};
-use taxi_io::sink::file::read_documents;
+use taxi_io::kinesis::api::KinesisApi;
+use taxi_testkit::input::generated_input;
+use taxi_testkit::kinesis::{client, emulator, fresh_stream, put_file, wait_active};
+use taxi_testkit::oracle::{as_lines, batch_oracle};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trips_put_twice_count_once_within_a_run_and_across_runs() {
     let Some(endpoint) = emulator() else { return };
     let api = Arc::new(client(&endpoint));
     let dir = tempfile::tempdir().expect("tempdir");
-    let input = dir.path().join("trips.jsonl");
-    let config = GeneratorConfig { trips: 500, seed: 41, ..GeneratorConfig::default() };
-    write_json_lines(&config, std::fs::File::create(&input).expect("create")).expect("generate");
+    let input = generated_input(dir.path(), 500, 41);
     let text = std::fs::read_to_string(&input).expect("read");
     let lines: Vec<&str> = text.lines().collect();
     let (first, last) = lines.split_at(lines.len() - 40);
@@ -50,9 +48,7 @@ async fn trips_put_twice_count_once_within_a_run_and_across_runs() {
     let (summary, _) = run_to_idle(api.clone(), options).await;
     assert!(summary.counters.duplicates > 0, "{:?}", summary.counters);
 
-    let engine = EngineConfig::default();
-    let docs = read_documents(&dir.path().join("partials.jsonl")).expect("partials");
-    assert_eq!(as_lines(&merge_documents(&engine, docs)), as_lines(&batch_oracle(&engine, &input)));
+    assert_eq!(merged(dir.path()), as_lines(&batch_oracle(&EngineConfig::default(), &input)));
 }
 
 /// A producer whose answer was lost retries after the stream was resharded: the copy lands in a
@@ -60,13 +56,10 @@ async fn trips_put_twice_count_once_within_a_run_and_across_runs() {
 /// final state, so the copy still counts once (or is late, as it would have been on the parent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trips_retried_into_a_child_shard_after_a_reshard_count_once() {
-    use taxi_io::kinesis::api::KinesisApi;
     let Some(endpoint) = emulator() else { return };
     let api = Arc::new(client(&endpoint));
     let dir = tempfile::tempdir().expect("tempdir");
-    let input = dir.path().join("trips.jsonl");
-    let config = GeneratorConfig { trips: 400, seed: 43, ..GeneratorConfig::default() };
-    write_json_lines(&config, std::fs::File::create(&input).expect("create")).expect("generate");
+    let input = generated_input(dir.path(), 400, 43);
     let text = std::fs::read_to_string(&input).expect("read");
     let lines: Vec<&str> = text.lines().collect();
     let retried_part = &lines[lines.len() - 150..];
@@ -74,7 +67,7 @@ async fn trips_retried_into_a_child_shard_after_a_reshard_count_once() {
     let stream = fresh_stream(&api, 1).await;
     put_file(&api, &stream, &input).await;
     api.update_shard_count(&stream, 2).await.expect("reshard");
-    common::kinesis::wait_active(&api, &stream).await;
+    wait_active(&api, &stream).await;
     let retried = dir.path().join("retried.jsonl");
     std::fs::write(&retried, retried_part.iter().map(|l| format!("{l}\n")).collect::<String>()).expect("write");
     put_file(&api, &stream, &retried).await;
@@ -82,7 +75,5 @@ async fn trips_retried_into_a_child_shard_after_a_reshard_count_once() {
     let (summary, _) = run_to_idle(api.clone(), run_options(&stream, dir.path(), "nyc")).await;
     assert_eq!(summary.finished_shards.len(), 1, "the parent was read to its end: {summary:?}");
     assert!(summary.counters.duplicates > 0, "{:?}", summary.counters);
-    let engine = EngineConfig::default();
-    let docs = read_documents(&dir.path().join("partials.jsonl")).expect("partials");
-    assert_eq!(as_lines(&merge_documents(&engine, docs)), as_lines(&batch_oracle(&engine, &input)));
+    assert_eq!(merged(dir.path()), as_lines(&batch_oracle(&EngineConfig::default(), &input)));
 }

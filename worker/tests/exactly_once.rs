@@ -2,20 +2,21 @@
 //! process with S3 checkpoints and the OpenSearch sink is killed, fenced, starved of OpenSearch or
 //! of S3 — and the merged results in OpenSearch still equal the batch oracle.
 
-mod common;
-
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::kinesis::{client, fresh_stream, put_file};
-use common::process::{WorkerProcess, spawn_worker};
-use common::proxy::Proxy;
-use common::services::{Services, services};
-use common::{as_lines, batch_oracle};
+use taxi_core::assignment::Assignment;
 use taxi_core::config::EngineConfig;
-use taxi_core::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::generate::GeneratorConfig;
+use taxi_testkit::input::{count_records, write_generated};
+use taxi_testkit::kinesis::{client, fresh_stream, put_file, wait_active};
+use taxi_testkit::opensearch::{fresh_index_prefix, raw};
+use taxi_testkit::oracle::{as_lines, assert_same_lines, batch_oracle};
+use taxi_testkit::process::{WorkerProcess, emulator_command, publish_assignment};
+use taxi_testkit::proxy::Proxy;
+use taxi_testkit::s3::{fresh_bucket, read_object};
+use taxi_testkit::services::{Services, services};
 
 const BIN: &str = env!("CARGO_BIN_EXE_taxi-worker");
 
@@ -32,36 +33,28 @@ struct Pipeline {
 async fn pipeline(services: Services, trips: u64, shards: u32) -> Pipeline {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("trips.jsonl");
-    let config = GeneratorConfig { trips, seed: trips, invalid_ratio: 0.002, ..GeneratorConfig::default() };
-    write_json_lines(&config, std::fs::File::create(&input).expect("create")).expect("generate");
+    write_generated(
+        &input,
+        &GeneratorConfig { trips, seed: trips, invalid_ratio: 0.002, ..GeneratorConfig::default() },
+    );
     let kinesis = client(&services.kinesis);
     let stream = fresh_stream(&kinesis, shards).await;
     put_file(&kinesis, &stream, &input).await;
-    let bucket = format!("taxi-{:016x}", fastrand::u64(..));
-    let s3 = common::s3::client(&services.s3);
-    s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
-    let index_prefix = format!("t{:016x}", fastrand::u64(..));
+    let bucket = fresh_bucket(&taxi_testkit::s3::client(&services.s3), "taxi").await;
+    let index_prefix = fresh_index_prefix();
     Pipeline { services, stream, bucket, index_prefix, input, _dir: dir }
 }
 
-/// A `taxi-worker run` process and the address of its HTTP endpoints.
-struct Worker {
-    child: Child,
-    addr: String,
-    stderr: Option<std::thread::JoinHandle<String>>,
-}
+/// How long a worker told to stop when idle may take to do so.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Pipeline {
     fn command(&self) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.env("AWS_ACCESS_KEY_ID", "test").env("AWS_SECRET_ACCESS_KEY", "test").env("AWS_REGION", "us-east-1");
-        cmd.env("TAXI_KINESIS_ENDPOINT_URL", &self.services.kinesis);
-        cmd.env("TAXI_S3_ENDPOINT_URL", &self.services.s3).env("TAXI_S3_FORCE_PATH_STYLE", "true");
-        cmd
+        emulator_command(BIN, &self.services)
     }
 
     /// Starts a worker; `sink` and `s3` override the endpoints (to put a proxy in between).
-    fn start_worker(&self, extra: &[&str], sink: Option<&str>, s3: Option<&str>) -> Worker {
+    fn start_worker(&self, extra: &[&str], sink: Option<&str>, s3: Option<&str>) -> WorkerProcess {
         self.start_worker_into(&self.index_prefix, "checkpoints", extra, sink, s3)
     }
 
@@ -73,7 +66,7 @@ impl Pipeline {
         extra: &[&str],
         sink: Option<&str>,
         s3: Option<&str>,
-    ) -> Worker {
+    ) -> WorkerProcess {
         let mut cmd = self.command();
         if let Some(s3) = s3 {
             cmd.env("TAXI_S3_ENDPOINT_URL", s3);
@@ -83,8 +76,7 @@ impl Pipeline {
             .args(["--sink", sink.unwrap_or(&self.services.opensearch), "--index-prefix", index_prefix])
             .args(["--bulk-max-delay", "50ms", "--shard-discovery-interval", "500ms", "--max-records", "100"])
             .args(extra);
-        let WorkerProcess { child, addr, stderr } = spawn_worker(cmd);
-        Worker { child, addr, stderr: Some(stderr) }
+        WorkerProcess::spawn(cmd)
     }
 
     /// The merged results in OpenSearch, through `taxi-worker results`.
@@ -101,103 +93,45 @@ impl Pipeline {
 
     fn assert_results_equal_the_oracle(&self) {
         let expected = as_lines(&batch_oracle(&EngineConfig::default(), &self.input));
-        let actual = self.merged_results();
         assert!(!expected.is_empty());
-        let first_difference = actual.iter().zip(&expected).position(|(a, b)| a != b);
-        assert!(
-            actual.len() == expected.len() && first_difference.is_none(),
-            "merged results differ from the oracle: {} vs {} lines, first difference at {first_difference:?}",
-            actual.len(),
-            expected.len()
-        );
+        assert_same_lines(&self.merged_results(), &expected, "merged results differ from the oracle");
     }
 }
 
-impl Worker {
-    fn get(&self, path: &str) -> (u16, String) {
-        let Ok(mut stream) = std::net::TcpStream::connect(&self.addr) else { return (0, String::new()) };
-        let _ = write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        let mut response = String::new();
-        let _ = stream.read_to_string(&mut response);
-        let status = response.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-        (status, body)
-    }
+/// Records processed so far by `worker` over every shard (restored counts included).
+fn records(worker: &WorkerProcess) -> u64 {
+    worker.status()["shards"]
+        .as_object()
+        .map_or(0, |shards| shards.values().filter_map(|s| s["records"].as_u64()).sum())
+}
 
-    /// Records processed so far over every shard (restored counts included).
-    fn records(&self) -> u64 {
-        let (_, body) = self.get("/status");
-        let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        status["shards"].as_object().map_or(0, |shards| shards.values().filter_map(|s| s["records"].as_u64()).sum())
-    }
-
-    fn wait_for_records(&self, at_least: u64) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.records() < at_least {
-            assert!(Instant::now() < deadline, "the worker did not reach {at_least} records");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn metric(&self, name_and_labels: &str) -> f64 {
-        let (_, body) = self.get("/metrics");
-        body.lines()
-            .filter(|l| l.starts_with(name_and_labels))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().expect("kill");
-        assert!(status.success(), "kill {signal}");
-    }
-
-    fn kill_9(mut self) {
-        self.child.kill().expect("kill -9");
-        let _ = self.child.wait();
-    }
-
-    /// Waits for the worker to exit by itself; returns what it printed.
-    fn finish(mut self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                let stderr = self.stderr.take().and_then(|t| t.join().ok()).unwrap_or_default();
-                assert!(status.success(), "worker failed: {stderr}");
-                return stderr;
-            }
-            assert!(Instant::now() < deadline, "the worker did not stop when idle");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+fn wait_for_records(worker: &WorkerProcess, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while records(worker) < at_least {
+        assert!(Instant::now() < deadline, "the worker did not reach {at_least} records");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-impl Drop for Worker {
-    /// A failing test must not leave workers behind.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn records_in(path: &Path) -> u64 {
-    std::fs::read_to_string(path).expect("input").lines().filter(|l| !l.trim().is_empty()).count() as u64
+/// Waits for the worker to stop by itself; returns what it printed.
+fn finish(mut worker: WorkerProcess) -> String {
+    worker.wait_for_exit(FINISH_TIMEOUT, "stop when idle")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_several_points_loses_nothing_and_counts_nothing_twice() {
     let Some(services) = services() else { return };
     let p = pipeline(services, 4_000, 4).await;
-    let total = records_in(&p.input);
+    let total = count_records(&p.input);
     // Kill at growing progress, with jitter so kills land during bulks and checkpoint writes alike.
     for fraction in [0.15, 0.45, 0.75] {
         let worker = p.start_worker(&[], None, None);
-        worker.wait_for_records((total as f64 * fraction) as u64);
+        wait_for_records(&worker, (total as f64 * fraction) as u64);
         std::thread::sleep(Duration::from_millis(fastrand::u64(0..300)));
         worker.kill_9();
     }
     let last = p.start_worker(&["--stop-when-idle", "2s"], None, None);
-    let said = last.finish();
+    let said = finish(last);
     assert!(said.contains("stopped:"), "{said}");
     p.assert_results_equal_the_oracle();
 }
@@ -207,7 +141,7 @@ async fn a_zombie_is_fenced_once_the_new_owner_claims_its_shards() {
     let Some(services) = services() else { return };
     let p = pipeline(services, 3_000, 1).await;
     let zombie = p.start_worker(&[], None, None);
-    zombie.wait_for_records(300);
+    wait_for_records(&zombie, 300);
     // The new owner claims the shard: from now on every checkpoint of the zombie fails with 412.
     let owner = p.start_worker(&["--stop-when-idle", "2s"], None, None);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -220,7 +154,7 @@ async fn a_zombie_is_fenced_once_the_new_owner_claims_its_shards() {
     let read_when_fenced = zombie.metric("taxi_kinesis_records_read_total");
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(zombie.metric("taxi_kinesis_records_read_total"), read_when_fenced, "a fenced shard is not read");
-    owner.finish();
+    finish(owner);
     zombie.kill_9();
     p.assert_results_equal_the_oracle();
 }
@@ -228,9 +162,7 @@ async fn a_zombie_is_fenced_once_the_new_owner_claims_its_shards() {
 /// Every document of the indices under `prefix`: id → (version, source).
 async fn documents_under(url: &str, prefix: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
     let query = serde_json::json!({"size": 10_000, "query": {"match_all": {}}});
-    let (status, body) =
-        common::opensearch::raw(url, opensearch::http::Method::Post, &format!("/{prefix}-*/_search"), Some(query))
-            .await;
+    let (status, body) = raw(url, opensearch::http::Method::Post, &format!("/{prefix}-*/_search"), Some(query)).await;
     assert_eq!(status, 200, "{body}");
     let hits = body["hits"]["hits"].as_array().expect("hits");
     hits.iter().map(|h| (h["_id"].as_str().expect("id").to_owned(), h["_source"].clone())).collect()
@@ -247,9 +179,8 @@ async fn a_worker_frozen_past_the_takeover_timeout_then_thawed_sends_no_document
     let dir = tempfile::tempdir().expect("tempdir");
     let assignment = dir.path().join("assignment.json");
     let publish = |epoch: u64, owner: u32| {
-        let doc = format!(r#"{{"epoch":{epoch},"replicas":2,"owners":{{"shardId-000000000000":{owner}}}}}"#);
-        std::fs::write(assignment.with_extension("tmp"), doc).expect("write");
-        std::fs::rename(assignment.with_extension("tmp"), &assignment).expect("rename");
+        let owners = [("shardId-000000000000".to_owned(), owner)].into();
+        publish_assignment(&assignment, &Assignment { epoch, replicas: 2, owners });
     };
     let source = format!("file:{}", assignment.display());
     let follow =
@@ -257,13 +188,13 @@ async fn a_worker_frozen_past_the_takeover_timeout_then_thawed_sends_no_document
 
     publish(1, 0);
     let frozen = p.start_worker(&follow("0"), None, None);
-    frozen.wait_for_records(600);
+    wait_for_records(&frozen, 600);
     frozen.signal("-STOP");
     publish(2, 1);
     let owner = p.start_worker(&[&follow("1")[..], &["--stop-when-idle", "2s"]].concat(), None, None);
-    owner.wait_for_records(1_500);
+    wait_for_records(&owner, 1_500);
     frozen.signal("-CONT");
-    let owner_said = tokio::task::spawn_blocking(move || owner.finish()).await.expect("join");
+    let owner_said = tokio::task::spawn_blocking(move || finish(owner)).await.expect("join");
     assert!(owner_said.contains("stopped:"), "{owner_said}");
     // The thawed worker finds its shard taken at its next checkpoint.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -277,7 +208,7 @@ async fn a_worker_frozen_past_the_takeover_timeout_then_thawed_sends_no_document
 
     let clean_prefix = format!("c{}", &p.index_prefix[1..]);
     let clean = p.start_worker_into(&clean_prefix, "clean-checkpoints", &["--stop-when-idle", "2s"], None, None);
-    tokio::task::spawn_blocking(move || clean.finish()).await.expect("join");
+    tokio::task::spawn_blocking(move || finish(clean)).await.expect("join");
     let after_faults = documents_under(&p.services.opensearch, &p.index_prefix).await;
     let clean_run = documents_under(&p.services.opensearch, &clean_prefix).await;
     assert!(!clean_run.is_empty());
@@ -298,14 +229,14 @@ async fn opensearch_down_for_a_while_back_pressures_and_loses_nothing() {
     let p = pipeline(services, 3_000, 2).await;
     let mut proxy = Proxy::start(&p.services.opensearch).await;
     let worker = p.start_worker(&["--stop-when-idle", "2s"], Some(&proxy.url()), None);
-    worker.wait_for_records(300);
+    wait_for_records(&worker, 300);
     proxy.down().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     // While OpenSearch is away, checkpoints wait for the sink: no checkpoint covers unacknowledged
     // documents.
     let retries = worker.metric("taxi_sink_retries_total") + worker.metric("taxi_sink_bulk_request_errors_total");
     proxy.up();
-    let said = tokio::task::spawn_blocking(move || worker.finish()).await.expect("join");
+    let said = tokio::task::spawn_blocking(move || finish(worker)).await.expect("join");
     assert!(retries > 0.0, "the sink retried while OpenSearch was down: {said}");
     p.assert_results_equal_the_oracle();
 }
@@ -316,7 +247,7 @@ async fn s3_unavailable_for_a_while_fails_checkpoints_then_recovers() {
     let p = pipeline(services, 3_000, 2).await;
     let mut proxy = Proxy::start(&p.services.s3).await;
     let worker = p.start_worker(&["--stop-when-idle", "3s"], None, Some(&proxy.url()));
-    worker.wait_for_records(300);
+    wait_for_records(&worker, 300);
     proxy.down().await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while worker.metric("taxi_checkpoint_failures_total{reason=\"io\"}") < 1.0 {
@@ -331,7 +262,7 @@ async fn s3_unavailable_for_a_while_fails_checkpoints_then_recovers() {
         assert!(Instant::now() < deadline, "readiness did not recover after S3 came back");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::task::spawn_blocking(move || worker.finish()).await.expect("join");
+    tokio::task::spawn_blocking(move || finish(worker)).await.expect("join");
     p.assert_results_equal_the_oracle();
 }
 
@@ -344,19 +275,15 @@ async fn a_shard_that_ends_while_s3_is_down_finishes_only_once_durable_and_its_c
     // The worker must not count as idle between reading the last record and discovering the
     // children: the reshard below takes seconds on a loaded machine, so the idle period is long.
     let worker = p.start_worker(&["--stop-when-idle", "15s"], None, Some(&proxy.url()));
-    worker.wait_for_records(records_in(&p.input));
+    wait_for_records(&worker, count_records(&p.input));
 
     // S3 goes down, then the shard ends (a reshard closes it): its finished checkpoint fails.
     proxy.down().await;
     let kinesis = client(&p.services.kinesis);
     let parent = kinesis.list_shards(&p.stream).await.expect("list")[0].shard_id.clone();
     kinesis.update_shard_count(&p.stream, 2).await.expect("reshard");
-    common::kinesis::wait_active(&kinesis, &p.stream).await;
-    let shard_states = || {
-        let (_, body) = worker.get("/status");
-        let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        status["shards"].as_object().cloned().unwrap_or_default()
-    };
+    wait_active(&kinesis, &p.stream).await;
+    let shard_states = || worker.status()["shards"].as_object().cloned().unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(30);
     while shard_states().len() < 3 {
         assert!(Instant::now() < deadline, "the worker did not discover the children: {:?}", shard_states());
@@ -383,11 +310,10 @@ async fn a_shard_that_ends_while_s3_is_down_finishes_only_once_durable_and_its_c
 
     // S3 returns: the parent's finished checkpoint is written, then the children are read.
     proxy.up();
-    tokio::task::spawn_blocking(move || worker.finish()).await.expect("join");
-    let s3 = common::s3::client(&p.services.s3);
+    tokio::task::spawn_blocking(move || finish(worker)).await.expect("join");
+    let s3 = taxi_testkit::s3::client(&p.services.s3);
     let key = format!("checkpoints/nyc/shards/{parent}.json");
-    let object = s3.get_object().bucket(&p.bucket).key(&key).send().await.expect("checkpoint");
-    let bytes = object.body.collect().await.expect("read").into_bytes();
+    let bytes = read_object(&s3, &p.bucket, &key).await.expect("checkpoint");
     let checkpoint = taxi_core::checkpoint::ShardCheckpoint::from_bytes(&bytes).expect("decode");
     assert_eq!(checkpoint.position, taxi_core::checkpoint::Position::Finished);
     p.assert_results_equal_the_oracle();

@@ -9,27 +9,26 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::kinesis::{client, emulator, fresh_stream, put_file, run_options};
-use common::{as_lines, batch_oracle};
+use common::{merged, run_options};
 use taxi_core::assignment::Assignment;
 use taxi_core::checkpoint::{Owner, Position, ShardCheckpoint};
 use taxi_core::config::EngineConfig;
-use taxi_core::document::merge_documents;
-use taxi_core::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::generate::GeneratorConfig;
 use taxi_core::shard::ShardProcessor;
 use taxi_core::status::ShardState;
-use taxi_io::sink::file::read_documents;
 use taxi_io::store::{DirStore, Precondition};
+use taxi_testkit::input::{count_records, generated_input, write_generated};
+use taxi_testkit::kinesis::{client, emulator, fresh_stream, put_file};
+use taxi_testkit::oracle::{as_lines, batch_oracle};
+use taxi_testkit::process::publish_assignment;
 use taxi_worker::handoff::AssignmentSource;
 use taxi_worker::run::{WorkerState, run_worker};
 
 const SHARD: &str = "shardId-000000000000";
 
+/// Publishes an assignment of epoch `epoch` giving the shard to `owner`, of two replicas.
 fn publish(path: &Path, epoch: u64, owner: u32) {
-    let assignment = Assignment { epoch, replicas: 2, owners: [(SHARD.to_owned(), owner)].into() };
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, assignment.to_json()).expect("write");
-    std::fs::rename(&tmp, path).expect("rename");
+    publish_assignment(path, &Assignment { epoch, replicas: 2, owners: [(SHARD.to_owned(), owner)].into() });
 }
 
 fn state_of(state: &WorkerState) -> Option<ShardState> {
@@ -50,8 +49,10 @@ async fn a_new_owner_waits_for_a_release_that_never_comes_then_takes_the_shard_o
     let api = Arc::new(client(&endpoint));
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("trips.jsonl");
-    let config = GeneratorConfig { trips: 1_500, seed: 31, invalid_ratio: 0.002, ..GeneratorConfig::default() };
-    write_json_lines(&config, std::fs::File::create(&input).expect("create")).expect("generate");
+    write_generated(
+        &input,
+        &GeneratorConfig { trips: 1_500, seed: 31, invalid_ratio: 0.002, ..GeneratorConfig::default() },
+    );
     let stream = fresh_stream(&api, 1).await;
     put_file(&api, &stream, &input).await;
 
@@ -114,9 +115,8 @@ async fn a_new_owner_waits_for_a_release_that_never_comes_then_takes_the_shard_o
     let (bytes, _) = store.get(&key).expect("get").expect("present");
     let last = ShardCheckpoint::from_bytes(&bytes).expect("decode");
     assert_eq!((last.owner_epoch, last.owner_ordinal), (4, Some(1)), "claimed at epoch 4 by ordinal 1");
-    assert_eq!(summary.counters.records, common::kinesis::count_records(&input), "read from the checkpoint");
-    let partials = read_documents(&dir.path().join("partials.jsonl")).expect("partials");
-    assert_eq!(as_lines(&merge_documents(&engine, partials)), as_lines(&batch_oracle(&engine, &input)));
+    assert_eq!(summary.counters.records, count_records(&input), "read from the checkpoint");
+    assert_eq!(merged(dir.path()), as_lines(&batch_oracle(&engine, &input)));
 }
 
 /// A shard fenced for real (another owner of the same epoch wrote its checkpoint) is looked at
@@ -128,9 +128,7 @@ async fn a_shard_fenced_for_real_is_looked_at_again_and_taken_back_after_the_tim
     let Some(endpoint) = emulator() else { return };
     let api = Arc::new(client(&endpoint));
     let dir = tempfile::tempdir().expect("tempdir");
-    let input = dir.path().join("trips.jsonl");
-    let config = GeneratorConfig { trips: 1_200, seed: 37, ..GeneratorConfig::default() };
-    write_json_lines(&config, std::fs::File::create(&input).expect("create")).expect("generate");
+    let input = generated_input(dir.path(), 1_200, 37);
     let stream = fresh_stream(&api, 1).await;
 
     let assignment = dir.path().join("assignment.json");
@@ -170,7 +168,5 @@ async fn a_shard_fenced_for_real_is_looked_at_again_and_taken_back_after_the_tim
 
     let metrics = state.metrics.render();
     assert!(metrics.contains("taxi_shard_handoffs_total{outcome=\"taken_over_after_timeout\"} 1"), "{metrics}");
-    let engine = EngineConfig::default();
-    let partials = read_documents(&dir.path().join("partials.jsonl")).expect("partials");
-    assert_eq!(as_lines(&merge_documents(&engine, partials)), as_lines(&batch_oracle(&engine, &input)));
+    assert_eq!(merged(dir.path()), as_lines(&batch_oracle(&EngineConfig::default(), &input)));
 }

@@ -7,27 +7,18 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::kinesis::{client, count_records, emulator, fresh_stream, put_file, run_options, run_to_idle};
-use common::{as_lines, batch_oracle, split_in_halves};
+use common::{partials, run_options, run_to_idle};
 use taxi_core::config::EngineConfig;
 use taxi_core::document::{PartialDocument, merge_documents};
-use taxi_core::generate::{GeneratorConfig, write_json_lines};
 use taxi_io::sink::file::read_documents;
-
-fn generated(dir: &Path, trips: u64) -> std::path::PathBuf {
-    let path = dir.join("trips.jsonl");
-    let config = GeneratorConfig { trips, seed: 43, ..GeneratorConfig::default() };
-    write_json_lines(&config, std::fs::File::create(&path).expect("create")).expect("generate");
-    path
-}
+use taxi_testkit::input::{count_records, generated_input, split_in_halves};
+use taxi_testkit::kinesis::{client, emulator, fresh_stream, put_file};
+use taxi_testkit::oracle::{as_lines, batch_oracle};
 
 /// The merged results of one pipeline's documents in the shared sink file.
 fn results_of(dir: &Path, pipeline: &str) -> Vec<String> {
-    let docs: Vec<PartialDocument> = read_documents(&dir.join("partials.jsonl"))
-        .expect("partials")
-        .into_iter()
-        .filter(|d| d.pipeline == pipeline)
-        .collect();
+    let docs: Vec<PartialDocument> =
+        read_documents(&partials(dir)).expect("partials").into_iter().filter(|d| d.pipeline == pipeline).collect();
     assert!(docs.iter().all(|d| d.id.starts_with(&format!("{pipeline}/"))), "ids carry the identity");
     as_lines(&merge_documents(&EngineConfig::default(), docs))
 }
@@ -37,7 +28,7 @@ async fn two_pipelines_named_alike_in_two_namespaces_share_nothing() {
     let Some(endpoint) = emulator() else { return };
     let api = Arc::new(client(&endpoint));
     let dir = tempfile::tempdir().expect("tempdir");
-    let input = generated(dir.path(), 400);
+    let input = generated_input(dir.path(), 400, 43);
     let stream = fresh_stream(&api, 2).await;
     put_file(&api, &stream, &input).await;
     let expected = as_lines(&batch_oracle(&EngineConfig::default(), &input));
@@ -58,7 +49,7 @@ async fn a_pipeline_checkpointed_before_namespaces_keeps_its_checkpoints_and_doc
     let Some(endpoint) = emulator() else { return };
     let api = Arc::new(client(&endpoint));
     let dir = tempfile::tempdir().expect("tempdir");
-    let input = generated(dir.path(), 400);
+    let input = generated_input(dir.path(), 400, 43);
     let (a, b) = split_in_halves(&input, dir.path(), ["a.jsonl", "b.jsonl"]);
     let stream = fresh_stream(&api, 2).await;
     put_file(&api, &stream, &a).await;

@@ -1,20 +1,19 @@
 //! The README's emulator walk-through as a test: `replay` → `run --stop-when-idle` → `results`
 //! equals `local` over the same file, and the worker's HTTP endpoints answer while it runs.
 
-mod common;
-
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
-use common::kinesis::emulator;
 use taxi_core::settings::WorkerSettings;
+use taxi_testkit::kinesis::emulator;
+use taxi_testkit::oracle::assert_same_lines;
+use taxi_testkit::process::{WorkerProcess, command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_taxi-worker");
 
 fn taxi_worker(endpoint: &str) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env("AWS_ACCESS_KEY_ID", "test").env("AWS_SECRET_ACCESS_KEY", "test").env("AWS_REGION", "us-east-1");
+    let mut cmd = command(BIN);
     cmd.env("TAXI_KINESIS_ENDPOINT_URL", endpoint);
     cmd
 }
@@ -22,14 +21,6 @@ fn taxi_worker(endpoint: &str) -> Command {
 fn ok(output: std::process::Output, what: &str) -> String {
     assert!(output.status.success(), "{what} failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).expect("utf-8")
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    response
 }
 
 #[test]
@@ -90,21 +81,14 @@ fn walk_through(aggregate: bool) {
                 &format!("file://{}", path("partials.jsonl")),
             ]);
     }
-    let mut worker = worker.stderr(Stdio::piped()).spawn().expect("run");
-    let mut stderr = BufReader::new(worker.stderr.take().expect("stderr"));
-    let mut first = String::new();
-    stderr.read_line(&mut first).expect("first line");
-    let addr =
-        first.split("http://").nth(1).and_then(|s| s.split('/').next()).expect("the address is printed").to_owned();
-    assert!(http_get(&addr, "/healthz").starts_with("HTTP/1.1 200"));
-    let metrics = http_get(&addr, "/metrics");
+    let mut worker = WorkerProcess::spawn(worker);
+    let (healthz, _) = worker.get("/healthz");
+    assert_eq!(healthz, 200);
+    let (_, metrics) = worker.get("/metrics");
     assert!(metrics.contains("taxi_owned_shards"), "{metrics}");
-    let status = http_get(&addr, "/status");
+    let (_, status) = worker.get("/status");
     assert!(status.contains("\"shards\""), "{status}");
-    let status = worker.wait().expect("wait");
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).expect("stderr");
-    assert!(status.success(), "run failed: {rest}");
+    let rest = worker.wait_for_exit(Duration::from_secs(120), "stop when idle");
 
     let merged = ok(
         Command::new(BIN)
@@ -124,13 +108,9 @@ fn walk_through(aggregate: bool) {
     assert!(!local.is_empty());
     // Compared without printing both files: they are long.
     let (merged, local): (Vec<&str>, Vec<&str>) = (merged.lines().collect(), local.lines().collect());
-    let first_difference = merged.iter().zip(&local).position(|(a, b)| a != b);
-    assert!(
-        merged.len() == local.len() && first_difference.is_none(),
-        "run over the replayed stream differs from local: {} vs {} lines, first difference at {first_difference:?}: {:?} vs {:?}; worker said: {rest}",
-        merged.len(),
-        local.len(),
-        first_difference.and_then(|i| merged.get(i)),
-        first_difference.and_then(|i| local.get(i)),
+    assert_same_lines(
+        &merged,
+        &local,
+        &format!("run over the replayed stream differs from local (worker said: {rest})"),
     );
 }

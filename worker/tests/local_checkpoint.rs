@@ -6,17 +6,14 @@ mod common;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use common::{local_options, run_local_blocking};
 use taxi_core::config::EngineConfig;
-use taxi_core::generate::{GeneratorConfig, write_json_lines};
-use taxi_worker::local::{
-    CheckpointOptions, LocalError, LocalInput, LocalOptions, LocalRun, Outcome, Progress, run_local,
-};
-
-use common::as_lines;
+use taxi_core::generate::GeneratorConfig;
+use taxi_testkit::input::write_generated;
+use taxi_testkit::oracle::as_lines;
+use taxi_worker::local::{CheckpointOptions, LocalOptions, Outcome};
 
 const BIN: &str = env!("CARGO_BIN_EXE_taxi-worker");
 
@@ -29,25 +26,12 @@ fn generated_file(dir: &Path, trips: u64) -> PathBuf {
         invalid_ratio: 0.001,
         ..GeneratorConfig::default()
     };
-    write_json_lines(&config, std::fs::File::create(&path).expect("create")).expect("generate");
+    write_generated(&path, &config);
     path
 }
 
 fn options(input: &Path, checkpoint: Option<CheckpointOptions>, stop_after: Option<u64>) -> LocalOptions {
-    LocalOptions {
-        input: LocalInput::File(input.to_path_buf()),
-        shards: 4,
-        engine: EngineConfig::default(),
-        checkpoint,
-        stop_after_records: stop_after,
-        parse_threads: 2,
-        speedup: None,
-    }
-}
-
-fn run(options: LocalOptions) -> Result<LocalRun, LocalError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    runtime.block_on(run_local(options, Arc::new(AtomicBool::new(false)), Arc::new(Progress::default())))
+    LocalOptions { checkpoint, stop_after_records: stop_after, ..local_options(input, 4, EngineConfig::default()) }
 }
 
 fn checkpoints(dir: &Path, resume: bool) -> Option<CheckpointOptions> {
@@ -58,16 +42,16 @@ fn checkpoints(dir: &Path, resume: bool) -> Option<CheckpointOptions> {
 fn stopping_after_k_records_and_resuming_gives_the_uninterrupted_results() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = generated_file(dir.path(), 40_000);
-    let full = run(options(&input, None, None)).expect("uninterrupted run");
+    let full = run_local_blocking(options(&input, None, None)).expect("uninterrupted run");
     // Inside the first chunk, mid-file across a chunk boundary, and near the end.
     for k in [1, 17_321, 39_990] {
         let ckpt = dir.path().join(format!("ckpt-{k}"));
-        let first = run(options(&input, checkpoints(&ckpt, false), Some(k))).expect("first part");
+        let first = run_local_blocking(options(&input, checkpoints(&ckpt, false), Some(k))).expect("first part");
         assert_eq!(first.outcome, Outcome::Stopped { records: k });
         assert!(ckpt.join("LATEST").exists(), "a checkpoint was written");
         let shard_object = ckpt.join("checkpoint-00000001/shardId-000000000003.json");
         assert!(shard_object.exists(), "one object per shard");
-        let rest = run(options(&input, checkpoints(&ckpt, true), None)).expect("resumed run");
+        let rest = run_local_blocking(options(&input, checkpoints(&ckpt, true), None)).expect("resumed run");
         assert_eq!(rest.outcome, Outcome::Completed);
         assert_eq!(as_lines(&rest.results), as_lines(&full.results), "stopped at {k}");
         let (a, b) = (&rest.summary, &full.summary);
@@ -83,12 +67,12 @@ fn stopping_after_k_records_and_resuming_gives_the_uninterrupted_results() {
 fn a_resume_can_be_stopped_and_resumed_again() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = generated_file(dir.path(), 30_000);
-    let full = run(options(&input, None, None)).expect("uninterrupted run");
+    let full = run_local_blocking(options(&input, None, None)).expect("uninterrupted run");
     let ckpt = dir.path().join("ckpt");
-    run(options(&input, checkpoints(&ckpt, false), Some(9_000))).expect("first part");
-    let second = run(options(&input, checkpoints(&ckpt, true), Some(21_000))).expect("second part");
+    run_local_blocking(options(&input, checkpoints(&ckpt, false), Some(9_000))).expect("first part");
+    let second = run_local_blocking(options(&input, checkpoints(&ckpt, true), Some(21_000))).expect("second part");
     assert_eq!(second.outcome, Outcome::Stopped { records: 21_000 });
-    let last = run(options(&input, checkpoints(&ckpt, true), None)).expect("last part");
+    let last = run_local_blocking(options(&input, checkpoints(&ckpt, true), None)).expect("last part");
     assert_eq!(as_lines(&last.results), as_lines(&full.results));
 }
 
@@ -97,16 +81,16 @@ fn resume_refuses_a_checkpoint_of_another_run() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = generated_file(dir.path(), 5_000);
     let ckpt = dir.path().join("ckpt");
-    let empty = run(options(&input, checkpoints(&ckpt, true), None)).expect_err("nothing to resume");
+    let empty = run_local_blocking(options(&input, checkpoints(&ckpt, true), None)).expect_err("nothing to resume");
     assert!(empty.to_string().contains("holds no checkpoint"), "{empty}");
-    run(options(&input, checkpoints(&ckpt, false), Some(100))).expect("first part");
+    run_local_blocking(options(&input, checkpoints(&ckpt, false), Some(100))).expect("first part");
     let mut other_shards = options(&input, checkpoints(&ckpt, true), None);
     other_shards.shards = 8;
-    let err = run(other_shards).expect_err("different shard count");
+    let err = run_local_blocking(other_shards).expect_err("different shard count");
     assert!(err.to_string().contains("4 shards, not 8"), "{err}");
     let mut other_config = options(&input, checkpoints(&ckpt, true), None);
     other_config.engine.hot_spots.min_pickups = 5;
-    let err = run(other_config).expect_err("different settings");
+    let err = run_local_blocking(other_config).expect_err("different settings");
     assert!(err.to_string().contains("different analysis"), "{err}");
 }
 

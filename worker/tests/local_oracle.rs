@@ -3,40 +3,27 @@
 
 mod common;
 
-use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::path::{Path, PathBuf};
 
+use common::{local_options, run_local_blocking};
 use proptest::prelude::*;
 use taxi_core::analysis::MergedResult;
 use taxi_core::config::EngineConfig;
 use taxi_core::event::{GeoPoint, Trip};
-use taxi_core::generate::{GeneratorConfig, write_json_lines};
-use taxi_worker::local::{LocalInput, LocalOptions, LocalRun, Outcome, Progress, run_local};
-
-use common::{as_lines, batch_oracle, oracle_over, trip_line};
+use taxi_core::generate::GeneratorConfig;
+use taxi_testkit::input::{trip_lines, write_generated};
+use taxi_testkit::oracle::{as_lines, batch_oracle, oracle_over};
+use taxi_worker::local::{LocalRun, Outcome};
 
 fn run(input: &Path, shards: u32, engine: EngineConfig) -> LocalRun {
-    let options = LocalOptions {
-        input: LocalInput::File(input.to_path_buf()),
-        shards,
-        engine,
-        checkpoint: None,
-        stop_after_records: None,
-        parse_threads: 2,
-        speedup: None,
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    runtime
-        .block_on(run_local(options, Arc::new(AtomicBool::new(false)), Arc::new(Progress::default())))
-        .expect("local run")
+    run_local_blocking(local_options(input, shards, engine)).expect("local run")
 }
 
-fn generated_file(dir: &Path, trips: u64, seed: u64) -> std::path::PathBuf {
+fn generated_file(dir: &Path, trips: u64, seed: u64) -> PathBuf {
     let path = dir.join(format!("trips-{seed}.jsonl"));
     let config =
         GeneratorConfig { trips, seed, watermark_every: Some(997), invalid_ratio: 0.002, ..GeneratorConfig::default() };
-    write_json_lines(&config, std::fs::File::create(&path).expect("create")).expect("generate");
+    write_generated(&path, &config);
     path
 }
 
@@ -141,8 +128,7 @@ proptest! {
     fn any_input_with_bounded_disorder_matches_the_oracle(trips in trips(), shards in prop::sample::select(vec![1_u32, 3, 8])) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("trips.jsonl");
-        let body: String = trips.iter().map(|t| trip_line(t) + "\n").collect();
-        std::fs::write(&path, body).expect("write");
+        std::fs::write(&path, trip_lines(&trips)).expect("write");
         let mut config = EngineConfig::default();
         config.hot_spots.window_ms = 120_000;
         config.airport_trips.window_ms = 120_000;
@@ -193,7 +179,7 @@ fn compressed_tlc_csv_gives_the_same_results_as_json_lines() {
     let zst = dir.path().join("yellow.csv.zst");
     std::fs::write(&zst, zstd::encode_all(csv.as_bytes(), 1).expect("zstd")).expect("write");
     let json = dir.path().join("trips.jsonl");
-    std::fs::write(&json, trips.iter().map(|t| trip_line(t) + "\n").collect::<String>()).expect("write");
+    std::fs::write(&json, trip_lines(&trips)).expect("write");
 
     let engine = EngineConfig::default();
     let expected = as_lines(&run(&json, 4, engine.clone()).results);

@@ -1,15 +1,11 @@
 //! The OpenSearch sink against osmem-server (`TAXI_TEST_OPENSEARCH_ENDPOINT`, started by
-//! `.ci/services.sh`), a TCP proxy that can be stopped (the cluster "down"), and small fake
-//! servers in this file (scripted per-item errors, SigV4 capture).
-
-mod common;
+//! `.ci/services.sh`), a TCP proxy that can be stopped (the cluster "down"), and a scripted fake
+//! OpenSearch (per-item errors, refusals, SigV4 capture).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use common::opensearch::raw;
-use common::proxy::Proxy;
 use opensearch::http::Method;
 use serde_json::{Value, json};
 use taxi_core::config::EngineConfig;
@@ -20,21 +16,12 @@ use taxi_io::sink::opensearch::{
     BulkSettings, OpenSearchAuth, OpenSearchSettings, OpenSearchSink, SigV4Service, index_name, merged_results,
     query_partials,
 };
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use taxi_testkit::documents::{hot_spot, hot_spots};
+use taxi_testkit::opensearch::{FakeOpenSearch, Request, bulk_ids, count, emulator, fresh_index_prefix, raw};
+use taxi_testkit::proxy::Proxy;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 // ---- Helpers -------------------------------------------------------------------------------------
-
-/// The osmem endpoint, or `None` (skip) outside CI.
-fn endpoint() -> Option<String> {
-    common::services::service_endpoint("TAXI_TEST_OPENSEARCH_ENDPOINT")
-}
-
-/// A fresh index prefix per test.
-fn prefix() -> String {
-    format!("t{:016x}", fastrand::u64(..))
-}
 
 /// Settings tuned for tests: short delays and back-offs.
 fn settings(url: &str, prefix: &str) -> OpenSearchSettings {
@@ -54,40 +41,6 @@ fn settings(url: &str, prefix: &str) -> OpenSearchSettings {
     }
 }
 
-/// Documents in an index (refreshed first).
-async fn count(url: &str, index: &str) -> u64 {
-    raw(url, Method::Post, &format!("/{index}/_refresh"), None).await;
-    let (status, body) = raw(url, Method::Get, &format!("/{index}/_count"), None).await;
-    assert_eq!(status, 200, "{body}");
-    body["count"].as_u64().expect("count")
-}
-
-/// One hot-spot partial, with the id `documents_for` would give it.
-fn hot(pipeline: &str, shard: &str, window_s: i64, cell: &str, pickups: u64) -> PartialDocument {
-    PartialDocument {
-        id: format!("{pipeline}/hot_spot/{window_s}/{cell}/{shard}"),
-        pipeline: pipeline.to_owned(),
-        analysis: AnalysisKind::HotSpot,
-        window_start: window_s * 1000,
-        window_end: window_s * 1000 + 600_000,
-        location: cell.to_owned(),
-        geohash: cell.parse().expect("geohash"),
-        pickup_count: Some(pickups),
-        airport: None,
-        trip_count: None,
-        sum_duration_min: None,
-        sum_duration_ms: None,
-        shard: shard.to_owned(),
-        is_final: true,
-        version: pickups,
-    }
-}
-
-/// `n` distinct hot-spot partials of one pipeline.
-fn hot_docs(pipeline: &str, n: usize, pickups: u64) -> Vec<PartialDocument> {
-    (0..n).map(|i| hot(pipeline, "shardId-000000000000", 1_451_606_400 + 600 * i as i64, "dr5ru7", pickups)).collect()
-}
-
 fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
     registry
         .gather()
@@ -100,125 +53,17 @@ fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) 
         .sum()
 }
 
-/// A request seen by [`FakeServer`].
-#[derive(Clone, Debug)]
-struct Captured {
-    method: String,
-    target: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Captured {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-}
-
-type Handler = Arc<dyn Fn(&Captured) -> (u16, Value) + Send + Sync>;
-
-/// A minimal HTTP/1.1 server (keep-alive, content-length bodies) that records every request.
-struct FakeServer {
-    url: String,
-    requests: Arc<Mutex<Vec<Captured>>>,
-    task: JoinHandle<()>,
-}
-
-impl FakeServer {
-    async fn start(handler: Handler) -> FakeServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let requests: Arc<Mutex<Vec<Captured>>> = Arc::default();
-        let seen = requests.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let (handler, seen) = (handler.clone(), seen.clone());
-                tokio::spawn(async move {
-                    let (read, mut write) = stream.into_split();
-                    let mut read = BufReader::new(read);
-                    loop {
-                        let mut line = String::new();
-                        if read.read_line(&mut line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let mut parts = line.split_whitespace();
-                        let (method, target) =
-                            (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned());
-                        let mut headers = Vec::new();
-                        loop {
-                            let mut h = String::new();
-                            if read.read_line(&mut h).await.unwrap_or(0) == 0 {
-                                return;
-                            }
-                            let h = h.trim_end();
-                            if h.is_empty() {
-                                break;
-                            }
-                            if let Some((k, v)) = h.split_once(':') {
-                                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-                            }
-                        }
-                        let len = headers
-                            .iter()
-                            .find(|(k, _)| k == "content-length")
-                            .and_then(|(_, v)| v.parse().ok())
-                            .unwrap_or(0usize);
-                        let mut body = vec![0; len];
-                        if read.read_exact(&mut body).await.is_err() {
-                            return;
-                        }
-                        let request = Captured { method, target, headers, body };
-                        let (status, reply) = handler(&request);
-                        seen.lock().expect("lock").push(request);
-                        let reply = reply.to_string();
-                        let head = format!(
-                            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                            reply.len()
-                        );
-                        if write.write_all(head.as_bytes()).await.is_err()
-                            || write.write_all(reply.as_bytes()).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        FakeServer { url, requests, task }
-    }
-
-    fn requests(&self) -> Vec<Captured> {
-        self.requests.lock().expect("lock").clone()
-    }
-}
-
-impl Drop for FakeServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// The `_id`s of a bulk body, in order.
-fn bulk_ids(body: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(body)
-        .lines()
-        .step_by(2)
-        .map(|l| serde_json::from_str::<Value>(l).expect("action")["index"]["_id"].as_str().expect("_id").to_owned())
-        .collect()
-}
-
 // ---- With osmem --------------------------------------------------------------------------------
 
 #[tokio::test]
 async fn written_documents_are_searchable_and_rewrites_overwrite() {
-    let Some(url) = endpoint() else { return };
-    let prefix = prefix();
+    let Some(url) = emulator() else { return };
+    let prefix = fresh_index_prefix();
     let s = settings(&url, &prefix);
     let registry = prometheus::Registry::new();
     let sink = OpenSearchSink::connect(s.clone(), &registry, None).await.expect("connect");
 
-    let docs = hot_docs("p1", 120, 3);
+    let docs = hot_spots("p1", 120, 3);
     sink.write(docs.clone()).await.expect("write");
     let report = sink.flush().await.expect("flush");
     assert_eq!((report.acknowledged, report.rejected), (120, 0));
@@ -233,7 +78,7 @@ async fn written_documents_are_searchable_and_rewrites_overwrite() {
     assert_eq!(one["_source"]["id"], docs[0].id.as_str(), "_id is the document id: {one}");
 
     // Same ids, new values: overwritten, not added.
-    sink.write(hot_docs("p1", 120, 7)).await.expect("rewrite");
+    sink.write(hot_spots("p1", 120, 7)).await.expect("rewrite");
     sink.flush().await.expect("flush");
     assert_eq!(count(&url, &hot_index).await, 120);
     let read = query_partials(&s, "p1").await.expect("query");
@@ -241,7 +86,7 @@ async fn written_documents_are_searchable_and_rewrites_overwrite() {
     assert!(read.iter().all(|d| d.pickup_count == Some(7)), "values updated");
 
     // Older versions (a zombie's late write) are acknowledged, and change nothing.
-    sink.write(hot_docs("p1", 120, 5)).await.expect("late write");
+    sink.write(hot_spots("p1", 120, 5)).await.expect("late write");
     let report = sink.flush().await.expect("flush");
     assert_eq!((report.acknowledged, report.rejected), (120, 0), "an older version is no error");
     let read = query_partials(&s, "p1").await.expect("query");
@@ -265,8 +110,8 @@ fn urlencode(s: &str) -> String {
 
 #[tokio::test]
 async fn merged_results_over_three_shards_equal_merge_documents() {
-    let Some(url) = endpoint() else { return };
-    let prefix = prefix();
+    let Some(url) = emulator() else { return };
+    let prefix = fresh_index_prefix();
     let s = settings(&url, &prefix);
     let sink = OpenSearchSink::connect(s.clone(), &prometheus::Registry::new(), None).await.expect("connect");
     let config = Arc::new(EngineConfig::default());
@@ -303,8 +148,8 @@ async fn merged_results_over_three_shards_equal_merge_documents() {
 
 #[tokio::test]
 async fn templates_map_location_as_geo_point_and_counts_as_long() {
-    let Some(url) = endpoint() else { return };
-    let prefix = prefix();
+    let Some(url) = emulator() else { return };
+    let prefix = fresh_index_prefix();
     let _sink =
         OpenSearchSink::connect(settings(&url, &prefix), &prometheus::Registry::new(), None).await.expect("connect");
     let (status, template) = raw(&url, Method::Get, &format!("/_index_template/{prefix}-partials"), None).await;
@@ -326,8 +171,8 @@ async fn templates_map_location_as_geo_point_and_counts_as_long() {
 
 #[tokio::test]
 async fn a_document_refused_by_the_mapping_is_counted_and_does_not_block_the_others() {
-    let Some(url) = endpoint() else { return };
-    let prefix = prefix();
+    let Some(url) = emulator() else { return };
+    let prefix = fresh_index_prefix();
     // A conflicting explicit mapping first: `shard` is a long, so "shardId-…" cannot be indexed.
     let hot_index = index_name(&prefix, AnalysisKind::HotSpot);
     let (status, body) = raw(
@@ -341,8 +186,8 @@ async fn a_document_refused_by_the_mapping_is_counted_and_does_not_block_the_oth
     let registry = prometheus::Registry::new();
     let sink = OpenSearchSink::connect(settings(&url, &prefix), &registry, None).await.expect("connect");
     let mut docs: Vec<PartialDocument> =
-        (0..30).map(|i| hot("p", &i.to_string(), 1_451_606_400, "dr5ru7", 2)).collect();
-    docs.insert(10, hot("p", "shardId-000000000001", 1_451_606_400, "dr5ru7", 2));
+        (0..30).map(|i| hot_spot("p", &i.to_string(), 1_451_606_400, "dr5ru7", 2)).collect();
+    docs.insert(10, hot_spot("p", "shardId-000000000001", 1_451_606_400, "dr5ru7", 2));
     sink.write(docs).await.expect("write");
     let report =
         tokio::time::timeout(Duration::from_secs(20), sink.flush()).await.expect("flush not blocked").expect("flush");
@@ -354,14 +199,14 @@ async fn a_document_refused_by_the_mapping_is_counted_and_does_not_block_the_oth
 
 #[tokio::test]
 async fn documents_survive_opensearch_being_down_for_a_while() {
-    let Some(url) = endpoint() else { return };
-    let prefix = prefix();
+    let Some(url) = emulator() else { return };
+    let prefix = fresh_index_prefix();
     let mut proxy = Proxy::start(&url).await;
     let registry = prometheus::Registry::new();
     let sink = OpenSearchSink::connect(settings(&proxy.url(), &prefix), &registry, None).await.expect("connect");
     proxy.down().await;
 
-    let docs = hot_docs("down", 300, 4);
+    let docs = hot_spots("down", 300, 4);
     tokio::time::timeout(Duration::from_secs(5), sink.write(docs))
         .await
         .expect("write returns while room")
@@ -385,8 +230,8 @@ async fn documents_survive_opensearch_being_down_for_a_while() {
 
 #[tokio::test]
 async fn write_blocks_when_the_buffer_is_full_and_resumes_when_opensearch_returns() {
-    let Some(url) = endpoint() else { return };
-    let prefix = prefix();
+    let Some(url) = emulator() else { return };
+    let prefix = fresh_index_prefix();
     let mut proxy = Proxy::start(&url).await;
     let registry = prometheus::Registry::new();
     let mut s = settings(&proxy.url(), &prefix);
@@ -395,7 +240,7 @@ async fn write_blocks_when_the_buffer_is_full_and_resumes_when_opensearch_return
     let sink = OpenSearchSink::connect(s, &registry, None).await.expect("connect");
     proxy.down().await;
 
-    let docs = hot_docs("bp", 16, 1);
+    let docs = hot_spots("bp", 16, 1);
     sink.write(docs[..10].to_vec()).await.expect("fits the buffer");
     let blocked = tokio::spawn({
         let sink = sink.clone();
@@ -422,9 +267,9 @@ async fn item_errors_are_retried_or_dropped_by_kind() {
     // containing "busy" is answered 429 es_rejected_execution_exception.
     let seen_busy = Arc::new(Mutex::new(0u32));
     let stored: Arc<Mutex<HashMap<String, Value>>> = Arc::default();
-    let handler: Handler = {
+    let handler = {
         let (seen_busy, stored) = (seen_busy.clone(), stored.clone());
-        Arc::new(move |r: &Captured| {
+        move |r: &Request| {
             if r.target != "/_bulk" {
                 return (200, json!({ "acknowledged": true }));
             }
@@ -451,14 +296,15 @@ async fn item_errors_are_retried_or_dropped_by_kind() {
                 items.push(item);
             }
             (200, json!({ "errors": true, "took": 1, "items": items }))
-        })
+        }
     };
-    let server = FakeServer::start(handler).await;
+    let server = FakeOpenSearch::start(handler).await;
     let registry = prometheus::Registry::new();
-    let sink = OpenSearchSink::connect(settings(&server.url, &prefix()), &registry, None).await.expect("connect");
-    let mut docs = hot_docs("ok", 8, 1);
-    docs.insert(3, hot("bad", "s", 1_451_606_400, "dr5ru7", 1));
-    docs.insert(5, hot("busy", "s", 1_451_606_400, "dr5ru7", 1));
+    let sink =
+        OpenSearchSink::connect(settings(server.url(), &fresh_index_prefix()), &registry, None).await.expect("connect");
+    let mut docs = hot_spots("ok", 8, 1);
+    docs.insert(3, hot_spot("bad", "s", 1_451_606_400, "dr5ru7", 1));
+    docs.insert(5, hot_spot("busy", "s", 1_451_606_400, "dr5ru7", 1));
     sink.write(docs).await.expect("write");
     let report = tokio::time::timeout(Duration::from_secs(10), sink.flush()).await.expect("flush").expect("flush");
     assert_eq!((report.acknowledged, report.rejected), (9, 1));
@@ -481,7 +327,7 @@ async fn item_errors_are_retried_or_dropped_by_kind() {
 async fn a_refused_bulk_and_a_lone_oversized_document_are_dead_lettered_before_the_flush_returns() {
     // Bodies holding an id with "reject" are answered 400 as a whole; a body holding an id with
     // "huge" is answered 413 (so alone, after the batch is halved, it is refused for good).
-    let handler: Handler = Arc::new(|r: &Captured| {
+    let handler = |r: &Request| {
         if r.target != "/_bulk" {
             return (200, json!({ "acknowledged": true }));
         }
@@ -494,8 +340,8 @@ async fn a_refused_bulk_and_a_lone_oversized_document_are_dead_lettered_before_t
         }
         let items: Vec<Value> = ids.iter().map(|id| json!({ "index": { "_id": id, "status": 201 } })).collect();
         (200, json!({ "errors": false, "took": 1, "items": items }))
-    });
-    let server = FakeServer::start(handler).await;
+    };
+    let server = FakeOpenSearch::start(handler).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let store = taxi_io::store::CheckpointStore::from_uri(
         &dir.path().display().to_string(),
@@ -507,13 +353,13 @@ async fn a_refused_bulk_and_a_lone_oversized_document_are_dead_lettered_before_t
     let registry = prometheus::Registry::new();
     let gauge = prometheus::IntGauge::new("taxi_sink_dead_letters", "dead letters").expect("gauge");
     let letters = taxi_io::sink::dead_letter::DeadLetterStore::new(store, "p", gauge.clone());
-    let sink = OpenSearchSink::connect(settings(&server.url, &prefix()), &registry, Some(letters.clone()))
+    let sink = OpenSearchSink::connect(settings(server.url(), &fresh_index_prefix()), &registry, Some(letters.clone()))
         .await
         .expect("connect");
 
-    sink.write(vec![hot("reject", "s", 1_451_606_400, "dr5ru7", 1)]).await.expect("write");
+    sink.write(vec![hot_spot("reject", "s", 1_451_606_400, "dr5ru7", 1)]).await.expect("write");
     sink.flush().await.expect("flush");
-    sink.write(hot_docs("ok", 3, 1).into_iter().chain([hot("huge", "s", 1_451_606_400, "dr5ru7", 1)]).collect())
+    sink.write(hot_spots("ok", 3, 1).into_iter().chain([hot_spot("huge", "s", 1_451_606_400, "dr5ru7", 1)]).collect())
         .await
         .expect("write");
     let report = tokio::time::timeout(Duration::from_secs(10), sink.flush()).await.expect("flush").expect("flush");
@@ -537,7 +383,7 @@ async fn a_refused_bulk_and_a_lone_oversized_document_are_dead_lettered_before_t
 #[tokio::test]
 async fn connect_gives_up_with_a_clear_error_when_the_cluster_stays_unreachable() {
     let port = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr").port();
-    let mut s = settings(&format!("http://127.0.0.1:{port}"), &prefix());
+    let mut s = settings(&format!("http://127.0.0.1:{port}"), &fresh_index_prefix());
     s.startup_timeout = Duration::from_millis(600);
     let err = OpenSearchSink::connect(s, &prometheus::Registry::new(), None).await.expect_err("nothing listens");
     assert_eq!(err.category(), "unavailable");
@@ -576,7 +422,7 @@ async fn sigv4_child() {
     if std::env::var("TAXI_SIGV4_CHILD").is_err() {
         return; // only meaningful inside sigv4_requests_carry_a_valid_signature
     }
-    let server = FakeServer::start(Arc::new(|r: &Captured| {
+    let server = FakeOpenSearch::start(|r: &Request| {
         if r.target == "/_bulk" {
             let items: Vec<Value> =
                 bulk_ids(&r.body).iter().map(|id| json!({ "index": { "_id": id, "status": 201 } })).collect();
@@ -584,12 +430,12 @@ async fn sigv4_child() {
         } else {
             (200, json!({ "acknowledged": true }))
         }
-    }))
+    })
     .await;
-    let mut s = settings(&server.url, &prefix());
+    let mut s = settings(server.url(), &fresh_index_prefix());
     s.auth = OpenSearchAuth::SigV4 { service: SigV4Service::Es, region: None };
     let sink = OpenSearchSink::connect(s, &prometheus::Registry::new(), None).await.expect("connect");
-    sink.write(hot_docs("sig", 2, 1)).await.expect("write");
+    sink.write(hot_spots("sig", 2, 1)).await.expect("write");
     assert_eq!(sink.flush().await.expect("flush").acknowledged, 2);
 
     let requests = server.requests();
@@ -608,7 +454,7 @@ async fn sigv4_child() {
 }
 
 /// The signature of a captured request, recomputed with `aws-sigv4` from what was received.
-fn recompute_signature(r: &Captured, signed: &[&str], amz_date: &str) -> String {
+fn recompute_signature(r: &Request, signed: &[&str], amz_date: &str) -> String {
     use aws_sigv4::http_request::{
         PayloadChecksumKind, SignableBody, SignableRequest, SigningParams, SigningSettings, sign,
     };

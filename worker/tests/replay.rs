@@ -4,17 +4,15 @@
 //! Needs `TAXI_TEST_KINESIS_ENDPOINT` (`eval "$(bash .ci/services.sh start)"`); without it the test is skipped,
 //! except in CI (`CI=true`), where it fails.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use common::kinesis::{client, emulator};
 use taxi_core::event::{Event, Millis};
 use taxi_core::generate::{GeneratorConfig, write_json_lines};
 use taxi_core::input::parse_json_record;
 use taxi_io::kinesis::api::{KinesisApi, SdkKinesis, StartingPosition};
 use taxi_io::kinesis::kpl::{Deaggregated, deaggregate};
+use taxi_testkit::kinesis::{client, emulator};
 use taxi_worker::replay::{ReplayOptions, ReplayProgress, replay};
 
 /// What one shard holds, de-aggregated: (trip ids, watermark values, invalid records).

@@ -11,26 +11,24 @@
 //! shard was released by its old owner and claimed by the new one (no takeover by timeout), each
 //! within [`MAX_PAUSE`]. The pauses are printed.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::types::ScalingType;
-use common::kinesis::{client, fresh_stream, wait_active};
-use common::process::{WorkerProcess, spawn_worker};
-use common::services::{Services, services};
-use common::{as_lines, batch_oracle};
 use taxi_core::assignment::{Assignment, assign, moved_shards};
 use taxi_core::checkpoint::{Position, ShardCheckpoint};
 use taxi_core::config::EngineConfig;
-use taxi_core::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::generate::GeneratorConfig;
 use taxi_io::kinesis::api::{KinesisApi, SdkKinesis};
 use taxi_io::sink::opensearch::{OpenSearchSettings, merged_results};
+use taxi_testkit::input::{split_at_share, write_generated};
+use taxi_testkit::kinesis::{client, fresh_stream, wait_active};
+use taxi_testkit::opensearch::fresh_index_prefix;
+use taxi_testkit::oracle::{as_lines, batch_oracle};
+use taxi_testkit::process::{WorkerProcess, command, publish_assignment};
+use taxi_testkit::s3::{fresh_bucket, read_object};
+use taxi_testkit::services::{Services, services};
 use taxi_worker::replay::{ReplayError, ReplayOptions, ReplayProgress, ReplaySummary, replay};
 
 const BIN: &str = env!("CARGO_BIN_EXE_taxi-worker");
@@ -54,22 +52,12 @@ fn moved(previous: &Assignment, next: &Assignment) -> BTreeSet<String> {
 /// A `taxi-worker run` process following the assignment file.
 struct Worker {
     ordinal: u32,
-    child: Child,
-    addr: String,
-    stderr: Option<std::thread::JoinHandle<String>>,
+    process: WorkerProcess,
 }
 
 impl Worker {
-    fn get(&self, path: &str) -> String {
-        let Ok(mut stream) = std::net::TcpStream::connect(&self.addr) else { return String::new() };
-        let _ = write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        let mut response = String::new();
-        let _ = stream.read_to_string(&mut response);
-        response.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
-    }
-
     fn status(&self) -> serde_json::Value {
-        serde_json::from_str(&self.get("/status")).unwrap_or_default()
+        self.process.status()
     }
 
     fn shard_status(&self, shard: &str) -> serde_json::Value {
@@ -77,11 +65,7 @@ impl Worker {
     }
 
     fn metric(&self, name_and_labels: &str) -> f64 {
-        self.get("/metrics")
-            .lines()
-            .filter(|l| l.starts_with(name_and_labels))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        self.process.metric(name_and_labels)
     }
 
     /// Shards this worker still reads or is about to read.
@@ -97,31 +81,12 @@ impl Worker {
 
     /// SIGTERM, as Kubernetes stops a pod; waits for a clean exit.
     fn terminate(mut self) {
-        let pid = self.child.id().to_string();
-        let killed = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
-        assert!(killed.success(), "kill -TERM {pid}");
+        self.process.signal("-TERM");
         self.wait_for_exit(Duration::from_secs(30), "exit after SIGTERM");
     }
 
     fn wait_for_exit(&mut self, timeout: Duration, what: &str) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                let stderr = self.stderr.take().and_then(|t| t.join().ok()).unwrap_or_default();
-                assert!(status.success(), "worker {} failed: {stderr}", self.ordinal);
-                return stderr;
-            }
-            assert!(Instant::now() < deadline, "worker {} did not {what}", self.ordinal);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Worker {
-    /// A failing test must not leave workers behind.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.wait_for_exit(timeout, what)
     }
 }
 
@@ -138,8 +103,7 @@ struct Setup {
 
 impl Setup {
     fn start_worker(&self, ordinal: u32, extra: &[&str]) -> Worker {
-        let mut cmd = Command::new(BIN);
-        cmd.env("AWS_ACCESS_KEY_ID", "test").env("AWS_SECRET_ACCESS_KEY", "test").env("AWS_REGION", "us-east-1");
+        let mut cmd = command(BIN);
         cmd.env("TAXI_S3_ENDPOINT_URL", &self.services.s3).env("TAXI_S3_FORCE_PATH_STYLE", "true");
         cmd.env("RUST_LOG", "taxi_worker=info");
         let assignment = format!("file:{}", self.assignment_file.display());
@@ -154,17 +118,14 @@ impl Setup {
             .args(["--max-out-of-orderness", "10m"])
             .args(["--assignment", &assignment, "--ordinal", &ordinal.to_string()])
             .args(extra);
-        let WorkerProcess { child, addr, stderr } = spawn_worker(cmd);
-        Worker { ordinal, child, addr, stderr: Some(stderr) }
+        Worker { ordinal, process: WorkerProcess::spawn(cmd).named(format!("worker {ordinal}")) }
     }
 
     /// Writes the next assignment for `replicas` over the stream's current shards, atomically.
     async fn publish(&self, replicas: u32, previous: Option<&Assignment>) -> Assignment {
         let shards = self.kinesis.list_shards(&self.stream).await.expect("list shards");
         let next = assign(&shards, replicas, previous);
-        let tmp = self.assignment_file.with_extension("tmp");
-        std::fs::write(&tmp, next.to_json()).expect("write assignment");
-        std::fs::rename(&tmp, &self.assignment_file).expect("rename assignment");
+        publish_assignment(&self.assignment_file, &next);
         eprintln!("epoch {}: replicas {replicas}, owners {:?}", next.epoch, next.owners);
         next
     }
@@ -200,9 +161,8 @@ async fn record_checkpoints(s3: &aws_sdk_s3::Client, bucket: &str, history: &His
     let prefix = format!("checkpoints/{PIPELINE}/shards/");
     let Ok(listed) = s3.list_objects_v2().bucket(bucket).prefix(&prefix).send().await else { return };
     for key in listed.contents().iter().filter_map(|o| o.key()) {
-        let Ok(object) = s3.get_object().bucket(bucket).key(key).send().await else { continue };
-        let Ok(bytes) = object.body.collect().await else { continue };
-        let Ok(checkpoint) = ShardCheckpoint::from_bytes(&bytes.into_bytes()) else { continue };
+        let Some(bytes) = read_object(s3, bucket, key).await else { continue };
+        let Ok(checkpoint) = ShardCheckpoint::from_bytes(&bytes) else { continue };
         let seen = Seen {
             owner_id: checkpoint.owner_id,
             owner_epoch: checkpoint.owner_epoch,
@@ -328,27 +288,21 @@ fn summary(pauses: &[Duration]) -> String {
 /// resharded between them, so no record is in flight while its shard closes (the producer's lanes
 /// may otherwise reorder a closed parent's last records behind its children's first ones).
 fn split_input(input: &Path) -> (PathBuf, PathBuf) {
-    let text = std::fs::read_to_string(input).expect("input");
-    let lines: Vec<&str> = text.lines().collect();
-    let (first, second) = lines.split_at(lines.len() * PHASE_1.0 / PHASE_1.1);
-    let write = |name: &str, part: &[&str]| {
-        let path = input.with_file_name(name);
-        std::fs::write(&path, part.join("\n") + "\n").expect("write phase");
-        path
-    };
-    (write("phase1.jsonl", first), write("phase2.jsonl", second))
+    let dir = input.parent().expect("the input's folder");
+    split_at_share(input, dir, ["phase1.jsonl", "phase2.jsonl"], PHASE_1)
 }
 
 async fn prepare(services: Services, dir: &Path) -> (Setup, PathBuf) {
     let input = dir.join("trips.jsonl");
-    let config = GeneratorConfig { trips: TRIPS, seed: 77, invalid_ratio: 0.002, ..GeneratorConfig::default() };
-    write_json_lines(&config, std::fs::File::create(&input).expect("create")).expect("generate");
+    write_generated(
+        &input,
+        &GeneratorConfig { trips: TRIPS, seed: 77, invalid_ratio: 0.002, ..GeneratorConfig::default() },
+    );
     let kinesis = Arc::new(client(&services.kinesis));
     let stream = fresh_stream(&kinesis, 4).await;
-    let s3 = common::s3::client(&services.s3);
-    let bucket = format!("taxi-{:016x}", fastrand::u64(..));
-    s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
-    let index_prefix = format!("t{:016x}", fastrand::u64(..));
+    let s3 = taxi_testkit::s3::client(&services.s3);
+    let bucket = fresh_bucket(&s3, "taxi").await;
+    let index_prefix = fresh_index_prefix();
     let assignment_file = dir.join("assignment.json");
     (Setup { services, kinesis, s3, stream, bucket, index_prefix, assignment_file }, input)
 }
@@ -399,16 +353,7 @@ async fn live_rescale_moves_only_what_it_must_pauses_briefly_and_loses_nothing()
     // Between the producer's two phases, a reshard 4 → 8 (the workers still read the parents);
     // the children get owners at epoch 3, the parents keep theirs.
     let sent1 = producer.await.expect("join").expect("replay, phase 1");
-    setup
-        .kinesis
-        .client()
-        .update_shard_count()
-        .stream_name(&setup.stream)
-        .target_shard_count(8)
-        .scaling_type(ScalingType::UniformScaling)
-        .send()
-        .await
-        .expect("reshard");
+    setup.kinesis.update_shard_count(&setup.stream, 8).await.expect("reshard");
     wait_active(&setup.kinesis, &setup.stream).await;
     let producer = produce(&setup, phase2);
     let phase2_started = Instant::now();
@@ -483,8 +428,7 @@ async fn live_rescale_moves_only_what_it_must_pauses_briefly_and_loses_nothing()
     let mut late = BTreeMap::new();
     for shard in history.keys() {
         let key = format!("checkpoints/{PIPELINE}/shards/{shard}.json");
-        let object = setup.s3.get_object().bucket(&setup.bucket).key(&key).send().await.expect("checkpoint");
-        let bytes = object.body.collect().await.expect("read").into_bytes();
+        let bytes = read_object(&setup.s3, &setup.bucket, &key).await.expect("checkpoint");
         let checkpoint = ShardCheckpoint::from_bytes(&bytes).expect("decode");
         processed.add(&checkpoint.counters);
         late.insert(shard.clone(), checkpoint.counters.late);

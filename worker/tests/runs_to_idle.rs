@@ -6,12 +6,14 @@ mod common;
 
 use std::sync::Arc;
 
-use common::kinesis::{client, emulator, fresh_stream, put_file, run_options, run_to_idle};
-use common::{as_lines, batch_oracle, trip_line};
+use common::{merged, partials, run_options, run_to_idle};
 use taxi_core::config::EngineConfig;
-use taxi_core::document::{PartialDocument, merge_documents};
+use taxi_core::document::PartialDocument;
 use taxi_core::event::{GeoPoint, Trip};
 use taxi_io::sink::file::read_documents;
+use taxi_testkit::input::trip_lines;
+use taxi_testkit::kinesis::{client, emulator, fresh_stream, put_file};
+use taxi_testkit::oracle::{as_lines, batch_oracle};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runs_to_idle_over_two_replays_merge_to_one_run_over_both() {
@@ -30,29 +32,25 @@ async fn two_runs_to_idle_over_two_replays_merge_to_one_run_over_both() {
         pickup: midtown,
         dropoff: jfk,
     };
-    let lines = |trips: &[Trip]| trips.iter().map(|t| trip_line(t) + "\n").collect::<String>();
     let first: Vec<Trip> = (1..=4).map(|id| trip(id, 120 + id as i64)).collect();
     let second: Vec<Trip> = (5..=8).map(|id| trip(id, 240 + id as i64)).chain([trip(9, 1_800)]).collect();
     let (a, b, all) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"), dir.path().join("all.jsonl"));
-    std::fs::write(&a, lines(&first)).expect("write");
-    std::fs::write(&b, lines(&second)).expect("write");
-    std::fs::write(&all, lines(&first) + &lines(&second)).expect("write");
+    std::fs::write(&a, trip_lines(&first)).expect("write");
+    std::fs::write(&b, trip_lines(&second)).expect("write");
+    std::fs::write(&all, trip_lines(&first) + &trip_lines(&second)).expect("write");
     let stream = fresh_stream(&api, 2).await;
     let options = run_options(&stream, dir.path(), "nyc");
-    let partials = dir.path().join("partials.jsonl");
 
     put_file(&api, &stream, &a).await;
     run_to_idle(api.clone(), options.clone()).await;
-    let first: Vec<PartialDocument> = read_documents(&partials).expect("partials");
+    let first: Vec<PartialDocument> = read_documents(&partials(dir.path())).expect("partials");
     assert!(first.iter().any(|d| !d.is_final), "the first run wrote the windows it left open as not final");
 
     put_file(&api, &stream, &b).await;
     run_to_idle(api.clone(), options).await;
-    let docs = read_documents(&partials).expect("partials");
-    let engine = EngineConfig::default();
     assert_eq!(
-        as_lines(&merge_documents(&engine, docs)),
-        as_lines(&batch_oracle(&engine, &all)),
+        merged(dir.path()),
+        as_lines(&batch_oracle(&EngineConfig::default(), &all)),
         "two runs merge to the results of one run over both replays"
     );
 }

@@ -1,8 +1,6 @@
 //! The checkpoint store against moto's S3 (`TAXI_TEST_S3_ENDPOINT`, started by `.ci/services.sh`)
 //! and a temporary directory: both kinds must fence writers alike.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,11 +8,8 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use taxi_core::checkpoint::CheckpointError;
 use taxi_io::store::{CheckpointStore, S3Settings, S3Store};
 use taxi_io::store::{DirStore, ETag, Precondition};
-
-/// The moto endpoint, or `None` (after saying why) when the test should be skipped.
-fn s3_endpoint() -> Option<String> {
-    common::services::service_endpoint("TAXI_TEST_S3_ENDPOINT")
-}
+use taxi_testkit::proxy::answer_dropping;
+use taxi_testkit::s3::{client, emulator as s3_endpoint, fresh_bucket, read_object};
 
 /// Static credentials and a fixed region: the default chain could otherwise reach for instance metadata.
 fn sdk_config() -> aws_config::SdkConfig {
@@ -33,9 +28,8 @@ fn settings(endpoint: &str) -> S3Settings {
 
 /// A store on a fresh bucket of its own.
 async fn s3_store(endpoint: &str, retain: usize) -> CheckpointStore {
-    let bucket = format!("taxi-test-{:016x}", fastrand::u64(..));
-    let store = S3Store::new(&sdk_config(), &settings(endpoint), bucket.clone(), "pipelines/p1").expect("store");
-    store.client().create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    let bucket = fresh_bucket(&client(endpoint), "taxi-test").await;
+    let store = S3Store::new(&sdk_config(), &settings(endpoint), bucket, "pipelines/p1").expect("store");
     CheckpointStore::S3 { store, retain }
 }
 
@@ -93,9 +87,8 @@ async fn read_history(store: &CheckpointStore, relative: &str) -> Vec<u8> {
     match store {
         CheckpointStore::Dir { store, .. } => std::fs::read(store.root().join(relative)).expect("read copy"),
         CheckpointStore::S3 { store, .. } => {
-            let object =
-                store.client().get_object().bucket(store.bucket()).key(format!("{}/{relative}", store.prefix()));
-            object.send().await.expect("get copy").body.collect().await.expect("body").to_vec()
+            let key = format!("{}/{relative}", store.prefix());
+            read_object(store.client(), store.bucket(), &key).await.expect("get copy").to_vec()
         }
     }
 }
@@ -219,11 +212,10 @@ async fn an_unreachable_endpoint_fails_quickly_with_a_retryable_error() {
 #[tokio::test]
 async fn a_write_applied_but_unanswered_is_not_taken_for_a_conflict_on_retry() {
     let Some(endpoint) = s3_endpoint() else { return };
-    let bucket = format!("taxi-test-{:016x}", fastrand::u64(..));
-    common::s3::client(&endpoint).create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    let bucket = fresh_bucket(&client(&endpoint), "taxi-test").await;
     // The first PUT reaches moto and is applied; its answer is lost, so the client retries, and
     // the retry's If-None-Match: * fails with 412 against its own write.
-    let (proxy, _task) = common::proxy::answer_dropping(&endpoint, 1).await;
+    let (proxy, _task) = answer_dropping(&endpoint, 1).await;
     let store = CheckpointStore::S3 {
         store: S3Store::new(&sdk_config(), &settings(&proxy), bucket, "pipelines/p1").expect("store"),
         retain: 0,

@@ -7,27 +7,16 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::kinesis::{client, emulator, fresh_stream, put_file, run_options, run_to_idle};
-use common::{as_lines, batch_oracle, split_in_halves};
+use common::{merged, run_options, run_to_idle};
 use taxi_core::config::EngineConfig;
-use taxi_core::document::merge_documents;
-use taxi_core::generate::{GeneratorConfig, write_json_lines};
-use taxi_core::topology::ShardInfo;
-use taxi_io::kinesis::api::{
-    KinesisApi, KinesisError, PutEntry, PutOutcome, RecordsPage, SdkKinesis, StartingPosition, StreamState,
-};
-use taxi_io::sink::file::read_documents;
+use taxi_io::kinesis::api::KinesisApi;
+use taxi_testkit::fake::FaultyKinesis;
+use taxi_testkit::input::{generated_input, split_in_halves};
+use taxi_testkit::kinesis::{client, emulator, fresh_stream, put_file};
+use taxi_testkit::oracle::{as_lines, batch_oracle};
 use taxi_worker::run::{RunError, RunOptions, WorkerState, run_worker};
-
-fn generated(dir: &Path, trips: u64) -> PathBuf {
-    let path = dir.join("trips.jsonl");
-    let config = GeneratorConfig { trips, seed: 5, ..GeneratorConfig::default() };
-    write_json_lines(&config, std::fs::File::create(&path).expect("create")).expect("generate");
-    path
-}
 
 fn checkpoint(dir: &Path, shard: &str) -> PathBuf {
     dir.join(format!("checkpoints/nyc/shards/{shard}.json"))
@@ -44,10 +33,7 @@ fn history(dir: &Path, shard: &str) -> Vec<PathBuf> {
 }
 
 /// Runs to idle and returns how the run ended, with the worker's state.
-async fn run_until_idle<K: taxi_io::kinesis::api::KinesisApi>(
-    api: Arc<K>,
-    options: RunOptions,
-) -> (Result<(), RunError>, Arc<WorkerState>) {
+async fn run_until_idle<K: KinesisApi>(api: Arc<K>, options: RunOptions) -> (Result<(), RunError>, Arc<WorkerState>) {
     let state = Arc::new(WorkerState::default());
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let ended = tokio::time::timeout(Duration::from_secs(120), run_worker(api, options, state.clone(), rx))
@@ -61,7 +47,7 @@ async fn a_corrupt_latest_checkpoint_falls_back_to_the_newest_readable_history_c
     let Some(endpoint) = emulator() else { return };
     let api = Arc::new(client(&endpoint));
     let dir = tempfile::tempdir().expect("tempdir");
-    let input = generated(dir.path(), 600);
+    let input = generated_input(dir.path(), 600, 5);
     let (a, b) = split_in_halves(&input, dir.path(), ["a.jsonl", "b.jsonl"]);
     let stream = fresh_stream(&api, 2).await;
     let options = run_options(&stream, dir.path(), "nyc");
@@ -81,11 +67,9 @@ async fn a_corrupt_latest_checkpoint_falls_back_to_the_newest_readable_history_c
     ended.expect("the shard restored from history and the run ended well");
     let corrupt = state.metrics.checkpoint_failures.with_label_values(&["corrupt"]).get();
     assert_eq!(corrupt, 1, "the corrupt checkpoint was noticed once");
-    let engine = EngineConfig::default();
-    let docs = read_documents(&dir.path().join("partials.jsonl")).expect("partials");
     assert_eq!(
-        as_lines(&merge_documents(&engine, docs)),
-        as_lines(&batch_oracle(&engine, &input)),
+        merged(dir.path()),
+        as_lines(&batch_oracle(&EngineConfig::default(), &input)),
         "records read again after the older copy are not counted twice"
     );
 }
@@ -95,7 +79,7 @@ async fn a_shard_that_cannot_be_restored_fails_alone_with_its_reason() {
     let Some(endpoint) = emulator() else { return };
     let api = Arc::new(client(&endpoint));
     let dir = tempfile::tempdir().expect("tempdir");
-    let input = generated(dir.path(), 600);
+    let input = generated_input(dir.path(), 600, 5);
     let (a, b) = split_in_halves(&input, dir.path(), ["a.jsonl", "b.jsonl"]);
     let stream = fresh_stream(&api, 3).await;
     let options = run_options(&stream, dir.path(), "nyc");
@@ -137,74 +121,17 @@ async fn a_shard_that_cannot_be_restored_fails_alone_with_its_reason() {
     assert_eq!(state.metrics.failed_shards.get(), 2);
 }
 
-/// The emulator, except that one shard vanishes (as an expired shard does): listed once, then no
-/// more, and never readable.
-struct Vanishing {
-    inner: SdkKinesis,
-    gone: String,
-    listings: AtomicU32,
-}
-
-impl KinesisApi for Vanishing {
-    type Subscription = <SdkKinesis as KinesisApi>::Subscription;
-
-    async fn list_shards(&self, stream: &str) -> Result<Vec<ShardInfo>, KinesisError> {
-        let mut shards = self.inner.list_shards(stream).await?;
-        if self.listings.fetch_add(1, Ordering::SeqCst) > 0 {
-            shards.retain(|s| s.shard_id != self.gone);
-        }
-        Ok(shards)
-    }
-    async fn get_shard_iterator(
-        &self,
-        stream: &str,
-        shard_id: &str,
-        position: &StartingPosition,
-    ) -> Result<String, KinesisError> {
-        if shard_id == self.gone {
-            let message = format!("Shard {shard_id} in stream {stream} does not exist");
-            return Err(KinesisError::NotFound { operation: "GetShardIterator", message });
-        }
-        self.inner.get_shard_iterator(stream, shard_id, position).await
-    }
-    async fn get_records(&self, iterator: &str, limit: i32) -> Result<RecordsPage, KinesisError> {
-        self.inner.get_records(iterator, limit).await
-    }
-    async fn put_records(&self, stream: &str, entries: Vec<PutEntry>) -> Result<Vec<PutOutcome>, KinesisError> {
-        self.inner.put_records(stream, entries).await
-    }
-    async fn stream_state(&self, stream: &str) -> Result<StreamState, KinesisError> {
-        self.inner.stream_state(stream).await
-    }
-    async fn create_stream(&self, stream: &str, shards: u32) -> Result<(), KinesisError> {
-        self.inner.create_stream(stream, shards).await
-    }
-    async fn update_shard_count(&self, stream: &str, target_open_shards: u32) -> Result<(), KinesisError> {
-        self.inner.update_shard_count(stream, target_open_shards).await
-    }
-    async fn register_consumer(&self, stream: &str, name: &str) -> Result<String, KinesisError> {
-        self.inner.register_consumer(stream, name).await
-    }
-    async fn subscribe_to_shard(
-        &self,
-        consumer_arn: &str,
-        shard_id: &str,
-        position: &StartingPosition,
-    ) -> Result<Self::Subscription, KinesisError> {
-        self.inner.subscribe_to_shard(consumer_arn, shard_id, position).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_shard_fails_alone_and_is_not_retried_once_it_is_no_longer_listed() {
     let Some(endpoint) = emulator() else { return };
     let sdk = client(&endpoint);
     let dir = tempfile::tempdir().expect("tempdir");
-    let input = generated(dir.path(), 300);
+    let input = generated_input(dir.path(), 300, 5);
     let stream = fresh_stream(&sdk, 2).await;
     put_file(&sdk, &stream, &input).await;
     let gone = "shardId-000000000000";
-    let api = Arc::new(Vanishing { inner: sdk, gone: gone.to_owned(), listings: AtomicU32::new(0) });
+    // The shard vanishes as an expired shard does: listed once, then no more, and never readable.
+    let api = Arc::new(FaultyKinesis::new(sdk).vanishing_shard(gone, 1));
     let (ended, state) = run_until_idle(api, run_options(&stream, dir.path(), "nyc")).await;
     ended.expect("the worker went on with its other shard and stopped when idle");
     let status = serde_json::to_value(state.status()).expect("status");

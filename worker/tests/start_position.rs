@@ -8,28 +8,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::kinesis::{client, emulator, fresh_stream, put_file, run_options, run_to_idle, wait_active};
-use common::{as_lines, batch_oracle};
+use common::{merged, run_options, run_to_idle};
 use taxi_core::checkpoint::{Position, ShardCheckpoint};
 use taxi_core::config::EngineConfig;
-use taxi_core::document::merge_documents;
-use taxi_core::generate::{GeneratorConfig, write_json_lines};
+use taxi_core::generate::GeneratorConfig;
 use taxi_core::start_position::InitialPosition;
 use taxi_core::status::ShardState;
 use taxi_io::kinesis::api::KinesisApi;
-use taxi_io::sink::file::read_documents;
+use taxi_testkit::input::{count_records, split_in_halves, write_generated};
+use taxi_testkit::kinesis::{client, emulator, fresh_stream, put_file, wait_active};
+use taxi_testkit::oracle::{as_lines, batch_oracle};
 use taxi_worker::run::{WorkerState, run_worker};
 
 /// `trips` generated trips in `dir/name`.
 fn generated(dir: &Path, name: &str, trips: u64, seed: u64) -> PathBuf {
     let path = dir.join(name);
-    let config = GeneratorConfig { trips, seed, ..GeneratorConfig::default() };
-    write_json_lines(&config, std::fs::File::create(&path).expect("create")).expect("generate");
+    write_generated(&path, &GeneratorConfig { trips, seed, ..GeneratorConfig::default() });
     path
-}
-
-fn merged(dir: &Path) -> Vec<String> {
-    as_lines(&merge_documents(&EngineConfig::default(), read_documents(&dir.join("partials.jsonl")).expect("partials")))
 }
 
 fn checkpoint(dir: &Path, pipeline: &str, shard: &str) -> ShardCheckpoint {
@@ -57,11 +52,7 @@ async fn latest_is_resolved_at_the_first_claim_so_a_restart_before_the_first_rec
     let input = generated(dir.path(), "trips.jsonl", 600, 31);
     put_file(&api, &stream, &input).await;
     let (second, _) = run_to_idle(api.clone(), options).await;
-    assert_eq!(
-        second.counters.records,
-        common::kinesis::count_records(&input),
-        "nothing after the first claim is skipped"
-    );
+    assert_eq!(second.counters.records, count_records(&input), "nothing after the first claim is skipped");
     assert_eq!(merged(dir.path()), as_lines(&batch_oracle(&EngineConfig::default(), &input)));
 }
 
@@ -71,7 +62,7 @@ async fn with_latest_the_children_of_a_reshard_start_at_their_beginning() {
     let api = Arc::new(client(&endpoint));
     let dir = tempfile::tempdir().expect("tempdir");
     let all = generated(dir.path(), "all.jsonl", 1_200, 32);
-    let (before, after) = common::split_in_halves(&all, dir.path(), ["before.jsonl", "after.jsonl"]);
+    let (before, after) = split_in_halves(&all, dir.path(), ["before.jsonl", "after.jsonl"]);
     let stream = fresh_stream(&api, 2).await;
 
     // A first worker claims both shards (resolving `latest`), reads the first half, and stops.
@@ -89,7 +80,7 @@ async fn with_latest_the_children_of_a_reshard_start_at_their_beginning() {
     };
     wait_for("the worker claims both shards", || progress(2, 0)).await;
     put_file(&api, &stream, &before).await;
-    let half = common::kinesis::count_records(&before);
+    let half = count_records(&before);
     wait_for("the worker reads the first half", || progress(2, half)).await;
     stop.send(true).expect("stop");
     tokio::time::timeout(Duration::from_secs(30), worker).await.expect("stops").expect("join").expect("first run");
@@ -101,11 +92,7 @@ async fn with_latest_the_children_of_a_reshard_start_at_their_beginning() {
 
     // The next worker reads the parents to their end, then the children from their beginning.
     let (summary, _) = run_to_idle(api.clone(), options).await;
-    assert_eq!(
-        summary.counters.records,
-        common::kinesis::count_records(&after),
-        "the children's records were all read"
-    );
+    assert_eq!(summary.counters.records, count_records(&after), "the children's records were all read");
     assert_eq!(summary.finished_shards.len(), 2, "the two parents were read to their end");
     assert_eq!(merged(dir.path()), as_lines(&batch_oracle(&EngineConfig::default(), &all)));
 }

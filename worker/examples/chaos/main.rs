@@ -26,7 +26,8 @@ use std::process::ExitCode;
 
 use futures::StreamExt;
 
-use scenario::{Options, Services, run_seed};
+use scenario::{Options, run_seed};
+use taxi_testkit::services::Services;
 
 struct Args {
     seeds: Vec<u64>,
@@ -72,19 +73,8 @@ fn parse_args() -> Result<Args, String> {
     Ok(Args { seeds, jobs, options })
 }
 
-fn endpoint(var: &str) -> Result<String, String> {
-    std::env::var(var).map_err(|_| format!("{var} is not set: start the emulators with `bash .ci/services.sh start`"))
-}
-
 fn main() -> ExitCode {
-    let (args, services) = match parse_args().and_then(|args| {
-        let services = Services {
-            kinesis: endpoint("TAXI_TEST_KINESIS_ENDPOINT")?,
-            s3: endpoint("TAXI_TEST_S3_ENDPOINT")?,
-            opensearch: endpoint("TAXI_TEST_OPENSEARCH_ENDPOINT")?,
-        };
-        Ok((args, services))
-    }) {
+    let (args, services) = match parse_args().and_then(|args| Ok((args, Services::from_env()?))) {
         Ok(parsed) => parsed,
         Err(e) => {
             eprintln!("chaos: {e}");

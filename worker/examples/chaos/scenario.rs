@@ -6,27 +6,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use aws_sdk_kinesis::config::{Credentials, Region};
-use bytes::Bytes;
 use taxi_core::assignment::{Assignment, assign};
 use taxi_core::checkpoint::{Position, ShardCheckpoint};
 use taxi_core::config::EngineConfig;
-use taxi_core::event::Event;
-use taxi_core::generate::{GeneratorConfig, write_json_lines};
-use taxi_core::input::parse_json_record;
+use taxi_core::generate::GeneratorConfig;
 use taxi_core::topology::ShardInfo;
-use taxi_io::kinesis::api::{KinesisApi, PutEntry, PutOutcome, SdkKinesis, StreamState};
+use taxi_io::kinesis::api::{KinesisApi, PutEntry, SdkKinesis};
+use taxi_testkit::input::write_generated;
+use taxi_testkit::kinesis::{entries_of_lines, failed_entries, merge_shards, split_shard, wait_active_within};
+use taxi_testkit::oracle::{as_lines, batch_oracle};
+use taxi_testkit::process::publish_assignment;
+use taxi_testkit::s3::{fresh_bucket, read_object};
+use taxi_testkit::services::Services;
 use tokio::time::Instant;
 
 use crate::proxy::{FaultProxy, FaultRates, Service};
-
-/// The emulators' endpoints.
-#[derive(Clone, Debug)]
-pub struct Services {
-    pub kinesis: String,
-    pub s3: String,
-    pub opensearch: String,
-}
 
 /// What every seed shares.
 #[derive(Clone, Debug)]
@@ -95,32 +89,10 @@ struct World {
     stream: String,
     bucket: String,
     index_prefix: String,
-    raw_kinesis: aws_sdk_kinesis::Client,
     kinesis: SdkKinesis,
     proxies: [FaultProxy; 3],
     assignment: Assignment,
     workers: Vec<Worker>,
-}
-
-fn kinesis_client(endpoint: &str) -> aws_sdk_kinesis::Client {
-    let config = aws_sdk_kinesis::Config::builder()
-        .behavior_version_latest()
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new("test", "test", None, None, "static"))
-        .build();
-    aws_sdk_kinesis::Client::from_conf(config)
-}
-
-fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version_latest()
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .force_path_style(true)
-        .credentials_provider(aws_sdk_s3::config::Credentials::new("test", "test", None, None, "static"))
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
 }
 
 /// Runs one seed to the end and checks the invariants.
@@ -151,8 +123,12 @@ pub async fn run_seed(seed: u64, services: &Services, options: &Options) -> Seed
         world.start_worker(ordinal, false);
     }
     let (duplicated_tx, duplicated_rx) = tokio::sync::watch::channel(false);
-    let producer =
-        tokio::spawn(produce(kinesis_client(&services.kinesis), world.stream.clone(), input.clone(), duplicated_rx));
+    let producer = tokio::spawn(produce(
+        taxi_testkit::kinesis::client(&services.kinesis),
+        world.stream.clone(),
+        input.clone(),
+        duplicated_rx,
+    ));
     let start = Instant::now();
     for (at, event) in &timeline {
         tokio::time::sleep_until(start + Duration::from_secs_f64(*at)).await;
@@ -231,25 +207,12 @@ const PRODUCTION: Duration = Duration::from_secs(11);
 /// told, puts the batch just stored once more, as a producer does whose answer was lost. Returns
 /// how many records went into the stream.
 async fn produce(
-    client: aws_sdk_kinesis::Client,
+    api: SdkKinesis,
     stream: String,
     input: PathBuf,
     mut duplicate: tokio::sync::watch::Receiver<bool>,
 ) -> u64 {
-    let api = SdkKinesis::from_client(client);
-    let text = std::fs::read_to_string(&input).expect("input");
-    let entries: Vec<PutEntry> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, line)| {
-            let key = match parse_json_record(line.as_bytes()) {
-                Ok(Event::Trip(t)) => t.trip_id.to_string(),
-                _ => format!("record-{i}"),
-            };
-            PutEntry { partition_key: key, explicit_hash_key: None, data: Bytes::from(line.to_owned()) }
-        })
-        .collect();
+    let entries = entries_of_lines(&std::fs::read_to_string(&input).expect("input"));
     // Spread over the faults' timeline, so they strike while trips still arrive.
     let batches = entries.chunks(BATCH).count().max(1);
     let gap = PRODUCTION.div_f64(batches as f64);
@@ -273,12 +236,7 @@ async fn put_all(api: &SdkKinesis, stream: &str, mut pending: Vec<PutEntry>) -> 
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        pending = pending
-            .into_iter()
-            .zip(outcomes)
-            .filter(|(_, o)| matches!(o, PutOutcome::Failed { .. }))
-            .map(|(e, _)| e)
-            .collect();
+        pending = failed_entries(pending, outcomes);
         if pending.is_empty() {
             return total;
         }
@@ -305,13 +263,11 @@ impl World {
         rng: &mut fastrand::Rng,
         rates: FaultRates,
     ) -> World {
-        let raw_kinesis = kinesis_client(&services.kinesis);
-        let kinesis = SdkKinesis::from_client(raw_kinesis.clone());
+        let kinesis = taxi_testkit::kinesis::client(&services.kinesis);
         let unique = fastrand::u64(..);
         let stream = format!("chaos-{seed}-{unique:016x}");
         kinesis.create_stream(&stream, shards).await.expect("create stream");
-        let bucket = format!("chaos-{seed}-{unique:016x}");
-        s3_client(&services.s3).create_bucket().bucket(&bucket).send().await.expect("create bucket");
+        let bucket = fresh_bucket(&taxi_testkit::s3::client(&services.s3), &format!("chaos-{seed}")).await;
         let proxies = [
             FaultProxy::start(Service::Kinesis, &services.kinesis, rng.u64(..), rates).await,
             FaultProxy::start(Service::S3, &services.s3, rng.u64(..), rates).await,
@@ -324,7 +280,6 @@ impl World {
             stream,
             bucket,
             index_prefix: format!("chaos{seed}x{unique:08x}"),
-            raw_kinesis,
             kinesis,
             proxies,
             assignment: Assignment::default(),
@@ -345,18 +300,12 @@ impl World {
             invalid_ratio: 0.002,
             ..GeneratorConfig::default()
         };
-        write_json_lines(&config, std::fs::File::create(&path).expect("create")).expect("generate");
+        write_generated(&path, &config);
         path
     }
 
     async fn wait_active(&self) {
-        for _ in 0..400 {
-            if matches!(self.kinesis.stream_state(&self.stream).await, Ok(StreamState::Active { .. })) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("stream {} did not become active", self.stream);
+        wait_active_within(&self.kinesis, &self.stream, Duration::from_secs(20)).await;
     }
 
     async fn shards(&self) -> Vec<ShardInfo> {
@@ -368,17 +317,13 @@ impl World {
     }
 
     fn publish(&mut self, assignment: Assignment) {
-        let path = self.assignment_path();
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, assignment.to_json()).expect("write assignment");
-        std::fs::rename(&tmp, &path).expect("publish assignment");
+        publish_assignment(&self.assignment_path(), &assignment);
         self.assignment = assignment;
     }
 
     fn start_worker(&mut self, ordinal: usize, until_idle: bool) {
         let [kinesis, s3, opensearch] = &self.proxies;
-        let mut cmd = Command::new(&self.options.worker_bin);
-        cmd.env("AWS_ACCESS_KEY_ID", "test").env("AWS_SECRET_ACCESS_KEY", "test").env("AWS_REGION", "us-east-1");
+        let mut cmd = taxi_testkit::process::command(&self.options.worker_bin);
         cmd.env("TAXI_KINESIS_ENDPOINT_URL", kinesis.url());
         cmd.env("TAXI_S3_ENDPOINT_URL", s3.url()).env("TAXI_S3_FORCE_PATH_STYLE", "true");
         cmd.env("RUST_LOG", "warn");
@@ -463,16 +408,7 @@ impl World {
         let result = match event {
             Incident::Split => {
                 let shard = &open[rng.usize(0..open.len())];
-                let middle = shard.starting_hash_key + (shard.ending_hash_key - shard.starting_hash_key) / 2;
-                self.raw_kinesis
-                    .split_shard()
-                    .stream_name(&self.stream)
-                    .shard_to_split(&shard.shard_id)
-                    .new_starting_hash_key(middle.to_string())
-                    .send()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("{e:?}"))
+                split_shard(&self.kinesis, &self.stream, shard).await
             }
             Incident::Merge => {
                 let mut sorted = open.clone();
@@ -480,15 +416,7 @@ impl World {
                 let Some(pair) = sorted.windows(2).find(|p| p[0].ending_hash_key + 1 == p[1].starting_hash_key) else {
                     return Ok(());
                 };
-                self.raw_kinesis
-                    .merge_shards()
-                    .stream_name(&self.stream)
-                    .shard_to_merge(&pair[0].shard_id)
-                    .adjacent_shard_to_merge(&pair[1].shard_id)
-                    .send()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("{e:?}"))
+                merge_shards(&self.kinesis, &self.stream, &pair[0].shard_id, &pair[1].shard_id).await
             }
             _ => {
                 let target = if open.len() >= 4 { open.len() / 2 } else { open.len() * 2 };
@@ -529,11 +457,7 @@ impl World {
     async fn check(&self, input: &Path, put: u64) -> Vec<String> {
         let mut violations = Vec::new();
         // 1. The merged results equal the batch oracle.
-        let expected: Vec<String> = taxi_core::oracle::results_of_file(&EngineConfig::default(), input)
-            .expect("oracle")
-            .iter()
-            .map(|r| serde_json::to_string(r).expect("json"))
-            .collect();
+        let expected = as_lines(&batch_oracle(&EngineConfig::default(), input));
         let out = Command::new(&self.options.worker_bin)
             .args(["results", "--opensearch", &self.services.opensearch, "--pipeline", "chaos/nyc"])
             .args(["--index-prefix", &self.index_prefix])
@@ -640,14 +564,13 @@ impl World {
     }
 
     async fn checkpoints(&self) -> HashMap<String, ShardCheckpoint> {
-        let s3 = s3_client(&self.services.s3);
+        let s3 = taxi_testkit::s3::client(&self.services.s3);
         let listed = s3.list_objects_v2().bucket(&self.bucket).prefix("ckpt/chaos/nyc/shards/").send().await;
         let mut out = HashMap::new();
         for object in listed.ok().and_then(|l| l.contents).unwrap_or_default() {
             let Some(key) = object.key else { continue };
-            let Ok(got) = s3.get_object().bucket(&self.bucket).key(&key).send().await else { continue };
-            let Ok(bytes) = got.body.collect().await else { continue };
-            if let Ok(checkpoint) = ShardCheckpoint::from_bytes(&bytes.into_bytes()) {
+            let Some(bytes) = read_object(&s3, &self.bucket, &key).await else { continue };
+            if let Ok(checkpoint) = ShardCheckpoint::from_bytes(&bytes) {
                 out.insert(checkpoint.shard_id.clone(), checkpoint);
             }
         }
@@ -669,7 +592,7 @@ impl World {
     /// Drops what a passed seed created in the emulators, so a long run holds one seed's data at a
     /// time. A failed seed keeps everything for a look.
     async fn cleanup(&self) {
-        let _ = self.raw_kinesis.delete_stream().stream_name(&self.stream).send().await;
+        let _ = self.kinesis.client().delete_stream().stream_name(&self.stream).send().await;
         let indices = format!("{}-*", self.index_prefix);
         let delete = opensearch::indices::IndicesDeleteParts::Index(&[&indices]);
         let _ = self.opensearch().indices().delete(delete).send().await;

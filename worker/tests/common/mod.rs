@@ -1,57 +1,92 @@
-//! Shared helpers of the integration tests: the batch oracle and small input builders.
+//! The worker's own helpers for its integration tests, those that need `taxi_worker` types: run
+//! and local options tuned for tests, and runs to their end. Everything else (emulators, input,
+//! oracle, fakes, processes) is in `taxi_testkit`.
 
 #![allow(dead_code, reason = "each test binary uses a different subset of the helpers")]
 
-pub mod kinesis;
-pub mod opensearch;
-pub mod process;
-pub mod proxy;
-pub mod s3;
-pub mod services;
-
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
-use taxi_core::analysis::MergedResult;
 use taxi_core::config::EngineConfig;
-use taxi_core::event::Trip;
+use taxi_core::settings::ConsumerKind;
+use taxi_core::start_position::InitialPosition;
+use taxi_io::kinesis::api::KinesisApi;
+use taxi_io::kinesis::reader::PollingConfig;
+use taxi_io::sink::opensearch::OpenSearchSettings;
+use taxi_io::store::S3Settings;
+use taxi_worker::handoff::AssignmentSource;
+use taxi_worker::local::{LocalError, LocalInput, LocalOptions, LocalRun, Progress, run_local};
+use taxi_worker::run::{RunOptions, RunSummary, WorkerState, run_worker};
 
-/// Splits the lines of `input` into two files of `dir`, the first half and the rest.
-pub fn split_in_halves(input: &Path, dir: &Path, names: [&str; 2]) -> (PathBuf, PathBuf) {
-    let lines: Vec<String> = std::fs::read_to_string(input).expect("read").lines().map(str::to_owned).collect();
-    let (first, second) = lines.split_at(lines.len() / 2);
-    let write = |name: &str, part: &[String]| {
-        let path = dir.join(name);
-        std::fs::write(&path, part.join("\n") + "\n").expect("write");
-        path
-    };
-    (write(names[0], first), write(names[1], second))
+/// Options for a test run: fast checkpoints, discovery and idle detection; checkpoints in
+/// `dir/checkpoints`, documents in the file sink [`partials`].
+pub fn run_options(stream: &str, dir: &Path, pipeline: &str) -> RunOptions {
+    RunOptions {
+        pipeline: pipeline.to_owned(),
+        namespace: None,
+        stream: stream.to_owned(),
+        start: InitialPosition::TrimHorizon,
+        checkpoint_uri: format!("file://{}", dir.join("checkpoints").display()),
+        s3: S3Settings::default(),
+        checkpoint_retain: 2,
+        opensearch: OpenSearchSettings::default(),
+        checkpoint_interval: Duration::from_millis(300),
+        sink_uri: format!("file://{}", partials(dir).display()),
+        shard_discovery_interval: Duration::from_millis(300),
+        stop_when_idle: Some(Duration::from_millis(1500)),
+        polling: PollingConfig {
+            min_call_interval: Duration::from_millis(50),
+            max_idle_delay: Duration::from_millis(200),
+            ..PollingConfig::default()
+        },
+        engine: EngineConfig::default(),
+        owner_epoch: 0,
+        assignment: AssignmentSource::All,
+        ordinal: None,
+        takeover_timeout: Duration::from_secs(30),
+        consumer: ConsumerKind::Polling,
+        stop_after_records: None,
+    }
 }
 
-/// The batch oracle over a file (see [`taxi_core::oracle`]).
-pub fn batch_oracle(config: &EngineConfig, input: &Path) -> Vec<MergedResult> {
-    taxi_core::oracle::results_of_file(config, input).expect("read the input")
+/// The file sink of [`run_options`].
+pub fn partials(dir: &Path) -> PathBuf {
+    dir.join("partials.jsonl")
 }
 
-/// The batch oracle over trips already in memory.
-pub fn oracle_over(config: &EngineConfig, trips: &[Trip]) -> Vec<MergedResult> {
-    taxi_core::oracle::results(config, trips)
+/// The merged results of the documents the runs of [`run_options`] wrote, as JSON lines.
+pub fn merged(dir: &Path) -> Vec<String> {
+    taxi_testkit::oracle::merged_partials(&EngineConfig::default(), &partials(dir))
 }
 
-/// One trip as a JSON line in the seed's format.
-pub fn trip_line(t: &Trip) -> String {
-    format!(
-        r#"{{"trip_id":{},"pickup_datetime":"{}","dropoff_datetime":"{}","pickup_latitude":{},"pickup_longitude":{},"dropoff_latitude":{},"dropoff_longitude":{},"total_amount":12.5,"type":"trip"}}"#,
-        t.trip_id,
-        taxi_core::time::format_timestamp(t.pickup_time),
-        taxi_core::time::format_timestamp(t.dropoff_time),
-        t.pickup.lat,
-        t.pickup.lon,
-        t.dropoff.lat,
-        t.dropoff.lon
-    )
+/// Runs a worker in-process until it stops by itself.
+pub async fn run_to_idle<K: KinesisApi>(api: Arc<K>, options: RunOptions) -> (RunSummary, Arc<WorkerState>) {
+    let state = Arc::new(WorkerState::default());
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let summary = tokio::time::timeout(Duration::from_secs(120), run_worker(api, options, state.clone(), rx))
+        .await
+        .expect("the worker stops when idle")
+        .expect("run");
+    (summary, state)
 }
 
-/// Results as the JSON lines `--output` writes.
-pub fn as_lines(results: &[MergedResult]) -> Vec<String> {
-    results.iter().map(|r| serde_json::to_string(r).expect("serialize")).collect()
+/// Options for `local` over a file: no checkpoints, no record limit, two parse threads, full speed.
+pub fn local_options(input: &Path, shards: u32, engine: EngineConfig) -> LocalOptions {
+    LocalOptions {
+        input: LocalInput::File(input.to_path_buf()),
+        shards,
+        engine,
+        checkpoint: None,
+        stop_after_records: None,
+        parse_threads: 2,
+        speedup: None,
+    }
+}
+
+/// Runs `local` to its end on a runtime of its own (two worker threads), with default progress.
+pub fn run_local_blocking(options: LocalOptions) -> Result<LocalRun, LocalError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    runtime.block_on(run_local(options, Arc::new(AtomicBool::new(false)), Arc::new(Progress::default())))
 }

@@ -1,9 +1,19 @@
-//! A TCP proxy that can be stopped and started again on the same port: a test service "down".
+//! TCP proxies in front of a test service, to inject faults at the connection level: [`Proxy`]
+//! takes the service "down" and brings it back on the same port, [`answer_dropping`] applies
+//! requests but loses their answers.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
+
+/// `host:port` of an `http://host:port` URL.
+fn socket_addr(url: &str) -> SocketAddr {
+    url.trim_start_matches("http://").trim_end_matches('/').parse().expect("target address")
+}
 
 /// A TCP proxy in front of a target that can be stopped (connections refused, open ones cut)
 /// and started again on the same port.
@@ -14,18 +24,21 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Starts forwarding a free port of 127.0.0.1 to `target_url` (`http://host:port`).
     pub async fn start(target_url: &str) -> Proxy {
-        let target = target_url.trim_start_matches("http://").trim_end_matches('/').parse().expect("target address");
+        let target = socket_addr(target_url);
         let addr = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
         let mut proxy = Proxy { addr, target, task: None };
         proxy.up();
         proxy
     }
 
+    /// The URL to give the client instead of the target's.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
+    /// Listens again on the same port: the service is back.
     pub fn up(&mut self) {
         let socket = TcpSocket::new_v4().expect("socket");
         socket.set_reuseaddr(true).expect("reuseaddr");
@@ -45,6 +58,7 @@ impl Proxy {
         }));
     }
 
+    /// Stops listening and cuts every open connection: the service is down.
     pub async fn down(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
@@ -55,14 +69,9 @@ impl Proxy {
 
 /// A TCP proxy that forwards requests but swallows the answers on the first `drops` connections
 /// that get one: the request is applied, then the client sees its connection closed (an
-/// ambiguous outcome). Later connections are forwarded both ways.
+/// ambiguous outcome). Later connections are forwarded both ways. Returns its URL and its task.
 pub async fn answer_dropping(target_url: &str, drops: u32) -> (String, JoinHandle<()>) {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    let target: SocketAddr =
-        target_url.trim_start_matches("http://").trim_end_matches('/').parse().expect("target address");
+    let target = socket_addr(target_url);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let left = Arc::new(AtomicU32::new(drops));
