@@ -262,18 +262,6 @@ fn default_bulk_max_delay_ms() -> u64 {
     millis(DEFAULT_BULK_MAX_DELAY)
 }
 
-/// How shards are consumed, resolved: polling, or enhanced fan-out through a named consumer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ConsumerKind {
-    /// GetRecords polling.
-    Polling,
-    /// Enhanced fan-out through the registered consumer of this name.
-    EnhancedFanOut {
-        /// Consumer name (registered once per stream).
-        consumer_name: String,
-    },
-}
-
 impl WorkerSettings {
     /// Parses and validates a settings document.
     pub fn from_json(bytes: &[u8]) -> Result<WorkerSettings, SettingsError> {
@@ -336,17 +324,14 @@ impl WorkerSettings {
             .map_err(|reason| SettingsError::Invalid { field: "stream.start_position", reason })
     }
 
-    /// How shards are consumed.
-    pub fn consumer(&self) -> ConsumerKind {
+    /// The enhanced fan-out consumer to read through, by name (the configured one, or the
+    /// pipeline's default); `None` when shards are polled.
+    pub fn efo_consumer_name(&self) -> Option<String> {
         match self.stream.consumer {
-            ConsumerType::Polling => ConsumerKind::Polling,
-            ConsumerType::Efo => ConsumerKind::EnhancedFanOut {
-                consumer_name: self
-                    .stream
-                    .efo_consumer_name
-                    .clone()
-                    .unwrap_or_else(|| self.identity().default_consumer_name()),
-            },
+            ConsumerType::Polling => None,
+            ConsumerType::Efo => {
+                Some(self.stream.efo_consumer_name.clone().unwrap_or_else(|| self.identity().default_consumer_name()))
+            }
         }
     }
 
@@ -381,7 +366,7 @@ mod tests {
     fn a_minimal_document_gets_the_design_defaults() {
         let settings = WorkerSettings::from_json(MINIMAL.as_bytes()).expect("valid");
         assert_eq!(settings.start_position().expect("default"), InitialPosition::TrimHorizon);
-        assert_eq!(settings.consumer(), ConsumerKind::Polling);
+        assert_eq!(settings.efo_consumer_name(), None);
         assert_eq!(settings.checkpoint_interval(), Duration::from_secs(10));
         assert_eq!(settings.checkpoint.retain, DEFAULT_RETAIN);
         assert_eq!(settings.engine, EngineConfig::default());
@@ -391,6 +376,19 @@ mod tests {
         );
         let bulk = (settings.sink.bulk_max_docs, settings.sink.bulk_max_bytes, settings.sink.bulk_max_delay_ms);
         assert_eq!(bulk, (DEFAULT_BULK_MAX_DOCS, DEFAULT_BULK_MAX_BYTES, 1000));
+    }
+
+    #[test]
+    fn enhanced_fan_out_reads_through_the_named_consumer_or_the_pipelines_default() {
+        let mut settings = WorkerSettings::from_json(MINIMAL.as_bytes()).expect("valid");
+        settings.stream.consumer = ConsumerType::Efo;
+        assert_eq!(settings.efo_consumer_name().as_deref(), Some("taxi-nyc"));
+        settings.namespace = Some("team-a".into());
+        assert_eq!(settings.efo_consumer_name().as_deref(), Some("team-a.nyc"));
+        settings.stream.efo_consumer_name = Some("replay-v2".into());
+        assert_eq!(settings.efo_consumer_name().as_deref(), Some("replay-v2"));
+        settings.stream.consumer = ConsumerType::Polling;
+        assert_eq!(settings.efo_consumer_name(), None, "a name alone does not switch polling to fan-out");
     }
 
     #[test]

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use k8s_openapi::jiff::Timestamp;
 use taxi_core::config::EngineConfig;
 use taxi_core::generate::GeneratorConfig;
-use taxi_core::settings::ConsumerKind;
 use taxi_core::start_position::InitialPosition;
 use taxi_core::topology::ShardInfo;
 use taxi_io::kinesis::api::{KinesisEndpoint, KinesisError, SdkKinesis, StreamState};
@@ -185,7 +184,7 @@ fn worker_options(stream: &str, dir: &Path) -> RunOptions {
         assignment: AssignmentSource::All,
         ordinal: None,
         takeover_timeout: Duration::from_secs(30),
-        consumer: ConsumerKind::Polling,
+        efo_consumer: None,
         stop_after_records: None,
     }
 }

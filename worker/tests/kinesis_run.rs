@@ -11,7 +11,6 @@ use std::time::Duration;
 use common::{local_options, merged, run_options, run_to_idle};
 use taxi_core::config::EngineConfig;
 use taxi_core::generate::GeneratorConfig;
-use taxi_core::settings::ConsumerKind;
 use taxi_io::kinesis::api::{KinesisApi, KinesisError, PutEntry, SdkKinesis};
 use taxi_testkit::fake::{FaultyKinesis, KinesisCall};
 use taxi_testkit::input::{count_records, split_in_halves, write_generated};
@@ -186,7 +185,7 @@ async fn enhanced_fan_out_gives_the_same_results_across_a_split() {
     wait_active(&api, &stream).await;
 
     let mut options = run_options(&stream, dir.path(), "nyc");
-    options.consumer = ConsumerKind::EnhancedFanOut { consumer_name: "taxi-test".to_owned() };
+    options.efo_consumer = Some("taxi-test".to_owned());
     options.stop_when_idle = Some(Duration::from_secs(3));
     let (summary, state) = run_to_idle(api.clone(), options).await;
     assert_eq!(summary.counters.records, count_records(&input));

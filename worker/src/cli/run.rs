@@ -215,7 +215,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CommandError> {
         ordinal,
         takeover_timeout: args.takeover_timeout,
         stop_after_records: None,
-        consumer: settings.consumer(),
+        efo_consumer: settings.efo_consumer_name(),
     };
     let endpoint =
         KinesisEndpoint { region: settings.stream.region.clone(), endpoint_url: settings.stream.endpoint_url.clone() };

@@ -22,7 +22,6 @@ use super::{CONTROL_RETRY, RunError, RunOptions, RunSummary, Shared, WorkerState
 use crate::handoff::{AssignmentSource, EpochPlan};
 use taxi_core::checkpoint::Owner;
 use taxi_core::identity::PipelineId;
-use taxi_core::settings::ConsumerKind;
 use taxi_core::shard::Counters;
 use taxi_core::status::ShardState;
 use taxi_io::kinesis::api::KinesisApi;
@@ -60,11 +59,9 @@ pub async fn run_worker<K: KinesisApi>(
     background.spawn(redrive_periodically(dead_letters, sink.clone(), DEAD_LETTER_REDRIVE_INTERVAL, passes));
     let ownership = follow(&options, ordinal, &state)?;
     let owner = Owner { ordinal, ..Owner::this_process(options.owner_epoch) };
-    let consumer_arn = match &options.consumer {
-        ConsumerKind::Polling => None,
-        ConsumerKind::EnhancedFanOut { consumer_name } => {
-            Some(register_with_retry(api.as_ref(), &options.stream, consumer_name, &mut shutdown).await?)
-        }
+    let consumer_arn = match &options.efo_consumer {
+        None => None,
+        Some(name) => Some(register_with_retry(api.as_ref(), &options.stream, name, &mut shutdown).await?),
     };
     let shared = Arc::new(Shared {
         api,

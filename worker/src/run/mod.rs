@@ -51,7 +51,6 @@ use serde::Serialize;
 use crate::handoff::{AssignmentSource, SourceError};
 use taxi_core::checkpoint::{CheckpointError, Owner};
 use taxi_core::config::EngineConfig;
-use taxi_core::settings::ConsumerKind;
 use taxi_core::shard::Counters;
 use taxi_core::start_position::InitialPosition;
 use taxi_io::kinesis::api::KinesisError;
@@ -118,8 +117,8 @@ pub struct RunOptions {
     pub ordinal: Option<u32>,
     /// How long a new owner waits for the previous owner's release before taking a shard over.
     pub takeover_timeout: Duration,
-    /// How shards are consumed.
-    pub consumer: ConsumerKind,
+    /// The enhanced fan-out consumer to read through, by name; `None` polls with GetRecords.
+    pub efo_consumer: Option<String>,
     /// Stop each shard (with a checkpoint) after processing this many user records in this run,
     /// even inside a KPL aggregate: for tests and bounded batch runs.
     pub stop_after_records: Option<u64>,

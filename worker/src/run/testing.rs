@@ -14,7 +14,6 @@ use super::{RunOptions, Shared, WorkerState};
 use crate::handoff::AssignmentSource;
 use taxi_core::checkpoint::Owner;
 use taxi_core::config::EngineConfig;
-use taxi_core::settings::ConsumerKind;
 use taxi_core::shard::Counters;
 use taxi_core::start_position::InitialPosition;
 use taxi_core::topology::ShardInfo;
@@ -190,7 +189,7 @@ pub(super) fn options(dir: &Path) -> RunOptions {
         assignment: AssignmentSource::All,
         ordinal: None,
         takeover_timeout: Duration::from_secs(30),
-        consumer: ConsumerKind::Polling,
+        efo_consumer: None,
         stop_after_records: None,
     }
 }

@@ -10,7 +10,6 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use taxi_core::config::EngineConfig;
-use taxi_core::settings::ConsumerKind;
 use taxi_core::start_position::InitialPosition;
 use taxi_io::kinesis::api::KinesisApi;
 use taxi_io::kinesis::reader::PollingConfig;
@@ -46,7 +45,7 @@ pub fn run_options(stream: &str, dir: &Path, pipeline: &str) -> RunOptions {
         assignment: AssignmentSource::All,
         ordinal: None,
         takeover_timeout: Duration::from_secs(30),
-        consumer: ConsumerKind::Polling,
+        efo_consumer: None,
         stop_after_records: None,
     }
 }
