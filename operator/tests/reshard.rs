@@ -162,16 +162,8 @@ fn engine() -> EngineConfig {
 
 fn worker_options(stream: &str, dir: &Path) -> RunOptions {
     RunOptions {
-        namespace: None,
-        pipeline: "nyc".to_owned(),
-        stream: stream.to_owned(),
-        start: InitialPosition::TrimHorizon,
-        checkpoint_uri: format!("file://{}", dir.join("checkpoints").display()),
-        s3: S3Settings::default(),
         checkpoint_retain: 2,
         checkpoint_interval: Duration::from_millis(500),
-        sink_uri: format!("file://{}", dir.join("partials.jsonl").display()),
-        opensearch: OpenSearchSettings::default(),
         shard_discovery_interval: Duration::from_millis(300),
         stop_when_idle: Some(IDLE),
         polling: PollingConfig {
@@ -180,12 +172,12 @@ fn worker_options(stream: &str, dir: &Path) -> RunOptions {
             ..PollingConfig::default()
         },
         engine: engine(),
-        owner_epoch: 0,
-        assignment: AssignmentSource::All,
-        ordinal: None,
-        takeover_timeout: Duration::from_secs(30),
-        efo_consumer: None,
-        stop_after_records: None,
+        ..RunOptions::new(
+            "nyc",
+            stream,
+            format!("file://{}", dir.join("checkpoints").display()),
+            format!("file://{}", dir.join("partials.jsonl").display()),
+        )
     }
 }
 

@@ -51,6 +51,9 @@ use serde::Serialize;
 use crate::handoff::{AssignmentSource, SourceError};
 use taxi_core::checkpoint::{CheckpointError, Owner};
 use taxi_core::config::EngineConfig;
+use taxi_core::settings::{
+    DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_DISCOVERY_INTERVAL, DEFAULT_RETAIN, DEFAULT_TAKEOVER_TIMEOUT,
+};
 use taxi_core::shard::Counters;
 use taxi_core::start_position::InitialPosition;
 use taxi_io::kinesis::api::KinesisError;
@@ -122,6 +125,36 @@ pub struct RunOptions {
     /// Stop each shard (with a checkpoint) after processing this many user records in this run,
     /// even inside a KPL aggregate: for tests and bounded batch runs.
     pub stop_after_records: Option<u64>,
+}
+
+impl RunOptions {
+    /// Options for `pipeline` over `stream` with the defaults a pipeline gets from its settings:
+    /// every shard, polled from TRIM_HORIZON, checkpointed to `checkpoint_uri` (file or S3) every
+    /// 10 s, results to `sink_uri`, no idle stop. Callers change what they need with `..`.
+    pub fn new(pipeline: &str, stream: &str, checkpoint_uri: String, sink_uri: String) -> RunOptions {
+        RunOptions {
+            pipeline: pipeline.to_owned(),
+            namespace: None,
+            stream: stream.to_owned(),
+            start: InitialPosition::TrimHorizon,
+            checkpoint_uri,
+            s3: S3Settings::default(),
+            checkpoint_retain: DEFAULT_RETAIN,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+            sink_uri,
+            opensearch: OpenSearchSettings::default(),
+            shard_discovery_interval: DEFAULT_DISCOVERY_INTERVAL,
+            stop_when_idle: None,
+            polling: PollingConfig::default(),
+            engine: EngineConfig::default(),
+            owner_epoch: 0,
+            assignment: AssignmentSource::All,
+            ordinal: None,
+            takeover_timeout: DEFAULT_TAKEOVER_TIMEOUT,
+            efo_consumer: None,
+            stop_after_records: None,
+        }
+    }
 }
 
 /// Why `run` failed.

@@ -167,16 +167,8 @@ impl KinesisApi for FakeKinesis {
 /// intervals, reading every shard from its beginning.
 pub(super) fn options(dir: &Path) -> RunOptions {
     RunOptions {
-        pipeline: "nyc".to_owned(),
-        namespace: None,
-        stream: "trips".to_owned(),
-        start: InitialPosition::TrimHorizon,
-        checkpoint_uri: format!("file://{}", dir.join("checkpoints").display()),
-        s3: S3Settings::default(),
         checkpoint_retain: 2,
         checkpoint_interval: Duration::from_millis(200),
-        sink_uri: format!("file://{}", dir.join("partials.jsonl").display()),
-        opensearch: OpenSearchSettings::default(),
         shard_discovery_interval: Duration::from_millis(100),
         stop_when_idle: Some(Duration::from_millis(300)),
         polling: PollingConfig {
@@ -184,13 +176,12 @@ pub(super) fn options(dir: &Path) -> RunOptions {
             max_idle_delay: Duration::from_millis(50),
             ..PollingConfig::default()
         },
-        engine: EngineConfig::default(),
-        owner_epoch: 0,
-        assignment: AssignmentSource::All,
-        ordinal: None,
-        takeover_timeout: Duration::from_secs(30),
-        efo_consumer: None,
-        stop_after_records: None,
+        ..RunOptions::new(
+            "nyc",
+            "trips",
+            format!("file://{}", dir.join("checkpoints").display()),
+            format!("file://{}", dir.join("partials.jsonl").display()),
+        )
     }
 }
 

@@ -23,16 +23,8 @@ use taxi_worker::run::{RunOptions, RunSummary, WorkerState, run_worker};
 /// `dir/checkpoints`, documents in the file sink [`partials`].
 pub fn run_options(stream: &str, dir: &Path, pipeline: &str) -> RunOptions {
     RunOptions {
-        pipeline: pipeline.to_owned(),
-        namespace: None,
-        stream: stream.to_owned(),
-        start: InitialPosition::TrimHorizon,
-        checkpoint_uri: format!("file://{}", dir.join("checkpoints").display()),
-        s3: S3Settings::default(),
         checkpoint_retain: 2,
-        opensearch: OpenSearchSettings::default(),
         checkpoint_interval: Duration::from_millis(300),
-        sink_uri: format!("file://{}", partials(dir).display()),
         shard_discovery_interval: Duration::from_millis(300),
         stop_when_idle: Some(Duration::from_millis(1500)),
         polling: PollingConfig {
@@ -40,13 +32,12 @@ pub fn run_options(stream: &str, dir: &Path, pipeline: &str) -> RunOptions {
             max_idle_delay: Duration::from_millis(200),
             ..PollingConfig::default()
         },
-        engine: EngineConfig::default(),
-        owner_epoch: 0,
-        assignment: AssignmentSource::All,
-        ordinal: None,
-        takeover_timeout: Duration::from_secs(30),
-        efo_consumer: None,
-        stop_after_records: None,
+        ..RunOptions::new(
+            pipeline,
+            stream,
+            format!("file://{}", dir.join("checkpoints").display()),
+            format!("file://{}", partials(dir).display()),
+        )
     }
 }
 
