@@ -2,7 +2,6 @@
 //! counters, owner epoch and format version — and its serialization. The stores that keep it are
 //! I/O and live with the worker.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -115,7 +114,7 @@ impl PartialsState {
     }
 
     /// Rebuilds open windows; airports are matched by name against `config`.
-    pub fn restore(&self, config: &EngineConfig) -> Result<Aggregates, CheckpointError> {
+    pub fn restore(&self, config: &EngineConfig) -> Result<Aggregates, FormatError> {
         let mut aggregates = Aggregates::new(config);
         for p in &self.hot_spots {
             *aggregates.hot_spots.entry(p.window_start, p.geohash) += p.pickups;
@@ -127,7 +126,7 @@ impl PartialsState {
                 .iter()
                 .position(|a| a.name == p.airport)
                 .and_then(|i| u8::try_from(i).ok())
-                .ok_or_else(|| CheckpointError::UnknownAirport(p.airport.clone()))?;
+                .ok_or_else(|| FormatError::UnknownAirport(p.airport.clone()))?;
             let agg =
                 aggregates.airport_trips.entry(p.window_start, AirportKey { pickup: p.pickup_geohash, airport: index });
             agg.trips += p.trips;
@@ -220,11 +219,11 @@ impl ShardCheckpoint {
     }
 
     /// Rebuilds the shard processor, refusing state computed under other analysis settings.
-    pub fn restore(&self, config: Arc<EngineConfig>) -> Result<ShardProcessor, CheckpointError> {
+    pub fn restore(&self, config: Arc<EngineConfig>) -> Result<ShardProcessor, FormatError> {
         if let Some(stored) = &self.settings_fingerprint {
             let current = config.fingerprint();
             if *stored != current {
-                return Err(CheckpointError::SettingsChanged { stored: stored.clone(), current });
+                return Err(FormatError::SettingsChanged { stored: stored.clone(), current });
             }
         }
         let aggregates = self.partials.restore(&config)?;
@@ -233,12 +232,12 @@ impl ShardCheckpoint {
     }
 
     /// Serializes to JSON bytes.
-    pub fn to_bytes(&self) -> Result<Vec<u8>, CheckpointError> {
-        serde_json::to_vec(self).map_err(CheckpointError::Encode)
+    pub fn to_bytes(&self) -> Result<Vec<u8>, FormatError> {
+        serde_json::to_vec(self).map_err(FormatError::Encode)
     }
 
     /// Parses JSON bytes, rejecting other format versions.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CheckpointError> {
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, FormatError> {
         decode_versioned(bytes)
     }
 }
@@ -258,21 +257,22 @@ pub fn child_of(parents: &[ShardCheckpoint], config: Arc<EngineConfig>) -> Shard
 }
 
 /// Parses a JSON checkpoint document whose `format_version` must be [`FORMAT_VERSION`].
-pub fn decode_versioned<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CheckpointError> {
+pub fn decode_versioned<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, FormatError> {
     #[derive(Deserialize)]
     struct Version {
         format_version: u32,
     }
-    let version: Version = serde_json::from_slice(bytes).map_err(CheckpointError::Decode)?;
+    let version: Version = serde_json::from_slice(bytes).map_err(FormatError::Decode)?;
     if version.format_version != FORMAT_VERSION {
-        return Err(CheckpointError::FormatVersion { found: version.format_version });
+        return Err(FormatError::FormatVersion { found: version.format_version });
     }
-    serde_json::from_slice(bytes).map_err(CheckpointError::Decode)
+    serde_json::from_slice(bytes).map_err(FormatError::Decode)
 }
 
-/// Failures reading or writing checkpoints.
+/// Failures of the checkpoint format: encoding, decoding, or restoring a checkpoint's state under
+/// the current settings. Failures of the stores that keep checkpoints are theirs to declare.
 #[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
+pub enum FormatError {
     /// The checkpoint could not be serialized.
     #[error("failed to encode checkpoint: {0}")]
     Encode(#[source] serde_json::Error),
@@ -300,59 +300,6 @@ pub enum CheckpointError {
         stored: String,
         /// The fingerprint of the settings now.
         current: String,
-    },
-    /// Neither the checkpoint nor any history copy of it can be read.
-    #[error("checkpoint {key} is corrupt and no history copy of it is readable: {reason}")]
-    Corrupt {
-        /// The checkpoint's key.
-        key: String,
-        /// Why the latest copy could not be read.
-        reason: String,
-    },
-    /// The store URI is not understood.
-    #[error("unsupported checkpoint URI {0:?}: expected file:///path or a directory path")]
-    UnsupportedUri(String),
-    /// A key that would escape the store's root.
-    #[error("invalid checkpoint key {0:?}")]
-    BadKey(String),
-    /// Another writer changed the object since we last read or wrote it (fencing).
-    #[error("checkpoint {key} was changed by another writer")]
-    Conflict {
-        /// The contested key.
-        key: String,
-    },
-    /// A checkpoint URI that cannot be used (see `store::CheckpointStore::from_uri`).
-    #[error("invalid checkpoint URI {uri:?}: {reason} (expected s3://bucket/prefix, file:///path or a directory path)")]
-    InvalidUri {
-        /// The URI as given.
-        uri: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// An S3 request failed (after retries when `retryable`); fencing failures are [`Self::Conflict`].
-    #[error(
-        "failed to {action} {uri}: {message}{}",
-        if *retryable { " (transient: the caller may retry later)" } else { "" }
-    )]
-    S3 {
-        /// What was attempted, e.g. "write checkpoint".
-        action: &'static str,
-        /// The object or prefix, as `s3://bucket/key`.
-        uri: String,
-        /// The cause, with the SDK's error chain.
-        message: String,
-        /// Whether the failure was transient (5xx, timeout, connection error), so a later retry may succeed.
-        retryable: bool,
-    },
-    /// Filesystem failure.
-    #[error("failed to {action} checkpoint {path}: {source}")]
-    Io {
-        /// What was attempted.
-        action: &'static str,
-        /// Where.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
     },
 }
 
@@ -437,9 +384,9 @@ mod tests {
             ShardCheckpoint::capture("s", Position::Start, &Owner::this_process(0), &busy_shard(&config), &config);
         checkpoint.format_version = 99;
         let bytes = checkpoint.to_bytes().expect("encode");
-        assert!(matches!(ShardCheckpoint::from_bytes(&bytes), Err(CheckpointError::FormatVersion { found: 99 })));
+        assert!(matches!(ShardCheckpoint::from_bytes(&bytes), Err(FormatError::FormatVersion { found: 99 })));
         checkpoint.format_version = FORMAT_VERSION;
         checkpoint.partials.airport_trips[0].airport = "EWR".to_owned();
-        assert!(matches!(checkpoint.restore(config), Err(CheckpointError::UnknownAirport(a)) if a == "EWR"));
+        assert!(matches!(checkpoint.restore(config), Err(FormatError::UnknownAirport(a)) if a == "EWR"));
     }
 }

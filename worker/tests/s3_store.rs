@@ -5,9 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-use taxi_core::checkpoint::CheckpointError;
 use taxi_io::store::{CheckpointStore, S3Settings, S3Store};
-use taxi_io::store::{DirStore, ETag, Precondition};
+use taxi_io::store::{DirStore, ETag, Precondition, StoreError};
 use taxi_testkit::proxy::answer_dropping;
 use taxi_testkit::s3::{client, emulator as s3_endpoint, fresh_bucket, read_object};
 
@@ -37,8 +36,8 @@ fn dir_store(dir: &tempfile::TempDir, retain: usize) -> CheckpointStore {
     CheckpointStore::Dir { store: DirStore::new(dir.path().join("checkpoints")), retain }
 }
 
-fn is_conflict(result: &Result<ETag, CheckpointError>) -> bool {
-    matches!(result, Err(CheckpointError::Conflict { key }) if key == "p1/shard-1")
+fn is_conflict(result: &Result<ETag, StoreError>) -> bool {
+    matches!(result, Err(StoreError::Conflict { key }) if key == "p1/shard-1")
 }
 
 /// The conditional-put contract, the same for every kind of store.
@@ -58,7 +57,7 @@ async fn conditional_puts(store: &CheckpointStore) {
     // If-Match on a missing object is a conflict too (the shard's checkpoint was removed).
     assert!(matches!(
         store.put("p1/shard-9", b"x", &Precondition::Matches(first)).await,
-        Err(CheckpointError::Conflict { .. })
+        Err(StoreError::Conflict { .. })
     ));
     let third = store.put(key, b"three", &Precondition::None).await.expect("unconditional put");
     assert_eq!(store.get(key).await.expect("get").expect("present").1, third);
@@ -79,7 +78,7 @@ async fn retention(store: &CheckpointStore) {
         copies.push(read_history(store, &format!("history/{key}/{stamp}")).await);
     }
     assert_eq!(copies, [&b"v3"[..], b"v4", b"v5"], "{}", store.kind());
-    assert!(matches!(store.get(&format!("history/{key}")).await, Err(CheckpointError::BadKey(_))), "reserved");
+    assert!(matches!(store.get(&format!("history/{key}")).await, Err(StoreError::BadKey(_))), "reserved");
 }
 
 /// A history copy's bytes, read beside the store's interface (history keys are reserved in it).
@@ -161,7 +160,7 @@ async fn one_of_many_wins(store: Arc<CheckpointStore>) {
     for (i, writer) in writers.into_iter().enumerate() {
         match writer.await.expect("join") {
             Ok(tag) => winners.push((i, tag)),
-            Err(CheckpointError::Conflict { .. }) => {}
+            Err(StoreError::Conflict { .. }) => {}
             Err(other) => panic!("writer {i}: unexpected error: {other}"),
         }
     }
@@ -197,7 +196,7 @@ async fn an_unreachable_endpoint_fails_quickly_with_a_retryable_error() {
     let elapsed = started.elapsed();
     assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
     let text = error.to_string();
-    assert!(matches!(error, CheckpointError::S3 { retryable: true, .. }), "{error:?}");
+    assert!(matches!(error, StoreError::S3 { retryable: true, .. }), "{error:?}");
     assert!(
         text.starts_with("failed to write checkpoint s3://taxi-down/p/p1/shard-1: could not reach S3")
             && text.contains("gave up after 4 attempts")
@@ -206,7 +205,7 @@ async fn an_unreachable_endpoint_fails_quickly_with_a_retryable_error() {
     );
     eprintln!("{text}");
     let error = store.get("p1/shard-1").await.expect_err("nobody listens");
-    assert!(matches!(error, CheckpointError::S3 { retryable: true, .. }), "{error:?}");
+    assert!(matches!(error, StoreError::S3 { retryable: true, .. }), "{error:?}");
 }
 
 #[tokio::test]

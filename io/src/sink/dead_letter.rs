@@ -18,8 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use prometheus::IntGauge;
 use serde::{Deserialize, Serialize};
 
-use crate::store::CheckpointStore;
-use taxi_core::checkpoint::CheckpointError;
+use crate::store::{CheckpointStore, StoreError};
 use taxi_core::document::PartialDocument;
 use taxi_core::time::wall_clock_millis;
 
@@ -45,8 +44,11 @@ pub enum DeadLetterError {
         /// What was being done.
         action: &'static str,
         /// Why.
-        source: CheckpointError,
+        source: StoreError,
     },
+    /// The dead letters could not be serialized.
+    #[error("failed to encode dead letters: {0}")]
+    Encode(#[source] serde_json::Error),
     /// An object does not hold dead letters.
     #[error("dead-letter object {key} is not JSON lines of dead letters (line {line}): {source}")]
     Decode {
@@ -96,8 +98,7 @@ impl DeadLetterStore {
         let mut bytes = Vec::new();
         for letter in letters {
             // A PartialDocument always serializes (plain fields, finite floats from integers).
-            serde_json::to_writer(&mut bytes, letter)
-                .map_err(|e| DeadLetterError::Store { action: "encode", source: CheckpointError::Encode(e) })?;
+            serde_json::to_writer(&mut bytes, letter).map_err(DeadLetterError::Encode)?;
             bytes.push(b'\n');
         }
         let key = format!("{}/{:013}-{:08x}.jsonl", self.folder, wall_clock_millis(), fastrand::u32(..));

@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 
 use md5::{Digest, Md5};
 
-use taxi_core::checkpoint::CheckpointError;
+use super::StoreError;
 
 /// Entity tag of a stored object: the MD5 of its bytes, as S3 computes it for single-part objects.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,12 +44,12 @@ impl DirStore {
     }
 
     /// A store from `file:///abs/path`, `file://rel/path` or a plain path.
-    pub fn from_uri(uri: &str) -> Result<DirStore, CheckpointError> {
+    pub fn from_uri(uri: &str) -> Result<DirStore, StoreError> {
         if let Some(rest) = uri.strip_prefix("file://") {
             return Ok(DirStore::new(rest));
         }
         if uri.contains("://") || uri.is_empty() {
-            return Err(CheckpointError::UnsupportedUri(uri.to_owned()));
+            return Err(StoreError::UnsupportedUri(uri.to_owned()));
         }
         Ok(DirStore::new(uri))
     }
@@ -59,17 +59,17 @@ impl DirStore {
         &self.root
     }
 
-    fn path(&self, key: &str) -> Result<PathBuf, CheckpointError> {
+    fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
         let relative = Path::new(key);
         let safe = !key.is_empty() && relative.components().all(|c| matches!(c, Component::Normal(_)));
         if !safe {
-            return Err(CheckpointError::BadKey(key.to_owned()));
+            return Err(StoreError::BadKey(key.to_owned()));
         }
         Ok(self.root.join(relative))
     }
 
     /// Reads an object and its tag, `None` if absent.
-    pub fn get(&self, key: &str) -> Result<Option<(Vec<u8>, ETag)>, CheckpointError> {
+    pub fn get(&self, key: &str) -> Result<Option<(Vec<u8>, ETag)>, StoreError> {
         let path = self.path(key)?;
         match std::fs::read(&path) {
             Ok(bytes) => {
@@ -77,12 +77,12 @@ impl DirStore {
                 Ok(Some((bytes, tag)))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(CheckpointError::Io { action: "read", path, source }),
+            Err(source) => Err(StoreError::Io { action: "read", path, source }),
         }
     }
 
     /// Writes an object atomically if `precondition` holds, returning its new tag.
-    pub fn put(&self, key: &str, bytes: &[u8], precondition: &Precondition) -> Result<ETag, CheckpointError> {
+    pub fn put(&self, key: &str, bytes: &[u8], precondition: &Precondition) -> Result<ETag, StoreError> {
         let path = self.path(key)?;
         let current = match precondition {
             Precondition::None => None,
@@ -94,9 +94,9 @@ impl DirStore {
             _ => false,
         };
         if !allowed {
-            return Err(CheckpointError::Conflict { key: key.to_owned() });
+            return Err(StoreError::Conflict { key: key.to_owned() });
         }
-        let io = |action, source| CheckpointError::Io { action, path: path.clone(), source };
+        let io = |action, source| StoreError::Io { action, path: path.clone(), source };
         let dir = path.parent().unwrap_or(&self.root);
         std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
         let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
@@ -108,13 +108,13 @@ impl DirStore {
     }
 
     /// Deletes an object or a whole prefix directory; absent is fine.
-    pub fn delete_prefix(&self, prefix: &str) -> Result<(), CheckpointError> {
+    pub fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
         let path = self.path(prefix)?;
         let result = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
         match result {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(CheckpointError::Io { action: "delete", path, source }),
+            Err(source) => Err(StoreError::Io { action: "delete", path, source }),
         }
     }
 }
@@ -129,12 +129,12 @@ mod tests {
         let store = DirStore::from_uri(&format!("file://{}", dir.path().display())).expect("uri");
         assert!(store.get("p/shard-1").expect("get").is_none());
         let first = store.put("p/shard-1", b"one", &Precondition::Absent).expect("create");
-        assert!(matches!(store.put("p/shard-1", b"x", &Precondition::Absent), Err(CheckpointError::Conflict { .. })));
+        assert!(matches!(store.put("p/shard-1", b"x", &Precondition::Absent), Err(StoreError::Conflict { .. })));
         let second = store.put("p/shard-1", b"two", &Precondition::Matches(first.clone())).expect("update");
         // A zombie still holding the first tag is fenced.
         assert!(matches!(
             store.put("p/shard-1", b"zombie", &Precondition::Matches(first)),
-            Err(CheckpointError::Conflict { .. })
+            Err(StoreError::Conflict { .. })
         ));
         let (bytes, tag) = store.get("p/shard-1").expect("get").expect("present");
         assert_eq!((bytes.as_slice(), tag), (&b"two"[..], second));
@@ -146,8 +146,8 @@ mod tests {
     fn dir_store_rejects_keys_escaping_its_root_and_foreign_uris() {
         let store = DirStore::new("/tmp/x");
         for key in ["../etc/passwd", "/abs", "", "a/../../b"] {
-            assert!(matches!(store.get(key), Err(CheckpointError::BadKey(_))), "{key}");
+            assert!(matches!(store.get(key), Err(StoreError::BadKey(_))), "{key}");
         }
-        assert!(matches!(DirStore::from_uri("s3://bucket/p"), Err(CheckpointError::UnsupportedUri(_))));
+        assert!(matches!(DirStore::from_uri("s3://bucket/p"), Err(StoreError::UnsupportedUri(_))));
     }
 }

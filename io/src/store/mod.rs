@@ -4,9 +4,9 @@
 //!
 //! Both kinds behave alike: `get` returns the bytes and their [`ETag`]; `put` with
 //! [`Precondition::Absent`] creates, with [`Precondition::Matches`] replaces only the version the
-//! writer last saw, and fails with [`CheckpointError::Conflict`] at once (never after retries)
+//! writer last saw, and fails with [`StoreError::Conflict`] at once (never after retries)
 //! otherwise. S3 requests are retried a few times on transient failures (5xx, timeouts, connection
-//! errors) and then surface as a retryable [`CheckpointError::S3`], so a caller whose store is down
+//! errors) and then surface as a retryable [`StoreError::S3`], so a caller whose store is down
 //! keeps its state and tries again at its next checkpoint interval.
 //!
 //! History: after each successful put of `key`, a copy is written to `history/{key}/{stamp}`
@@ -26,11 +26,12 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 
 mod dir;
+mod error;
 
 pub use dir::{DirStore, ETag, Precondition};
+pub use error::StoreError;
 
 use crate::retry::{BackoffPolicy, Jitter};
-use taxi_core::checkpoint::CheckpointError;
 use taxi_core::settings::WorkerSettings;
 
 /// The folder (directory or key prefix) under the store's root that holds history copies.
@@ -93,7 +94,7 @@ impl CheckpointStore {
     /// Opens the store named by `uri`: `file:///dir`, a plain directory path, or `s3://bucket/prefix`
     /// (credentials from the default AWS chain, `s3` for endpoint, addressing and region). `retain`
     /// history copies are kept per key ([`taxi_core::settings::DEFAULT_RETAIN`] is the usual choice, 0 keeps none).
-    pub async fn from_uri(uri: &str, s3: &S3Settings, retain: usize) -> Result<CheckpointStore, CheckpointError> {
+    pub async fn from_uri(uri: &str, s3: &S3Settings, retain: usize) -> Result<CheckpointStore, StoreError> {
         match parse_uri(uri)? {
             StoreUri::Dir(store) => Ok(CheckpointStore::Dir { store, retain }),
             StoreUri::S3 { bucket, prefix } => {
@@ -118,19 +119,19 @@ impl CheckpointStore {
     }
 
     /// Reads an object and its tag, `None` if absent.
-    pub async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, ETag)>, CheckpointError> {
+    pub async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, ETag)>, StoreError> {
         check_key(key)?;
         self.get_raw(key).await
     }
 
     /// Reads the history copy `stamp` of `key` (see [`CheckpointStore::history`]), `None` if it
     /// has been pruned meanwhile.
-    pub async fn get_history(&self, key: &str, stamp: &str) -> Result<Option<Vec<u8>>, CheckpointError> {
+    pub async fn get_history(&self, key: &str, stamp: &str) -> Result<Option<Vec<u8>>, StoreError> {
         check_key(key)?;
         Ok(self.get_raw(&format!("{HISTORY}/{key}/{stamp}")).await?.map(|(bytes, _)| bytes))
     }
 
-    async fn get_raw(&self, key: &str) -> Result<Option<(Vec<u8>, ETag)>, CheckpointError> {
+    async fn get_raw(&self, key: &str) -> Result<Option<(Vec<u8>, ETag)>, StoreError> {
         match self {
             CheckpointStore::Dir { store, .. } => {
                 let (store, owned) = (store.clone(), key.to_owned());
@@ -141,7 +142,7 @@ impl CheckpointStore {
     }
 
     /// Writes an object if `precondition` holds and returns its new tag; a failed precondition is
-    /// [`CheckpointError::Conflict`] (another writer owns the key). Then keeps a history copy.
+    /// [`StoreError::Conflict`] (another writer owns the key). Then keeps a history copy.
     ///
     /// Directory puts are serialized within the process, so their check-and-write is atomic there
     /// (as S3's is everywhere); across processes a directory still needs a single writer.
@@ -151,10 +152,10 @@ impl CheckpointStore {
     /// write as a conflict. If the object holds exactly these bytes, the write succeeded. Bytes name
     /// their writer (checkpoints carry a per-process owner id), so another writer's object never
     /// matches.
-    pub async fn put(&self, key: &str, bytes: &[u8], precondition: &Precondition) -> Result<ETag, CheckpointError> {
+    pub async fn put(&self, key: &str, bytes: &[u8], precondition: &Precondition) -> Result<ETag, StoreError> {
         check_key(key)?;
         let tag = match self.put_raw(key, bytes, precondition).await {
-            Err(CheckpointError::Conflict { .. })
+            Err(StoreError::Conflict { .. })
                 if let Ok(Some((stored, tag))) = self.get(key).await
                     && stored == bytes =>
             {
@@ -178,13 +179,13 @@ impl CheckpointStore {
 
     /// Writes a new object (`If-None-Match: *`) and keeps no history: for objects written once
     /// under a unique name, such as dead letters.
-    pub async fn create(&self, key: &str, bytes: &[u8]) -> Result<ETag, CheckpointError> {
+    pub async fn create(&self, key: &str, bytes: &[u8]) -> Result<ETag, StoreError> {
         check_key(key)?;
         self.put_raw(key, bytes, &Precondition::Absent).await
     }
 
     /// Keys of the objects right under `folder/`, sorted (history copies are elsewhere).
-    pub async fn list(&self, folder: &str) -> Result<Vec<String>, CheckpointError> {
+    pub async fn list(&self, folder: &str) -> Result<Vec<String>, StoreError> {
         check_key(folder)?;
         let mut keys: Vec<String> = match self {
             CheckpointStore::Dir { store, .. } => {
@@ -204,13 +205,13 @@ impl CheckpointStore {
     }
 
     /// Deletes one object (not its history); absent is fine.
-    pub async fn delete(&self, key: &str) -> Result<(), CheckpointError> {
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         check_key(key)?;
         self.delete_one(key).await
     }
 
     /// Deletes the object `prefix`, every object under `prefix/`, and their history; absent is fine.
-    pub async fn delete_prefix(&self, prefix: &str) -> Result<(), CheckpointError> {
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
         check_key(prefix)?;
         let history = format!("{HISTORY}/{prefix}");
         match self {
@@ -230,7 +231,7 @@ impl CheckpointStore {
     }
 
     /// The history stamps kept for `key`, oldest first.
-    pub async fn history(&self, key: &str) -> Result<Vec<String>, CheckpointError> {
+    pub async fn history(&self, key: &str) -> Result<Vec<String>, StoreError> {
         check_key(key)?;
         let folder = format!("{HISTORY}/{key}");
         let mut stamps = match self {
@@ -249,7 +250,7 @@ impl CheckpointStore {
         Ok(stamps)
     }
 
-    async fn put_raw(&self, key: &str, bytes: &[u8], precondition: &Precondition) -> Result<ETag, CheckpointError> {
+    async fn put_raw(&self, key: &str, bytes: &[u8], precondition: &Precondition) -> Result<ETag, StoreError> {
         match self {
             CheckpointStore::Dir { store, .. } => {
                 let (store, owned, bytes, precondition) =
@@ -266,7 +267,7 @@ impl CheckpointStore {
         }
     }
 
-    async fn delete_one(&self, key: &str) -> Result<(), CheckpointError> {
+    async fn delete_one(&self, key: &str) -> Result<(), StoreError> {
         match self {
             CheckpointStore::Dir { store, .. } => {
                 let (store, owned) = (store.clone(), key.to_owned());
@@ -276,7 +277,7 @@ impl CheckpointStore {
         }
     }
 
-    async fn keep_history(&self, key: &str, bytes: &[u8], retain: usize) -> Result<(), CheckpointError> {
+    async fn keep_history(&self, key: &str, bytes: &[u8], retain: usize) -> Result<(), StoreError> {
         let folder = format!("{HISTORY}/{key}");
         self.put_raw(&format!("{folder}/{}", history_stamp()), bytes, &Precondition::None).await?;
         let stamps = self.history(key).await?;
@@ -290,20 +291,20 @@ impl CheckpointStore {
 
 /// Runs a [`DirStore`] call on the blocking pool: its puts `fsync`, which can stall for many
 /// milliseconds and must not hold up the runtime's few worker threads (the machine has 2 cores).
-async fn blocking<T, F>(path: PathBuf, action: &'static str, f: F) -> Result<T, CheckpointError>
+async fn blocking<T, F>(path: PathBuf, action: &'static str, f: F) -> Result<T, StoreError>
 where
     T: Send + 'static,
-    F: FnOnce() -> Result<T, CheckpointError> + Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
 {
     match tokio::task::spawn_blocking(f).await {
         Ok(result) => result,
-        Err(join) => Err(CheckpointError::Io { action, path, source: std::io::Error::other(join.to_string()) }),
+        Err(join) => Err(StoreError::Io { action, path, source: std::io::Error::other(join.to_string()) }),
     }
 }
 
 /// File names in `dir`, none if it does not exist.
-fn list_dir(dir: &std::path::Path) -> Result<Vec<String>, CheckpointError> {
-    let io = |source| CheckpointError::Io { action: "list", path: dir.to_owned(), source };
+fn list_dir(dir: &std::path::Path) -> Result<Vec<String>, StoreError> {
+    let io = |source| StoreError::Io { action: "list", path: dir.to_owned(), source };
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -333,10 +334,10 @@ fn history_stamp() -> String {
 }
 
 /// Keys are relative paths of non-empty normal segments, and not under the reserved history folder.
-fn check_key(key: &str) -> Result<(), CheckpointError> {
+fn check_key(key: &str) -> Result<(), StoreError> {
     let normal = !key.is_empty() && key.split('/').all(|s| !s.is_empty() && s != "." && s != ".." && !s.contains('\\'));
     let reserved = key.split('/').next() == Some(HISTORY);
-    if normal && !reserved { Ok(()) } else { Err(CheckpointError::BadKey(key.to_owned())) }
+    if normal && !reserved { Ok(()) } else { Err(StoreError::BadKey(key.to_owned())) }
 }
 
 /// A parsed store URI.
@@ -346,8 +347,8 @@ enum StoreUri {
     S3 { bucket: String, prefix: String },
 }
 
-fn parse_uri(uri: &str) -> Result<StoreUri, CheckpointError> {
-    let invalid = |reason: &str| CheckpointError::InvalidUri { uri: uri.to_owned(), reason: reason.to_owned() };
+fn parse_uri(uri: &str) -> Result<StoreUri, StoreError> {
+    let invalid = |reason: &str| StoreError::InvalidUri { uri: uri.to_owned(), reason: reason.to_owned() };
     let Some(rest) = uri.strip_prefix("s3://") else {
         if uri.is_empty() {
             return Err(invalid("it is empty"));
@@ -391,7 +392,7 @@ impl S3Store {
         bucket: impl Into<String>,
         prefix: impl Into<String>,
         settings: &S3Settings,
-    ) -> Result<S3Store, CheckpointError> {
+    ) -> Result<S3Store, StoreError> {
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
         if let Some(region) = &settings.region {
             loader = loader.region(Region::new(region.clone()));
@@ -406,7 +407,7 @@ impl S3Store {
         settings: &S3Settings,
         bucket: impl Into<String>,
         prefix: impl Into<String>,
-    ) -> Result<S3Store, CheckpointError> {
+    ) -> Result<S3Store, StoreError> {
         let bucket = bucket.into();
         let prefix = prefix.into().trim_end_matches('/').to_owned();
         let mut config = aws_sdk_s3::config::Builder::from(sdk)
@@ -422,7 +423,7 @@ impl S3Store {
             config = config.region(Region::new(region.clone()));
         } else if sdk.region().is_none() {
             if settings.endpoint_url.is_none() {
-                return Err(CheckpointError::S3 {
+                return Err(StoreError::S3 {
                     action: "configure the client for",
                     uri: format!("s3://{bucket}/{prefix}"),
                     message: "no AWS region is configured: set AWS_REGION or the S3 region setting".to_owned(),
@@ -461,7 +462,7 @@ impl S3Store {
     }
 
     /// Reads the object `{prefix}/{key}` and its ETag (without quotes), `None` if absent.
-    pub async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, ETag)>, CheckpointError> {
+    pub async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, ETag)>, StoreError> {
         let object = self.object_key(key);
         let action = "read checkpoint";
         self.retrying(action, key, || async {
@@ -471,7 +472,7 @@ impl S3Store {
                 Err(e) => return Err(self.sdk_error(action, key, &e)),
             };
             let tag = output.e_tag().map(etag_of).ok_or_else(|| self.no_etag(action, key))?;
-            let bytes = output.body.collect().await.map_err(|e| CheckpointError::S3 {
+            let bytes = output.body.collect().await.map_err(|e| StoreError::S3 {
                 action,
                 uri: self.uri(key),
                 message: format!("reading the body: {}", chain(&e)),
@@ -484,8 +485,8 @@ impl S3Store {
 
     /// Writes `{prefix}/{key}` if `precondition` holds (`If-None-Match: *` / `If-Match`), returning
     /// its ETag. HTTP 412 and 409, and 404 for `If-Match` (the object is gone), are
-    /// [`CheckpointError::Conflict`], returned at once.
-    pub async fn put(&self, key: &str, bytes: &[u8], precondition: &Precondition) -> Result<ETag, CheckpointError> {
+    /// [`StoreError::Conflict`], returned at once.
+    pub async fn put(&self, key: &str, bytes: &[u8], precondition: &Precondition) -> Result<ETag, StoreError> {
         let object = self.object_key(key);
         let action = "write checkpoint";
         self.retrying(action, key, || async {
@@ -507,7 +508,7 @@ impl S3Store {
                     let status = e.raw_response().map(|r| r.status().as_u16());
                     let gone = matches!(precondition, Precondition::Matches(_)) && status == Some(404);
                     if matches!(status, Some(412 | 409)) || gone {
-                        Err(CheckpointError::Conflict { key: key.to_owned() })
+                        Err(StoreError::Conflict { key: key.to_owned() })
                     } else {
                         Err(self.sdk_error(action, key, &e))
                     }
@@ -518,7 +519,7 @@ impl S3Store {
     }
 
     /// Deletes `{prefix}/{key}`; absent is fine.
-    pub async fn delete(&self, key: &str) -> Result<(), CheckpointError> {
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let object = self.object_key(key);
         let action = "delete checkpoint";
         self.retrying(action, key, || async {
@@ -531,7 +532,7 @@ impl S3Store {
     }
 
     /// Keys (relative to the store's prefix) of every object whose key starts with `prefix`.
-    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, CheckpointError> {
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let full = self.object_key(prefix);
         let root = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
         let action = "list checkpoints under";
@@ -561,7 +562,7 @@ impl S3Store {
     }
 
     /// Deletes the object `{prefix}/{key_prefix}` and every object under `{prefix}/{key_prefix}/`.
-    pub async fn delete_prefix(&self, key_prefix: &str) -> Result<(), CheckpointError> {
+    pub async fn delete_prefix(&self, key_prefix: &str) -> Result<(), StoreError> {
         let under = format!("{key_prefix}/");
         let mut keys = self.list(&under).await?;
         keys.push(key_prefix.to_owned());
@@ -571,14 +572,14 @@ impl S3Store {
                 .iter()
                 .map(|k| ObjectIdentifier::builder().key(self.object_key(k)).build())
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| CheckpointError::S3 {
+                .map_err(|e| StoreError::S3 {
                     action,
                     uri: self.uri(key_prefix),
                     message: e.to_string(),
                     retryable: false,
                 })?;
             let delete = Delete::builder().set_objects(Some(objects)).quiet(true).build().map_err(|e| {
-                CheckpointError::S3 { action, uri: self.uri(key_prefix), message: e.to_string(), retryable: false }
+                StoreError::S3 { action, uri: self.uri(key_prefix), message: e.to_string(), retryable: false }
             })?;
             let output = self
                 .retrying(action, key_prefix, || async {
@@ -592,7 +593,7 @@ impl S3Store {
                 })
                 .await?;
             if let Some(failed) = output.errors().first() {
-                return Err(CheckpointError::S3 {
+                return Err(StoreError::S3 {
                     action,
                     uri: self.uri(key_prefix),
                     message: format!(
@@ -612,20 +613,20 @@ impl S3Store {
 
     /// Runs `attempt` up to [`MAX_ATTEMPTS`] times while it fails with a retryable S3 error, with
     /// exponential back-off and jitter in between. Any other outcome (a conflict above all) returns at once.
-    async fn retrying<T, F, Fut>(&self, action: &'static str, key: &str, mut attempt: F) -> Result<T, CheckpointError>
+    async fn retrying<T, F, Fut>(&self, action: &'static str, key: &str, mut attempt: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, CheckpointError>>,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
         for n in 1..=MAX_ATTEMPTS {
             match attempt().await {
-                Err(CheckpointError::S3 { message, retryable: true, .. }) if n < MAX_ATTEMPTS => {
+                Err(StoreError::S3 { message, retryable: true, .. }) if n < MAX_ATTEMPTS => {
                     let delay = RETRY.delay(n);
                     tracing::debug!(action, key, attempt = n, ?delay, %message, "transient S3 failure, retrying");
                     tokio::time::sleep(delay).await;
                 }
-                Err(CheckpointError::S3 { action, uri, message, retryable: true }) => {
-                    return Err(CheckpointError::S3 {
+                Err(StoreError::S3 { action, uri, message, retryable: true }) => {
+                    return Err(StoreError::S3 {
                         action,
                         uri,
                         message: format!("{message} (gave up after {MAX_ATTEMPTS} attempts)"),
@@ -635,16 +636,11 @@ impl S3Store {
                 other => return other,
             }
         }
-        Err(CheckpointError::S3 {
-            action,
-            uri: self.uri(key),
-            message: "no attempt was made".to_owned(),
-            retryable: false,
-        })
+        Err(StoreError::S3 { action, uri: self.uri(key), message: "no attempt was made".to_owned(), retryable: false })
     }
 
-    fn no_etag(&self, action: &'static str, key: &str) -> CheckpointError {
-        CheckpointError::S3 {
+    fn no_etag(&self, action: &'static str, key: &str) -> StoreError {
+        StoreError::S3 {
             action,
             uri: self.uri(key),
             message: "the response has no ETag, which conditional writes need".to_owned(),
@@ -652,12 +648,12 @@ impl S3Store {
         }
     }
 
-    fn sdk_error<E>(&self, action: &'static str, key: &str, error: &SdkError<E>) -> CheckpointError
+    fn sdk_error<E>(&self, action: &'static str, key: &str, error: &SdkError<E>) -> StoreError
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
         let (message, retryable) = describe(error);
-        CheckpointError::S3 { action, uri: self.uri(key), message, retryable }
+        StoreError::S3 { action, uri: self.uri(key), message, retryable }
     }
 }
 
@@ -750,7 +746,7 @@ mod tests {
         ] {
             let error = parse_uri(uri).expect_err(uri);
             let text = error.to_string();
-            assert!(matches!(error, CheckpointError::InvalidUri { .. }), "{uri}: {error:?}");
+            assert!(matches!(error, StoreError::InvalidUri { .. }), "{uri}: {error:?}");
             assert!(text.contains(reason) && text.contains("expected s3://bucket/prefix"), "{uri}: {text}");
         }
     }
@@ -761,7 +757,7 @@ mod tests {
             assert!(check_key(key).is_ok(), "{key}");
         }
         for key in ["", "/a", "a/", "a//b", "../a", "a/./b", "history", "history/a", "a\\b"] {
-            assert!(matches!(check_key(key), Err(CheckpointError::BadKey(_))), "{key}");
+            assert!(matches!(check_key(key), Err(StoreError::BadKey(_))), "{key}");
         }
     }
 

@@ -4,9 +4,8 @@
 
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
-use taxi_core::checkpoint::CheckpointError;
 use taxi_core::identity::PipelineId;
-use taxi_io::store::{CheckpointStore, S3Settings};
+use taxi_io::store::{CheckpointStore, S3Settings, StoreError};
 
 use super::{Context, status};
 use crate::crd::TaxiPipeline;
@@ -19,7 +18,7 @@ pub struct CleanupError {
     pub uri: String,
     /// The store error.
     #[source]
-    pub source: CheckpointError,
+    pub source: StoreError,
 }
 
 /// Deletes the pipeline's checkpoints (only with `spec.checkpoint.cleanupOnDelete`) and says so in

@@ -13,9 +13,7 @@ use super::LocalError;
 use super::merge::MergeMsg;
 use super::shard::ShardMsg;
 use taxi_core::analysis::MergedResult;
-use taxi_core::checkpoint::{
-    CheckpointError, FORMAT_VERSION, PartialsState, Position, ShardCheckpoint, decode_versioned,
-};
+use taxi_core::checkpoint::{FORMAT_VERSION, FormatError, PartialsState, Position, ShardCheckpoint, decode_versioned};
 use taxi_core::config::EngineConfig;
 use taxi_core::event::Millis;
 use taxi_core::shard::{Counters, ShardProcessor};
@@ -117,7 +115,7 @@ pub(super) async fn write_checkpoint(
             let key = format!("{prefix}/{}.json", checkpoint.shard_id);
             store.put(&key, &checkpoint.to_bytes()?, &Precondition::None)?;
         }
-        let bytes = serde_json::to_vec(&run).map_err(CheckpointError::Encode)?;
+        let bytes = serde_json::to_vec(&run).map_err(FormatError::Encode)?;
         store.put(&format!("{prefix}/{RUN_STATE_FILE}"), &bytes, &Precondition::None)?;
         store.put(LATEST_KEY, id.to_string().as_bytes(), &Precondition::None)?;
         if id > CHECKPOINTS_RETAINED {

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 
 use crate::pace::Pacer;
 use taxi_core::analysis::MergedResult;
-use taxi_core::checkpoint::{CheckpointError, Owner};
+use taxi_core::checkpoint::{FormatError, Owner};
 use taxi_core::config::{ConfigError, EngineConfig, WatermarkStrategy};
 use taxi_core::event::InvalidReason;
 use taxi_core::generate::GeneratorConfig;
@@ -34,7 +34,7 @@ use taxi_core::input::InputError;
 use taxi_core::merge::Merger;
 use taxi_core::partition::{ShardRouter, shard_id};
 use taxi_core::shard::{Counters, ShardProcessor};
-use taxi_io::store::DirStore;
+use taxi_io::store::{DirStore, StoreError};
 
 mod checkpoint;
 mod merge;
@@ -172,9 +172,12 @@ pub enum LocalError {
     /// The input could not be read.
     #[error(transparent)]
     Input(#[from] InputError),
-    /// A checkpoint could not be read or written.
+    /// A checkpoint could not be encoded, decoded or restored under the current settings.
     #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
+    Checkpoint(#[from] FormatError),
+    /// The checkpoint directory could not be read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The checkpoint does not belong to this run.
     #[error("cannot resume from {dir}: {reason}")]
     Resume {

@@ -12,14 +12,14 @@ use super::control::{Control, wait_or_interrupt};
 use super::ownership::Grant;
 use super::{RunError, Shared};
 use crate::handoff::{ClaimDecision, Claimant, HandoffOutcome, Holder, decide_claim};
-use taxi_core::checkpoint::{CheckpointError, Owner, Position, ShardCheckpoint, child_of};
+use taxi_core::checkpoint::{Owner, Position, ShardCheckpoint, child_of};
 use taxi_core::event::Millis;
 use taxi_core::identity::PipelineId;
 use taxi_core::shard::ShardProcessor;
 use taxi_core::start_position::{InitialPosition, initial_position};
 use taxi_core::status::ShardState;
 use taxi_core::time::wall_clock_millis;
-use taxi_io::store::{CheckpointStore, ETag, Precondition};
+use taxi_io::store::{CheckpointStore, ETag, Precondition, StoreError};
 
 /// Attempts to claim a shard whose checkpoint keeps changing under us before giving up.
 const CLAIM_ATTEMPTS: u32 = 5;
@@ -33,7 +33,7 @@ pub(super) fn checkpoint_key(pipeline: &str, shard_id: &str) -> String {
 /// checkpoints were all written before namespaces were part of the identity. That one keeps its
 /// layout (moving the checkpoints would also change every document id, and the old documents
 /// would count twice next to the new ones), and says so.
-pub(super) async fn key_in_use(store: &CheckpointStore, id: &PipelineId) -> Result<String, CheckpointError> {
+pub(super) async fn key_in_use(store: &CheckpointStore, id: &PipelineId) -> Result<String, StoreError> {
     let Some(legacy) = id.legacy() else { return Ok(id.key()) };
     if !store.list(&format!("{}/shards", id.key())).await?.is_empty()
         || store.list(&format!("{}/shards", legacy.key())).await?.is_empty()
@@ -128,7 +128,7 @@ pub(super) async fn claim<K>(
         };
         let stored = match shared.store.get(&key).await {
             Ok(stored) => stored,
-            Err(e @ CheckpointError::S3 { retryable: true, .. }) => {
+            Err(e @ StoreError::S3 { retryable: true, .. }) => {
                 wait_out_store_failure(shared, shard_id, "read the checkpoint to claim", &e, control).await;
                 continue;
             }
@@ -161,7 +161,7 @@ pub(super) async fn claim<K>(
             Some(checkpoint) => (checkpoint.restore(shared.config.clone())?, checkpoint.position),
             None => match parent_checkpoints(shared, parents).await {
                 Ok(parents) => (child_of(&parents, shared.config.clone()), Position::Start),
-                Err(RunError::Checkpoint(e @ CheckpointError::S3 { retryable: true, .. })) => {
+                Err(RunError::Store(e @ StoreError::S3 { retryable: true, .. })) => {
                     wait_out_store_failure(shared, shard_id, "read a parent's checkpoint", &e, control).await;
                     continue;
                 }
@@ -173,17 +173,17 @@ pub(super) async fn claim<K>(
         let precondition = etag.map_or(Precondition::Absent, Precondition::Matches);
         match shared.store.put(&key, &claimed.to_bytes()?, &precondition).await {
             Ok(etag) => return Ok(Claim::Claimed(Box::new(Claimed { processor, position, etag, handoff }))),
-            Err(CheckpointError::Conflict { .. }) if conflicts < CLAIM_ATTEMPTS => {
+            Err(StoreError::Conflict { .. }) if conflicts < CLAIM_ATTEMPTS => {
                 // The previous owner wrote in between: read its newer state and decide again.
                 conflicts += 1;
                 tokio::time::sleep(Duration::from_millis(50 + fastrand::u64(..100))).await;
             }
-            Err(CheckpointError::Conflict { .. }) => {
+            Err(StoreError::Conflict { .. }) => {
                 tracing::warn!(shard = shard_id, "could not claim the shard: another owner keeps writing it");
                 shared.state.update(shard_id, |s| s.state = ShardState::Fenced);
                 return Ok(Claim::Fenced);
             }
-            Err(e @ CheckpointError::S3 { retryable: true, .. }) => {
+            Err(e @ StoreError::S3 { retryable: true, .. }) => {
                 wait_out_store_failure(shared, shard_id, "write the claim", &e, control).await;
             }
             Err(e) => return Err(e.into()),
@@ -215,7 +215,6 @@ async fn readable_checkpoint<K>(shared: &Shared<K>, key: &str, bytes: &[u8]) -> 
     };
     tracing::error!(key, %error, "the latest checkpoint is corrupt; looking for the newest readable history copy");
     shared.state.metrics.checkpoint_failures.with_label_values(&["corrupt"]).inc();
-    let corrupt = |reason: String| CheckpointError::Corrupt { key: key.to_owned(), reason };
     for stamp in shared.store.history(key).await?.iter().rev() {
         let Some(copy) = shared.store.get_history(key, stamp).await? else { continue };
         match ShardCheckpoint::from_bytes(&copy) {
@@ -226,7 +225,7 @@ async fn readable_checkpoint<K>(shared: &Shared<K>, key: &str, bytes: &[u8]) -> 
             Err(e) => tracing::warn!(key, stamp, error = %e, "history copy is not readable either"),
         }
     }
-    Err(corrupt(error.to_string()).into())
+    Err(RunError::CorruptCheckpoint { key: key.to_owned(), reason: error.to_string() })
 }
 
 /// A store that failed while claiming is unavailable for now: the shard waits (as a previous owner
@@ -236,7 +235,7 @@ async fn wait_out_store_failure<K>(
     shared: &Shared<K>,
     shard_id: &str,
     action: &str,
-    error: &CheckpointError,
+    error: &StoreError,
     control: &mut watch::Receiver<Control>,
 ) {
     tracing::warn!(shard = shard_id, %error, "failed to {action}; retrying");
@@ -472,7 +471,7 @@ mod tests {
         let key = checkpoint_key(&s.shared.identity, SHARD);
         s.shared.store.put(&key, b"not a checkpoint", &Precondition::None).await.expect("store");
         let result = claimed(&mut s, &[], grant(0, false)).await;
-        assert!(matches!(result, Err(RunError::Checkpoint(CheckpointError::Corrupt { .. }))));
+        assert!(matches!(result, Err(RunError::CorruptCheckpoint { .. })));
     }
 
     #[tokio::test]

@@ -49,7 +49,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::handoff::{AssignmentSource, SourceError};
-use taxi_core::checkpoint::{CheckpointError, Owner};
+use taxi_core::checkpoint::{FormatError, Owner};
 use taxi_core::config::EngineConfig;
 use taxi_core::settings::{
     DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_DISCOVERY_INTERVAL, DEFAULT_RETAIN, DEFAULT_TAKEOVER_TIMEOUT,
@@ -61,7 +61,7 @@ use taxi_io::kinesis::reader::PollingConfig;
 use taxi_io::retry::{BackoffPolicy, Jitter};
 use taxi_io::sink::opensearch::OpenSearchSettings;
 use taxi_io::sink::{Sink, SinkError};
-use taxi_io::store::{CheckpointStore, S3Settings};
+use taxi_io::store::{CheckpointStore, S3Settings, StoreError};
 
 mod claim;
 mod control;
@@ -163,9 +163,20 @@ pub enum RunError {
     /// Bad settings.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A checkpoint could not be encoded, decoded or restored under the current settings.
+    #[error(transparent)]
+    Checkpoint(#[from] FormatError),
+    /// Neither a shard's checkpoint nor any history copy of it can be read.
+    #[error("checkpoint {key} is corrupt and no history copy of it is readable: {reason}")]
+    CorruptCheckpoint {
+        /// The checkpoint's key.
+        key: String,
+        /// Why the latest copy could not be read.
+        reason: String,
+    },
     /// The checkpoint store failed in a way retrying cannot fix.
     #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
+    Store(#[from] StoreError),
     /// The sink failed.
     #[error(transparent)]
     Sink(#[from] SinkError),
@@ -185,14 +196,13 @@ impl RunError {
     /// The bounded reason label of `taxi_shard_failures_total` for a shard that failed with this.
     pub fn failure_reason(&self) -> &'static str {
         match self {
-            RunError::Checkpoint(CheckpointError::SettingsChanged { .. }) => "settings_changed",
-            RunError::Checkpoint(
-                CheckpointError::Corrupt { .. }
-                | CheckpointError::Decode(_)
-                | CheckpointError::FormatVersion { .. }
-                | CheckpointError::UnknownAirport(_),
+            RunError::Checkpoint(FormatError::SettingsChanged { .. }) => "settings_changed",
+            RunError::CorruptCheckpoint { .. }
+            | RunError::Checkpoint(
+                FormatError::Decode(_) | FormatError::FormatVersion { .. } | FormatError::UnknownAirport(_),
             ) => "corrupt_checkpoint",
-            RunError::Checkpoint(_) => "checkpoint_store",
+            // A checkpoint that cannot be encoded never reaches the store: counted with its failures.
+            RunError::Checkpoint(FormatError::Encode(_)) | RunError::Store(_) => "checkpoint_store",
             RunError::Kinesis(_) => "kinesis",
             RunError::Sink(_) => "sink",
             RunError::Config(_) | RunError::Assignment(_) | RunError::ShardsFailed(_) => "other",
@@ -244,21 +254,22 @@ mod tests {
 
     #[test]
     fn a_failed_shard_is_counted_under_a_bounded_reason() {
-        let checkpoint = |e: CheckpointError| RunError::Checkpoint(e);
-        let settings = CheckpointError::SettingsChanged { stored: "a".to_owned(), current: "b".to_owned() };
+        let checkpoint = |e: FormatError| RunError::Checkpoint(e);
+        let settings = FormatError::SettingsChanged { stored: "a".to_owned(), current: "b".to_owned() };
         assert_eq!(checkpoint(settings).failure_reason(), "settings_changed");
-        let corrupt = CheckpointError::Corrupt { key: "k".to_owned(), reason: "cut short".to_owned() };
-        assert_eq!(checkpoint(corrupt).failure_reason(), "corrupt_checkpoint");
-        assert_eq!(checkpoint(CheckpointError::FormatVersion { found: 99 }).failure_reason(), "corrupt_checkpoint");
-        assert_eq!(
-            checkpoint(CheckpointError::UnknownAirport("XYZ".to_owned())).failure_reason(),
-            "corrupt_checkpoint"
-        );
-        assert_eq!(checkpoint(CheckpointError::Conflict { key: "k".to_owned() }).failure_reason(), "checkpoint_store");
+        let corrupt = RunError::CorruptCheckpoint { key: "k".to_owned(), reason: "cut short".to_owned() };
+        assert_eq!(corrupt.failure_reason(), "corrupt_checkpoint");
+        assert_eq!(checkpoint(FormatError::FormatVersion { found: 99 }).failure_reason(), "corrupt_checkpoint");
+        assert_eq!(checkpoint(FormatError::UnknownAirport("XYZ".to_owned())).failure_reason(), "corrupt_checkpoint");
+        let not_json = || serde_json::from_str::<u32>("x").expect_err("not JSON");
+        assert_eq!(checkpoint(FormatError::Decode(not_json())).failure_reason(), "corrupt_checkpoint");
+        assert_eq!(checkpoint(FormatError::Encode(not_json())).failure_reason(), "checkpoint_store");
+        assert_eq!(RunError::Store(StoreError::Conflict { key: "k".to_owned() }).failure_reason(), "checkpoint_store");
         let gone = KinesisError::NotFound { operation: "GetRecords", message: "no such shard".to_owned() };
         assert_eq!(RunError::Kinesis(gone).failure_reason(), "kinesis");
         assert_eq!(RunError::Config("bad".to_owned()).failure_reason(), "other");
         assert_eq!(RunError::Assignment(SourceError::Ended).failure_reason(), "other");
+        assert_eq!(RunError::ShardsFailed(Vec::new()).failure_reason(), "other");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::ownership::Grant;
 use super::records::Progress;
 use super::{CONTROL_RETRY, RunError, Shared};
 use crate::handoff::HandoffOutcome;
-use taxi_core::checkpoint::{CheckpointError, Owner, Position, ShardCheckpoint};
+use taxi_core::checkpoint::{Owner, Position, ShardCheckpoint};
 use taxi_core::document::documents_for;
 use taxi_core::event::InvalidReason;
 use taxi_core::shard::Counters;
@@ -25,7 +25,7 @@ use taxi_io::kinesis::api::{KinesisApi, KinesisError, KinesisRecord, StartingPos
 use taxi_io::kinesis::efo::EfoReader;
 use taxi_io::kinesis::reader::{PollingReader, ReadOutcome, ReaderStats, resume_position};
 use taxi_io::retry::Backoff;
-use taxi_io::store::{ETag, Precondition};
+use taxi_io::store::{ETag, Precondition, StoreError};
 
 /// The reader of one shard, by consumer kind.
 enum ShardSource<K: KinesisApi> {
@@ -415,7 +415,7 @@ impl<K: KinesisApi> ShardTask<K> {
         let key = checkpoint_key(&self.shared.identity, &self.shard_id);
         let precondition = self.etag.clone().map_or(Precondition::Absent, Precondition::Matches);
         let mut result = self.shared.store.put(&key, &bytes, &precondition).await;
-        if let Err(CheckpointError::Conflict { .. }) = result
+        if let Err(StoreError::Conflict { .. }) = result
             && let Some(tag) = self.own_unacknowledged_write(&key).await
         {
             // An earlier checkpoint of ours was stored but its answer lost: not a fence.
@@ -444,7 +444,7 @@ impl<K: KinesisApi> ShardTask<K> {
                 });
                 Ok(Written::Yes)
             }
-            Err(CheckpointError::Conflict { .. }) => {
+            Err(StoreError::Conflict { .. }) => {
                 metrics.checkpoint_failures.with_label_values(&["conflict"]).inc();
                 tracing::warn!(shard = %self.shard_id, "checkpoint fenced: another worker owns the shard; stopping it");
                 self.shared.state.update(&self.shard_id, |s| s.state = ShardState::Fenced);

@@ -11,11 +11,8 @@ use bytes::Bytes;
 
 use super::idle::CaughtUp;
 use super::{RunOptions, Shared, WorkerState};
-use crate::handoff::AssignmentSource;
 use taxi_core::checkpoint::Owner;
-use taxi_core::config::EngineConfig;
 use taxi_core::shard::Counters;
-use taxi_core::start_position::InitialPosition;
 use taxi_core::topology::ShardInfo;
 use taxi_io::kinesis::api::{
     KinesisApi, KinesisError, KinesisRecord, PutEntry, PutOutcome, RecordsPage, StartingPosition, StreamState,
@@ -24,8 +21,7 @@ use taxi_io::kinesis::api::{
 use taxi_io::kinesis::reader::PollingConfig;
 use taxi_io::sink::Sink;
 use taxi_io::sink::dead_letter::DeadLetterStore;
-use taxi_io::sink::opensearch::OpenSearchSettings;
-use taxi_io::store::{CheckpointStore, S3Settings};
+use taxi_io::store::CheckpointStore;
 
 /// A shard as ListShards lists it: `parents` (one, or two for a merge), closed or open.
 pub(super) fn shard(id: &str, parents: &[&str], closed: bool) -> ShardInfo {

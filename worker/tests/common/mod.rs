@@ -10,12 +10,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use taxi_core::config::EngineConfig;
-use taxi_core::start_position::InitialPosition;
 use taxi_io::kinesis::api::KinesisApi;
 use taxi_io::kinesis::reader::PollingConfig;
-use taxi_io::sink::opensearch::OpenSearchSettings;
-use taxi_io::store::S3Settings;
-use taxi_worker::handoff::AssignmentSource;
 use taxi_worker::local::{LocalError, LocalInput, LocalOptions, LocalRun, Progress, run_local};
 use taxi_worker::run::{RunOptions, RunSummary, WorkerState, run_worker};
 
