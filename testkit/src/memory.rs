@@ -16,7 +16,7 @@
 //! assert_eq!(api.stream().records.len(), 1);
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -497,10 +497,8 @@ mod tests {
             .put_records("s", vec![entry("a", 1, "1"), entry("b", u128::MAX, "2"), entry("c", 2, "3")])
             .await
             .expect("put");
-        let stored = |shard: usize, seq: &str| PutOutcome::Stored {
-            shard_id: shard_id(shard),
-            sequence_number: seq.to_owned(),
-        };
+        let stored =
+            |shard: usize, seq: &str| PutOutcome::Stored { shard_id: shard_id(shard), sequence_number: seq.to_owned() };
         assert_eq!(outcomes, [stored(0, "00001"), stored(1, "00001"), stored(0, "00002")]);
         // Keys, explicit hash keys (u128::MAX has 39 digits) and data.
         assert_eq!(api.stream().put_calls, [(3, 3 + (1 + 39 + 1) + 3)]);
@@ -539,13 +537,14 @@ mod tests {
         let throttled =
             KinesisError::Throttled { operation: "PutRecords", code: "ProvisionedThroughputExceededException".into() };
         let error = throttled.clone();
-        let api = MemoryKinesis::new(vec![shard(0, 0, 100, true), shard(1, 101, 200, false)]).with_put_faults(
-            move |call| match call {
-                0 => PutFault::RejectEntries(1..2),
-                1 => PutFault::Fail(error.clone()),
-                _ => PutFault::None,
-            },
-        );
+        let api =
+            MemoryKinesis::new(vec![shard(0, 0, 100, true), shard(1, 101, 200, false)]).with_put_faults(move |call| {
+                match call {
+                    0 => PutFault::RejectEntries(1..2),
+                    1 => PutFault::Fail(error.clone()),
+                    _ => PutFault::None,
+                }
+            });
         let entries = || vec![entry("a", 1, "1"), entry("b", 2, "2"), entry("c", 150, "3")];
         let outcomes = api.put_records("s", entries()).await.expect("put");
         let failed = |code: &str| PutOutcome::Failed { code: code.to_owned() };
