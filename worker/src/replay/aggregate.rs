@@ -80,7 +80,7 @@ impl ShardAggregator {
 mod tests {
     use std::sync::Arc;
 
-    use crate::replay::fake::{Fake, Fault, even_shards, generated, options, stored_contents, user_records};
+    use crate::replay::fake::{Fault, MemoryKinesis, even_shards, generated, options, stored_contents, user_records};
     use crate::replay::{ReplayProgress, WATERMARK_PARTITION_KEY, replay};
     use taxi_core::generate::GeneratorConfig;
     use taxi_core::partition::hash_key;
@@ -89,7 +89,7 @@ mod tests {
     async fn aggregated_records_deaggregate_to_the_input_trips() {
         let config = GeneratorConfig { trips: 3000, seed: 11, invalid_ratio: 0.03, ..GeneratorConfig::default() };
         let (file, stats) = generated(&config);
-        let fake = Arc::new(Fake::new(even_shards(4, 0)).with_fault(|call| match call % 5 {
+        let fake = Arc::new(MemoryKinesis::new(even_shards(4, 0)).with_put_faults(|call| match call % 5 {
             1 => Fault::Entries { from: 0, count: 1 },
             3 => Fault::Call { throttled: false },
             _ => Fault::None,
@@ -103,8 +103,8 @@ mod tests {
         assert_eq!((summary.trips, summary.invalid), (3000, stats.invalid));
         assert!(summary.aggregated_records > 0 && summary.aggregated_records < 100, "{summary:?}");
         // Every user record is on the shard its own partition key maps to.
-        let st = fake.state();
-        for record in &st.stored {
+        let st = fake.stream();
+        for record in &st.records {
             let shard = &st.shards[record.shard];
             for (key, _) in user_records(&record.partition_key, &record.data) {
                 let hash = match &record.explicit_hash_key {

@@ -115,7 +115,7 @@ pub fn watermark_json(at: Millis) -> String {
 mod tests {
     use std::sync::Arc;
 
-    use crate::replay::fake::{Fake, even_shards, options, write_file};
+    use crate::replay::fake::{MemoryKinesis, even_shards, options, write_file};
     use crate::replay::{ReplayProgress, replay};
     use taxi_core::input::parse_json_record;
 
@@ -132,14 +132,14 @@ mod tests {
                    1,2015-01-10 20:33:38,2015-01-10 20:53:28,1,3.30,-74.00164794921875,40.7242431640625,1,N,\
                    -73.994415283203125,40.759109497070313,1,14.5,0.5,0.5,2,0,0.3,17.8\n";
         let file = write_file(csv.as_bytes());
-        let fake = Arc::new(Fake::new(even_shards(1, 0)));
+        let fake = Arc::new(MemoryKinesis::new(even_shards(1, 0)));
         let summary = replay(Arc::clone(&fake), &options(&file, 0.0), &ReplayProgress::new()).await.expect("replay");
         assert_eq!((summary.trips, summary.invalid), (2, 1));
         let expected: Vec<(u64, taxi_core::event::ParsedRecord)> =
             taxi_core::input::read_records(file.path()).expect("read").map(|r| r.expect("record")).collect();
-        let st = fake.state();
+        let st = fake.stream();
         for (no, parsed) in expected {
-            let record = st.stored.iter().find(|r| r.partition_key == no.to_string()).expect("stored");
+            let record = st.records.iter().find(|r| r.partition_key == no.to_string()).expect("stored");
             match parsed {
                 Ok(trip) => assert_eq!(parse_json_record(&record.data), Ok(trip)),
                 Err(_) => assert!(parse_json_record(&record.data).is_err()),

@@ -210,7 +210,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::replay::fake::{Fake, Fault, T0, even_shards, options, trip_line, write_lines};
+    use crate::replay::fake::{Fault, MemoryKinesis, T0, even_shards, options, trip_line, write_lines};
     use crate::replay::{ReplayProgress, replay};
 
     /// How full a batch gets is decided by the lane alone, whatever the timing: with 6 MiB
@@ -239,24 +239,28 @@ mod tests {
     async fn batches_respect_the_entry_and_byte_limits() {
         let small: Vec<String> = (1..=2100).map(|id| trip_line(id, T0 + i64::try_from(id).expect("id"), 0)).collect();
         let file = write_lines(&small);
-        let fake = Arc::new(Fake::new(even_shards(2, 0)));
+        let fake = Arc::new(MemoryKinesis::new(even_shards(2, 0)));
         replay(Arc::clone(&fake), &options(&file, 0.0), &ReplayProgress::new()).await.expect("replay");
-        let max_entries = fake.state().calls.iter().map(|c| c.0).max();
+        let max_entries = fake.stream().put_calls.iter().map(|c| c.0).max();
         assert_eq!(max_entries, Some(MAX_BATCH_ENTRIES));
 
         let big: Vec<String> = (1..=300).map(|id| trip_line(id, T0 + i64::try_from(id).expect("id"), 20_000)).collect();
         let file = write_lines(&big);
         // One shard, so that its lane gets all 6 MiB: more than a batch holds.
-        let fake = Arc::new(
-            Fake::new(even_shards(1, 0))
-                .with_fault(|call| if call % 3 == 1 { Fault::Entries { from: 10, count: 100 } } else { Fault::None }),
-        );
+        let fake =
+            Arc::new(MemoryKinesis::new(even_shards(1, 0)).with_put_faults(|call| {
+                if call % 3 == 1 { Fault::Entries { from: 10, count: 100 } } else { Fault::None }
+            }));
         let mut opts = options(&file, 0.0);
         // Watermarks are sent at once, with whatever is waiting: keep them out of the way here.
         opts.watermark_interval = Duration::from_secs(10);
         let summary = replay(Arc::clone(&fake), &opts, &ReplayProgress::new()).await.expect("replay");
         assert_eq!(summary.trips, 300);
-        let st = fake.state();
-        assert!(st.calls.iter().all(|&(n, b)| n <= MAX_BATCH_ENTRIES && b <= MAX_BATCH_BYTES), "{:?}", st.calls);
+        let st = fake.stream();
+        assert!(
+            st.put_calls.iter().all(|&(n, b)| n <= MAX_BATCH_ENTRIES && b <= MAX_BATCH_BYTES),
+            "{:?}",
+            st.put_calls
+        );
     }
 }

@@ -93,21 +93,20 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::replay::fake::{Fake, T0, options, trip_line, write_lines};
+    use crate::replay::fake::{MemoryKinesis, T0, options, trip_line, write_lines};
     use crate::replay::{ReplayProgress, replay};
 
     #[tokio::test]
     async fn creates_a_missing_stream_and_waits_for_it() {
         let file = write_lines(&[trip_line(1, T0, 0), "not json".to_owned(), trip_line(2, T0 + 1000, 0)]);
-        let fake = Arc::new(Fake::new(Vec::new()));
-        fake.state().state = StreamState::Missing;
+        let fake = Arc::new(MemoryKinesis::missing());
         let mut opts = options(&file, 0.0);
         opts.create_stream = Some(3);
         // No periodic watermark may fire while the stream is created (a loaded machine takes
         // longer than the 10 ms `options` sets): only the final one is counted below.
         opts.watermark_interval = Duration::from_secs(3600);
         let summary = replay(Arc::clone(&fake), &opts, &ReplayProgress::new()).await.expect("replay");
-        assert_eq!(fake.state().shards.len(), 3);
+        assert_eq!(fake.stream().shards.len(), 3);
         assert_eq!((summary.trips, summary.invalid), (2, 1));
         // The final watermark reaches the three shards.
         assert_eq!(summary.watermarks_sent, 3);

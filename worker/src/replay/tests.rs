@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::fake::{
-    Fake, Fault, T0, even_shards, generated, options, shard, stored_contents, trip_line, user_records, write_lines,
+    Fault, MemoryKinesis, T0, even_shards, generated, options, shard, stored_contents, trip_line, user_records,
+    write_lines,
 };
 use super::{
     MAX_BATCH_ENTRIES, ReplayError, ReplayOptions, ReplayProgress, ReplaySummary, WATERMARK_PARTITION_KEY, replay,
@@ -19,7 +20,7 @@ use taxi_core::event::{Event, Millis};
 use taxi_core::generate::{GeneratorConfig, write_json_lines};
 use taxi_core::input::parse_json_record;
 use taxi_core::partition::even_ranges;
-use taxi_io::kinesis::api::{PutEntry, StreamState};
+use taxi_io::kinesis::api::PutEntry;
 
 #[tokio::test]
 async fn every_trip_arrives_once_despite_failures() {
@@ -31,7 +32,7 @@ async fn every_trip_arrives_once_despite_failures() {
         ..GeneratorConfig::default()
     };
     let (file, stats) = generated(&config);
-    let fake = Arc::new(Fake::new(even_shards(4, 0)).with_fault(|call| match call % 6 {
+    let fake = Arc::new(MemoryKinesis::new(even_shards(4, 0)).with_put_faults(|call| match call % 6 {
         1 => Fault::Entries { from: 3, count: 50 },
         2 => Fault::Call { throttled: true },
         4 => Fault::Call { throttled: false },
@@ -58,11 +59,11 @@ async fn every_trip_arrives_once_despite_failures() {
     assert_eq!(snapshot.sent, summary.records_sent);
     assert_eq!(snapshot.retried, summary.retried_entries);
     // Stored records carry the original bytes and the trip id as partition key.
-    let st = fake.state();
+    let st = fake.stream();
     let mut original = Vec::new();
     write_json_lines(&config, &mut original).expect("generate");
     let lines: std::collections::HashSet<&[u8]> = original.split(|&b| b == b'\n').collect();
-    for record in st.stored.iter().filter(|r| r.explicit_hash_key.is_none()) {
+    for record in st.records.iter().filter(|r| r.explicit_hash_key.is_none()) {
         assert!(lines.contains(&record.data[..]), "data not an input line");
         if let Ok(Event::Trip(t)) = parse_json_record(&record.data) {
             assert_eq!(record.partition_key, t.trip_id.to_string());
@@ -71,8 +72,8 @@ async fn every_trip_arrives_once_despite_failures() {
 }
 
 /// Per shard, the partition keys of the input's trips and invalid lines, in file order.
-fn expected_order(fake: &Fake, input: &Path) -> BTreeMap<usize, Vec<String>> {
-    let st = fake.state();
+fn expected_order(fake: &MemoryKinesis, input: &Path) -> BTreeMap<usize, Vec<String>> {
+    let st = fake.stream();
     let mut expected: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     for record in taxi_core::input::read_records(input).expect("read") {
         let (record_no, parsed) = record.expect("record");
@@ -89,10 +90,10 @@ fn expected_order(fake: &Fake, input: &Path) -> BTreeMap<usize, Vec<String>> {
 }
 
 /// Per shard, the partition keys of the user records it stored (watermarks aside), in the order stored.
-fn stored_order(fake: &Fake) -> BTreeMap<usize, Vec<String>> {
-    let st = fake.state();
+fn stored_order(fake: &MemoryKinesis) -> BTreeMap<usize, Vec<String>> {
+    let st = fake.stream();
     let mut stored: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    for record in &st.stored {
+    for record in &st.records {
         for (key, _) in user_records(&record.partition_key, &record.data) {
             if key != WATERMARK_PARTITION_KEY {
                 stored.entry(record.shard).or_default().push(key);
@@ -108,7 +109,7 @@ fn stored_order(fake: &Fake) -> BTreeMap<usize, Vec<String>> {
 async fn replay_scrambled(
     aggregate: bool,
     fault: impl Fn(usize) -> Fault + Send + Sync + 'static,
-) -> (Arc<Fake>, ReplaySummary) {
+) -> (Arc<MemoryKinesis>, ReplaySummary) {
     let config = GeneratorConfig {
         trips: 4000,
         seed: 5,
@@ -118,10 +119,10 @@ async fn replay_scrambled(
     };
     let (file, stats) = generated(&config);
     let fake = Arc::new(
-        Fake::new(even_shards(4, 0))
-            .with_latency(Duration::from_millis(1))
-            .with_jitter(Duration::from_millis(5))
-            .with_fault(fault),
+        MemoryKinesis::new(even_shards(4, 0))
+            .with_put_latency(Duration::from_millis(1))
+            .with_put_jitter(Duration::from_millis(5))
+            .with_put_faults(fault),
     );
     let mut opts = options(&file, 0.0);
     opts.max_in_flight = 8;
@@ -143,7 +144,7 @@ async fn replay_scrambled(
             first_difference,
         );
     }
-    assert!(fake.state().violations.is_empty(), "{:?}", fake.state().violations);
+    assert!(fake.stream().violations.is_empty(), "{:?}", fake.stream().violations);
     (fake, summary)
 }
 
@@ -151,8 +152,8 @@ async fn replay_scrambled(
 async fn each_shard_receives_its_records_in_file_order() {
     for aggregate in [false, true] {
         let (fake, _) = replay_scrambled(aggregate, |_| Fault::None).await;
-        let st = fake.state();
-        assert!(st.max_active_calls > 1, "calls never overlapped: nothing was scrambled");
+        let st = fake.stream();
+        assert!(st.max_puts_in_flight > 1, "calls never overlapped: nothing was scrambled");
     }
 }
 
@@ -181,23 +182,22 @@ async fn a_shard_never_has_two_calls_in_flight() {
         _ => Fault::None,
     })
     .await;
-    let st = fake.state();
-    assert_eq!(st.max_active_per_shard, 1, "a lane had two calls in flight");
-    assert_eq!(st.mixed_calls, 0, "a call mixed the entries of several shards");
-    assert!(st.max_active_calls > 1, "lanes must send in parallel: at most {} call at once", st.max_active_calls);
-    assert!(st.active_per_shard.values().all(|&n| n == 0));
+    let st = fake.stream();
+    assert_eq!(st.max_puts_in_flight_per_shard, 1, "a lane had two calls in flight");
+    assert_eq!(st.mixed_puts, 0, "a call mixed the entries of several shards");
+    assert!(st.max_puts_in_flight > 1, "lanes must send in parallel: at most {} call at once", st.max_puts_in_flight);
+    assert!(st.puts_in_flight_per_shard.values().all(|&n| n == 0));
 }
 
 #[tokio::test]
 async fn permanent_errors_fail_the_replay() {
     let file = write_lines(&[trip_line(1, T0, 0), trip_line(2, T0 + 1000, 0)]);
-    let fake = Arc::new(Fake::new(even_shards(2, 0)).with_fault(|_| Fault::Permanent));
+    let fake = Arc::new(MemoryKinesis::new(even_shards(2, 0)).with_put_faults(|_| Fault::Permanent));
     let err = replay(fake, &options(&file, 0.0), &ReplayProgress::new()).await.expect_err("must fail");
     assert!(matches!(err, ReplayError::Put { .. }), "{err}");
     assert!(err.to_string().starts_with("failed to put records into stream taxi-test"), "{err}");
 
-    let missing = Arc::new(Fake::new(Vec::new()));
-    missing.state().state = StreamState::Missing;
+    let missing = Arc::new(MemoryKinesis::missing());
     let err = replay(missing, &options(&file, 0.0), &ReplayProgress::new()).await.expect_err("must fail");
     assert!(matches!(err, ReplayError::StreamMissing { .. }), "{err}");
 }
@@ -218,18 +218,18 @@ async fn watermarks_reach_every_open_shard_and_never_pass_unacknowledged_trips()
     after.push(shard(4, ranges[2].start, mid, true));
     after.push(shard(5, mid + 1, ranges[2].end, true));
     let fake = Arc::new(
-        Fake::new(initial)
-            .with_latency(Duration::from_millis(5))
-            .with_fault(|call| if call % 4 == 3 { Fault::Entries { from: 0, count: 2 } } else { Fault::None }),
+        MemoryKinesis::new(initial)
+            .with_put_latency(Duration::from_millis(5))
+            .with_put_faults(|call| if call % 4 == 3 { Fault::Entries { from: 0, count: 2 } } else { Fault::None })
+            .resharding_after(10, after.clone()),
     );
-    fake.state().reshard = Some((10, after.clone()));
     fake.expect_trips(times.iter().copied());
     let summary = replay(Arc::clone(&fake), &options(&file, 100.0), &ReplayProgress::new()).await.expect("replay");
 
-    let st = fake.state();
+    let st = fake.stream();
     assert!(st.violations.is_empty(), "{:?}", st.violations);
     let mut per_shard: BTreeMap<usize, Vec<Millis>> = BTreeMap::new();
-    for record in &st.stored {
+    for record in &st.records {
         let Ok(Event::Watermark(w)) = parse_json_record(&record.data) else { continue };
         let key = record.explicit_hash_key.as_deref().expect("watermark has an explicit hash key");
         assert_eq!(key, st.shards[record.shard].starting_hash_key.to_string(), "key of {w}");
@@ -255,7 +255,7 @@ async fn pacing_follows_the_speedup() {
     // 21 trips one event-second apart (T = 20 s) at speedup 40: about 0.5 s.
     let lines: Vec<String> = (0..=20).map(|i| trip_line(i + 1, T0 + i64::try_from(i).expect("i") * 1000, 0)).collect();
     let file = write_lines(&lines);
-    let fake = Arc::new(Fake::new(even_shards(2, 0)));
+    let fake = Arc::new(MemoryKinesis::new(even_shards(2, 0)));
     let start = std::time::Instant::now();
     let mut opts = options(&file, 40.0);
     opts.watermark_interval = Duration::from_millis(100);
@@ -263,8 +263,8 @@ async fn pacing_follows_the_speedup() {
     let elapsed = start.elapsed();
     assert!(elapsed >= Duration::from_millis(480) && elapsed < Duration::from_millis(950), "{elapsed:?}");
     assert_eq!(summary.trips, 21);
-    let st = fake.state();
-    for record in &st.stored {
+    let st = fake.stream();
+    for record in &st.records {
         if let Ok(Event::Trip(t)) = parse_json_record(&record.data) {
             let due = Duration::from_secs_f64((t.event_time() - T0) as f64 / 1000.0 / 40.0);
             assert!(record.at.duration_since(start) >= due, "trip {} sent early", t.trip_id);
@@ -278,7 +278,7 @@ async fn a_gap_in_event_time_costs_at_most_the_longest_wait() {
     let year = 366 * 86_400_000;
     let lines = [trip_line(1, T0, 0), trip_line(2, T0 + year, 0), trip_line(3, T0 + year + 1000, 0)];
     let file = write_lines(&lines);
-    let fake = Arc::new(Fake::new(even_shards(1, 0)));
+    let fake = Arc::new(MemoryKinesis::new(even_shards(1, 0)));
     let start = std::time::Instant::now();
     let summary = replay(Arc::clone(&fake), &options(&file, 2000.0), &ReplayProgress::new()).await.expect("replay");
     let elapsed = start.elapsed();

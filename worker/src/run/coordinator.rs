@@ -446,7 +446,7 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::super::claim::checkpoint_key;
-    use super::super::testing::{self, FakeKinesis, shard};
+    use super::super::testing::{self, MemoryKinesis, shard};
     use super::*;
     use taxi_core::assignment::Assignment;
     use taxi_core::checkpoint::{Position, ShardCheckpoint};
@@ -489,7 +489,7 @@ mod tests {
         ShardCheckpoint::from_bytes(&bytes).expect("readable")
     }
 
-    async fn run_to_end(api: FakeKinesis, options: RunOptions) -> (Result<RunSummary, RunError>, Arc<WorkerState>) {
+    async fn run_to_end(api: MemoryKinesis, options: RunOptions) -> (Result<RunSummary, RunError>, Arc<WorkerState>) {
         let state = Arc::new(WorkerState::default());
         let (_shutdown, rx) = watch::channel(false);
         let run = run_worker(Arc::new(api), options, state.clone(), rx);
@@ -504,9 +504,9 @@ mod tests {
     #[tokio::test]
     async fn a_run_to_idle_reads_parents_first_then_their_children() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let api = FakeKinesis::new(vec![shard("p", &[], true), shard("a", &["p"], false), shard("b", &["p"], false)]);
-        api.add_records("p", 2);
-        api.add_records("a", 1);
+        let api = MemoryKinesis::new(vec![shard("p", &[], true), shard("a", &["p"], false), shard("b", &["p"], false)]);
+        testing::add_watermarks(&api, "p", 2);
+        testing::add_watermarks(&api, "a", 1);
         let (result, state) = run_to_end(api, testing::options(dir.path())).await;
         let summary = result.expect("a clean run");
         assert_eq!(summary.finished_shards, ["p"]);
@@ -527,9 +527,9 @@ mod tests {
     #[tokio::test]
     async fn a_run_with_a_record_budget_stops_once_every_shard_spent_it_or_finished() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let api = FakeKinesis::new(vec![shard("x", &[], false), shard("y", &[], true)]);
-        api.add_records("x", 5);
-        api.add_records("y", 1);
+        let api = MemoryKinesis::new(vec![shard("x", &[], false), shard("y", &[], true)]);
+        testing::add_watermarks(&api, "x", 5);
+        testing::add_watermarks(&api, "y", 1);
         let mut options = testing::options(dir.path());
         options.stop_when_idle = None;
         options.stop_after_records = Some(2);
@@ -548,9 +548,9 @@ mod tests {
         let path: PathBuf = dir.path().join("assignment.json");
         let owners = [("x".to_owned(), 0), ("y".to_owned(), 1)].into();
         std::fs::write(&path, Assignment { epoch: 4, replicas: 2, owners }.to_json()).expect("write");
-        let api = FakeKinesis::new(vec![shard("x", &[], false), shard("y", &[], false)]);
-        api.add_records("x", 1);
-        api.add_records("y", 1);
+        let api = MemoryKinesis::new(vec![shard("x", &[], false), shard("y", &[], false)]);
+        testing::add_watermarks(&api, "x", 1);
+        testing::add_watermarks(&api, "y", 1);
         let mut options = testing::options(dir.path());
         options.assignment = AssignmentSource::File(path);
         options.ordinal = Some(0);
@@ -565,8 +565,8 @@ mod tests {
     }
 
     /// A coordinator over a stream with no shard, as `run_worker` builds it.
-    async fn coordinator(dir: &Path, ownership: Ownership) -> Coordinator<FakeKinesis> {
-        let shared = testing::shared(Arc::new(FakeKinesis::default()), testing::options(dir)).await;
+    async fn coordinator(dir: &Path, ownership: Ownership) -> Coordinator<MemoryKinesis> {
+        let shared = testing::shared(Arc::new(MemoryKinesis::default()), testing::options(dir)).await;
         let (_passes, redrive_passes) = watch::channel(0);
         Coordinator::new(Arc::new(shared), ownership, redrive_passes)
     }

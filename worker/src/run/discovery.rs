@@ -128,7 +128,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use super::super::testing::{self, FakeKinesis, shard};
+    use super::super::testing::{self, MemoryKinesis, shard};
     use super::*;
     use taxi_core::checkpoint::Owner;
     use taxi_core::shard::ShardProcessor;
@@ -218,7 +218,7 @@ mod tests {
     #[tokio::test]
     async fn discovery_sees_parents_finished_elsewhere_and_skips_busy_shards() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let api = Arc::new(FakeKinesis::new(graph()));
+        let api = Arc::new(MemoryKinesis::new(graph()));
         let shared = testing::shared(api, testing::options(dir.path())).await;
         // Another worker read p to its end.
         let other = Owner { epoch: 0, id: "elsewhere".to_owned(), ordinal: None };

@@ -506,22 +506,22 @@ impl<K: KinesisApi> ShardTask<K> {
 #[cfg(test)]
 mod tests {
     use super::super::RunOptions;
-    use super::super::testing::{self, FakeKinesis, shard};
+    use super::super::testing::{self, MemoryKinesis, shard};
     use super::*;
     use taxi_core::topology::ShardInfo;
 
     const SHARD: &str = "shardId-000000000000";
 
     struct Run {
-        shared: Arc<Shared<FakeKinesis>>,
+        shared: Arc<Shared<MemoryKinesis>>,
         _dir: tempfile::TempDir,
     }
 
     /// A run over one shard holding `records` records, closed or open.
     async fn run(closed: bool, records: usize, configure: impl FnOnce(&mut RunOptions)) -> Run {
         let dir = tempfile::tempdir().expect("tempdir");
-        let api = Arc::new(FakeKinesis::new(vec![shard(SHARD, &[], closed)]));
-        api.add_records(SHARD, records);
+        let api = Arc::new(MemoryKinesis::new(vec![shard(SHARD, &[], closed)]));
+        testing::add_watermarks(&api, SHARD, records);
         let mut options = testing::options(dir.path());
         configure(&mut options);
         Run { shared: Arc::new(testing::shared(api, options).await), _dir: dir }
