@@ -218,9 +218,12 @@ fn held_objects() -> [(String, &'static str); 6] {
 fn holders(existing: bool) -> Vec<Call> {
     held_objects()
         .into_iter()
-        .map(|(path, name)| match existing {
-            true => call(Method::GET, &path, 200, json!({"metadata": owned_metadata(name)})),
-            false => call(Method::GET, &path, 404, not_found()),
+        .map(|(path, name)| {
+            if existing {
+                call(Method::GET, &path, 200, json!({"metadata": owned_metadata(name)}))
+            } else {
+                call(Method::GET, &path, 404, not_found())
+            }
         })
         .collect()
 }

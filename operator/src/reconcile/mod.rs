@@ -1,7 +1,7 @@
 //! The reconcile pass of a TaxiPipeline: a short driver over one module per step.
 //!
 //! ```text
-//!  TaxiPipeline ─▶ validate ─────▶ admit ──────────▶ stream ───────▶ observe ────────▶ decide ─────────┐
+//!  TaxiPipeline ─▶ validate ─────▶ admit ──────────▶ stream ───────▶ observe ────────▶ decide ───────────┐
 //!  (crate::crd)    (spec →         (the policy:      (managed only:  (ListShards, the  (pure: replicas,  │
 //!                  ValidPipeline,  image and         create it, or   assignment, the   rollout, shard    │
 //!                  or the reason)  ServiceAccount)   one reshard     StatefulSet, who  assignment, every │

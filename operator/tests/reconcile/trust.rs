@@ -158,10 +158,10 @@ async fn a_named_service_account_leaves_the_operators_old_one_unless_the_pipelin
     let assigned = "2026-11-27T11:00:00Z";
     let reader = || pipeline(2, json!({"spec": {"worker": {"serviceAccountName": "reader"}}}));
     let own_account = format!("{ACCOUNTS}/nyc-worker");
-    let existing_reads = |holders: Vec<Call>| {
+    let existing_reads = |held: Vec<Call>| {
         let mut calls = vec![account_read("reader", workers_allowed())];
         calls.extend(reads(Some((&two, assigned)), Some((2, 2))).into_iter().take(2));
-        calls.extend(holders);
+        calls.extend(held);
         calls
     };
 
@@ -222,13 +222,12 @@ async fn a_foreign_object_in_the_way_is_neither_patched_nor_deleted_and_the_stat
         json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": foreign_metadata("nyc-worker"),
             "spec": {"replicas": 5, "serviceName": "nyc-worker", "selector": {}, "template": {}}}),
     );
-    for (kind, reads) in [
+    for (kind, mut calls) in [
         ("ServiceAccount", foreign_reads(&format!("{ACCOUNTS}/nyc-worker"))),
         ("PodDisruptionBudget", foreign_reads(&format!("{POLICY}/poddisruptionbudgets/nyc-worker"))),
         ("ConfigMap", foreign_reads(&format!("{NS}/configmaps/nyc-worker-config"))),
         ("StatefulSet", foreign_statefulset),
     ] {
-        let mut calls = reads;
         calls.extend([event(), status_patch()]);
         let (ctx, handle) = context(Ok(shards.clone()), FakeProbe::default());
         let server = tokio::spawn(serve(handle, calls));
