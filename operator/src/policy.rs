@@ -234,7 +234,7 @@ pub enum Violation {
     /// The named ServiceAccount does not exist (so it cannot carry the label).
     #[error(
         "spec.worker.serviceAccountName {account} does not exist; the workers may run only as a ServiceAccount \
-         labeled {WORKERS_ALLOWED_LABEL}: \"true\""
+         labeled taxipipeline.io/workers-allowed: \"true\""
     )]
     ServiceAccountMissing {
         /// `namespace/name` of the ServiceAccount.
@@ -242,7 +242,7 @@ pub enum Violation {
     },
     /// The named ServiceAccount lacks the label.
     #[error(
-        "spec.worker.serviceAccountName {account} is not labeled {WORKERS_ALLOWED_LABEL}: \"true\"; the \
+        "spec.worker.serviceAccountName {account} is not labeled taxipipeline.io/workers-allowed: \"true\"; the \
          platform team sets that label on the ServiceAccounts workers may run as"
     )]
     ServiceAccountUnlabeled {
@@ -371,7 +371,7 @@ mod tests {
         assert!(policy(ServiceAccountPolicy::Labeled).reads_service_accounts());
         assert!(!policy(ServiceAccountPolicy::Any).reads_service_accounts());
         let message = check(ServiceAccountPolicy::Labeled, Some(&plain)).expect("refused").to_string();
-        assert!(message.contains("taxipipeline.io/workers-allowed: \"true\""), "{message}");
+        assert!(message.contains(&format!("{WORKERS_ALLOWED_LABEL}: \"true\"")), "the label it names: {message}");
     }
 
     #[test]
