@@ -285,11 +285,8 @@ mod tests {
 
     #[test]
     fn a_handed_off_shard_counts_with_its_new_owners_checkpoint() {
-        let checkpointed = |state, at: &str| ShardStatus {
-            state,
-            last_checkpoint: Some(at.into()),
-            ..ShardStatus::default()
-        };
+        let checkpointed =
+            |state, at: &str| ShardStatus { state, last_checkpoint: Some(at.into()), ..ShardStatus::default() };
         let leaving = WorkerStatus {
             shards: [
                 ("s0".into(), checkpointed(ShardState::Released, "2026-01-01T00:00:01Z")),

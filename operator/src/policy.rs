@@ -40,10 +40,8 @@ impl WorkerPolicy {
 
     /// Why `spec.worker.image` = `image` is refused, or `None` when it is allowed.
     pub fn check_image(&self, image: &str) -> Option<Violation> {
-        (!self.allowed_image_repositories.allows(image)).then(|| Violation::Image {
-            image: image.to_owned(),
-            allowed: self.allowed_image_repositories.to_string(),
-        })
+        (!self.allowed_image_repositories.allows(image))
+            .then(|| Violation::Image { image: image.to_owned(), allowed: self.allowed_image_repositories.to_string() })
     }
 
     /// Why the workers may not run as the ServiceAccount `namespace/name` the spec names, or
@@ -340,10 +338,8 @@ mod tests {
 
     #[test]
     fn the_service_account_policy_decides_from_the_label() {
-        let policy = |service_accounts| WorkerPolicy {
-            allowed_image_repositories: AllowedImages::Any,
-            service_accounts,
-        };
+        let policy =
+            |service_accounts| WorkerPolicy { allowed_image_repositories: AllowedImages::Any, service_accounts };
         let labeled = service_account(&[(WORKERS_ALLOWED_LABEL, "true")]);
         let other_value = service_account(&[(WORKERS_ALLOWED_LABEL, "yes")]);
         let plain = service_account(&[("team", "a")]);
@@ -380,9 +376,6 @@ mod tests {
             assert_eq!(policy.to_string().parse::<ServiceAccountPolicy>(), Ok(policy));
         }
         assert_eq!(ServiceAccountPolicy::default(), ServiceAccountPolicy::Labeled);
-        assert_eq!(
-            "label".parse::<ServiceAccountPolicy>(),
-            Err(PolicyError::ServiceAccountPolicy("label".to_owned()))
-        );
+        assert_eq!("label".parse::<ServiceAccountPolicy>(), Err(PolicyError::ServiceAccountPolicy("label".to_owned())));
     }
 }

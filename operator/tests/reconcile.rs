@@ -247,8 +247,12 @@ fn applies(pdb: bool, assignment_existed: bool, existing: bool) -> Vec<Call> {
         },
     ];
     match (pdb, existing) {
-        (true, _) => calls.push(call(Method::PATCH, &format!("{POLICY}/poddisruptionbudgets/nyc-worker"), 200, ok.clone())),
-        (false, true) => calls.push(call(Method::DELETE, &format!("{POLICY}/poddisruptionbudgets/nyc-worker"), 200, ok.clone())),
+        (true, _) => {
+            calls.push(call(Method::PATCH, &format!("{POLICY}/poddisruptionbudgets/nyc-worker"), 200, ok.clone()))
+        }
+        (false, true) => {
+            calls.push(call(Method::DELETE, &format!("{POLICY}/poddisruptionbudgets/nyc-worker"), 200, ok.clone()))
+        }
         (false, false) => {}
     }
     calls.push(call(Method::PATCH, &format!("{APPS}/statefulsets/nyc-worker"), 200, ok));

@@ -111,12 +111,18 @@ pub fn in_the_way(valid: &ValidPipeline, resources: &Resources, ownership: &Owne
         (true, &ownership.service, "Service", name_of(service)),
         (true, &ownership.worker_config, "ConfigMap", name_of(worker_config)),
         (true, &ownership.assignment, "ConfigMap", name_of(assignment)),
-        (pod_disruption_budget.is_some(), &ownership.pod_disruption_budget, "PodDisruptionBudget", names::workers(&valid.name)),
+        (
+            pod_disruption_budget.is_some(),
+            &ownership.pod_disruption_budget,
+            "PodDisruptionBudget",
+            names::workers(&valid.name),
+        ),
         (true, &ownership.stateful_set, "StatefulSet", name_of(stateful_set)),
     ];
-    written.into_iter().find(|(wanted, holder, _, _)| *wanted && holder.is_foreign()).map(|(_, _, kind, name)| {
-        ForeignObject { kind, namespace: valid.namespace.clone(), name }
-    })
+    written
+        .into_iter()
+        .find(|(wanted, holder, _, _)| *wanted && holder.is_foreign())
+        .map(|(_, _, kind, name)| ForeignObject { kind, namespace: valid.namespace.clone(), name })
 }
 
 fn name_of<K: Resource>(object: &K) -> String {
@@ -208,7 +214,10 @@ mod tests {
     #[test]
     fn only_a_controller_reference_to_this_pipeline_makes_an_object_ours() {
         assert_eq!(Holder::of(None, PIPELINE_UID), Holder::Absent);
-        assert_eq!(Holder::of(Some(&meta(PIPELINE_UID, Some(true))), PIPELINE_UID), Holder::Pipeline("object-uid".into()));
+        assert_eq!(
+            Holder::of(Some(&meta(PIPELINE_UID, Some(true))), PIPELINE_UID),
+            Holder::Pipeline("object-uid".into())
+        );
         assert_eq!(Holder::of(Some(&meta(PIPELINE_UID, Some(false))), PIPELINE_UID), Holder::Foreign, "not controller");
         assert_eq!(Holder::of(Some(&meta(PIPELINE_UID, None)), PIPELINE_UID), Holder::Foreign);
         assert_eq!(

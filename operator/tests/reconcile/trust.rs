@@ -49,7 +49,9 @@ fn applies_without_service_account(pdb: bool, assignment_existed: bool, existing
 fn assert_nothing_written(sent: &[Sent]) {
     let writes: Vec<String> = sent
         .iter()
-        .filter(|s| s.method != Method::GET && !s.uri.starts_with(EVENTS) && !s.uri.starts_with(&format!("{TP}/status")))
+        .filter(|s| {
+            s.method != Method::GET && !s.uri.starts_with(EVENTS) && !s.uri.starts_with(&format!("{TP}/status"))
+        })
         .map(|s| format!("{} {}", s.method, s.uri))
         .collect();
     assert!(writes.is_empty(), "written: {writes:?}");
@@ -247,8 +249,7 @@ async fn a_foreign_object_in_the_way_is_neither_patched_nor_deleted_and_the_stat
 async fn a_foreign_budget_a_single_worker_does_not_need_is_left_alone_and_the_pass_goes_on() {
     let shards = four_open_shards();
     let one = taxi_core::assignment::assign(&shards, 1, None);
-    let mut calls: Vec<Call> =
-        reads(Some((&one, "2026-11-27T11:00:00Z")), Some((1, 1))).into_iter().take(2).collect();
+    let mut calls: Vec<Call> = reads(Some((&one, "2026-11-27T11:00:00Z")), Some((1, 1))).into_iter().take(2).collect();
     calls.extend(holders_with_foreign(true, &format!("{POLICY}/poddisruptionbudgets/nyc-worker")));
     // One worker: no budget to apply, and this one is not the pipeline's to delete.
     calls.extend(applies(false, true, false));
