@@ -91,18 +91,20 @@ const REVISION_HASH_MAX: usize = 10;
 /// [`MAX_NAME_LENGTH`] as a CEL rule at the root, where `self.metadata.name` is visible.
 const NAME_LENGTH_RULE: &str = "self.metadata.name.size() <= 45";
 /// Why, with the bound.
-const NAME_LENGTH_MESSAGE: &str = "metadata.name must be at most 45 characters: the worker StatefulSet     <name>-worker labels its pods with controller-revision-hash <name>-worker-<10-character hash>, and a label     value holds at most 63";
+const NAME_LENGTH_MESSAGE: &str = "metadata.name must be at most 45 characters: the worker StatefulSet \
+    <name>-worker labels its pods with controller-revision-hash <name>-worker-<10-character hash>, and a label \
+    value holds at most 63";
 /// The headless Service `<name>-worker` and the pods' host names must be DNS labels (RFC 1035):
 /// lower-case letters, digits and `-`, starting with a letter; a TaxiPipeline's own name may hold
 /// dots or start with a digit, which those names cannot.
 const NAME_LABEL_RULE: &str = "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
 /// Why.
-const NAME_LABEL_MESSAGE: &str = "metadata.name must start with a lower-case letter and hold only lower-case     letters, digits and '-': it names the workers' Service <name>-worker, which must be a DNS label";
+const NAME_LABEL_MESSAGE: &str = "metadata.name must start with a lower-case letter and hold only lower-case \
+    letters, digits and '-': it names the workers' Service <name>-worker, which must be a DNS label";
 
 /// Desired state of a TaxiPipeline: a Kinesis stream of taxi trips analysed by a fleet of workers
 /// into an OpenSearch index, with checkpoints in S3.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[expect(clippy::duplicated_attributes, reason = "printer columns repeat `type_ = \"integer\"` and the like")]
 #[kube(
     group = "taxipipeline.io",
     version = "v1alpha1",

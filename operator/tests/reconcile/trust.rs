@@ -175,7 +175,8 @@ async fn a_named_service_account_leaves_the_operators_old_one_unless_the_pipelin
     let server = tokio::spawn(serve(handle, calls));
     reconcile(guard(reader()), ctx).await.expect("reconcile");
     let sent = server.await.expect("server");
-    assert!(sent.iter().all(|s| !s.uri.starts_with(&own_account)), "the foreign account was left alone");
+    let touched = sent.iter().any(|s| s.method != Method::GET && s.uri.starts_with(&own_account));
+    assert!(!touched, "the foreign account was left alone");
     let ready = condition(&find(&sent, Method::PATCH, &format!("{TP}/status")).body, "Ready").clone();
     assert_eq!(ready["reason"], "Running");
 
