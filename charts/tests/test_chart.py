@@ -263,7 +263,7 @@ def test_rbac_rules_cover_every_kind_the_reconciler_applies():
     source = (REPO / "operator" / "src" / "reconcile" / "apply.rs").read_text()
     applied = set(re.findall(r"server_side_apply::<(\w+)>", source))
     applied |= {"ServiceAccount", "PodDisruptionBudget"}  # applied through a `match` without turbofish
-    deleted = set(re.findall(r"delete_if_present::<(\w+)>", source))
+    deleted = set(re.findall(r"delete_if_owned::<(\w+)>", source))
     resource = {
         "StatefulSet": ("apps", "statefulsets"),
         "ConfigMap": ("", "configmaps"),

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use taxi_io::kinesis::api::KinesisEndpoint;
 use taxi_operator::autoscale::Policy;
 use taxi_operator::controller::{RunConfig, run};
+use taxi_operator::policy::{ServiceAccountPolicy, WorkerPolicy};
 use taxi_operator::simulate::{self, PolicyKind, SimConfig, Trace};
 
 /// Command line of the operator binary.
@@ -46,6 +47,15 @@ struct RunArgs {
     /// Worker image for pipelines that do not set spec.worker.image.
     #[arg(long, env = "TAXI_WORKER_IMAGE", default_value = concat!("ghcr.io/taxipipeline/taxi:", env!("CARGO_PKG_VERSION")))]
     worker_image: String,
+    /// Worker images a pipeline may name in spec.worker.image, comma-separated: a repository
+    /// (ghcr.io/team/taxi, any tag or digest), a prefix ending in / (ghcr.io/team/), or * for any.
+    /// Empty: only the repository of --worker-image.
+    #[arg(long, env = "TAXI_ALLOWED_IMAGE_REPOSITORIES", value_delimiter = ',')]
+    allowed_image_repositories: Vec<String>,
+    /// Whether spec.worker.serviceAccountName may name an existing ServiceAccount: forbid,
+    /// labeled (only one labeled taxipipeline.io/workers-allowed: "true") or any.
+    #[arg(long, env = "TAXI_SERVICE_ACCOUNT_POLICY", default_value_t = ServiceAccountPolicy::Labeled)]
+    service_account_policy: ServiceAccountPolicy,
     /// Elect a leader through a coordination.k8s.io Lease (needed with more than one replica).
     #[arg(long, env = "TAXI_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     leader_election: bool,
@@ -168,11 +178,23 @@ fn main() -> ExitCode {
             let filter =
                 tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+            let policy = match WorkerPolicy::new(
+                &args.allowed_image_repositories,
+                args.service_account_policy,
+                &args.worker_image,
+            ) {
+                Ok(policy) => policy,
+                Err(e) => {
+                    eprintln!("taxi-operator: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let config = RunConfig {
                 namespaces: args.namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
                 kinesis: KinesisEndpoint { region: args.region, endpoint_url: args.kinesis_endpoint_url },
                 http_addr: args.http_addr,
                 worker_image: args.worker_image,
+                policy,
                 leader_election: args.leader_election,
                 lease_namespace: args.lease_namespace,
                 pod_name: args.pod_name,
