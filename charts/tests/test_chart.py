@@ -181,11 +181,11 @@ OPERATOR_RULES = {
     ("taxipipeline.io", "taxipipelines/finalizers", ()): {"update"},
     ("apps", "statefulsets", ()): {"get", "list", "watch", "create", "patch"},
     ("", "configmaps", ()): {"get", "list", "watch", "create", "patch"},
-    ("", "services", ()): {"create", "patch"},
-    ("", "serviceaccounts", ()): {"create", "patch", "delete"},
-    ("policy", "poddisruptionbudgets", ()): {"create", "patch", "delete"},
-    ("rbac.authorization.k8s.io", "roles", ()): {"create", "patch"},
-    ("rbac.authorization.k8s.io", "rolebindings", ()): {"create", "patch"},
+    ("", "services", ()): {"get", "create", "patch"},
+    ("", "serviceaccounts", ()): {"get", "create", "patch", "delete"},
+    ("policy", "poddisruptionbudgets", ()): {"get", "create", "patch", "delete"},
+    ("rbac.authorization.k8s.io", "roles", ()): {"get", "create", "patch"},
+    ("rbac.authorization.k8s.io", "rolebindings", ()): {"get", "create", "patch"},
     ("events.k8s.io", "events", ()): {"create", "patch"},
 }
 LEADER_RULES = {
