@@ -465,7 +465,11 @@ mod tests {
     #[test]
     fn urls_with_credentials_are_refused_without_repeating_them() {
         let cases = [
-            (r#""url": "https://search.example.com""#, r#""url": "https://writer:s3cret@search.example.com""#, "sink.url"),
+            (
+                r#""url": "https://search.example.com""#,
+                r#""url": "https://writer:s3cret@search.example.com""#,
+                "sink.url",
+            ),
             (r#""url": "https://search.example.com""#, r#""url": "http://s3cret@opensearch:9200""#, "sink.url"),
             (
                 r#""name": "taxi-trips""#,

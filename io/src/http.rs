@@ -168,8 +168,12 @@ where
 }
 
 /// Answers the requests of one connection until it ends; its slot is free again then.
-async fn serve_connection<C, H>(connection: C, header_read_timeout: Duration, handler: Arc<H>, _slot: OwnedSemaphorePermit)
-where
+async fn serve_connection<C, H>(
+    connection: C,
+    header_read_timeout: Duration,
+    handler: Arc<H>,
+    _slot: OwnedSemaphorePermit,
+) where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(&Method, &Uri) -> Response<Full<Bytes>> + Send + Sync + 'static,
 {
@@ -289,8 +293,11 @@ mod tests {
     #[tokio::test]
     async fn a_client_that_does_not_finish_its_request_loses_its_slot() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let limits =
-            ServerLimits { max_connections: 1, header_read_timeout: Duration::from_millis(200), ..ServerLimits::default() };
+        let limits = ServerLimits {
+            max_connections: 1,
+            header_read_timeout: Duration::from_millis(200),
+            ..ServerLimits::default()
+        };
         let (addr, server) = start(limits).await;
         let mut slow = TcpStream::connect(addr).await.expect("connect");
         slow.write_all(b"GET /healthz HTTP/1.1\r\nHo").await.expect("write");
@@ -299,8 +306,9 @@ mod tests {
         let answer = tokio::time::timeout(Duration::from_secs(5), get(&mut next)).await.expect("served after the cut");
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         let mut rest = Vec::new();
+        // Closed (or reset) by the server, long before the test gives up.
         let cut = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
-        assert!(matches!(cut, Ok(Ok(_))), "the slow client was disconnected: {cut:?}");
+        assert!(cut.is_ok(), "the slow client is still connected");
         server.abort();
     }
 
@@ -329,11 +337,15 @@ mod tests {
         const EMFILE: i32 = 24;
         let out_of_descriptors = || Err(std::io::Error::from_raw_os_error(EMFILE));
         let (_client, connection) = tokio::io::duplex(1024);
-        let script = [out_of_descriptors(), out_of_descriptors(), out_of_descriptors(), Ok(connection), out_of_descriptors()];
+        let script =
+            [out_of_descriptors(), out_of_descriptors(), out_of_descriptors(), Ok(connection), out_of_descriptors()];
         let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
         let listener = Scripted { script: script.into_iter().collect(), asked: asked.clone() };
         let ms = Duration::from_millis;
-        let limits = ServerLimits { accept_backoff: BackoffPolicy::new(ms(10), ms(1000), Jitter::None), ..ServerLimits::default() };
+        let limits = ServerLimits {
+            accept_backoff: BackoffPolicy::new(ms(10), ms(1000), Jitter::None),
+            ..ServerLimits::default()
+        };
 
         let start = tokio::time::Instant::now();
         let server = tokio::spawn(accept_loop(listener, limits, Arc::new(ok)));

@@ -125,9 +125,11 @@ impl WorkerMetrics {
         let failed_shards = IntGauge::new("taxi_failed_shards", "Shards failed now, waiting for their retry")
             .expect("valid metric definition");
         registry.register(Box::new(failed_shards.clone())).expect("metric registered once");
-        let checkpoint_interval_seconds =
-            Gauge::new("taxi_checkpoint_interval_seconds", "Time between two checkpoints of a shard, as configured (s)")
-                .expect("valid metric definition");
+        let checkpoint_interval_seconds = Gauge::new(
+            "taxi_checkpoint_interval_seconds",
+            "Time between two checkpoints of a shard, as configured (s)",
+        )
+        .expect("valid metric definition");
         registry.register(Box::new(checkpoint_interval_seconds.clone())).expect("metric registered once");
         WorkerMetrics {
             records: counter("taxi_records_total", "Records processed, by outcome", &["outcome"]),
@@ -266,7 +268,10 @@ mod tests {
         let m = WorkerMetrics::new();
         m.checkpoint_interval_seconds.set(2.5);
         let text = m.render();
-        assert!(text.contains("# TYPE taxi_checkpoint_interval_seconds gauge\ntaxi_checkpoint_interval_seconds 2.5\n"), "{text}");
+        assert!(
+            text.contains("# TYPE taxi_checkpoint_interval_seconds gauge\ntaxi_checkpoint_interval_seconds 2.5\n"),
+            "{text}"
+        );
     }
 
     #[test]

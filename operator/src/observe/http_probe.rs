@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
-use hyper::StatusCode;
-use hyper::Uri;
 use hyper::http::uri::InvalidUri;
+use hyper::{StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -89,7 +88,9 @@ impl HttpProbe {
     /// The worker status document at `url`, within the timeout and size limit.
     pub async fn fetch(&self, url: &str) -> Result<WorkerStatus, FetchError> {
         let uri: Uri = url.parse()?;
-        let body = tokio::time::timeout(self.timeout, self.body(uri)).await.map_err(|_| FetchError::Timeout(self.timeout))??;
+        let body = tokio::time::timeout(self.timeout, self.body(uri))
+            .await
+            .map_err(|_| FetchError::Timeout(self.timeout))??;
         Ok(serde_json::from_slice(&body)?)
     }
 
@@ -110,7 +111,8 @@ impl HttpProbe {
 impl WorkerProbe for HttpProbe {
     async fn status(&self, host: &str) -> Result<WorkerStatus, ProbeError> {
         let url = format!("http://{host}:{}/status", self.port);
-        self.fetch(&url).await.map_err(|e| ProbeError { reason: e.to_string(), url })
+        let fetched = self.fetch(&url).await;
+        fetched.map_err(|e| ProbeError { reason: e.to_string(), url })
     }
 }
 
@@ -123,7 +125,8 @@ mod tests {
 
     use super::*;
 
-    const DOCUMENT: &str = r#"{"owned_shards":1,"ordinal":2,"shards":{"shardId-000000000007":{"state":"reading","records":41}}}"#;
+    const DOCUMENT: &str =
+        r#"{"owned_shards":1,"ordinal":2,"shards":{"shardId-000000000007":{"state":"reading","records":41}}}"#;
 
     /// A probe of the one-connection server on `port` of 127.0.0.1.
     fn probe(port: u16, timeout: Duration, max_body_bytes: usize) -> HttpProbe {
@@ -221,7 +224,8 @@ mod tests {
         .await;
         let probe = probe(port, Duration::from_secs(5), 1024);
         let error = probe.fetch(&format!("http://127.0.0.1:{port}/status")).await.expect_err("503");
-        assert!(matches!(error, FetchError::Status(StatusCode::SERVICE_UNAVAILABLE)), "{error:?}");
+        assert!(matches!(error, FetchError::Status(s) if s == StatusCode::SERVICE_UNAVAILABLE), "{error:?}");
+        assert_eq!(error.to_string(), "answered 503 Service Unavailable");
     }
 
     #[tokio::test]

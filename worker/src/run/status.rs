@@ -223,10 +223,14 @@ mod tests {
             s.state = ShardState::Failed;
             s.error = Some("OpenSearch bulk request to https://writer:s3cret@search:9200 failed".to_owned());
         });
-        state.update("s2", |s| s.checkpoint_error = Some("failed to put via http://key:s3cret@minio:9000/b".to_owned()));
+        state
+            .update("s2", |s| s.checkpoint_error = Some("failed to put via http://key:s3cret@minio:9000/b".to_owned()));
 
         let status = state.status();
-        assert_eq!(status.shards["s1"].error.as_deref(), Some("OpenSearch bulk request to https://***@search:9200 failed"));
+        assert_eq!(
+            status.shards["s1"].error.as_deref(),
+            Some("OpenSearch bulk request to https://***@search:9200 failed")
+        );
         assert_eq!(status.shards["s2"].checkpoint_error.as_deref(), Some("failed to put via http://***@minio:9000/b"));
         let document = Endpoints::status(&state).to_string();
         assert!(!document.contains("s3cret"), "{document}");
