@@ -9,7 +9,7 @@
 //! A consumer named by `spec.stream.efoConsumerName` is the author's: it may be shared with
 //! another pipeline or another application, so the operator never deregisters it.
 //!
-//! [`plan`] is pure and runs in [`decide`](super::decide); [`settle`] carries the plan out after
+//! [`plan`] is pure and runs in [`decide`](super::decide); `settle` carries the plan out after
 //! the apply step.
 
 use kube::ResourceExt;

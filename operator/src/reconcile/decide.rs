@@ -2,7 +2,7 @@
 //! and the time, to a [`Decision`]: the replicas ([`crate::scaling`]), how a change of them is
 //! staged ([`crate::rollout`]), the shard assignment (`taxi_core::assignment`), every object to
 //! apply or delete ([`crate::resources`]) and what becomes of the enhanced fan-out consumer
-//! ([`consumer`](super::consumer)). No client, no clock, no `async`: each case is a unit test
+//! ([`super::consumer`]). No client, no clock, no `async`: each case is a unit test
 //! below.
 
 use std::collections::BTreeMap;

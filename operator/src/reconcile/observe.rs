@@ -1,7 +1,7 @@
 //! The observe step: everything a pass reads, gathered once into an [`Observed`] for the pure
 //! [`decide`](super::decide) step: the stream's shards (Kinesis ListShards), the assignment
 //! ConfigMap and the worker StatefulSet (two GETs), who holds each of the pipeline's other objects
-//! (metadata GETs, see [`ownership`](super::ownership)), each running worker's `/status`, and what
+//! (metadata GETs, see [`super::ownership`]), each running worker's `/status`, and what
 //! the pipeline's scaling kept from the previous pass. Nothing is written here.
 //!
 //! The Kinesis and probe clients behind it are the traits of [`crate::observe`].

@@ -3,7 +3,7 @@
 //! without one belongs to someone else (a person, another tool, another pipeline) and is never
 //! touched: a forced server-side apply would take it over, and a delete by name would remove it.
 //!
-//! [`read`] looks at each object's metadata once per pass (the observe step calls it, reusing the
+//! `read` looks at each object's metadata once per pass (the observe step calls it, reusing the
 //! assignment ConfigMap and the StatefulSet it reads anyway); [`in_the_way`] is pure and finds
 //! the first object the pass would write that is someone else's. There is a short window between
 //! the read and the write in which an object could be replaced; a delete closes it with a UID
