@@ -9,6 +9,8 @@ use taxi_io::kinesis::api::KinesisEndpoint;
 use taxi_operator::autoscale::Policy;
 use taxi_operator::controller::{RunConfig, run};
 use taxi_operator::simulate::{self, PolicyKind, SimConfig, Trace};
+use taxi_operator::validate::FlagError;
+use taxi_operator::validate::defaults::{parse_ca_secret, parse_labels, parse_names};
 
 /// Command line of the operator binary.
 #[derive(Debug, Parser)]
@@ -55,6 +57,53 @@ struct RunArgs {
     /// This pod's name (Lease holder identity, Event reporter).
     #[arg(long, env = "POD_NAME", default_value = "taxi-operator")]
     pod_name: String,
+    /// Secrets appended to every worker pod's imagePullSecrets, comma-separated (Secrets in each
+    /// pipeline's namespace).
+    #[arg(long, env = "TAXI_WORKER_IMAGE_PULL_SECRETS", value_delimiter = ',')]
+    worker_image_pull_secrets: Vec<String>,
+    /// CA bundle Secret `name[:key]` (key default ca.crt) for https sinks whose spec names no
+    /// caSecretRef; a Secret of that name must exist in each pipeline's namespace.
+    #[arg(long, env = "TAXI_DEFAULT_SINK_CA_SECRET")]
+    default_sink_ca_secret: Option<String>,
+    /// Give pipelines that do not set spec.worker.networkPolicy.enabled a NetworkPolicy admitting
+    /// only the operator and the metrics scrapers to the workers' port 8080.
+    #[arg(long, env = "TAXI_WORKER_NETWORK_POLICY", default_value_t = true, action = clap::ArgAction::Set)]
+    worker_network_policy: bool,
+    /// Labels `k=v,...` of the operator's pods (in its namespace, POD_NAMESPACE), which the workers'
+    /// NetworkPolicy admits; empty: every pod of that namespace.
+    #[arg(long, env = "TAXI_OPERATOR_POD_LABELS", value_delimiter = ',')]
+    operator_pod_labels: Vec<String>,
+    /// Labels `k=v,...` of the namespaces whose pods may scrape the workers' metrics.
+    #[arg(long, env = "TAXI_METRICS_NAMESPACE_LABELS", value_delimiter = ',')]
+    metrics_namespace_labels: Vec<String>,
+    /// Labels `k=v,...` of the pods that may scrape the workers' metrics: in the namespaces of
+    /// --metrics-namespace-labels, or without it in the pipeline's own.
+    #[arg(long, env = "TAXI_METRICS_POD_LABELS", value_delimiter = ',')]
+    metrics_pod_labels: Vec<String>,
+}
+
+impl RunArgs {
+    /// The settings of the run, or the first flag value the operator cannot use.
+    fn config(self) -> Result<RunConfig, FlagError> {
+        Ok(RunConfig {
+            namespaces: self.namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
+            kinesis: KinesisEndpoint { region: self.region, endpoint_url: self.kinesis_endpoint_url },
+            http_addr: self.http_addr,
+            worker_image: self.worker_image,
+            worker_image_pull_secrets: parse_names(&self.worker_image_pull_secrets),
+            default_sink_ca_secret: parse_ca_secret(
+                "--default-sink-ca-secret",
+                self.default_sink_ca_secret.as_deref().unwrap_or_default(),
+            )?,
+            worker_network_policy: self.worker_network_policy,
+            operator_pod_labels: parse_labels("--operator-pod-labels", &self.operator_pod_labels)?,
+            metrics_namespace_labels: parse_labels("--metrics-namespace-labels", &self.metrics_namespace_labels)?,
+            metrics_pod_labels: parse_labels("--metrics-pod-labels", &self.metrics_pod_labels)?,
+            leader_election: self.leader_election,
+            lease_namespace: self.lease_namespace,
+            pod_name: self.pod_name,
+        })
+    }
 }
 
 /// `taxi-operator simulate`: every setting defaults to `simulate::SimConfig::default()`.
@@ -168,14 +217,12 @@ fn main() -> ExitCode {
             let filter =
                 tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-            let config = RunConfig {
-                namespaces: args.namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
-                kinesis: KinesisEndpoint { region: args.region, endpoint_url: args.kinesis_endpoint_url },
-                http_addr: args.http_addr,
-                worker_image: args.worker_image,
-                leader_election: args.leader_election,
-                lease_namespace: args.lease_namespace,
-                pod_name: args.pod_name,
+            let config = match args.config() {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("taxi-operator: {e}");
+                    return ExitCode::FAILURE;
+                }
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(runtime) => runtime,

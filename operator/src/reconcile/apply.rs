@@ -5,6 +5,7 @@
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -69,6 +70,7 @@ pub(super) async fn apply(client: &Client, valid: &ValidPipeline, resources: &Re
         worker_config,
         assignment,
         pod_disruption_budget,
+        network_policy,
         stateful_set,
     } = resources;
     let ns = valid.namespace.as_str();
@@ -85,6 +87,11 @@ pub(super) async fn apply(client: &Client, valid: &ValidPipeline, resources: &Re
     match pod_disruption_budget {
         Some(pdb) => server_side_apply(client, ns, pdb).await?,
         None => delete_if_present::<PodDisruptionBudget>(client, ns, &workers).await?,
+    }
+    // Before the StatefulSet, so new pods start behind it.
+    match network_policy {
+        Some(policy) => server_side_apply::<NetworkPolicy>(client, ns, policy).await?,
+        None => delete_if_present::<NetworkPolicy>(client, ns, &workers).await?,
     }
     server_side_apply::<StatefulSet>(client, ns, stateful_set).await
 }
