@@ -241,3 +241,73 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use taxi_operator::resources::network_policy::IngressPeers;
+    use taxi_operator::validate::{Defaults, SecretKey};
+
+    use super::*;
+
+    fn run_config(args: &[&str]) -> Result<RunConfig, FlagError> {
+        let cli = Cli::try_parse_from(["taxi-operator", "run"].iter().chain(args)).expect("the flags parse");
+        match cli.command {
+            Command::Run(args) => args.config(),
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    fn labels(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
+        entries.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn the_shared_cluster_flags_reach_every_pipelines_defaults() {
+        let config = run_config(&[
+            "--worker-image=registry.example.com/taxi:1",
+            "--lease-namespace=taxi-system",
+            "--worker-image-pull-secrets=team-registry,platform-registry",
+            "--default-sink-ca-secret=platform-ca:bundle.pem",
+            "--worker-network-policy=false",
+            "--operator-pod-labels=app.kubernetes.io/name=taxi-pipeline,app.kubernetes.io/instance=taxi",
+            "--metrics-namespace-labels=kubernetes.io/metadata.name=monitoring",
+            "--metrics-pod-labels=app.kubernetes.io/name=prometheus",
+        ])
+        .expect("valid flags");
+        assert_eq!(
+            config.defaults(),
+            Defaults {
+                worker_image: "registry.example.com/taxi:1".to_owned(),
+                image_pull_secrets: vec!["team-registry".to_owned(), "platform-registry".to_owned()],
+                sink_ca_secret: Some(SecretKey { name: "platform-ca".to_owned(), key: "bundle.pem".to_owned() }),
+                network_policy: false,
+                ingress: IngressPeers {
+                    operator_namespace: "taxi-system".to_owned(),
+                    operator_pod_labels: labels(&[
+                        ("app.kubernetes.io/instance", "taxi"),
+                        ("app.kubernetes.io/name", "taxi-pipeline"),
+                    ]),
+                    metrics_namespace_labels: labels(&[("kubernetes.io/metadata.name", "monitoring")]),
+                    metrics_pod_labels: labels(&[("app.kubernetes.io/name", "prometheus")]),
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn without_the_flags_every_pipeline_gets_a_network_policy_and_nothing_else() {
+        let config = run_config(&["--worker-image=registry.example.com/taxi:1", "--lease-namespace=taxi-system"])
+            .expect("valid flags");
+        assert_eq!(config.defaults(), Defaults::new("registry.example.com/taxi:1", "taxi-system"));
+    }
+
+    #[test]
+    fn a_bad_flag_value_stops_the_operator_naming_the_flag() {
+        let error = run_config(&["--metrics-pod-labels=prometheus"]).expect_err("not key=value");
+        assert!(error.to_string().starts_with("--metrics-pod-labels: `prometheus`"), "{error}");
+        let error = run_config(&["--default-sink-ca-secret=Platform_CA"]).expect_err("not a Secret name");
+        assert!(error.to_string().starts_with("--default-sink-ca-secret:"), "{error}");
+    }
+}
