@@ -3,7 +3,7 @@
 //! The CRD's CEL rules reject most bad specs at `kubectl apply`; this step checks again what the
 //! builders rely on (an API server may run without the rules, or an object may predate them) and
 //! converts the user-facing spec into the one worker settings type. The worker pods' settings,
-//! pod template included, are resolved in [`worker_pod`]; the operator-wide [`Defaults`] and the
+//! pod template included, are resolved in `worker_pod`; the operator-wide [`Defaults`] and the
 //! parsing of the flags that fill them are in [`defaults`].
 
 pub mod defaults;

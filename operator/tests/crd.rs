@@ -357,7 +357,7 @@ fn the_published_defaults_render_the_workers_own_settings() {
     object["metadata"]["uid"] = json!("0b5d6a3e-7c41-4f0e-9a2b-5e8c1d7f3a90");
     // Every field is present now, so the Rust-side serde defaults play no part.
     let pipeline: TaxiPipeline = serde_json::from_value(object).expect("a defaulted TaxiPipeline");
-    let defaults = Defaults { worker_image: "registry.example.com/taxi:test".to_owned() };
+    let defaults = Defaults::new("registry.example.com/taxi:test", "taxi-system");
     let rendered = validate(&pipeline, &defaults).expect("valid").settings;
 
     let workers_own = json!({

@@ -184,8 +184,8 @@ mod tests {
 
     #[test]
     fn label_lists_refuse_what_kubernetes_would_refuse() {
-        for bad in ["no-equals", "=value", "key=has space", "Example.com/name=x", "key=-dash", &format!("k={}", "v".repeat(64))]
-        {
+        let too_long = format!("k={}", "v".repeat(64));
+        for bad in ["no-equals", "=value", "key=has space", "Example.com/name=x", "key=-dash", too_long.as_str()] {
             assert_eq!(
                 parse_labels("--metrics-namespace-labels", &entries(&[bad])),
                 Err(FlagError::Label { flag: "--metrics-namespace-labels", entry: bad.to_owned() }),

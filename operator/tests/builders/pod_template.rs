@@ -3,7 +3,6 @@
 //! never replaces what the operator owns.
 
 use k8s_openapi::api::core::v1::PodSpec;
-use taxi_core::settings::WorkerSettings;
 use taxi_operator::crd::{RESERVED_KEY_PREFIX, RESERVED_LABEL_KEYS};
 use taxi_operator::resources::{
     default_container_security_context, default_pod_security_context, operator_pod_labels,
