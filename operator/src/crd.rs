@@ -17,9 +17,8 @@
 //! The types are grouped by spec section: [`StreamSpec`], [`AutoscalingSpec`], [`EventTimeSpec`],
 //! [`AnalysesSpec`], [`CheckpointSpec`], [`SinkSpec`] and [`WorkerSpec`] (with its
 //! [`WorkerPodTemplate`]) each live in a submodule with their defaults, and [`TaxiPipelineStatus`]
-//! with the condition types. The module's root
-//! stays in `crd.rs` (not `crd/mod.rs`) because the generated CRD's header names this file as its
-//! source.
+//! with the condition types. The module's root stays in `crd.rs` (not `crd/mod.rs`) because the
+//! generated CRD's header names this file as its source.
 
 mod analyses;
 mod autoscaling;

@@ -53,7 +53,9 @@ pub struct WorkerSpec {
     /// (`nodeSelector`, `tolerations`, `podAnnotations`, `resources`). Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<WorkerPodTemplate>,
-    /// The NetworkPolicy the operator keeps for the worker pods.
+    /// The NetworkPolicy `<name>-worker` the operator keeps for the worker pods: traffic into them
+    /// only on port 8080, from the operator's pods and the metrics scrapers the platform named.
+    /// Traffic out of them is not restricted. Default: on, unless the platform turned it off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_policy: Option<WorkerNetworkPolicy>,
 }
