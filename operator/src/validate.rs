@@ -81,7 +81,7 @@ pub fn validate(pipeline: &TaxiPipeline, defaults: &Defaults) -> Result<ValidPip
         namespace,
         uid,
         settings,
-        pod: worker_pod::worker_pod(spec, defaults, ca_secret)?,
+        pod: worker_pod::resolve(spec, defaults, ca_secret)?,
         network_policy: worker_pod::network_policy(spec, defaults),
     })
 }

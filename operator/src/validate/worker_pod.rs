@@ -19,7 +19,7 @@ use crate::resources::network_policy::IngressPeers;
 
 /// The worker pods' settings. `ca_secret` is the sink's CA bundle, already resolved by
 /// [`sink_ca_secret`].
-pub(super) fn worker_pod(
+pub(super) fn resolve(
     spec: &TaxiPipelineSpec,
     defaults: &Defaults,
     ca_secret: Option<SecretKey>,
