@@ -27,7 +27,8 @@ ci:
 	bash .ci/run
 
 bench:
-	cargo bench -p taxi-worker
+	cargo bench -p taxi-core --bench hot_path
+	cargo bench -p taxi-io --bench io
 
 bench-kinesis:
 	bash bench/kinesis.sh
