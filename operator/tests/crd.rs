@@ -876,15 +876,24 @@ fn a_pod_template_may_not_set_what_the_operator_owns() {
     let api = ApiServer::new();
     let labels = "worker.podTemplate.labels must not set the operator's labels (app.kubernetes.io/name, instance, \
                   component, managed-by, taxipipeline.io/*) or the StatefulSet controller's";
-    let annotations = "worker.podTemplate.annotations must not set taxipipeline.io/ annotations: they are the operator's";
+    let annotations =
+        "worker.podTemplate.annotations must not set taxipipeline.io/ annotations: they are the operator's";
     let env = "worker.podTemplate.env must not set POD_NAME, POD_NAMESPACE or TAXI_* variables: the operator sets them \
                (sink credentials come from sink.opensearch.auth.secretRef)";
     let cases = [
         (json!({"labels": {"app.kubernetes.io/instance": "other"}}), "spec.worker.podTemplate.labels", labels),
         (json!({"labels": {"taxipipeline.io/pipeline": "other"}}), "spec.worker.podTemplate.labels", labels),
-        (json!({"annotations": {"taxipipeline.io/config-hash": "0"}}), "spec.worker.podTemplate.annotations", annotations),
+        (
+            json!({"annotations": {"taxipipeline.io/config-hash": "0"}}),
+            "spec.worker.podTemplate.annotations",
+            annotations,
+        ),
         (json!({"env": [{"name": "TAXI_SINK_PASSWORD", "value": "hunter2"}]}), "spec.worker.podTemplate.env", env),
-        (json!({"env": [{"name": "RUST_LOG", "value": "debug"}, {"name": "POD_NAME", "value": "x"}]}), "spec.worker.podTemplate.env", env),
+        (
+            json!({"env": [{"name": "RUST_LOG", "value": "debug"}, {"name": "POD_NAME", "value": "x"}]}),
+            "spec.worker.podTemplate.env",
+            env,
+        ),
     ];
     for (template, path, message) in cases {
         assert_eq!(api.create(&with_pod_template(template.clone())), [Violation::new(path, message)], "{template}");

@@ -662,7 +662,8 @@ async fn the_workers_network_policy_is_applied_and_deleted_once_switched_off() {
     let policy_path = format!("{NETWORKING}/networkpolicies/nyc-worker");
     // On (the operator's default): applied before the StatefulSet, owned by the pipeline.
     let (ctx, handle) = context(Ok(four_open_shards()), FakeProbe::default());
-    let server = tokio::spawn(serve(handle, pass_with_events(Some((&two, "2026-11-27T11:00:00Z")), Some((2, 2)), true, 0)));
+    let server =
+        tokio::spawn(serve(handle, pass_with_events(Some((&two, "2026-11-27T11:00:00Z")), Some((2, 2)), true, 0)));
     reconcile(guard(pipeline(2, json!({}))), ctx).await.expect("reconcile");
     let sent = server.await.expect("server");
     let applied = sent.iter().position(|s| s.method == Method::PATCH && s.uri.starts_with(&format!("{policy_path}?")));

@@ -49,8 +49,7 @@ const LABELS_NOT_RESERVED: &str = "self.all(k, !(k in ['app.kubernetes.io/name',
     'app.kubernetes.io/component', 'app.kubernetes.io/managed-by', 'controller-revision-hash', \
     'statefulset.kubernetes.io/pod-name', 'apps.kubernetes.io/pod-index']) && !k.startsWith('taxipipeline.io/'))";
 const ANNOTATIONS_NOT_RESERVED: &str = "self.all(k, !k.startsWith('taxipipeline.io/'))";
-const ENV_NOT_RESERVED: &str =
-    "self.all(e, !(e.name in ['POD_NAME', 'POD_NAMESPACE']) && !e.name.startsWith('TAXI_'))";
+const ENV_NOT_RESERVED: &str = "self.all(e, !(e.name in ['POD_NAME', 'POD_NAMESPACE']) && !e.name.startsWith('TAXI_'))";
 
 /// Settings a pipeline adds to its worker pods. Every field is optional. A field set here
 /// replaces the `spec.worker` field of the same meaning (`nodeSelector`, `tolerations`,

@@ -257,8 +257,8 @@ mod tests {
     }
 
     fn decide_at(pipeline: &TaxiPipeline, observed: &Observed, now: Timestamp) -> Result<Decision, InvalidSpec> {
-        let valid = validate(pipeline, &Defaults::new("ghcr.io/taxipipeline/taxi:test", "taxi-system"))
-            .expect("a valid spec");
+        let valid =
+            validate(pipeline, &Defaults::new("ghcr.io/taxipipeline/taxi:test", "taxi-system")).expect("a valid spec");
         decide(pipeline, &valid, observed, now)
     }
 

@@ -53,8 +53,10 @@ pub struct SecretKey {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FlagError {
     /// An entry of a label list is not `key=value`, or not a valid label.
-    #[error("{flag}: `{entry}` is not a label `key=value` (a key like `app.kubernetes.io/name`, a value of at most \
-             63 letters, digits, `-`, `_` or `.`)")]
+    #[error(
+        "{flag}: `{entry}` is not a label `key=value` (a key like `app.kubernetes.io/name`, a value of at most \
+             63 letters, digits, `-`, `_` or `.`)"
+    )]
     Label {
         /// The flag.
         flag: &'static str,
@@ -135,8 +137,8 @@ fn is_label_value(value: &str) -> bool {
 
 /// At most 63 letters, digits, `-`, `_` and `.`, starting and ending with a letter or digit.
 fn is_label_name(name: &str) -> bool {
-    let alphanumeric_ends = name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    let alphanumeric_ends =
+        name.starts_with(|c: char| c.is_ascii_alphanumeric()) && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     name.len() <= 63
         && alphanumeric_ends
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
@@ -154,7 +156,9 @@ fn is_dns_subdomain(name: &str) -> bool {
 
 /// A Secret data key: letters, digits, `-`, `_` and `.`, at most 253.
 fn is_secret_key(key: &str) -> bool {
-    !key.is_empty() && key.len() <= 253 && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    !key.is_empty()
+        && key.len() <= 253
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 #[cfg(test)]
@@ -220,6 +224,9 @@ mod tests {
 
     #[test]
     fn name_lists_are_trimmed_and_each_name_kept_once_in_order() {
-        assert_eq!(parse_names(&entries(&["registry-b", " registry-a", "", "registry-b"])), ["registry-b", "registry-a"]);
+        assert_eq!(
+            parse_names(&entries(&["registry-b", " registry-a", "", "registry-b"])),
+            ["registry-b", "registry-a"]
+        );
     }
 }

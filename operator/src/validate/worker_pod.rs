@@ -109,7 +109,9 @@ fn image_pull_secrets(template: &WorkerPodTemplate, defaults: &Defaults) -> Vec<
 
 /// Refuses labels, annotations and environment variables the operator owns.
 fn check_reserved(template: &WorkerPodTemplate) -> Result<(), InvalidSpec> {
-    if let Some(key) = template.labels.keys().find(|k| RESERVED_LABEL_KEYS.contains(&k.as_str()) || k.starts_with(RESERVED_KEY_PREFIX)) {
+    if let Some(key) =
+        template.labels.keys().find(|k| RESERVED_LABEL_KEYS.contains(&k.as_str()) || k.starts_with(RESERVED_KEY_PREFIX))
+    {
         return Err(invalid(
             "spec.worker.podTemplate.labels",
             format!("`{key}` is set by the operator or the StatefulSet controller, which select the pods by it"),

@@ -23,7 +23,10 @@ fn policy_spec(pipeline: &TaxiPipeline, operator: &Defaults) -> Option<Value> {
 fn operator_peers() -> IngressPeers {
     IngressPeers {
         operator_namespace: OPERATOR_NAMESPACE.to_owned(),
-        operator_pod_labels: labels(&[("app.kubernetes.io/instance", "taxi"), ("app.kubernetes.io/name", "taxi-pipeline")]),
+        operator_pod_labels: labels(&[
+            ("app.kubernetes.io/instance", "taxi"),
+            ("app.kubernetes.io/name", "taxi-pipeline"),
+        ]),
         ..IngressPeers::default()
     }
 }
@@ -78,8 +81,11 @@ fn metrics_scrapers_are_admitted_as_the_operator_names_them() {
         (BTreeMap::new(), BTreeMap::new(), None),
     ];
     for (namespace_labels, pod_labels, scraper) in cases {
-        let peers =
-            IngressPeers { metrics_namespace_labels: namespace_labels, metrics_pod_labels: pod_labels, ..operator_peers() };
+        let peers = IngressPeers {
+            metrics_namespace_labels: namespace_labels,
+            metrics_pod_labels: pod_labels,
+            ..operator_peers()
+        };
         let spec = policy_spec(&minimal(), &admitting(peers)).expect("on by default");
         let expected: Vec<Value> = std::iter::once(operator_peer()).chain(scraper).collect();
         assert_eq!(spec["ingress"][0]["from"], Value::Array(expected));

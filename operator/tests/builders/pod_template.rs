@@ -4,9 +4,7 @@
 
 use k8s_openapi::api::core::v1::PodSpec;
 use taxi_operator::crd::{RESERVED_KEY_PREFIX, RESERVED_LABEL_KEYS};
-use taxi_operator::resources::{
-    default_container_security_context, default_pod_security_context, operator_pod_labels,
-};
+use taxi_operator::resources::{default_container_security_context, default_pod_security_context, operator_pod_labels};
 use taxi_operator::validate::SecretKey;
 
 use super::*;
@@ -118,7 +116,10 @@ fn names_the_operator_owns_are_refused_naming_the_field() {
         ("annotations: {taxipipeline.io/config-hash: pinned}", "spec.worker.podTemplate.annotations"),
         ("env: [{name: POD_NAME, value: worker-0}]", "spec.worker.podTemplate.env"),
         ("env: [{name: POD_NAMESPACE, value: default}]", "spec.worker.podTemplate.env"),
-        ("env: [{name: RUST_LOG, value: debug}, {name: TAXI_SINK_PASSWORD, value: hunter2}]", "spec.worker.podTemplate.env"),
+        (
+            "env: [{name: RUST_LOG, value: debug}, {name: TAXI_SINK_PASSWORD, value: hunter2}]",
+            "spec.worker.podTemplate.env",
+        ),
         ("env: [{name: TAXI_CHECKPOINT, value: 's3://elsewhere'}]", "spec.worker.podTemplate.env"),
     ];
     for (template, field) in cases {
@@ -126,8 +127,11 @@ fn names_the_operator_owns_are_refused_naming_the_field() {
         let err = validate(&pipeline, &defaults()).expect_err(template);
         assert_eq!(err.field, field, "{template}: {err}");
     }
-    let err = validate(&patched(&minimal(), "worker: {podTemplate: {env: [{name: TAXI_SINK_PASSWORD, value: x}]}}"), &defaults())
-        .expect_err("a shadowed credential");
+    let err = validate(
+        &patched(&minimal(), "worker: {podTemplate: {env: [{name: TAXI_SINK_PASSWORD, value: x}]}}"),
+        &defaults(),
+    )
+    .expect_err("a shadowed credential");
     assert!(err.reason.contains("TAXI_SINK_PASSWORD") && err.reason.contains("secretRef"), "{err}");
     let allowed = "worker: {podTemplate: {labels: {app.kubernetes.io/part-of: taxi}, env: [{name: AWS_STS_REGIONAL_ENDPOINTS, value: regional}]}}";
     validate(&patched(&minimal(), allowed), &defaults()).expect("other names are the user's");
@@ -233,10 +237,14 @@ fn security_contexts_default_to_a_restricted_non_root_user() {
 #[test]
 fn a_template_security_context_replaces_the_default_as_a_whole() {
     // OpenShift's restricted SCC assigns the user: no fixed runAsUser, runAsGroup or fsGroup.
-    let openshift = "worker: {podTemplate: {podSecurityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}}}";
+    let openshift =
+        "worker: {podTemplate: {podSecurityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}}}";
     let before = built(&minimal());
     let after = built(&patched(&minimal(), openshift));
-    assert_eq!(pod_field(&after, "securityContext"), json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}}));
+    assert_eq!(
+        pod_field(&after, "securityContext"),
+        json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}})
+    );
     assert_eq!(
         changed_paths(&before, &after),
         paths(&[
@@ -248,7 +256,10 @@ fn a_template_security_context_replaces_the_default_as_a_whole() {
     );
     let container_only = "worker: {podTemplate: {containerSecurityContext: {readOnlyRootFilesystem: false}}}";
     let after = built(&patched(&minimal(), container_only));
-    assert_eq!(serde_json::to_value(&container(&after).security_context).expect("JSON"), json!({"readOnlyRootFilesystem": false}));
+    assert_eq!(
+        serde_json::to_value(&container(&after).security_context).expect("JSON"),
+        json!({"readOnlyRootFilesystem": false})
+    );
     assert_eq!(pod_field(&after, "securityContext"), pod_field(&before, "securityContext"));
 }
 
@@ -257,12 +268,19 @@ fn a_template_security_context_replaces_the_default_as_a_whole() {
 
 #[test]
 fn image_pull_secrets_of_the_template_and_the_operator_are_listed_once_each() {
-    let operator = Defaults { image_pull_secrets: vec!["shared-registry".into(), "platform-registry".into()], ..defaults() };
+    let operator =
+        Defaults { image_pull_secrets: vec!["shared-registry".into(), "platform-registry".into()], ..defaults() };
     let none = build(&validate(&minimal(), &defaults()).expect("valid"), 2, &fixed_assignment(), ASSIGNED_AT);
     assert_eq!(pod_field(&none, "imagePullSecrets"), Value::Null, "no secret, no field");
     let only_operator = build(&validate(&minimal(), &operator).expect("valid"), 2, &fixed_assignment(), ASSIGNED_AT);
-    assert_eq!(pod_field(&only_operator, "imagePullSecrets"), json!([{"name": "shared-registry"}, {"name": "platform-registry"}]));
-    let pipeline = patched(&minimal(), "worker: {podTemplate: {imagePullSecrets: [{name: team-registry}, {name: shared-registry}]}}");
+    assert_eq!(
+        pod_field(&only_operator, "imagePullSecrets"),
+        json!([{"name": "shared-registry"}, {"name": "platform-registry"}])
+    );
+    let pipeline = patched(
+        &minimal(),
+        "worker: {podTemplate: {imagePullSecrets: [{name: team-registry}, {name: shared-registry}]}}",
+    );
     let both = build(&validate(&pipeline, &operator).expect("valid"), 2, &fixed_assignment(), ASSIGNED_AT);
     assert_eq!(
         pod_field(&both, "imagePullSecrets"),
