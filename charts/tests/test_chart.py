@@ -181,12 +181,12 @@ OPERATOR_RULES = {
     ("taxipipeline.io", "taxipipelines/finalizers", ()): {"update"},
     ("apps", "statefulsets", ()): {"get", "list", "watch", "create", "patch"},
     ("", "configmaps", ()): {"get", "list", "watch", "create", "patch"},
-    ("", "services", ()): {"create", "patch"},
-    ("", "serviceaccounts", ()): {"create", "patch", "delete"},
-    ("policy", "poddisruptionbudgets", ()): {"create", "patch", "delete"},
+    ("", "services", ()): {"get", "create", "patch"},
+    ("", "serviceaccounts", ()): {"get", "create", "patch", "delete"},
+    ("policy", "poddisruptionbudgets", ()): {"get", "create", "patch", "delete"},
     ("networking.k8s.io", "networkpolicies", ()): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("rbac.authorization.k8s.io", "roles", ()): {"create", "patch"},
-    ("rbac.authorization.k8s.io", "rolebindings", ()): {"create", "patch"},
+    ("rbac.authorization.k8s.io", "roles", ()): {"get", "create", "patch"},
+    ("rbac.authorization.k8s.io", "rolebindings", ()): {"get", "create", "patch"},
     ("events.k8s.io", "events", ()): {"create", "patch"},
 }
 LEADER_RULES = {
@@ -264,7 +264,7 @@ def test_rbac_rules_cover_every_kind_the_reconciler_applies():
     source = (REPO / "operator" / "src" / "reconcile" / "apply.rs").read_text()
     applied = set(re.findall(r"server_side_apply::<(\w+)>", source))
     applied |= {"ServiceAccount", "PodDisruptionBudget"}  # applied through a `match` without turbofish
-    deleted = set(re.findall(r"delete_if_present::<(\w+)>", source))
+    deleted = set(re.findall(r"delete_if_owned::<(\w+)>", source))
     resource = {
         "StatefulSet": ("apps", "statefulsets"),
         "ConfigMap": ("", "configmaps"),

@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
+use kube::runtime::{Controller, Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client};
 use taxi_io::kinesis::api::KinesisEndpoint;
 use tokio::sync::watch;
@@ -19,6 +19,7 @@ use crate::crd::TaxiPipeline;
 use crate::leader::{LeaderElector, LeaseConfig, holder_identity, run_while_leading};
 use crate::metrics::{OperatorMetrics, OperatorState};
 use crate::observe::{HttpProbe, SdkStreams};
+use crate::policy::WorkerPolicy;
 use crate::reconcile::{Context, error_policy, reconcile};
 use crate::resources::network_policy::IngressPeers;
 use crate::validate::{Defaults, SecretKey};
@@ -46,6 +47,8 @@ pub struct RunConfig {
     pub metrics_namespace_labels: BTreeMap<String, String>,
     /// Labels of the pods that may scrape the workers.
     pub metrics_pod_labels: BTreeMap<String, String>,
+    /// What the platform team lets pipelines ask for (worker images, ServiceAccounts).
+    pub policy: WorkerPolicy,
     /// Elect a leader through a Lease (required with more than one operator replica).
     pub leader_election: bool,
     /// The operator's own namespace: the Lease's, and where its pods run.
@@ -144,6 +147,7 @@ async fn run_controllers(client: Client, config: &RunConfig, state: Arc<Operator
         probe: HttpProbe::default(),
         state: state.clone(),
         defaults: config.defaults(),
+        policy: config.policy.clone(),
         now: k8s_openapi::jiff::Timestamp::now,
         failures: Mutex::new(HashMap::new()),
         scaling: Mutex::new(HashMap::new()),
@@ -165,12 +169,13 @@ async fn controller(client: Client, namespace: Option<String>, ctx: Arc<Context<
     };
     let (reader, writer) = reflector::store();
     // Status writes do not change the generation: only spec edits (and deletion) trigger a pass,
-    // so the status this controller writes never re-triggers it.
+    // so the status this controller writes never re-triggers it. A change of the finalizers does
+    // too: the pass that adds ours ends there and waits for that change to come back.
     let trigger = watcher(pipelines, watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+        .predicate_filter(predicates::generation.combine(predicates::finalizers), Default::default());
     let synced = {
         let (reader, state) = (reader.clone(), ctx.state.clone());
         tokio::spawn(async move {

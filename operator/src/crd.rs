@@ -81,10 +81,34 @@ const SETTINGS_IMMUTABLE: &str = "analyses and eventTime (watermark, maxOutOfOrd
 /// Go's duration syntax without a sign (the sign is never useful here).
 const DURATION_PATTERN: &str = r"^(0|(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+)$";
 
+/// The longest `metadata.name` a TaxiPipeline may have. The tightest limit of the names the
+/// operator derives from it: the worker StatefulSet `<name>-worker` names each revision
+/// `<name>-worker-<hash>` (a hash of up to 10 characters) and labels its pods with it as
+/// `controller-revision-hash`, and a label value holds at most 63 characters. The others are
+/// looser: the pods `<name>-worker-<ordinal>` (63), the ConfigMap
+/// `<name>-worker-config` (253) and the enhanced fan-out consumer `<namespace>.<name>` (128).
+pub const MAX_NAME_LENGTH: usize = LABEL_VALUE_MAX - "-worker".len() - "-".len() - REVISION_HASH_MAX;
+/// Kubernetes' limit on a label value (and a DNS label).
+const LABEL_VALUE_MAX: usize = 63;
+/// The StatefulSet controller's revision hash: a 32-bit hash in its safe encoding, at most 10 characters.
+const REVISION_HASH_MAX: usize = 10;
+/// [`MAX_NAME_LENGTH`] as a CEL rule at the root, where `self.metadata.name` is visible.
+const NAME_LENGTH_RULE: &str = "self.metadata.name.size() <= 45";
+/// Why, with the bound.
+const NAME_LENGTH_MESSAGE: &str = "metadata.name must be at most 45 characters: the worker StatefulSet \
+    <name>-worker labels its pods with controller-revision-hash <name>-worker-<10-character hash>, and a label \
+    value holds at most 63";
+/// The headless Service `<name>-worker` and the pods' host names must be DNS labels (RFC 1035):
+/// lower-case letters, digits and `-`, starting with a letter; a TaxiPipeline's own name may hold
+/// dots or start with a digit, which those names cannot.
+const NAME_LABEL_RULE: &str = "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
+/// Why.
+const NAME_LABEL_MESSAGE: &str = "metadata.name must start with a lower-case letter and hold only lower-case \
+    letters, digits and '-': it names the workers' Service <name>-worker, which must be a DNS label";
+
 /// Desired state of a TaxiPipeline: a Kinesis stream of taxi trips analysed by a fleet of workers
 /// into an OpenSearch index, with checkpoints in S3.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[expect(clippy::duplicated_attributes, reason = "printer columns repeat `type_ = \"integer\"` and the like")]
 #[kube(
     group = "taxipipeline.io",
     version = "v1alpha1",
@@ -96,6 +120,8 @@ const DURATION_PATTERN: &str = r"^(0|(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs
     derive = "PartialEq",
     doc = "A streaming pipeline that reads NYC taxi trips from a Kinesis stream, finds pickup hot spots \
            and airport trip durations in event-time windows, and writes the results to OpenSearch.",
+    validation = Rule::new(NAME_LENGTH_RULE).message(NAME_LENGTH_MESSAGE),
+    validation = Rule::new(NAME_LABEL_RULE).message(NAME_LABEL_MESSAGE),
     scale(
         spec_replicas_path = ".spec.parallelism",
         status_replicas_path = ".status.replicas",
@@ -130,7 +156,7 @@ const DURATION_PATTERN: &str = r"^(0|(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs
         name = "Last-Checkpoint",
         type_ = "date",
         json_path = ".status.lastCheckpointTime",
-        description = "When the last shard checkpoint was written"
+        description = "The oldest of the shards' latest checkpoints"
     ),
     printcolumn(
         name = "Ready",
@@ -194,6 +220,23 @@ fn default_parallelism() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_name_rule_states_the_computed_bound() {
+        assert_eq!(MAX_NAME_LENGTH, 45);
+        assert!(NAME_LENGTH_RULE.ends_with(&format!("<= {MAX_NAME_LENGTH}")), "{NAME_LENGTH_RULE}");
+        assert!(NAME_LENGTH_MESSAGE.contains(&format!("at most {MAX_NAME_LENGTH} characters")));
+        let name = "n".repeat(MAX_NAME_LENGTH);
+        let workers = crate::resources::names::workers(&name);
+        assert_eq!(format!("{workers}-{}", "h".repeat(REVISION_HASH_MAX)).len(), LABEL_VALUE_MAX);
+        // The looser limits hold at the bound: a pod name (and host name, and the pod-name label)
+        // up to ordinal 9999999999, the settings ConfigMap, and the consumer in the longest namespace.
+        assert!(format!("{workers}-9999999999").len() <= LABEL_VALUE_MAX);
+        assert!(crate::resources::names::worker_config(&name).len() <= 253);
+        let namespace = "n".repeat(LABEL_VALUE_MAX);
+        let consumer = taxi_core::identity::PipelineId::new(Some(&namespace), &name).default_consumer_name();
+        assert!(consumer.len() <= 128, "{} characters", consumer.len());
+    }
 
     #[test]
     fn constants_match_the_derived_resource() {

@@ -3,6 +3,7 @@
 //! From the pure middle outwards:
 //! - [`crd`]: the `TaxiPipeline` custom resource (the CRD is generated from it);
 //! - [`validate`]: a TaxiPipeline to the builders' input, or the reason it cannot run;
+//! - [`policy`]: what the platform team lets pipelines ask for (worker images, ServiceAccounts);
 //! - [`scaling`]: the replicas of a pass: `spec.parallelism`, or the autoscaler with it as the floor;
 //! - [`rollout`]: how a replica change is staged so only moved shards pause;
 //! - [`autoscale`]: the autoscaling policy, one pure function of an observation and a history;
@@ -15,8 +16,9 @@
 //! - [`leader`], [`metrics`], [`controller`]: leader election, metrics and the running operator.
 //!
 //! One pass over a TaxiPipeline, step by step ([`reconcile`] draws it):
-//! [`crd`] → [`validate`] → [`reconcile::observe`] → [`reconcile::decide`] (pure) → [`reconcile::apply`]
-//! → [`reconcile::status`]; for a stream the operator manages, [`reconcile::stream`] creates or
+//! [`crd`] → [`validate`] → [`reconcile::admit`] ([`policy`]) → [`reconcile::observe`] →
+//! [`reconcile::decide`] (pure) → [`reconcile::apply`] → [`reconcile::consumer`] →
+//! [`reconcile::status`]; for a stream the operator manages, [`reconcile::stream`] creates or
 //! reshards it before it is observed.
 
 pub mod autoscale;
@@ -25,6 +27,7 @@ pub mod crd;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
+pub mod policy;
 pub mod reconcile;
 pub mod reshard;
 pub mod resources;

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use taxi_io::kinesis::api::KinesisEndpoint;
 use taxi_operator::autoscale::Policy;
 use taxi_operator::controller::{RunConfig, run};
+use taxi_operator::policy::{PolicyError, ServiceAccountPolicy, WorkerPolicy};
 use taxi_operator::simulate::{self, PolicyKind, SimConfig, Trace};
 use taxi_operator::validate::FlagError;
 use taxi_operator::validate::defaults::{parse_ca_secret, parse_labels, parse_names};
@@ -48,6 +49,15 @@ struct RunArgs {
     /// Worker image for pipelines that do not set spec.worker.image.
     #[arg(long, env = "TAXI_WORKER_IMAGE", default_value = concat!("ghcr.io/taxipipeline/taxi:", env!("CARGO_PKG_VERSION")))]
     worker_image: String,
+    /// Worker images a pipeline may name in spec.worker.image, comma-separated: a repository
+    /// (ghcr.io/team/taxi, any tag or digest), a prefix ending in / (ghcr.io/team/), or * for any.
+    /// Empty: only the repository of --worker-image.
+    #[arg(long, env = "TAXI_ALLOWED_IMAGE_REPOSITORIES", value_delimiter = ',')]
+    allowed_image_repositories: Vec<String>,
+    /// Whether spec.worker.serviceAccountName may name an existing ServiceAccount: forbid,
+    /// labeled (only one labeled taxipipeline.io/workers-allowed: "true") or any.
+    #[arg(long, env = "TAXI_SERVICE_ACCOUNT_POLICY", default_value_t = ServiceAccountPolicy::Labeled)]
+    service_account_policy: ServiceAccountPolicy,
     /// Elect a leader through a coordination.k8s.io Lease (needed with more than one replica).
     #[arg(long, env = "TAXI_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     leader_election: bool,
@@ -82,14 +92,28 @@ struct RunArgs {
     metrics_pod_labels: Vec<String>,
 }
 
+/// A flag value `taxi-operator run` cannot use.
+#[derive(Debug, thiserror::Error)]
+enum ConfigError {
+    /// A policy flag.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// A flag of what every pipeline gets.
+    #[error(transparent)]
+    Flag(#[from] FlagError),
+}
+
 impl RunArgs {
     /// The settings of the run, or the first flag value the operator cannot use.
-    fn config(self) -> Result<RunConfig, FlagError> {
+    fn config(self) -> Result<RunConfig, ConfigError> {
+        let policy =
+            WorkerPolicy::new(&self.allowed_image_repositories, self.service_account_policy, &self.worker_image)?;
         Ok(RunConfig {
             namespaces: self.namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
             kinesis: KinesisEndpoint { region: self.region, endpoint_url: self.kinesis_endpoint_url },
             http_addr: self.http_addr,
             worker_image: self.worker_image,
+            policy,
             worker_image_pull_secrets: parse_names(&self.worker_image_pull_secrets),
             default_sink_ca_secret: parse_ca_secret(
                 "--default-sink-ca-secret",
@@ -251,7 +275,7 @@ mod tests {
 
     use super::*;
 
-    fn run_config(args: &[&str]) -> Result<RunConfig, FlagError> {
+    fn run_config(args: &[&str]) -> Result<RunConfig, ConfigError> {
         let cli = Cli::try_parse_from(["taxi-operator", "run"].iter().chain(args)).expect("the flags parse");
         match cli.command {
             Command::Run(args) => args.config(),

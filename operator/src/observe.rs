@@ -1,9 +1,10 @@
 //! What the operator reads and changes outside the Kubernetes API: the stream (Kinesis ListShards,
-//! and for a managed stream its state, creation and resharding) and the workers' `/status` (lag,
-//! watermark, last checkpoint, and whether they released their shards). Both are traits so
-//! reconcile tests run against fakes; the real ones live here too.
+//! for a managed stream its state, creation and resharding, and the deregistration of the
+//! enhanced fan-out consumer the operator named) and the workers' `/status` (lag, watermark,
+//! checkpoints, and whether they released their shards). Both are traits so reconcile tests run
+//! against fakes; the real ones live here too.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,6 +39,13 @@ pub trait Streams: Send + Sync + 'static {
         &self,
         stream: &StreamRef,
         target: u32,
+    ) -> impl Future<Output = Result<(), KinesisError>> + Send;
+    /// Deregisters the enhanced fan-out consumer `consumer` of the stream; one that does not
+    /// exist (or a stream that does not) is success, so a retry after a partial failure is too.
+    fn deregister_consumer(
+        &self,
+        stream: &StreamRef,
+        consumer: &str,
     ) -> impl Future<Output = Result<(), KinesisError>> + Send;
 }
 
@@ -105,6 +113,10 @@ impl Streams for SdkStreams {
     async fn update_shard_count(&self, stream: &StreamRef, target: u32) -> Result<(), KinesisError> {
         self.client(stream).await.update_shard_count(&stream.name, target).await
     }
+
+    async fn deregister_consumer(&self, stream: &StreamRef, consumer: &str) -> Result<(), KinesisError> {
+        self.client(stream).await.deregister_consumer(&stream.name, consumer).await
+    }
 }
 
 /// Why a worker could not be asked.
@@ -169,14 +181,16 @@ async fn http_get(host: &str, port: u16, path: &str) -> std::io::Result<Vec<u8>>
     Ok(response[split + 4..].to_vec())
 }
 
-/// Lag, watermark and last checkpoint over every worker that answered.
+/// Lag, watermark and checkpoint progress over every worker that answered.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PipelineProgress {
     /// The largest MillisBehindLatest of any reading shard.
     pub max_lag_millis: Option<i64>,
     /// The smallest watermark of any reading shard (the pipeline's event-time progress).
     pub watermark: Option<String>,
-    /// The latest checkpoint of any shard.
+    /// The oldest of the shards' latest checkpoints: the checkpoint of the shard furthest behind.
+    /// Only shards a worker holds count ([`holds_checkpoint_progress`]); a shard two workers
+    /// report (during a handoff) counts with its latest checkpoint of the two.
     pub last_checkpoint: Option<String>,
     /// Shards a worker reports as failed, as `shard: error`, sorted.
     pub failed_shards: Vec<String>,
@@ -187,6 +201,7 @@ impl PipelineProgress {
     /// compare in time order.
     pub fn from_reports<'a>(reports: impl IntoIterator<Item = &'a WorkerStatus>) -> PipelineProgress {
         let mut progress = PipelineProgress::default();
+        let mut latest_checkpoints: BTreeMap<&str, &str> = BTreeMap::new();
         for (id, shard) in reports.into_iter().flat_map(|r| r.shards.iter()) {
             if shard.state == ShardState::Failed {
                 let error = shard.error.as_deref().unwrap_or("no reason given");
@@ -202,14 +217,34 @@ impl PipelineProgress {
                     progress.watermark = Some(w.clone());
                 }
             }
-            if let Some(c) = &shard.last_checkpoint
-                && progress.last_checkpoint.as_ref().is_none_or(|m| c > m)
+            if let Some(checkpoint) = shard.last_checkpoint.as_deref()
+                && holds_checkpoint_progress(shard.state)
             {
-                progress.last_checkpoint = Some(c.clone());
+                let latest = latest_checkpoints.entry(id.as_str()).or_insert(checkpoint);
+                *latest = (*latest).max(checkpoint);
             }
         }
+        progress.last_checkpoint = latest_checkpoints.into_values().min().map(str::to_owned);
         progress.failed_shards.sort();
         progress
+    }
+}
+
+/// Whether a shard in `state` counts for the pipeline's checkpoint progress: it is the worker's and
+/// not done. A finished shard's checkpoint stays old for good, a released or fenced one is another
+/// worker's now, and a stopped one belongs to a worker that is leaving; none of them is stuck.
+pub fn holds_checkpoint_progress(state: ShardState) -> bool {
+    match state {
+        ShardState::Discovered
+        | ShardState::WaitingForParents
+        | ShardState::Reading
+        | ShardState::WaitingForRelease
+        | ShardState::Failed => true,
+        ShardState::Finished
+        | ShardState::Fenced
+        | ShardState::Stopped
+        | ShardState::Released
+        | ShardState::Unknown => false,
     }
 }
 
@@ -219,7 +254,7 @@ mod tests {
     use taxi_core::status::ShardStatus;
 
     #[test]
-    fn progress_takes_the_worst_lag_the_earliest_watermark_and_the_latest_checkpoint() {
+    fn progress_takes_the_worst_lag_the_earliest_watermark_and_the_oldest_shard_checkpoint() {
         let shard = |state, lag, watermark: &str, checkpoint: &str| ShardStatus {
             state,
             millis_behind_latest: Some(lag),
@@ -228,15 +263,16 @@ mod tests {
             ..ShardStatus::default()
         };
         let a = WorkerStatus {
-            shards: [("s0".into(), shard(ShardState::Reading, 500, "2016-01-01T00:20:00Z", "2026-01-01T00:00:02Z"))]
+            shards: [("s0".into(), shard(ShardState::Reading, 500, "2016-01-01T00:20:00Z", "2026-01-01T00:00:05Z"))]
                 .into(),
             ..WorkerStatus::default()
         };
         let b = WorkerStatus {
             shards: [
-                ("s1".into(), shard(ShardState::Reading, 90, "2016-01-01T00:10:00Z", "2026-01-01T00:00:01Z")),
-                // A finished shard's old watermark and lag do not hold the pipeline back.
-                ("s2".into(), shard(ShardState::Finished, 9_000, "2016-01-01T00:00:00Z", "2026-01-01T00:00:09Z")),
+                // Stuck: its latest checkpoint is the oldest of the shards being read.
+                ("s1".into(), shard(ShardState::Reading, 90, "2016-01-01T00:10:00Z", "2026-01-01T00:00:02Z")),
+                // A finished shard's old watermark, lag and checkpoint do not hold the pipeline back.
+                ("s2".into(), shard(ShardState::Finished, 9_000, "2016-01-01T00:00:00Z", "2026-01-01T00:00:01Z")),
             ]
             .into(),
             ..WorkerStatus::default()
@@ -244,7 +280,35 @@ mod tests {
         let p = PipelineProgress::from_reports([&a, &b]);
         assert_eq!(p.max_lag_millis, Some(500));
         assert_eq!(p.watermark.as_deref(), Some("2016-01-01T00:10:00Z"));
-        assert_eq!(p.last_checkpoint.as_deref(), Some("2026-01-01T00:00:09Z"));
+        assert_eq!(p.last_checkpoint.as_deref(), Some("2026-01-01T00:00:02Z"), "the stuck shard shows");
+    }
+
+    #[test]
+    fn a_handed_off_shard_counts_with_its_new_owners_checkpoint() {
+        let checkpointed =
+            |state, at: &str| ShardStatus { state, last_checkpoint: Some(at.into()), ..ShardStatus::default() };
+        let leaving = WorkerStatus {
+            shards: [
+                ("s0".into(), checkpointed(ShardState::Released, "2026-01-01T00:00:01Z")),
+                ("s1".into(), checkpointed(ShardState::Fenced, "2026-01-01T00:00:01Z")),
+            ]
+            .into(),
+            ..WorkerStatus::default()
+        };
+        let taking_over = WorkerStatus {
+            shards: [
+                ("s0".into(), checkpointed(ShardState::Reading, "2026-01-01T00:00:08Z")),
+                ("s1".into(), checkpointed(ShardState::Failed, "2026-01-01T00:00:06Z")),
+                // Claimed a moment ago: no checkpoint of its own yet.
+                ("s2".into(), ShardStatus { state: ShardState::Reading, ..ShardStatus::default() }),
+            ]
+            .into(),
+            ..WorkerStatus::default()
+        };
+        let p = PipelineProgress::from_reports([&leaving, &taking_over]);
+        assert_eq!(p.last_checkpoint.as_deref(), Some("2026-01-01T00:00:06Z"), "the failing shard is the oldest");
+        let alone = PipelineProgress::from_reports([&leaving]);
+        assert_eq!(alone.last_checkpoint, None, "shards a worker let go of are not its progress");
     }
 
     #[test]

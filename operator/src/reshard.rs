@@ -507,6 +507,10 @@ mod tests {
             }
             Ok(())
         }
+        async fn deregister_consumer(&self, stream: &StreamRef, consumer: &str) -> Result<(), KinesisError> {
+            self.record(format!("DeregisterStreamConsumer {} {consumer}", stream.name));
+            Ok(())
+        }
     }
 
     fn stream() -> StreamRef {

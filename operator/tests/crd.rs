@@ -480,6 +480,8 @@ fn valid_specs_are_accepted() {
         ("late trips allowed", set(minimal(), "spec.eventTime.allowedLateness", json!("2m30s"))),
         ("no disorder", set(minimal(), "spec.eventTime.maxOutOfOrderness", json!("0"))),
         ("punctuated", set(minimal(), "spec.eventTime.watermark", json!("punctuated"))),
+        ("the longest name", set(minimal(), "metadata.name", json!(format!("nyc-{}", "x".repeat(41))))),
+        ("a one-letter name", set(minimal(), "metadata.name", json!("n"))),
     ];
     for (name, object) in cases {
         assert_eq!(api.create(&object), [], "{name} must be accepted");
@@ -754,6 +756,33 @@ fn invalid_specs_are_rejected_with_their_message() {
             "misspelt field",
             set(minimal(), "spec.checkpoint.intervall", json!("5s")),
             Violation::new("spec.checkpoint.intervall", "unknown field"),
+        ),
+        (
+            "a name too long for the revision label of the worker pods",
+            set(minimal(), "metadata.name", json!(format!("nyc-{}", "x".repeat(42)))),
+            Violation::new(
+                "",
+                "metadata.name must be at most 45 characters: the worker StatefulSet <name>-worker labels its pods \
+                 with controller-revision-hash <name>-worker-<10-character hash>, and a label value holds at most 63",
+            ),
+        ),
+        (
+            "a dotted name",
+            set(minimal(), "metadata.name", json!("nyc.taxi")),
+            Violation::new(
+                "",
+                "metadata.name must start with a lower-case letter and hold only lower-case letters, digits and \
+                 '-': it names the workers' Service <name>-worker, which must be a DNS label",
+            ),
+        ),
+        (
+            "a name starting with a digit",
+            set(minimal(), "metadata.name", json!("5th-avenue")),
+            Violation::new(
+                "",
+                "metadata.name must start with a lower-case letter and hold only lower-case letters, digits and \
+                 '-': it names the workers' Service <name>-worker, which must be a DNS label",
+            ),
         ),
     ];
     for (name, object, expected) in cases {

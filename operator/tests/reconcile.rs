@@ -1,6 +1,7 @@
 //! Reconcile I/O against a mocked Kubernetes API server (`taxi_testkit::apiserver`): each test
 //! lists the calls it expects, in order, with the answer the server gives, and checks the bodies
-//! the operator sent.
+//! the operator sent. The fakes and call sequences are here; the tests of what the operator
+//! refuses to run or to touch, and of the enhanced fan-out consumer, are in `reconcile/`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,9 +20,16 @@ use taxi_io::kinesis::api::{KinesisError, StreamState};
 use taxi_operator::crd::TaxiPipeline;
 use taxi_operator::metrics::{OperatorMetrics, OperatorState};
 use taxi_operator::observe::{ProbeError, StreamRef, Streams, WorkerProbe};
+use taxi_operator::policy::{ServiceAccountPolicy, WorkerPolicy};
 use taxi_operator::reconcile::{Context, reconcile};
 use taxi_operator::validate::Defaults;
 use taxi_testkit::apiserver::{ApiHandle, Call, Sent, call, conflict, find, mock_client, not_found, serve};
+
+// `#[path]`: a plain `mod` here would look in tests/, where every file is a test of its own.
+#[path = "reconcile/consumer.rs"]
+mod consumer;
+#[path = "reconcile/trust.rs"]
+mod trust;
 
 /// A shard of an even split of the hash space into `n` parts.
 fn shard(index: u32, n: u32, parent: Option<&str>, closed: bool) -> ShardInfo {
@@ -37,7 +45,8 @@ fn shard(index: u32, n: u32, parent: Option<&str>, closed: bool) -> ShardInfo {
 }
 
 /// ListShards answers `.0` (or fails); DescribeStreamSummary finds the stream ACTIVE with the open
-/// shards of that list; CreateStream and UpdateShardCount calls are recorded in `.1`.
+/// shards of that list; CreateStream, UpdateShardCount and DeregisterStreamConsumer calls are
+/// recorded in `.1`.
 struct FakeStreams(Mutex<Result<Vec<ShardInfo>, ()>>, Mutex<Vec<String>>);
 
 impl Streams for FakeStreams {
@@ -65,6 +74,11 @@ impl Streams for FakeStreams {
         self.1.lock().expect("lock").push(format!("UpdateShardCount {} {target}", stream.name));
         Ok(())
     }
+
+    async fn deregister_consumer(&self, stream: &StreamRef, consumer: &str) -> Result<(), KinesisError> {
+        self.1.lock().expect("lock").push(format!("DeregisterStreamConsumer {} {consumer}", stream.name));
+        Ok(())
+    }
 }
 
 #[derive(Default)]
@@ -89,6 +103,9 @@ fn worker_report(assignment: &Assignment, ordinal: u32, shard: impl Fn(&str) -> 
     }
 }
 
+/// The operator's `--worker-image`: the only repository pipelines may name by default.
+const WORKER_IMAGE: &str = "ghcr.io/taxipipeline/taxi:test";
+
 fn fixed_now() -> Timestamp {
     "2026-11-27T12:00:00Z".parse().expect("timestamp")
 }
@@ -105,7 +122,8 @@ fn context(shards: Result<Vec<ShardInfo>, ()>, probe: FakeProbe) -> (Arc<Context
             OperatorMetrics::new().expect("metrics"),
             tokio::sync::watch::channel(true).1,
         )),
-        defaults: Defaults::new("ghcr.io/taxipipeline/taxi:test", "taxi-system"),
+        defaults: Defaults::new(WORKER_IMAGE, "taxi-system"),
+        policy: WorkerPolicy::new(&[], ServiceAccountPolicy::Labeled, WORKER_IMAGE).expect("policy"),
         now: fixed_now,
         failures: Mutex::new(HashMap::new()),
         scaling: Mutex::new(HashMap::new()),
@@ -145,20 +163,31 @@ fn guard(pipeline: TaxiPipeline) -> Arc<DeserializeGuard<TaxiPipeline>> {
     Arc::new(DeserializeGuard(Ok(pipeline)))
 }
 
+/// The metadata of an object called `name` that the pipeline controls.
+fn owned_metadata(name: &str) -> Value {
+    json!({
+        "name": name, "namespace": "taxi", "uid": format!("{name}-uid"),
+        "ownerReferences": [{"apiVersion": "taxipipeline.io/v1alpha1", "kind": "TaxiPipeline", "name": "nyc",
+            "uid": "0b5e-uid", "controller": true, "blockOwnerDeletion": true}]
+    })
+}
+
 fn stateful_set(replicas: i32, ready: i32) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "StatefulSet",
-        "metadata": {"name": "nyc-worker", "namespace": "taxi"},
+        "metadata": owned_metadata("nyc-worker"),
         "spec": {"replicas": replicas, "serviceName": "nyc-worker", "selector": {}, "template": {}},
         "status": {"replicas": replicas, "readyReplicas": ready}
     })
 }
 
 fn assignment_map(assignment: &Assignment, assigned_at: &str) -> Value {
+    let mut metadata = owned_metadata("nyc-assignment");
+    metadata["resourceVersion"] = json!(ASSIGNMENT_VERSION);
+    metadata["annotations"] = json!({"taxipipeline.io/assigned-at": assigned_at});
     json!({
         "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "nyc-assignment", "namespace": "taxi", "resourceVersion": ASSIGNMENT_VERSION,
-            "annotations": {"taxipipeline.io/assigned-at": assigned_at}},
+        "metadata": metadata,
         "data": {"assignment.json": assignment.to_json()}
     })
 }
@@ -173,10 +202,40 @@ const NETWORKING: &str = "/apis/networking.k8s.io/v1/namespaces/taxi";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/taxi/events";
 const TP: &str = "/apis/taxipipeline.io/v1alpha1/namespaces/taxi/taxipipelines/nyc";
 
+/// The pipeline's objects the observe step asks about by metadata only, after the assignment
+/// ConfigMap and the StatefulSet, in order: (path, name).
+fn held_objects() -> [(String, &'static str); 7] {
+    [
+        (format!("{NS}/serviceaccounts/nyc-worker"), "nyc-worker"),
+        (format!("{RBAC}/roles/nyc-worker"), "nyc-worker"),
+        (format!("{RBAC}/rolebindings/nyc-worker"), "nyc-worker"),
+        (format!("{NS}/services/nyc-worker"), "nyc-worker"),
+        (format!("{NS}/configmaps/nyc-worker-config"), "nyc-worker-config"),
+        (format!("{POLICY}/poddisruptionbudgets/nyc-worker"), "nyc-worker"),
+        (format!("{NETWORKING}/networkpolicies/nyc-worker"), "nyc-worker"),
+    ]
+}
+
+/// The metadata reads of [`held_objects`]: each the pipeline's own when `existing`, else absent.
+fn holders(existing: bool) -> Vec<Call> {
+    held_objects()
+        .into_iter()
+        .map(|(path, name)| {
+            if existing {
+                call(Method::GET, &path, 200, json!({"metadata": owned_metadata(name)}))
+            } else {
+                call(Method::GET, &path, 404, not_found())
+            }
+        })
+        .collect()
+}
+
 /// The applies of one pass, in order; `pdb` when the StatefulSet has more than one replica;
 /// `assignment_existed` when the pass read an assignment ConfigMap (written over its version,
-/// otherwise created). The workers' NetworkPolicy is on by default.
-fn applies(pdb: bool, assignment_existed: bool) -> Vec<Call> {
+/// otherwise created); `existing` when the pipeline's other objects exist (and are its own): an
+/// unwanted PDB is then deleted, and otherwise there is nothing to delete. The workers'
+/// NetworkPolicy is on by default.
+fn applies(pdb: bool, assignment_existed: bool, existing: bool) -> Vec<Call> {
     let ok = json!({});
     let mut calls = vec![
         call(Method::PATCH, &format!("{NS}/serviceaccounts/nyc-worker"), 200, ok.clone()),
@@ -190,29 +249,23 @@ fn applies(pdb: bool, assignment_existed: bool) -> Vec<Call> {
             call(Method::POST, &format!("{NS}/configmaps"), 201, assignment_map(&Assignment::default(), "-"))
         },
     ];
-    calls.push(if pdb {
-        call(Method::PATCH, &format!("{POLICY}/poddisruptionbudgets/nyc-worker"), 200, ok.clone())
-    } else {
-        call(Method::DELETE, &format!("{POLICY}/poddisruptionbudgets/nyc-worker"), 404, not_found())
-    });
+    match (pdb, existing) {
+        (true, _) => {
+            calls.push(call(Method::PATCH, &format!("{POLICY}/poddisruptionbudgets/nyc-worker"), 200, ok.clone()))
+        }
+        (false, true) => {
+            calls.push(call(Method::DELETE, &format!("{POLICY}/poddisruptionbudgets/nyc-worker"), 200, ok.clone()))
+        }
+        (false, false) => {}
+    }
     calls.push(call(Method::PATCH, &format!("{NETWORKING}/networkpolicies/nyc-worker"), 200, ok.clone()));
     calls.push(call(Method::PATCH, &format!("{APPS}/statefulsets/nyc-worker"), 200, ok));
     calls
 }
 
-/// A whole pass over an existing pipeline: read the assignment and the StatefulSet (`None`: absent),
-/// apply everything, publish one Event, patch the status.
-fn pass(assignment: Option<(&Assignment, &str)>, statefulset: Option<(i32, i32)>, pdb: bool) -> Vec<Call> {
-    pass_with_events(assignment, statefulset, pdb, 1)
-}
-
-/// [`pass`] with `events` Events published.
-fn pass_with_events(
-    assignment: Option<(&Assignment, &str)>,
-    statefulset: Option<(i32, i32)>,
-    pdb: bool,
-    events: usize,
-) -> Vec<Call> {
+/// The reads of a pass over an existing pipeline: the assignment and the StatefulSet (`None`:
+/// absent), then who holds the other objects (the pipeline when its StatefulSet exists).
+fn reads(assignment: Option<(&Assignment, &str)>, statefulset: Option<(i32, i32)>) -> Vec<Call> {
     let mut calls = vec![
         match assignment {
             Some((a, at)) => call(Method::GET, &format!("{NS}/configmaps/nyc-assignment"), 200, assignment_map(a, at)),
@@ -225,7 +278,25 @@ fn pass_with_events(
             None => call(Method::GET, &format!("{APPS}/statefulsets/nyc-worker"), 404, not_found()),
         },
     ];
-    calls.extend(applies(pdb, assignment.is_some()));
+    calls.extend(holders(statefulset.is_some()));
+    calls
+}
+
+/// A whole pass over an existing pipeline: read the assignment, the StatefulSet (`None`: absent)
+/// and who holds the rest, apply everything, publish one Event, patch the status.
+fn pass(assignment: Option<(&Assignment, &str)>, statefulset: Option<(i32, i32)>, pdb: bool) -> Vec<Call> {
+    pass_with_events(assignment, statefulset, pdb, 1)
+}
+
+/// [`pass`] with `events` Events published.
+fn pass_with_events(
+    assignment: Option<(&Assignment, &str)>,
+    statefulset: Option<(i32, i32)>,
+    pdb: bool,
+    events: usize,
+) -> Vec<Call> {
+    let mut calls = reads(assignment, statefulset);
+    calls.extend(applies(pdb, assignment.is_some(), statefulset.is_some()));
     calls.extend((0..events).map(|_| event()));
     calls.push(status_patch());
     calls
@@ -374,6 +445,8 @@ async fn scaling_down_removes_pods_only_after_they_released_their_shards() {
     assert_eq!(sent_assignment(&sent), one, "the assignment is already right");
     let sts = &find(&sent, Method::PATCH, &format!("{APPS}/statefulsets/nyc-worker")).body;
     assert_eq!(sts["spec"]["replicas"], 1);
+    let pdb = &find(&sent, Method::DELETE, &format!("{POLICY}/poddisruptionbudgets/nyc-worker")).body;
+    assert_eq!(pdb["preconditions"]["uid"], "nyc-worker-uid", "only the budget that was read is deleted");
     let note = find(&sent, Method::POST, EVENTS).body["note"].as_str().unwrap_or_default().to_owned();
     assert!(note.contains("3 → 1"), "{note}");
 }
@@ -681,7 +754,7 @@ async fn the_workers_network_policy_is_applied_and_deleted_once_switched_off() {
 
     // Switched off in the spec: the same pass deletes it instead.
     let mut calls = pass_with_events(Some((&two, "2026-11-27T11:00:00Z")), Some((2, 2)), true, 0);
-    let apply = calls.iter().position(|c| c.path == policy_path).expect("the policy call");
+    let apply = calls.iter().position(|c| c.method == Method::PATCH && c.path == policy_path).expect("the apply");
     let deleted = json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "metadata": {}});
     calls[apply] = call(Method::DELETE, &policy_path, 200, deleted);
     let (ctx, handle) = context(Ok(four_open_shards()), FakeProbe::default());
@@ -689,6 +762,7 @@ async fn the_workers_network_policy_is_applied_and_deleted_once_switched_off() {
     let off = pipeline(2, json!({"spec": {"worker": {"networkPolicy": {"enabled": false}}}}));
     reconcile(guard(off), ctx).await.expect("reconcile");
     let sent = server.await.expect("server");
-    assert!(sent.iter().any(|s| s.method == Method::DELETE && s.uri.starts_with(&policy_path)), "deleted");
+    let delete = find(&sent, Method::DELETE, &policy_path);
+    assert_eq!(delete.body["preconditions"]["uid"], "nyc-worker-uid", "only the policy the pass saw as its own");
     assert!(!sent.iter().any(|s| s.method == Method::PATCH && s.uri.starts_with(&policy_path)), "not applied");
 }

@@ -76,6 +76,10 @@ impl Streams for Recorded {
         self.changes.lock().expect("changes").push(format!("UpdateShardCount {open} → {target}"));
         self.inner.update_shard_count(stream, target).await
     }
+    async fn deregister_consumer(&self, stream: &StreamRef, consumer: &str) -> Result<(), KinesisError> {
+        self.changes.lock().expect("changes").push(format!("DeregisterStreamConsumer {consumer}"));
+        self.inner.deregister_consumer(stream, consumer).await
+    }
 }
 
 /// What the control loop saw: each pass's desired count and step, and `status.reshardCalls`.

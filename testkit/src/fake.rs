@@ -44,6 +44,8 @@ pub enum KinesisCall {
     UpdateShardCount,
     /// [`KinesisApi::register_consumer`].
     RegisterConsumer,
+    /// [`KinesisApi::deregister_consumer`].
+    DeregisterConsumer,
     /// [`KinesisApi::subscribe_to_shard`].
     SubscribeToShard,
 }
@@ -198,6 +200,10 @@ impl<K: KinesisApi> KinesisApi for FaultyKinesis<K> {
         self.enter(KinesisCall::RegisterConsumer).await?;
         self.inner.register_consumer(stream, name).await
     }
+    async fn deregister_consumer(&self, stream: &str, name: &str) -> Result<(), KinesisError> {
+        self.enter(KinesisCall::DeregisterConsumer).await?;
+        self.inner.deregister_consumer(stream, name).await
+    }
     async fn subscribe_to_shard(
         &self,
         consumer_arn: &str,
@@ -269,6 +275,9 @@ mod tests {
         }
         async fn register_consumer(&self, _: &str, name: &str) -> Result<String, KinesisError> {
             Ok(format!("arn:{name}"))
+        }
+        async fn deregister_consumer(&self, _: &str, _: &str) -> Result<(), KinesisError> {
+            Ok(())
         }
         async fn subscribe_to_shard(&self, _: &str, _: &str, _: &StartingPosition) -> Result<NoEvents, KinesisError> {
             Ok(NoEvents)

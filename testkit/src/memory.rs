@@ -459,6 +459,12 @@ impl KinesisApi for MemoryKinesis {
         Err(Self::unsupported("RegisterStreamConsumer"))
     }
 
+    /// No consumer is ever registered here, so there is none to deregister: success, as Kinesis
+    /// answers for a consumer that does not exist.
+    async fn deregister_consumer(&self, _stream: &str, _name: &str) -> Result<(), KinesisError> {
+        Ok(())
+    }
+
     async fn subscribe_to_shard(
         &self,
         _consumer_arn: &str,

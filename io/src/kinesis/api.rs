@@ -268,6 +268,9 @@ pub trait KinesisApi: Send + Sync + 'static {
     /// Registers (or finds) the enhanced fan-out consumer `name` and waits until it is active,
     /// returning its ARN.
     fn register_consumer(&self, stream: &str, name: &str) -> impl Future<Output = Result<String, KinesisError>> + Send;
+    /// Deregisters the enhanced fan-out consumer `name` (DeregisterStreamConsumer); it goes away
+    /// in the background. A consumer that does not exist, or whose stream does not, is success.
+    fn deregister_consumer(&self, stream: &str, name: &str) -> impl Future<Output = Result<(), KinesisError>> + Send;
     /// Opens a SubscribeToShard session.
     fn subscribe_to_shard(
         &self,
@@ -546,6 +549,27 @@ impl KinesisApi for SdkKinesis {
             operation: "RegisterStreamConsumer",
             message: format!("consumer {name} did not become active"),
         })
+    }
+
+    async fn deregister_consumer(&self, stream: &str, name: &str) -> Result<(), KinesisError> {
+        let summary = match self.client.describe_stream_summary().stream_name(stream).send().await {
+            Ok(summary) => summary,
+            Err(e) => {
+                return match KinesisError::from_sdk("DescribeStreamSummary", &e) {
+                    // A deleted stream took its consumers with it.
+                    KinesisError::NotFound { .. } => Ok(()),
+                    other => Err(other),
+                };
+            }
+        };
+        let stream_arn = summary.stream_description_summary().map(|s| s.stream_arn().to_owned()).unwrap_or_default();
+        match self.client.deregister_stream_consumer().stream_arn(&stream_arn).consumer_name(name).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => match KinesisError::from_sdk("DeregisterStreamConsumer", &e) {
+                KinesisError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
     }
 
     async fn subscribe_to_shard(

@@ -264,6 +264,9 @@ mod tests {
         async fn register_consumer(&self, _: &str, _: &str) -> Result<String, KinesisError> {
             Ok(String::new())
         }
+        async fn deregister_consumer(&self, _: &str, _: &str) -> Result<(), KinesisError> {
+            Ok(())
+        }
         async fn subscribe_to_shard(
             &self,
             _: &str,

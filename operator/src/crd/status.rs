@@ -47,7 +47,11 @@ pub struct TaxiPipelineStatus {
     /// Lowest watermark over the open shards (event time, RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark: Option<String>,
-    /// When the oldest of the shards' latest checkpoints was written (RFC 3339).
+    /// When the oldest of the shards' latest checkpoints was written (RFC 3339): every shard a
+    /// worker reads, waits for or has checkpointed has a checkpoint at least this recent, so a
+    /// stuck shard holds it back. Shards read to their end (finished) do not count, nor do shards
+    /// without a checkpoint yet (just claimed); when a shard's worker does not answer, its last
+    /// report is missing too. Kept from the previous pass while no worker reports a checkpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_checkpoint_time: Option<Time>,
     /// Worker replicas the autoscaler wants, before stabilization.
@@ -63,6 +67,13 @@ pub struct TaxiPipelineStatus {
     /// oldest first; Kinesis limits how often a stream may be resharded per day.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reshard_calls: Vec<Time>,
+    /// The enhanced fan-out consumer the operator deregisters when the pipeline is deleted or
+    /// stops using it: the one named after the pipeline (`<namespace>.<name>`), set while
+    /// `spec.stream.consumer` is `efo` without `efoConsumerName`, and kept after a switch away
+    /// until every worker runs the new settings and the consumer is deregistered. Written as
+    /// null once none is left (so a status patch clears it).
+    #[serde(default)]
+    pub efo_consumer: Option<String>,
 }
 
 /// Puts `new` into `conditions`, replacing the condition of the same type. When the status value

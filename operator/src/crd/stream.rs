@@ -46,12 +46,16 @@ pub struct StreamSpec {
     pub start_position: String,
     /// How records are read: `polling` (default, GetRecords; shares the shard's 2 MB/s read limit
     /// with other consumers) or `efo` (enhanced fan-out, SubscribeToShard; a dedicated 2 MB/s pipe
-    /// per shard, billed per consumer-shard hour).
+    /// per shard, billed per consumer-shard hour). The operator deregisters the consumer it names
+    /// (see `efoConsumerName`) when the pipeline is deleted or switches to `polling`, once every
+    /// worker has restarted with polling.
     #[serde(default)]
     pub consumer: ConsumerType,
     /// Name of the enhanced fan-out consumer registered on the stream when `consumer` is `efo`.
     /// Default: the pipeline's namespace and name, `<namespace>.<name>` (a namespace holds no dot,
-    /// so two pipelines never share one).
+    /// so two pipelines never share one); the operator deregisters that one when it is no longer
+    /// used. A consumer named here may be shared, so the operator never deregisters it: do so
+    /// yourself (DeregisterStreamConsumer) once nothing reads through it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub efo_consumer_name: Option<String>,
 }

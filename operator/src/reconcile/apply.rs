@@ -1,6 +1,11 @@
 //! The apply step: writes the objects [`decide`](super::decide) built, in a fixed order with the
 //! StatefulSet last: a forced server-side apply under [`FIELD_MANAGER`] for each, the assignment
 //! ConfigMap on a precondition, and a delete for each optional object that is no longer wanted.
+//!
+//! It runs only once [`ownership::in_the_way`](super::ownership::in_the_way) found nothing
+//! foreign among the objects it writes, so a forced apply only ever takes back fields of the
+//! pipeline's own objects. An unwanted object is deleted only when the pipeline controls it, and
+//! only as the object that was read (a UID precondition).
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -8,12 +13,13 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::FIELD_MANAGER;
+use super::ownership::{Holder, Ownership};
 use crate::resources::{Resources, ValidPipeline, names};
 
 /// A write to the API server failed.
@@ -59,8 +65,14 @@ pub enum ApplyError {
     },
 }
 
-/// Server-side applies every built object and removes the ones no longer wanted.
-pub(super) async fn apply(client: &Client, valid: &ValidPipeline, resources: &Resources) -> Result<(), ApplyError> {
+/// Server-side applies every built object and removes the ones no longer wanted that the
+/// pipeline controls (`ownership`, as observed).
+pub(super) async fn apply(
+    client: &Client,
+    valid: &ValidPipeline,
+    resources: &Resources,
+    ownership: &Ownership,
+) -> Result<(), ApplyError> {
     // Without `..`: a new object in `Resources` must be handled here.
     let Resources {
         service_account,
@@ -77,7 +89,9 @@ pub(super) async fn apply(client: &Client, valid: &ValidPipeline, resources: &Re
     let workers = names::workers(&valid.name);
     match service_account {
         Some(sa) => server_side_apply(client, ns, sa).await?,
-        None => delete_if_present::<ServiceAccount>(client, ns, &workers).await?,
+        // The spec may name the very ServiceAccount the operator once created: it stays.
+        None if valid.pod.service_account_name.as_deref() == Some(workers.as_str()) => {}
+        None => delete_if_owned::<ServiceAccount>(client, ns, &workers, &ownership.service_account).await?,
     }
     server_side_apply::<Role>(client, ns, role).await?;
     server_side_apply::<RoleBinding>(client, ns, role_binding).await?;
@@ -86,12 +100,12 @@ pub(super) async fn apply(client: &Client, valid: &ValidPipeline, resources: &Re
     write_assignment(client, ns, assignment).await?;
     match pod_disruption_budget {
         Some(pdb) => server_side_apply(client, ns, pdb).await?,
-        None => delete_if_present::<PodDisruptionBudget>(client, ns, &workers).await?,
+        None => delete_if_owned::<PodDisruptionBudget>(client, ns, &workers, &ownership.pod_disruption_budget).await?,
     }
     // Before the StatefulSet, so new pods start behind it.
     match network_policy {
         Some(policy) => server_side_apply::<NetworkPolicy>(client, ns, policy).await?,
-        None => delete_if_present::<NetworkPolicy>(client, ns, &workers).await?,
+        None => delete_if_owned::<NetworkPolicy>(client, ns, &workers, &ownership.network_policy).await?,
     }
     server_side_apply::<StatefulSet>(client, ns, stateful_set).await
 }
@@ -135,13 +149,21 @@ async fn write_assignment(client: &Client, ns: &str, assignment: &ConfigMap) -> 
     }
 }
 
-async fn delete_if_present<K>(client: &Client, ns: &str, name: &str) -> Result<(), ApplyError>
+/// Deletes the object `name` when `holder` says the pipeline controls it, and only while it is
+/// still the object read (its UID): one replaced since is not deleted (409, the pass is retried
+/// and reads it again). One already gone is not a failure.
+async fn delete_if_owned<K>(client: &Client, ns: &str, name: &str, holder: &Holder) -> Result<(), ApplyError>
 where
     K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
     K::DynamicType: Default,
 {
+    let Holder::Pipeline(uid) = holder else { return Ok(()) };
     let api: Api<K> = Api::namespaced(client.clone(), ns);
-    match api.delete(name, &DeleteParams::default()).await {
+    let params = DeleteParams {
+        preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
         Err(source) => {

@@ -1,8 +1,9 @@
 //! The decide step, pure: from the validated pipeline, what the pass [observed](super::observe)
 //! and the time, to a [`Decision`]: the replicas ([`crate::scaling`]), how a change of them is
-//! staged ([`crate::rollout`]), the shard assignment (`taxi_core::assignment`) and every object to
-//! apply or delete ([`crate::resources`]). No client, no clock, no `async`: each case is a unit
-//! test below.
+//! staged ([`crate::rollout`]), the shard assignment (`taxi_core::assignment`), every object to
+//! apply or delete ([`crate::resources`]) and what becomes of the enhanced fan-out consumer
+//! ([`consumer`](super::consumer)). No client, no clock, no `async`: each case is a unit test
+//! below.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use k8s_openapi::jiff::Timestamp;
 use taxi_core::assignment::{Assignment, above_recorded, assign, moved_shards};
 use taxi_core::status::WorkerStatus;
 
+use super::consumer::{self, ConsumerPlan};
 use super::observe::Observed;
 use crate::crd::{TaxiPipeline, TaxiPipelineSpec};
 use crate::resources::{Resources, ValidPipeline, build};
@@ -39,6 +41,8 @@ pub struct Decision {
     /// Every object of the pipeline; the optional ones are deleted when `None`. The assignment
     /// ConfigMap carries the resourceVersion it was read at, so it is written only over that one.
     pub resources: Resources,
+    /// What becomes of the enhanced fan-out consumer the operator names for the pipeline.
+    pub consumer: ConsumerPlan,
 }
 
 impl Decision {
@@ -84,7 +88,18 @@ pub fn decide(
     let mut resources = build(valid, rollout.statefulset_replicas, &assignment, &assigned_at);
     // Written only over the version read: a deposed leader's write fails (see `apply`).
     resources.assignment.metadata.resource_version = observed.assignment_version.clone();
-    Ok(Decision { scaling, scaling_memory, open_shards, rollout, assignment, assignment_changed, moved, resources })
+    let consumer = consumer::plan(pipeline, valid, &observed.statefulset);
+    Ok(Decision {
+        scaling,
+        scaling_memory,
+        open_shards,
+        rollout,
+        assignment,
+        assignment_changed,
+        moved,
+        resources,
+        consumer,
+    })
 }
 
 /// The replicas of this pass ([`scaling::decide`]) from the scaling memory of the previous one.
@@ -219,9 +234,11 @@ mod tests {
             assigned_at: assignment.map(|(_, time)| at(time)),
             statefulset: statefulset
                 .map(|(replicas, ready)| StatefulSetSeen {
+                    exists: true,
                     replicas: Some(replicas),
                     pods: i32::try_from(replicas).expect("replicas"),
                     ready,
+                    ..StatefulSetSeen::default()
                 })
                 .unwrap_or_default(),
             ..Observed::default()

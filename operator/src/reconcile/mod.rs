@@ -1,36 +1,55 @@
 //! The reconcile pass of a TaxiPipeline: a short driver over one module per step.
 //!
 //! ```text
-//!  TaxiPipeline ─▶ validate ──────▶ stream ───────▶ observe ────────▶ decide ─────────▶ apply ───────▶ status
-//!  (crate::crd)    (spec →          (managed only:  (ListShards, the  (pure: replicas,  (server-side   (conditions,
-//!                  ValidPipeline,   create it, or   assignment and    rollout, shard    apply, the     status patch,
-//!                  or the reason)   one reshard     StatefulSet, each assignment, every assignment     Events,
-//!                                   step)           worker /status)   object to apply)  write, deletes) gauges)
-//!                      │                │                 │                 │
-//!                      ▼                ▼                 ▼                 ▼
-//!                  invalid spec:    creating: report  ListShards failed: invalid autoscaling:
-//!                  Ready=False,     and come back;    Degraded=True,      Ready=False,
-//!                  no retry         Kinesis failed:   retried             no retry
-//!                                   Degraded=True,
-//!                                   retried
+//!  TaxiPipeline ─▶ validate ─────▶ admit ──────────▶ stream ───────▶ observe ────────▶ decide ───────────┐
+//!  (crate::crd)    (spec →         (the policy:      (managed only:  (ListShards, the  (pure: replicas,  │
+//!                  ValidPipeline,  image and         create it, or   assignment, the   rollout, shard    │
+//!                  or the reason)  ServiceAccount)   one reshard     StatefulSet, who  assignment, every │
+//!                      │               │             step)           holds each        object, the EFO   │
+//!                      ▼               ▼                 │           object, /status)  consumer)         │
+//!                  invalid spec:   outside the           ▼                 │                 │           │
+//!                  Ready=False,    policy:           creating: report      ▼                 ▼           │
+//!                  no retry        Ready=False,      and come back;    ListShards failed: invalid        │
+//!                                  no retry          Kinesis failed:   Degraded=True,     autoscaling:   │
+//!                                                    Degraded=True,    retried            Ready=False,   │
+//!                                                    retried                              no retry       │
+//!  ┌─────────────────────────────────────────────────────────────────────────────────────────────────────┘
+//!  └▶ ownership ─────────▶ apply ──────────▶ consumer ────────▶ status
+//!     (pure: an object     (server-side      (deregister the    (conditions,
+//!     to write that is     apply, the        EFO consumer the   status patch,
+//!     someone else's?)     assignment        workers left)      Events, gauges)
+//!          │               write, deletes
+//!          ▼               of owned objects)
+//!     ObjectNotOwned:
+//!     Ready=False,
+//!     nothing written
 //! ```
 //!
 //! - [`validate`](crate::validate) checks the spec and turns it into the builders' input;
+//! - [`admit`] holds the spec to the operator's [`WorkerPolicy`] before anything is written;
 //! - [`stream`] creates or reshards a stream the pipeline manages ([`crate::reshard`] plans it);
 //! - [`observe`] reads everything the pass needs, once, into an [`observe::Observed`];
 //! - [`decide`] is pure: from the spec, the observation and the time to a [`decide::Decision`];
+//! - [`ownership`] says whether an object the decision writes is someone else's: then the pass
+//!   stops, having written nothing;
 //! - [`apply`] writes the decided objects to the API server;
+//! - [`consumer`] deregisters the enhanced fan-out consumer the operator named once no worker can
+//!   use it any more;
 //! - [`status`] reports the pass: the status subresource, Events and the per-pipeline gauges; it
 //!   also reports the passes that end early (under the arrows above).
 //!
 //! Each step that can fail has its own error type; [`Error`] wraps them, and its
 //! [`category`](Error::category) labels the failure in metrics and logs. A deleted pipeline whose
-//! checkpoints are to be removed goes through the finalizer to [`cleanup`] instead.
+//! checkpoints are to be removed, or whose consumer the operator named, goes through the
+//! finalizer to [`cleanup`] instead.
 
+pub mod admit;
 pub mod apply;
 pub mod cleanup;
+pub mod consumer;
 pub mod decide;
 pub mod observe;
+pub mod ownership;
 pub mod status;
 pub mod stream;
 
@@ -50,10 +69,12 @@ use taxi_io::retry::{BackoffPolicy, Jitter};
 use crate::crd::TaxiPipeline;
 use crate::metrics::{OperatorState, ReconcileOutcome, pipeline_label};
 use crate::observe::{Streams, WorkerProbe};
+use crate::policy::WorkerPolicy;
 use crate::reshard::StreamStep;
 use crate::scaling::ScalingMemory;
 use crate::validate::{Defaults, stream_ref, validate};
 
+use self::admit::AdmitError;
 use self::apply::ApplyError;
 use self::cleanup::CleanupError;
 use self::decide::Decision;
@@ -63,7 +84,9 @@ use self::stream::{ManagedStream, StreamError};
 
 /// The one field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "taxi-operator";
-/// Held on a TaxiPipeline while its checkpoints must be deleted before it goes.
+/// Held on a TaxiPipeline while something outside Kubernetes must be cleaned up before it goes:
+/// its checkpoints (`spec.checkpoint.cleanupOnDelete`) or the enhanced fan-out consumer the
+/// operator named for it. The name predates the consumer; existing pipelines hold it, so it stays.
 pub const FINALIZER: &str = "taxipipeline.io/checkpoint-cleanup";
 /// Time between passes over a steady pipeline (refreshes lag and watermark in status).
 const STEADY_REQUEUE: Duration = Duration::from_secs(30);
@@ -84,6 +107,8 @@ pub struct Context<S, P> {
     pub state: Arc<OperatorState>,
     /// Operator-wide defaults.
     pub defaults: Defaults,
+    /// What the platform team lets pipelines ask for (worker images, ServiceAccounts).
+    pub policy: WorkerPolicy,
     /// The wall clock (fixed in tests).
     pub now: fn() -> Timestamp,
     /// Consecutive failures per pipeline, for the back-off of [`error_policy`].
@@ -95,6 +120,9 @@ pub struct Context<S, P> {
 /// Why a reconcile pass failed, by step; every case is retried with back-off.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Reading the ServiceAccount the spec names failed.
+    #[error(transparent)]
+    Admit(#[from] AdmitError),
     /// A Kinesis call about the pipeline's managed stream failed (describing, creating, resharding).
     #[error(transparent)]
     Stream(#[from] StreamError),
@@ -107,7 +135,7 @@ pub enum Error {
     /// Writing the TaxiPipeline's status failed.
     #[error(transparent)]
     Status(#[from] StatusError),
-    /// Deleting the pipeline's checkpoints failed.
+    /// Cleaning up after a deleted pipeline (consumer, checkpoints) failed.
     #[error(transparent)]
     Cleanup(#[from] CleanupError),
     /// Adding or removing the finalizer failed.
@@ -121,8 +149,8 @@ impl Error {
         match self {
             Error::Stream(_) => "kinesis",
             Error::Observe(e) => e.category(),
-            Error::Apply(_) | Error::Status(_) => "kubernetes",
-            Error::Cleanup(_) => "checkpoint_cleanup",
+            Error::Admit(_) | Error::Apply(_) | Error::Status(_) => "kubernetes",
+            Error::Cleanup(e) => e.category(),
             Error::Finalizer(inner) => match inner.as_ref() {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.category(),
                 _ => "kubernetes",
@@ -169,8 +197,10 @@ pub async fn reconcile<S: Streams, P: WorkerProbe>(
         ctx.state.metrics.forget(&pipeline_label(&pipeline.namespace().unwrap_or_default(), &pipeline.name_any()));
     }
     let api: Api<TaxiPipeline> = Api::namespaced(ctx.client.clone(), &pipeline.namespace().unwrap_or_default());
-    let wants_finalizer =
-        pipeline.spec.checkpoint.cleanup_on_delete || pipeline.finalizers().iter().any(|f| f == FINALIZER);
+    // Once held, the finalizer stays until the pipeline is deleted (a consumer may be left).
+    let wants_finalizer = pipeline.spec.checkpoint.cleanup_on_delete
+        || consumer::held_consumer(&pipeline).is_some()
+        || pipeline.finalizers().iter().any(|f| f == FINALIZER);
     let result = if wants_finalizer {
         finalizer(&api, FINALIZER, pipeline, |event| async {
             match event {
@@ -184,7 +214,7 @@ pub async fn reconcile<S: Streams, P: WorkerProbe>(
         .await
         .map_err(|e| Error::Finalizer(Box::new(e)))
     } else if pipeline.meta().deletion_timestamp.is_some() {
-        // Owner references let Kubernetes delete the rest; nothing external to clean up.
+        // Owner references let Kubernetes delete the rest; nothing outside it to clean up.
         Ok(Action::await_change())
     } else {
         run_pass(&pipeline, &ctx).await
@@ -235,6 +265,10 @@ async fn run_pass<S: Streams, P: WorkerProbe>(pipeline: &TaxiPipeline, ctx: &Con
             return Ok(Action::await_change());
         }
     };
+    if let Some(violation) = admit::admit(pipeline, ctx, &valid).await? {
+        status::refuse(pipeline, ctx, &violation).await?;
+        return Ok(Action::await_change());
+    }
     let stream = stream_ref(&pipeline.spec);
     let stream_step = match stream::manage(pipeline, ctx, &stream).await {
         Ok(ManagedStream::Step(step)) => step,
@@ -253,15 +287,23 @@ async fn run_pass<S: Streams, P: WorkerProbe>(pipeline: &TaxiPipeline, ctx: &Con
         Err(error) => return Err(error.into()),
     };
     let now = (ctx.now)();
-    let decision = match decide::decide(pipeline, &valid, &observed, now) {
+    let mut decision = match decide::decide(pipeline, &valid, &observed, now) {
         Ok(decision) => decision,
         Err(invalid) => {
             status::reject(pipeline, ctx, &invalid).await?;
             return Ok(Action::await_change());
         }
     };
+    if let Some(foreign) = ownership::in_the_way(&valid, &decision.resources, &observed.ownership) {
+        status::not_owned(pipeline, ctx, &foreign).await?;
+        // Its owner may remove it without touching the pipeline: look again, without hurry.
+        return Ok(Action::requeue(STEADY_REQUEUE));
+    }
     remember_scaling(pipeline, ctx, &decision);
-    apply::apply(&ctx.client, &valid, &decision.resources).await?;
+    apply::apply(&ctx.client, &valid, &decision.resources, &observed.ownership).await?;
+    // After the apply: the plan deregisters only a consumer no pod can use, judged from the
+    // StatefulSet as it was before this apply, which wrote the same worker settings again.
+    decision.consumer = consumer::settle(pipeline, ctx, &stream, decision.consumer).await;
     status::report(pipeline, ctx, &valid, &observed, &decision, stream_step.as_ref(), now).await?;
     Ok(Action::requeue(next_pass(&decision, stream_step.as_ref())))
 }
@@ -286,7 +328,8 @@ fn remember_scaling<S, P>(pipeline: &TaxiPipeline, ctx: &Context<S, P>, decision
 }
 
 /// When to come back to a pipeline that passed: soon while a rescale is under way, or sooner still
-/// when the stream step asks to (a reshard is watched closely).
+/// when the stream step asks to (a reshard is watched closely). Workers rolling away from an
+/// enhanced fan-out consumer need no hurry: each change of their StatefulSet triggers a pass.
 fn next_pass(decision: &Decision, stream_step: Option<&StreamStep>) -> Duration {
     let requeue = if decision.rollout.waiting.is_some() { ROLLOUT_REQUEUE } else { STEADY_REQUEUE };
     let stream_requeue = stream_step.and_then(|step| step.requeue_after).unwrap_or(requeue);

@@ -1,7 +1,8 @@
 //! The status step: what a pass reports on the TaxiPipeline — its `status` (one merge patch of
 //! the status subresource: conditions, replicas, shards, epoch, lag, watermark), Kubernetes Events
 //! for what changed, and the per-pipeline gauges. Also the passes that end early: an invalid spec,
-//! a stream being created, Kinesis unavailable.
+//! a spec outside the operator's policy, an object in the way that is someone else's, a stream
+//! being created, Kinesis unavailable.
 //!
 //! [`running_status`] is pure; the rest writes.
 
@@ -14,6 +15,7 @@ use kube::{Api, Resource, ResourceExt};
 
 use super::decide::Decision;
 use super::observe::Observed;
+use super::ownership::ForeignObject;
 use super::stream::StreamError;
 use super::{Context, Error, key_of};
 use crate::crd::{
@@ -21,6 +23,7 @@ use crate::crd::{
 };
 use crate::metrics::pipeline_label;
 use crate::observe::PipelineProgress;
+use crate::policy::Violation;
 use crate::reshard::StreamStep;
 use crate::resources::{ValidPipeline, selector_string};
 use crate::validate::InvalidSpec;
@@ -65,11 +68,47 @@ pub(super) async fn reject<S, P>(
 ) -> Result<(), StatusError> {
     tracing::warn!(pipeline = %key_of(pipeline), reason = %invalid, "invalid spec");
     ctx.state.metrics.reconcile_error("invalid_spec");
-    publish(ctx, pipeline, EventType::Warning, "InvalidSpec", "Validate", invalid.to_string()).await;
+    stopped(pipeline, ctx, "InvalidSpec", "Validate", invalid.to_string()).await
+}
+
+/// A spec outside the operator's policy: `Ready=False` (`PolicyViolation`) and a Warning Event
+/// with the same message. Nothing was written; nothing is retried until the pipeline changes.
+pub(super) async fn refuse<S, P>(
+    pipeline: &TaxiPipeline,
+    ctx: &Context<S, P>,
+    violation: &Violation,
+) -> Result<(), StatusError> {
+    tracing::warn!(pipeline = %key_of(pipeline), reason = %violation, "spec outside the policy");
+    ctx.state.metrics.reconcile_error("policy_violation");
+    stopped(pipeline, ctx, "PolicyViolation", "Admit", violation.to_string()).await
+}
+
+/// An object the pass would write belongs to someone else: `Ready=False` (`ObjectNotOwned`) and a
+/// Warning Event with the same message. Nothing was written.
+pub(super) async fn not_owned<S, P>(
+    pipeline: &TaxiPipeline,
+    ctx: &Context<S, P>,
+    foreign: &ForeignObject,
+) -> Result<(), StatusError> {
+    tracing::warn!(pipeline = %key_of(pipeline), object = %foreign, "an object in the way is not the pipeline's");
+    ctx.state.metrics.reconcile_error("object_not_owned");
+    stopped(pipeline, ctx, "ObjectNotOwned", "Apply", foreign.to_string()).await
+}
+
+/// A pass that stopped before writing anything: a Warning Event and `Ready=False` with `reason`
+/// and the same message; the rest of the status is left as it was.
+async fn stopped<S, P>(
+    pipeline: &TaxiPipeline,
+    ctx: &Context<S, P>,
+    reason: &str,
+    action: &str,
+    message: String,
+) -> Result<(), StatusError> {
+    publish(ctx, pipeline, EventType::Warning, reason, action, message.clone()).await;
     let now = (ctx.now)();
     let mut status = pipeline.status.clone().unwrap_or_default();
     status.observed_generation = pipeline.metadata.generation;
-    set_condition(&mut status.conditions, condition(READY, false, "InvalidSpec", &invalid.to_string(), pipeline, now));
+    set_condition(&mut status.conditions, condition(READY, false, reason, &message, pipeline, now));
     patch_status(pipeline, ctx, status).await
 }
 
@@ -164,6 +203,7 @@ pub fn running_status(
     if let Some(at) = progress.last_checkpoint.as_deref().and_then(|t| t.parse::<Timestamp>().ok()) {
         status.last_checkpoint_time = Some(Time(at));
     }
+    status.efo_consumer = decision.consumer.recorded();
     let conditions = &mut status.conditions;
     let cond = |type_, ok, reason, message: &str| condition(type_, ok, reason, message, pipeline, now);
     match &decision.rollout.waiting {
