@@ -16,6 +16,7 @@
 //! - [`settings`], [`start_position`]: the settings the operator renders for its workers, and
 //!   where a shard with nothing read yet starts;
 //! - [`status`]: the worker's `/status` document, read by the operator;
+//! - [`redact`]: URLs with their credentials masked, for everything the pipeline shows;
 //! - [`generate`]: the synthetic NYC trip generator, and [`oracle`], the batch computation every
 //!   pipeline run must agree with.
 
@@ -34,6 +35,7 @@ pub mod input;
 pub mod merge;
 pub mod oracle;
 pub mod partition;
+pub mod redact;
 pub mod settings;
 pub mod shard;
 pub mod start_position;

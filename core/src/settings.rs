@@ -6,7 +6,7 @@
 //! Durations are whole milliseconds and every field has a default, so a document written
 //! by an older operator still reads. Secrets never appear here: basic-auth credentials come from
 //! the environment (`TAXI_SINK_USERNAME`, `TAXI_SINK_PASSWORD`), which the operator fills from a
-//! Secret.
+//! Secret, and [`WorkerSettings::validate`] refuses a URL that carries them (`user:password@`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::EngineConfig;
 use crate::identity::PipelineId;
+use crate::redact;
 use crate::start_position::{self, InitialPosition};
 
 /// The worker ConfigMap key (and `--config` file format) holding [`WorkerSettings`] as JSON.
@@ -232,6 +233,33 @@ pub enum SettingsError {
     /// A credential the settings ask for is missing from the environment.
     #[error("the sink uses basic auth, but {0} is not set")]
     MissingCredential(&'static str),
+    /// A URL carries credentials, which would be stored with the settings (the worker ConfigMap)
+    /// and shown wherever the URL is. The message never repeats the URL.
+    #[error("{field} must not carry credentials (user:password@ or user@): {instead}")]
+    CredentialsInUrl {
+        /// Dotted path of the field.
+        field: &'static str,
+        /// Where the credentials belong instead.
+        instead: &'static str,
+    },
+}
+
+/// Where the sink's credentials belong instead of its URL.
+const SINK_CREDENTIALS_INSTEAD: &str = "use basic auth with the user name and password in the environment \
+    variables TAXI_SINK_USERNAME and TAXI_SINK_PASSWORD (in a TaxiPipeline: a Secret named by \
+    spec.sink.opensearch.auth.secretRef)";
+/// Where AWS credentials come from instead of an endpoint URL.
+const AWS_CREDENTIALS_INSTEAD: &str =
+    "AWS requests are signed with the credentials of the AWS configuration chain (environment, web identity, profile)";
+
+/// Refuses a sink URL (`--sink`, `--opensearch`, `sink.url`) that carries credentials, with where
+/// they belong instead.
+pub fn check_sink_url(url: &str) -> Result<(), SettingsError> {
+    no_credentials("sink.url", url, SINK_CREDENTIALS_INSTEAD)
+}
+
+fn no_credentials(field: &'static str, url: &str, instead: &'static str) -> Result<(), SettingsError> {
+    if redact::has_credentials(url) { Err(SettingsError::CredentialsInUrl { field, instead }) } else { Ok(()) }
 }
 
 fn default_start_position() -> String {
@@ -304,6 +332,13 @@ impl WorkerSettings {
         }
         if self.sink.url.is_empty() {
             return invalid("sink.url", "must not be empty".to_owned());
+        }
+        check_sink_url(&self.sink.url)?;
+        if let Some(url) = &self.stream.endpoint_url {
+            no_credentials("stream.endpoint_url", url, AWS_CREDENTIALS_INSTEAD)?;
+        }
+        if let Some(url) = &self.checkpoint.s3_endpoint_url {
+            no_credentials("checkpoint.s3_endpoint_url", url, AWS_CREDENTIALS_INSTEAD)?;
         }
         if self.sink.bulk_max_docs == 0 || self.sink.bulk_max_bytes == 0 {
             return invalid("sink.bulk_max_docs", "bulk limits must be positive".to_owned());
@@ -425,6 +460,41 @@ mod tests {
             let err = WorkerSettings::from_json(doc.as_bytes()).expect_err(field);
             assert!(err.to_string().contains(field), "{field}: {err}");
         }
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_repeating_them() {
+        let cases = [
+            (
+                r#""url": "https://search.example.com""#,
+                r#""url": "https://writer:s3cret@search.example.com""#,
+                "sink.url",
+            ),
+            (r#""url": "https://search.example.com""#, r#""url": "http://s3cret@opensearch:9200""#, "sink.url"),
+            (
+                r#""name": "taxi-trips""#,
+                r#""name": "taxi-trips", "endpoint_url": "http://key:s3cret@kinesis:4567""#,
+                "stream.endpoint_url",
+            ),
+            (
+                r#""uri": "s3://bucket/checkpoints""#,
+                r#""uri": "s3://bucket/checkpoints", "s3_endpoint_url": "http://key:s3cret@minio:9000""#,
+                "checkpoint.s3_endpoint_url",
+            ),
+        ];
+        for (from, to, field) in cases {
+            let doc = MINIMAL.replace(from, to);
+            let err = WorkerSettings::from_json(doc.as_bytes()).expect_err(to);
+            assert!(matches!(err, SettingsError::CredentialsInUrl { field: f, .. } if f == field), "{to}: {err:?}");
+            let message = err.to_string();
+            assert!(message.starts_with(&format!("{field} must not carry credentials")), "{message}");
+            assert!(!message.contains("s3cret"), "{message}");
+        }
+        let sink = check_sink_url("https://writer:s3cret@search.example.com").expect_err("credentials");
+        assert!(sink.to_string().contains("TAXI_SINK_USERNAME and TAXI_SINK_PASSWORD"), "{sink}");
+        assert!(sink.to_string().contains("spec.sink.opensearch.auth.secretRef"), "{sink}");
+        check_sink_url("https://search.example.com/proxy/@team").expect("an @ in the path is no credential");
+        check_sink_url("file:///tmp/partials.jsonl").expect("a file sink");
     }
 
     #[test]

@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use taxi_core::status::{ShardState, WorkerStatus};
 use taxi_core::topology::ShardInfo;
@@ -135,51 +134,9 @@ pub trait WorkerProbe: Send + Sync + 'static {
     fn status(&self, host: &str) -> impl Future<Output = Result<WorkerStatus, ProbeError>> + Send;
 }
 
-/// [`WorkerProbe`] over plain HTTP/1.1 with a short timeout (the pods are in the cluster).
-#[derive(Clone, Debug)]
-pub struct HttpProbe {
-    /// Port of the workers' HTTP endpoints.
-    pub port: u16,
-    /// Timeout of one request.
-    pub timeout: Duration,
-}
-
-impl Default for HttpProbe {
-    fn default() -> Self {
-        HttpProbe { port: 8080, timeout: Duration::from_secs(2) }
-    }
-}
-
-impl WorkerProbe for HttpProbe {
-    async fn status(&self, host: &str) -> Result<WorkerStatus, ProbeError> {
-        let url = format!("http://{host}:{}/status", self.port);
-        let failed = |reason: String| ProbeError { url: url.clone(), reason };
-        let body = tokio::time::timeout(self.timeout, http_get(host, self.port, "/status"))
-            .await
-            .map_err(|_| failed(format!("no answer within {:?}", self.timeout)))?
-            .map_err(|e| failed(e.to_string()))?;
-        serde_json::from_slice(&body).map_err(|e| failed(format!("not a worker status document: {e}")))
-    }
-}
-
-/// A minimal GET: the status documents are small and the pods speak plain HTTP/1.1.
-async fn http_get(host: &str, port: u16, path: &str) -> std::io::Result<Vec<u8>> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect((host, port)).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no HTTP header end"))?;
-    let head = String::from_utf8_lossy(&response[..split]);
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(std::io::Error::other(head.lines().next().unwrap_or_default().to_owned()));
-    }
-    Ok(response[split + 4..].to_vec())
-}
+// The HTTP client of the workers' `/status`.
+mod http_probe;
+pub use http_probe::{FetchError, HttpProbe, MAX_STATUS_BYTES};
 
 /// Lag, watermark and checkpoint progress over every worker that answered.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -16,6 +16,7 @@ use taxi_core::config::{AirportTripsConfig, EngineConfig, EventTimeConfig, HotSp
 use taxi_core::duration;
 use taxi_core::geo::{BoundingBox, Geofence};
 use taxi_core::identity::PipelineId;
+use taxi_core::redact;
 use taxi_core::settings::{
     self, CheckpointSettings, SinkAuthSetting, SinkAuthType, SinkSettings, StreamSettings, WorkerSettings,
 };
@@ -133,6 +134,14 @@ fn worker_settings(
         .ok_or(invalid("spec.analyses.hotSpots.geohashPrecision", "must be between 1 and 12"))?;
     if let Err(reason) = start_position::parse(&stream.start_position) {
         return Err(invalid("spec.stream.startPosition", reason));
+    }
+    // The endpoint goes into the worker ConfigMap and the logs; the message must not repeat it.
+    if redact::has_credentials(&opensearch.endpoint) {
+        return Err(invalid(
+            "spec.sink.opensearch.endpoint",
+            "must not carry credentials (user:password@ or user@): put them in a Secret named by \
+             spec.sink.opensearch.auth.secretRef, with auth.type basic",
+        ));
     }
     let at_least_one =
         |field, n: i64| u64::try_from(n).ok().filter(|n| *n >= 1).ok_or(invalid(field, "must be at least 1"));

@@ -729,6 +729,18 @@ fn invalid_specs_are_rejected_naming_the_field() {
 }
 
 #[test]
+fn a_sink_endpoint_with_credentials_is_refused_without_repeating_them() {
+    // An API server without the CRD's rules, or an object older than them, gets here.
+    for endpoint in ["https://writer:s3cret@search.example.com", "http://s3cret@opensearch:9200"] {
+        let patch = format!("sink: {{opensearch: {{endpoint: '{endpoint}'}}}}");
+        let err = validate(&patched(&minimal(), &patch), &defaults()).expect_err(endpoint);
+        assert_eq!(err.field, "spec.sink.opensearch.endpoint", "{err}");
+        assert!(err.reason.contains("spec.sink.opensearch.auth.secretRef"), "{err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+}
+
+#[test]
 fn a_pipeline_without_namespace_or_uid_is_rejected() {
     let mut no_namespace = minimal();
     no_namespace.metadata.namespace = None;

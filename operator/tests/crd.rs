@@ -461,6 +461,10 @@ fn valid_specs_are_accepted() {
         ("keep no old checkpoints", set(minimal(), "spec.checkpoint.retain", json!(0))),
         ("https sink", set(minimal(), "spec.sink.opensearch.endpoint", json!("https://search.example.com"))),
         (
+            "sink behind a path with an @",
+            set(minimal(), "spec.sink.opensearch.endpoint", json!("https://proxy.example.com/@search?user=a@b")),
+        ),
+        (
             "basic auth",
             set(
                 minimal(),
@@ -490,6 +494,10 @@ fn valid_specs_are_accepted() {
         serde_json::from_value::<TaxiPipeline>(defaulted).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
+
+/// What the API server answers a sink endpoint with credentials.
+const ENDPOINT_CREDENTIALS: &str = "sink.opensearch.endpoint must not carry credentials (user:password@ or user@): \
+    put them in a Secret named by sink.opensearch.auth.secretRef, with auth.type basic";
 
 #[test]
 fn invalid_specs_are_rejected_with_their_message() {
@@ -619,6 +627,21 @@ fn invalid_specs_are_rejected_with_their_message() {
                 "spec.sink.opensearch.endpoint",
                 "sink.opensearch.endpoint must be an http:// or https:// URL with a host",
             ),
+        ),
+        (
+            "sink endpoint with a user and password",
+            set(minimal(), "spec.sink.opensearch.endpoint", json!("https://writer:s3cret@search.example.com:9200")),
+            Violation::new("spec.sink.opensearch.endpoint", ENDPOINT_CREDENTIALS),
+        ),
+        (
+            "sink endpoint with a user only",
+            set(minimal(), "spec.sink.opensearch.endpoint", json!("http://writer@opensearch.opensearch.svc:9200")),
+            Violation::new("spec.sink.opensearch.endpoint", ENDPOINT_CREDENTIALS),
+        ),
+        (
+            "sink endpoint with a password holding an @",
+            set(minimal(), "spec.sink.opensearch.endpoint", json!("https://writer:p@ss@search.example.com/")),
+            Violation::new("spec.sink.opensearch.endpoint", ENDPOINT_CREDENTIALS),
         ),
         (
             "zero bulk delay",

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use taxi_core::redact;
 use taxi_worker::cli::{self, Cli, Command};
 
 fn main() -> ExitCode {
@@ -20,7 +21,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("taxi-worker: {message}");
+            // Whatever a command's error quotes, a URL's credentials are not printed.
+            eprintln!("taxi-worker: {}", redact::url(&message));
             ExitCode::FAILURE
         }
     }

@@ -2,7 +2,8 @@
 //! (shard id, outcome, reason, operation) — never a record key or an error message.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Outcomes of `taxi_shard_handoffs_total`.
@@ -43,6 +44,9 @@ pub struct WorkerMetrics {
     /// Wall clock (Unix seconds) of each shard's last successful checkpoint: its age is what the
     /// missed-checkpoint alert watches.
     pub checkpoint_last_success: IntGaugeVec,
+    /// This worker's time between two checkpoints of a shard, from its settings (s): the
+    /// missed-checkpoint alert allows a checkpoint age of a multiple of it.
+    pub checkpoint_interval_seconds: Gauge,
     /// Partial documents written to the sink.
     pub sink_documents: IntCounterVec,
     /// Shards this worker reads.
@@ -121,6 +125,12 @@ impl WorkerMetrics {
         let failed_shards = IntGauge::new("taxi_failed_shards", "Shards failed now, waiting for their retry")
             .expect("valid metric definition");
         registry.register(Box::new(failed_shards.clone())).expect("metric registered once");
+        let checkpoint_interval_seconds = Gauge::new(
+            "taxi_checkpoint_interval_seconds",
+            "Time between two checkpoints of a shard, as configured (s)",
+        )
+        .expect("valid metric definition");
+        registry.register(Box::new(checkpoint_interval_seconds.clone())).expect("metric registered once");
         WorkerMetrics {
             records: counter("taxi_records_total", "Records processed, by outcome", &["outcome"]),
             invalid: counter("taxi_invalid_records_total", "Invalid records, by reason", &["reason"]),
@@ -159,6 +169,7 @@ impl WorkerMetrics {
                 "Unix time of the shard's last successful checkpoint (s)",
                 &["shard"],
             ),
+            checkpoint_interval_seconds,
             sink_documents: counter("taxi_sink_documents_total", "Partial documents written", &["sink"]),
             owned_shards,
             sink_dead_letters,
@@ -250,6 +261,17 @@ mod tests {
         let two = r#"taxi_checkpoint_last_success_timestamp_seconds{shard="shardId-000000000002"} 1767225700"#;
         assert!(text.contains(two), "{text}");
         assert!(text.contains(r#"taxi_kinesis_records_read_total{shard="shardId-000000000001"} 9"#), "{text}");
+    }
+
+    #[test]
+    fn the_checkpoint_interval_is_one_gauge_without_labels_in_seconds() {
+        let m = WorkerMetrics::new();
+        m.checkpoint_interval_seconds.set(2.5);
+        let text = m.render();
+        assert!(
+            text.contains("# TYPE taxi_checkpoint_interval_seconds gauge\ntaxi_checkpoint_interval_seconds 2.5\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -119,6 +119,31 @@ fn bad_flag_values_and_missing_files_fail_with_a_clear_message() {
 }
 
 #[test]
+fn every_command_taking_a_sink_url_refuses_one_with_credentials_without_repeating_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = "https://writer:s3cret@search.example.com:9200";
+    let config = dir.path().join("worker.json");
+    let settings = serde_json::json!({
+        "pipeline": "nyc", "stream": {"name": "s"}, "checkpoint": {"uri": "/tmp/c"}, "sink": {"url": url},
+    });
+    std::fs::write(&config, settings.to_string()).expect("write");
+    let config = config.to_str().expect("utf-8");
+    let cases: [&[&str]; 3] = [
+        &["run", "--pipeline", "nyc", "--stream", "s", "--checkpoint", "/tmp/c", "--sink", url],
+        &["run", "--config", config],
+        &["results", "--opensearch", url, "--pipeline", "nyc"],
+    ];
+    for args in cases {
+        let run = taxi_worker(args);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "{args:?} should fail");
+        assert!(stderr.contains("sink.url must not carry credentials (user:password@ or user@)"), "{args:?}: {stderr}");
+        assert!(stderr.contains("TAXI_SINK_USERNAME and TAXI_SINK_PASSWORD"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("s3cret"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn an_unreadable_input_format_is_named_in_the_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("notes.txt");

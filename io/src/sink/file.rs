@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::SinkError;
 use taxi_core::document::PartialDocument;
+use taxi_core::redact;
 
 /// Appends partial documents to a JSON-lines file (`--sink file://PATH`). A later line with the
 /// same id replaces an earlier one in the merged view.
@@ -21,7 +22,7 @@ impl FileSink {
         let path = match uri.strip_prefix("file://") {
             Some(p) => PathBuf::from(p),
             None if !uri.contains("://") && !uri.is_empty() => PathBuf::from(uri),
-            None => return Err(SinkError::UnsupportedUri(uri.to_owned())),
+            None => return Err(SinkError::UnsupportedUri(redact::url(uri).into_owned())),
         };
         let io = |source| SinkError::Io { path: path.clone(), source };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -137,6 +138,12 @@ mod tests {
         assert_eq!(sink.flush().expect("flush"), docs.len());
         assert_eq!(read_documents(&path).expect("read"), docs);
         assert!(matches!(FileSink::open("http://x"), Err(SinkError::UnsupportedUri(_))));
+    }
+
+    #[test]
+    fn an_unsupported_uri_is_named_without_its_credentials() {
+        let Err(error) = FileSink::open("ftp://writer:s3cret@x/p") else { panic!("ftp is no sink") };
+        assert!(matches!(&error, SinkError::UnsupportedUri(shown) if shown == "ftp://***@x/p"), "{error:?}");
     }
 
     #[test]

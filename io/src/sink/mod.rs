@@ -68,7 +68,7 @@ impl Sink {
 /// Failures of a sink.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    /// The sink URI is not understood.
+    /// The sink URI is not understood (the URI as shown: credentials masked).
     #[error("unsupported sink {0:?}: expected file:///path/to/partials.jsonl or an OpenSearch http(s):// URL")]
     UnsupportedUri(String),
     /// OpenSearch failed.

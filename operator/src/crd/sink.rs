@@ -21,10 +21,18 @@ pub struct SinkSpec {
 #[serde(rename_all = "camelCase")]
 pub struct OpenSearchSinkSpec {
     /// Base URL of the cluster, `http://` or `https://`, like
-    /// `https://search-taxi-abc123.us-east-1.es.amazonaws.com`. Required.
+    /// `https://search-taxi-abc123.us-east-1.es.amazonaws.com`. Required. It must not carry
+    /// credentials (`user:password@`): it is stored in the worker ConfigMap and shown in logs;
+    /// basic-auth credentials go in the Secret named by `auth.secretRef`.
     #[schemars(length(max = 2048))]
-    #[x_kube(validation = Rule::new("self.matches('^https?://[^/?#]+')")
-        .message("sink.opensearch.endpoint must be an http:// or https:// URL with a host"))]
+    #[x_kube(
+        validation = Rule::new("self.matches('^https?://[^/?#]+')")
+            .message("sink.opensearch.endpoint must be an http:// or https:// URL with a host"),
+        validation = Rule::new("!self.matches('^https?://[^/?#]*@')").message(
+            "sink.opensearch.endpoint must not carry credentials (user:password@ or user@): put them in a \
+             Secret named by sink.opensearch.auth.secretRef, with auth.type basic"
+        ),
+    )]
     pub endpoint: String,
     /// Prefix of the index names the results are written to (`<prefix>-hot-spots`,
     /// `<prefix>-airport-trips`): lowercase letters, digits and `-`, starting and ending with a

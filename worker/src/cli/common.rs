@@ -14,7 +14,7 @@ use taxi_core::duration;
 use taxi_core::geo::BoundingBox;
 use taxi_core::settings::{
     DEFAULT_BULK_MAX_BYTES, DEFAULT_BULK_MAX_DELAY, DEFAULT_BULK_MAX_DOCS, DEFAULT_INDEX_PREFIX, SigV4Service,
-    SinkAuthType,
+    SinkAuthType, check_sink_url,
 };
 use taxi_io::kinesis::api::{KinesisEndpoint, SdkKinesis};
 use taxi_io::sink::opensearch::{BulkSettings, OpenSearchAuth, OpenSearchSettings};
@@ -79,8 +79,10 @@ pub struct OpenSearchArgs {
 }
 
 impl OpenSearchArgs {
-    /// The sink's settings for `url`, with the basic-auth credentials from the flags and environment.
+    /// The sink's settings for `url`, with the basic-auth credentials from the flags and environment
+    /// (never from `url`, which is refused when it carries any).
     pub fn settings(&self, url: &str) -> Result<OpenSearchSettings, CommandError> {
+        check_sink_url(url).map_err(|e| e.to_string())?;
         let auth = match self.sink_auth {
             SinkAuthType::None => OpenSearchAuth::None,
             SinkAuthType::Basic => OpenSearchAuth::Basic {

@@ -46,6 +46,7 @@ pub async fn run_worker<K: KinesisApi>(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<RunSummary, RunError> {
     let ordinal = validate(&options)?;
+    state.metrics.checkpoint_interval_seconds.set(options.checkpoint_interval.as_secs_f64());
     let store = CheckpointStore::from_uri(&options.checkpoint_uri, &options.s3, options.checkpoint_retain).await?;
     let identity = key_in_use(&store, &PipelineId::new(options.namespace.as_deref(), &options.pipeline)).await?;
     let dead_letters = DeadLetterStore::new(store.clone(), &identity, state.metrics.sink_dead_letters.clone());
@@ -522,6 +523,18 @@ mod tests {
         assert_eq!(checkpoint(dir.path(), "p").await.position, Position::Finished);
         let a = checkpoint(dir.path(), "a").await.position;
         assert_eq!(a, Position::Sequence { sequence_number: "00001".to_owned(), sub_sequence: None });
+    }
+
+    #[tokio::test]
+    async fn metrics_show_the_checkpoint_interval_of_the_settings() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api = MemoryKinesis::new(vec![shard("x", &[], false)]);
+        testing::add_watermarks(&api, "x", 1);
+        let options = RunOptions { checkpoint_interval: Duration::from_millis(1500), ..testing::options(dir.path()) };
+        let (result, state) = run_to_end(api, options).await;
+        result.expect("a clean run");
+        let metrics = taxi_io::http::Endpoints::metrics(state.as_ref());
+        assert!(metrics.contains("\ntaxi_checkpoint_interval_seconds 1.5\n"), "{metrics}");
     }
 
     #[tokio::test]

@@ -1,6 +1,8 @@
 //! What a running worker shows of itself: [`WorkerState`], shared between the coordinator, its
 //! shard tasks, the HTTP endpoints and tests, and the [`taxi_core::status::WorkerStatus`]
-//! document `/status` renders from it (the contract the operator reads).
+//! document `/status` renders from it (the contract the operator reads). Error messages leave
+//! through [`taxi_core::redact::url`]: whoever reaches the pod's port never reads a credential
+//! that a URL quoted in an error carried.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
@@ -9,6 +11,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::metrics::WorkerMetrics;
+use taxi_core::redact;
 use taxi_core::status::{ShardState, ShardStatus, WorkerStatus};
 use taxi_io::sink::dead_letter::DeadLetterStore;
 
@@ -78,6 +81,10 @@ impl WorkerState {
     /// Ready unless the worker still waits for its first assignment, refused documents cannot be
     /// stored as dead letters, or a shard's checkpoints are failing.
     pub fn readiness(&self) -> Result<(), String> {
+        self.unready_reason().map_err(|reason| redact::url(&reason).into_owned())
+    }
+
+    fn unready_reason(&self) -> Result<(), String> {
         let awaiting = self.assignment.lock().map_err(|_| "status lock poisoned".to_owned())?.awaiting.clone();
         if let Some(source) = awaiting {
             return Err(format!("owns no shard yet: waiting for a first shard assignment from {source}"));
@@ -96,7 +103,12 @@ impl WorkerState {
 
     /// The `/status` document.
     pub fn status(&self) -> WorkerStatus {
-        let shards = self.shards.lock().map(|s| s.clone()).unwrap_or_default();
+        let mut shards = self.shards.lock().map(|s| s.clone()).unwrap_or_default();
+        for shard in shards.values_mut() {
+            for message in [&mut shard.error, &mut shard.checkpoint_error] {
+                *message = message.as_deref().map(|m| redact::url(m).into_owned());
+            }
+        }
         let owned = shards.values().filter(|s| s.state == ShardState::Reading).count();
         let assignment = self.assignment.lock().map(|a| a.clone()).unwrap_or_default();
         WorkerStatus {
@@ -202,5 +214,27 @@ mod tests {
 
         state.update("s2", |s| s.checkpoint_error = None);
         assert_eq!(state.readiness(), Ok(()), "ready again once a checkpoint succeeds");
+    }
+
+    #[test]
+    fn status_and_readiness_never_show_the_credentials_an_error_quotes() {
+        let state = WorkerState::default();
+        state.update("s1", |s| {
+            s.state = ShardState::Failed;
+            s.error = Some("OpenSearch bulk request to https://writer:s3cret@search:9200 failed".to_owned());
+        });
+        state
+            .update("s2", |s| s.checkpoint_error = Some("failed to put via http://key:s3cret@minio:9000/b".to_owned()));
+
+        let status = state.status();
+        assert_eq!(
+            status.shards["s1"].error.as_deref(),
+            Some("OpenSearch bulk request to https://***@search:9200 failed")
+        );
+        assert_eq!(status.shards["s2"].checkpoint_error.as_deref(), Some("failed to put via http://***@minio:9000/b"));
+        let document = Endpoints::status(&state).to_string();
+        assert!(!document.contains("s3cret"), "{document}");
+        let reason = Endpoints::readiness(&state).expect_err("checkpoints of s2 are failing");
+        assert_eq!(reason, "checkpoints of s2 are failing: failed to put via http://***@minio:9000/b");
     }
 }

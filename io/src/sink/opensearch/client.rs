@@ -18,6 +18,7 @@ use super::config::{OpenSearchAuth, OpenSearchSettings};
 use super::error::OpenSearchError;
 use super::index::{index_name, index_template, template_name, valid_index_prefix};
 use taxi_core::document::AnalysisKind;
+use taxi_core::redact;
 
 /// Credentials are refreshed this long before they expire.
 const CREDENTIALS_REFRESH_MARGIN: Duration = Duration::from_secs(300);
@@ -28,7 +29,7 @@ pub(super) async fn build_client(settings: &OpenSearchSettings) -> Result<OpenSe
         return Err(OpenSearchError::InvalidIndexPrefix { prefix: settings.index_prefix.clone() });
     }
     let url = Url::parse(&settings.url)
-        .map_err(|e| OpenSearchError::InvalidUrl { url: settings.url.clone(), source: e.into() })?;
+        .map_err(|e| OpenSearchError::InvalidUrl { url: redact::url(&settings.url).into_owned(), source: e.into() })?;
     let mut builder = TransportBuilder::new(SingleNodeConnectionPool::new(url)).timeout(settings.request_timeout);
     if let Some(path) = &settings.ca_cert {
         let pem =
@@ -125,7 +126,7 @@ pub(super) async fn send(
     query: &[(&str, &str)],
     body: Option<(Bytes, &'static str)>,
 ) -> Result<Answer, OpenSearchError> {
-    let request_error = |source| OpenSearchError::Request { operation, url: url.to_owned(), source };
+    let request_error = |source| OpenSearchError::Request { operation, url: redact::url(url).into_owned(), source };
     let mut headers = HeaderMap::new();
     let body = body.map(|(bytes, content_type)| {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -198,4 +199,32 @@ pub(super) async fn prepare_cluster(client: &OpenSearch, url: &str, prefix: &str
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_url(url: &str) -> OpenSearchSettings {
+        OpenSearchSettings { url: url.to_owned(), ..OpenSearchSettings::default() }
+    }
+
+    #[tokio::test]
+    async fn errors_show_the_cluster_url_without_its_credentials() {
+        let invalid = build_client(&with_url("http://writer:s3cret@[::1")).await.expect_err("no closing bracket");
+        assert!(matches!(invalid, OpenSearchError::InvalidUrl { .. }), "{invalid:?}");
+        assert!(invalid.to_string().contains("\"http://***@[::1\""), "{invalid}");
+
+        // Port 1 refuses connections: the request fails before any answer.
+        let url = "http://writer:s3cret@127.0.0.1:1";
+        let client = build_client(&with_url(url)).await.expect("a client");
+        let Err(failed) = send(&client, url, "bulk", Method::Post, "/_bulk", &[], None).await else {
+            panic!("nothing listens on port 1")
+        };
+        assert!(matches!(failed, OpenSearchError::Request { .. }), "{failed:?}");
+        assert!(failed.to_string().starts_with("OpenSearch bulk request to http://***@127.0.0.1:1 failed"), "{failed}");
+        for shown in [failed.to_string(), format!("{failed:?}"), invalid.to_string(), format!("{invalid:?}")] {
+            assert!(!shown.contains("s3cret") && !shown.contains("writer"), "{shown}");
+        }
+    }
 }

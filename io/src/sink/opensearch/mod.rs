@@ -49,6 +49,7 @@ use bulk::{ItemResult, encode, item_reason, item_retryable, parse_bulk};
 use client::{build_client, prepare_cluster, send, status_error, truncate};
 use metrics::SinkMetrics;
 use taxi_core::document::PartialDocument;
+use taxi_core::redact;
 
 pub use config::{BulkSettings, OpenSearchAuth, OpenSearchSettings};
 pub use error::OpenSearchError;
@@ -217,12 +218,17 @@ impl OpenSearchSink {
                 Ok(()) => break,
                 Err(e) if e.is_transient() && started.elapsed() < settings.startup_timeout => {
                     let delay = settings.bulk.retry().delay(attempts).max(Duration::from_millis(50));
-                    tracing::warn!(url = %url, attempt = attempts, error = %e, "OpenSearch not ready; retrying in {delay:?}");
+                    tracing::warn!(
+                        url = %redact::url(&url),
+                        attempt = attempts,
+                        error = %e,
+                        "OpenSearch not ready; retrying in {delay:?}"
+                    );
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) if e.is_transient() => {
                     return Err(OpenSearchError::Unavailable {
-                        url,
+                        url: redact::url(&url).into_owned(),
                         waited: started.elapsed(),
                         attempts,
                         last: Box::new(e),
@@ -258,7 +264,7 @@ impl OpenSearchSink {
                 supervised.stop();
             }
         });
-        tracing::info!(url = %shared.url, prefix = %shared.prefix, "OpenSearch sink connected");
+        tracing::info!(url = %redact::url(&shared.url), prefix = %shared.prefix, "OpenSearch sink connected");
         Ok(OpenSearchSink { inner: Arc::new(Inner { shared, task: abort }) })
     }
 
