@@ -184,6 +184,7 @@ OPERATOR_RULES = {
     ("", "services", ()): {"get", "create", "patch"},
     ("", "serviceaccounts", ()): {"get", "create", "patch", "delete"},
     ("policy", "poddisruptionbudgets", ()): {"get", "create", "patch", "delete"},
+    ("networking.k8s.io", "networkpolicies", ()): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("rbac.authorization.k8s.io", "roles", ()): {"get", "create", "patch"},
     ("rbac.authorization.k8s.io", "rolebindings", ()): {"get", "create", "patch"},
     ("events.k8s.io", "events", ()): {"create", "patch"},
@@ -270,10 +271,11 @@ def test_rbac_rules_cover_every_kind_the_reconciler_applies():
         "Service": ("", "services"),
         "ServiceAccount": ("", "serviceaccounts"),
         "PodDisruptionBudget": ("policy", "poddisruptionbudgets"),
+        "NetworkPolicy": ("networking.k8s.io", "networkpolicies"),
         "Role": ("rbac.authorization.k8s.io", "roles"),
         "RoleBinding": ("rbac.authorization.k8s.io", "rolebindings"),
     }
-    assert deleted == {"ServiceAccount", "PodDisruptionBudget"}
+    assert deleted == {"ServiceAccount", "PodDisruptionBudget", "NetworkPolicy"}
     assert applied == set(resource)
     for kind in applied:
         assert {"create", "patch"} <= OPERATOR_RULES[(*resource[kind], ())], kind

@@ -1,7 +1,7 @@
 //! `taxi-operator run`: the controller wired to the cluster — watches, leader election, HTTP
 //! endpoints and shutdown. The decisions live in [`reconcile`](crate::reconcile).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -21,7 +21,8 @@ use crate::metrics::{OperatorMetrics, OperatorState};
 use crate::observe::{HttpProbe, SdkStreams};
 use crate::policy::WorkerPolicy;
 use crate::reconcile::{Context, error_policy, reconcile};
-use crate::validate::Defaults;
+use crate::resources::network_policy::IngressPeers;
+use crate::validate::{Defaults, SecretKey};
 
 /// Settings of `taxi-operator run`.
 #[derive(Clone, Debug)]
@@ -34,14 +35,44 @@ pub struct RunConfig {
     pub http_addr: SocketAddr,
     /// Worker image for pipelines that name none.
     pub worker_image: String,
+    /// Secrets appended to every worker pod's `imagePullSecrets`.
+    pub worker_image_pull_secrets: Vec<String>,
+    /// CA bundle of `https://` sinks whose spec names none.
+    pub default_sink_ca_secret: Option<SecretKey>,
+    /// Whether pipelines that do not say get a NetworkPolicy.
+    pub worker_network_policy: bool,
+    /// Labels of the operator's pods, which the workers' NetworkPolicies admit.
+    pub operator_pod_labels: BTreeMap<String, String>,
+    /// Labels of the namespaces whose pods may scrape the workers.
+    pub metrics_namespace_labels: BTreeMap<String, String>,
+    /// Labels of the pods that may scrape the workers.
+    pub metrics_pod_labels: BTreeMap<String, String>,
     /// What the platform team lets pipelines ask for (worker images, ServiceAccounts).
     pub policy: WorkerPolicy,
     /// Elect a leader through a Lease (required with more than one operator replica).
     pub leader_election: bool,
-    /// Namespace of the Lease (the operator's own).
+    /// The operator's own namespace: the Lease's, and where its pods run.
     pub lease_namespace: String,
     /// This pod's name, for the Lease holder identity and Events.
     pub pod_name: String,
+}
+
+impl RunConfig {
+    /// What every pipeline gets from these settings.
+    pub fn defaults(&self) -> Defaults {
+        Defaults {
+            worker_image: self.worker_image.clone(),
+            image_pull_secrets: self.worker_image_pull_secrets.clone(),
+            sink_ca_secret: self.default_sink_ca_secret.clone(),
+            network_policy: self.worker_network_policy,
+            ingress: IngressPeers {
+                operator_namespace: self.lease_namespace.clone(),
+                operator_pod_labels: self.operator_pod_labels.clone(),
+                metrics_namespace_labels: self.metrics_namespace_labels.clone(),
+                metrics_pod_labels: self.metrics_pod_labels.clone(),
+            },
+        }
+    }
 }
 
 /// Why the operator could not run.
@@ -115,7 +146,7 @@ async fn run_controllers(client: Client, config: &RunConfig, state: Arc<Operator
         streams: SdkStreams::new(config.kinesis.clone()),
         probe: HttpProbe::default(),
         state: state.clone(),
-        defaults: Defaults { worker_image: config.worker_image.clone() },
+        defaults: config.defaults(),
         policy: config.policy.clone(),
         now: k8s_openapi::jiff::Timestamp::now,
         failures: Mutex::new(HashMap::new()),

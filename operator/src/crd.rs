@@ -15,15 +15,16 @@
 //! (and the worker's flags use it too).
 //!
 //! The types are grouped by spec section: [`StreamSpec`], [`AutoscalingSpec`], [`EventTimeSpec`],
-//! [`AnalysesSpec`], [`CheckpointSpec`], [`SinkSpec`] and [`WorkerSpec`] each live in a submodule
-//! with their defaults, and [`TaxiPipelineStatus`] with the condition types. The module's root
-//! stays in `crd.rs` (not `crd/mod.rs`) because the generated CRD's header names this file as its
-//! source.
+//! [`AnalysesSpec`], [`CheckpointSpec`], [`SinkSpec`] and [`WorkerSpec`] (with its
+//! [`WorkerPodTemplate`]) each live in a submodule with their defaults, and [`TaxiPipelineStatus`]
+//! with the condition types. The module's root stays in `crd.rs` (not `crd/mod.rs`) because the
+//! generated CRD's header names this file as its source.
 
 mod analyses;
 mod autoscaling;
 mod checkpoint;
 mod event_time;
+mod pod_template;
 mod sink;
 mod status;
 mod stream;
@@ -38,10 +39,13 @@ pub use analyses::{AirportSpec, AirportTripsSpec, AnalysesSpec, BoundingBoxSpec,
 pub use autoscaling::AutoscalingSpec;
 pub use checkpoint::CheckpointSpec;
 pub use event_time::EventTimeSpec;
+pub use pod_template::{
+    RESERVED_ENV_NAMES, RESERVED_ENV_PREFIX, RESERVED_KEY_PREFIX, RESERVED_LABEL_KEYS, WorkerPodTemplate,
+};
 pub use sink::{BasicAuthSecretRef, BulkSpec, CaSecretRef, OpenSearchAuth, OpenSearchSinkSpec, SigV4Spec, SinkSpec};
 pub use status::{DEGRADED, PROGRESSING, READY, SCALING, STREAM_RESHARDING, TaxiPipelineStatus, set_condition};
 pub use stream::StreamSpec;
-pub use worker::WorkerSpec;
+pub use worker::{WorkerNetworkPolicy, WorkerSpec};
 
 /// API group of the TaxiPipeline resource.
 pub const GROUP: &str = "taxipipeline.io";
@@ -192,7 +196,8 @@ pub struct TaxiPipelineSpec {
     pub checkpoint: CheckpointSpec,
     /// Where the results go.
     pub sink: SinkSpec,
-    /// How the worker pods run: image, resources, scheduling, service account. All optional.
+    /// How the worker pods run: image, resources, scheduling, service account, pod template and
+    /// NetworkPolicy. All optional.
     #[serde(default)]
     pub worker: WorkerSpec,
 }

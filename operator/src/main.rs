@@ -8,8 +8,10 @@ use clap::{Args, Parser, Subcommand};
 use taxi_io::kinesis::api::KinesisEndpoint;
 use taxi_operator::autoscale::Policy;
 use taxi_operator::controller::{RunConfig, run};
-use taxi_operator::policy::{ServiceAccountPolicy, WorkerPolicy};
+use taxi_operator::policy::{PolicyError, ServiceAccountPolicy, WorkerPolicy};
 use taxi_operator::simulate::{self, PolicyKind, SimConfig, Trace};
+use taxi_operator::validate::FlagError;
+use taxi_operator::validate::defaults::{parse_ca_secret, parse_labels, parse_names};
 
 /// Command line of the operator binary.
 #[derive(Debug, Parser)]
@@ -65,6 +67,67 @@ struct RunArgs {
     /// This pod's name (Lease holder identity, Event reporter).
     #[arg(long, env = "POD_NAME", default_value = "taxi-operator")]
     pod_name: String,
+    /// Secrets appended to every worker pod's imagePullSecrets, comma-separated (Secrets in each
+    /// pipeline's namespace).
+    #[arg(long, env = "TAXI_WORKER_IMAGE_PULL_SECRETS", value_delimiter = ',')]
+    worker_image_pull_secrets: Vec<String>,
+    /// CA bundle Secret `name[:key]` (key default ca.crt) for https sinks whose spec names no
+    /// caSecretRef; a Secret of that name must exist in each pipeline's namespace.
+    #[arg(long, env = "TAXI_DEFAULT_SINK_CA_SECRET")]
+    default_sink_ca_secret: Option<String>,
+    /// Give pipelines that do not set spec.worker.networkPolicy.enabled a NetworkPolicy admitting
+    /// only the operator and the metrics scrapers to the workers' port 8080.
+    #[arg(long, env = "TAXI_WORKER_NETWORK_POLICY", default_value_t = true, action = clap::ArgAction::Set)]
+    worker_network_policy: bool,
+    /// Labels `k=v,...` of the operator's pods (in its namespace, POD_NAMESPACE), which the workers'
+    /// NetworkPolicy admits; empty: every pod of that namespace.
+    #[arg(long, env = "TAXI_OPERATOR_POD_LABELS", value_delimiter = ',')]
+    operator_pod_labels: Vec<String>,
+    /// Labels `k=v,...` of the namespaces whose pods may scrape the workers' metrics.
+    #[arg(long, env = "TAXI_METRICS_NAMESPACE_LABELS", value_delimiter = ',')]
+    metrics_namespace_labels: Vec<String>,
+    /// Labels `k=v,...` of the pods that may scrape the workers' metrics: in the namespaces of
+    /// --metrics-namespace-labels, or without it in the pipeline's own.
+    #[arg(long, env = "TAXI_METRICS_POD_LABELS", value_delimiter = ',')]
+    metrics_pod_labels: Vec<String>,
+}
+
+/// A flag value `taxi-operator run` cannot use.
+#[derive(Debug, thiserror::Error)]
+enum ConfigError {
+    /// A policy flag.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// A flag of what every pipeline gets.
+    #[error(transparent)]
+    Flag(#[from] FlagError),
+}
+
+impl RunArgs {
+    /// The settings of the run, or the first flag value the operator cannot use.
+    fn config(self) -> Result<RunConfig, ConfigError> {
+        let policy =
+            WorkerPolicy::new(&self.allowed_image_repositories, self.service_account_policy, &self.worker_image)?;
+        Ok(RunConfig {
+            namespaces: self.namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
+            kinesis: KinesisEndpoint { region: self.region, endpoint_url: self.kinesis_endpoint_url },
+            http_addr: self.http_addr,
+            worker_image: self.worker_image,
+            policy,
+            worker_image_pull_secrets: parse_names(&self.worker_image_pull_secrets),
+            default_sink_ca_secret: parse_ca_secret(
+                "--default-sink-ca-secret",
+                self.default_sink_ca_secret.as_deref().unwrap_or_default(),
+            )?,
+            worker_network_policy: self.worker_network_policy,
+            operator_pod_labels: parse_labels("--operator-pod-labels", &self.operator_pod_labels)?,
+            metrics_namespace_labels: parse_labels("--metrics-namespace-labels", &self.metrics_namespace_labels)?,
+            metrics_pod_labels: parse_labels("--metrics-pod-labels", &self.metrics_pod_labels)?,
+            leader_election: self.leader_election,
+            lease_namespace: self.lease_namespace,
+            pod_name: self.pod_name,
+        })
+    }
 }
 
 /// `taxi-operator simulate`: every setting defaults to `simulate::SimConfig::default()`.
@@ -178,26 +241,12 @@ fn main() -> ExitCode {
             let filter =
                 tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-            let policy = match WorkerPolicy::new(
-                &args.allowed_image_repositories,
-                args.service_account_policy,
-                &args.worker_image,
-            ) {
-                Ok(policy) => policy,
+            let config = match args.config() {
+                Ok(config) => config,
                 Err(e) => {
                     eprintln!("taxi-operator: {e}");
                     return ExitCode::FAILURE;
                 }
-            };
-            let config = RunConfig {
-                namespaces: args.namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
-                kinesis: KinesisEndpoint { region: args.region, endpoint_url: args.kinesis_endpoint_url },
-                http_addr: args.http_addr,
-                worker_image: args.worker_image,
-                policy,
-                leader_election: args.leader_election,
-                lease_namespace: args.lease_namespace,
-                pod_name: args.pod_name,
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(runtime) => runtime,
@@ -214,5 +263,75 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use taxi_operator::resources::network_policy::IngressPeers;
+    use taxi_operator::validate::{Defaults, SecretKey};
+
+    use super::*;
+
+    fn run_config(args: &[&str]) -> Result<RunConfig, ConfigError> {
+        let cli = Cli::try_parse_from(["taxi-operator", "run"].iter().chain(args)).expect("the flags parse");
+        match cli.command {
+            Command::Run(args) => args.config(),
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    fn labels(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
+        entries.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn the_shared_cluster_flags_reach_every_pipelines_defaults() {
+        let config = run_config(&[
+            "--worker-image=registry.example.com/taxi:1",
+            "--lease-namespace=taxi-system",
+            "--worker-image-pull-secrets=team-registry,platform-registry",
+            "--default-sink-ca-secret=platform-ca:bundle.pem",
+            "--worker-network-policy=false",
+            "--operator-pod-labels=app.kubernetes.io/name=taxi-pipeline,app.kubernetes.io/instance=taxi",
+            "--metrics-namespace-labels=kubernetes.io/metadata.name=monitoring",
+            "--metrics-pod-labels=app.kubernetes.io/name=prometheus",
+        ])
+        .expect("valid flags");
+        assert_eq!(
+            config.defaults(),
+            Defaults {
+                worker_image: "registry.example.com/taxi:1".to_owned(),
+                image_pull_secrets: vec!["team-registry".to_owned(), "platform-registry".to_owned()],
+                sink_ca_secret: Some(SecretKey { name: "platform-ca".to_owned(), key: "bundle.pem".to_owned() }),
+                network_policy: false,
+                ingress: IngressPeers {
+                    operator_namespace: "taxi-system".to_owned(),
+                    operator_pod_labels: labels(&[
+                        ("app.kubernetes.io/instance", "taxi"),
+                        ("app.kubernetes.io/name", "taxi-pipeline"),
+                    ]),
+                    metrics_namespace_labels: labels(&[("kubernetes.io/metadata.name", "monitoring")]),
+                    metrics_pod_labels: labels(&[("app.kubernetes.io/name", "prometheus")]),
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn without_the_flags_every_pipeline_gets_a_network_policy_and_nothing_else() {
+        let config = run_config(&["--worker-image=registry.example.com/taxi:1", "--lease-namespace=taxi-system"])
+            .expect("valid flags");
+        assert_eq!(config.defaults(), Defaults::new("registry.example.com/taxi:1", "taxi-system"));
+    }
+
+    #[test]
+    fn a_bad_flag_value_stops_the_operator_naming_the_flag() {
+        let error = run_config(&["--metrics-pod-labels=prometheus"]).expect_err("not key=value");
+        assert!(error.to_string().starts_with("--metrics-pod-labels: `prometheus`"), "{error}");
+        let error = run_config(&["--default-sink-ca-secret=Platform_CA"]).expect_err("not a Secret name");
+        assert!(error.to_string().starts_with("--default-sink-ca-secret:"), "{error}");
     }
 }

@@ -1,17 +1,22 @@
 //! Pure builders: from a validated pipeline to the Kubernetes objects that run it.
 //!
 //! Nothing here does I/O or reads a clock, so every object is unit-tested from fixtures. The
-//! reconcile loop applies what [`build`] returns with server-side apply.
+//! reconcile loop applies what [`build`] returns with server-side apply. The workers'
+//! NetworkPolicy has its own module, [`network_policy`].
+
+pub mod network_policy;
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
+    Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, LocalObjectReference, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Toleration, TopologySpreadConstraint, Volume,
+    VolumeMount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -50,15 +55,20 @@ pub struct ValidPipeline {
     pub settings: WorkerSettings,
     /// Pod-level settings of the workers.
     pub pod: WorkerPod,
+    /// Who may reach the workers, when they get a NetworkPolicy.
+    pub network_policy: Option<network_policy::IngressPeers>,
 }
 
-/// Pod-level settings of the workers.
+/// Pod-level settings of the workers, with the pod template already resolved against the
+/// `spec.worker` fields it replaces and the operator's defaults.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct WorkerPod {
     /// Container image.
     pub image: String,
     /// Image pull policy, if set.
     pub image_pull_policy: Option<String>,
+    /// Secrets to pull the image with, each name once.
+    pub image_pull_secrets: Vec<LocalObjectReference>,
     /// Container resources.
     pub resources: Option<ResourceRequirements>,
     /// An existing ServiceAccount to use instead of the one the operator creates.
@@ -69,8 +79,23 @@ pub struct WorkerPod {
     pub node_selector: BTreeMap<String, String>,
     /// Tolerations.
     pub tolerations: Vec<Toleration>,
-    /// Extra pod annotations.
+    /// Node and pod (anti-)affinity.
+    pub affinity: Option<Affinity>,
+    /// Topology spread constraints.
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// PriorityClass, if set.
+    pub priority_class_name: Option<String>,
+    /// Extra pod labels; the operator's own are added over them.
+    pub pod_labels: BTreeMap<String, String>,
+    /// Extra pod annotations; they may override the scrape annotations, never the config hash.
     pub pod_annotations: BTreeMap<String, String>,
+    /// Environment variables added after the operator's own.
+    pub env: Vec<EnvVar>,
+    /// Replaces the default pod security context ([`default_pod_security_context`]) when set.
+    pub pod_security_context: Option<PodSecurityContext>,
+    /// Replaces the default container security context ([`default_container_security_context`])
+    /// when set.
+    pub container_security_context: Option<SecurityContext>,
     /// Time Kubernetes gives a stopping pod: enough for a sink flush and the final checkpoints.
     pub termination_grace_period_seconds: i64,
     /// Secret with the sink's basic-auth credentials: (name, username key, password key).
@@ -97,13 +122,16 @@ pub struct Resources {
     pub assignment: ConfigMap,
     /// At most one worker disrupted at a time, when there is more than one.
     pub pod_disruption_budget: Option<PodDisruptionBudget>,
+    /// Admits traffic to the workers only on their HTTP port, from the operator and the metrics
+    /// scrapers; unless the pipeline or the operator switched it off.
+    pub network_policy: Option<NetworkPolicy>,
     /// The workers.
     pub stateful_set: StatefulSet,
 }
 
 /// Names of a pipeline's objects.
 pub mod names {
-    /// StatefulSet, headless Service, ServiceAccount, Role, RoleBinding and PDB.
+    /// StatefulSet, headless Service, ServiceAccount, Role, RoleBinding, PDB and NetworkPolicy.
     pub fn workers(pipeline: &str) -> String {
         format!("{pipeline}-worker")
     }
@@ -175,6 +203,7 @@ pub fn build(
             BTreeMap::from([(ASSIGNED_AT_ANNOTATION.to_owned(), assigned_at.to_owned())]),
         ),
         pod_disruption_budget: (statefulset_replicas > 1).then(|| pod_disruption_budget(pipeline)),
+        network_policy: pipeline.network_policy.as_ref().map(|peers| network_policy::build(pipeline, peers)),
         stateful_set: stateful_set(pipeline, statefulset_replicas, &service_account_name, &config_hash(&settings_json)),
     }
 }
@@ -283,7 +312,7 @@ fn pod_disruption_budget(pipeline: &ValidPipeline) -> PodDisruptionBudget {
 
 fn stateful_set(pipeline: &ValidPipeline, replicas: u32, service_account_name: &str, config_hash: &str) -> StatefulSet {
     let workers = names::workers(&pipeline.name);
-    // Scrape annotations are defaults the user's podAnnotations may override; the config hash is not.
+    // Scrape annotations are defaults the user's annotations may override; the config hash is not.
     let mut annotations = BTreeMap::from([
         ("prometheus.io/scrape".to_owned(), "true".to_owned()),
         ("prometheus.io/port".to_owned(), HTTP_PORT.to_string()),
@@ -291,8 +320,9 @@ fn stateful_set(pipeline: &ValidPipeline, replicas: u32, service_account_name: &
     ]);
     annotations.extend(pipeline.pod.pod_annotations.clone());
     annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash.to_owned());
-    let mut pod_labels = labels(&pipeline.name);
-    pod_labels.insert("taxipipeline.io/pipeline".into(), pipeline.name.clone());
+    // The user's labels go first: the operator's, which its selectors match, always win.
+    let mut pod_labels = pipeline.pod.pod_labels.clone();
+    pod_labels.extend(operator_pod_labels(&pipeline.name));
     StatefulSet {
         metadata: metadata(pipeline, workers.clone()),
         spec: StatefulSetSpec {
@@ -312,6 +342,39 @@ fn stateful_set(pipeline: &ValidPipeline, replicas: u32, service_account_name: &
             ..StatefulSetSpec::default()
         },
         status: None,
+    }
+}
+
+/// The labels the operator puts on every worker pod: [`labels`] and the pipeline's name.
+pub fn operator_pod_labels(pipeline: &str) -> BTreeMap<String, String> {
+    let mut pod_labels = labels(pipeline);
+    pod_labels.insert("taxipipeline.io/pipeline".into(), pipeline.to_owned());
+    pod_labels
+}
+
+/// The worker pods' security context unless the pod template replaces it: non-root as the
+/// image's `nonroot` user, the runtime's default seccomp profile.
+pub fn default_pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS_USER),
+        run_as_group: Some(RUN_AS_USER),
+        fs_group: Some(RUN_AS_USER),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// The worker container's security context unless the pod template replaces it: no privilege,
+/// no capability, a read-only root filesystem.
+pub fn default_container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        privileged: Some(false),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+        ..SecurityContext::default()
     }
 }
 
@@ -339,16 +402,14 @@ fn pod_spec(pipeline: &ValidPipeline, service_account_name: &str) -> PodSpec {
     PodSpec {
         service_account_name: Some(service_account_name.to_owned()),
         termination_grace_period_seconds: Some(pod.termination_grace_period_seconds),
+        image_pull_secrets: (!pod.image_pull_secrets.is_empty()).then(|| pod.image_pull_secrets.clone()),
         node_selector: (!pod.node_selector.is_empty()).then(|| pod.node_selector.clone()),
         tolerations: (!pod.tolerations.is_empty()).then(|| pod.tolerations.clone()),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS_USER),
-            run_as_group: Some(RUN_AS_USER),
-            fs_group: Some(RUN_AS_USER),
-            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
-            ..PodSecurityContext::default()
-        }),
+        affinity: pod.affinity.clone(),
+        topology_spread_constraints: (!pod.topology_spread_constraints.is_empty())
+            .then(|| pod.topology_spread_constraints.clone()),
+        priority_class_name: pod.priority_class_name.clone(),
+        security_context: Some(pod.pod_security_context.clone().unwrap_or_else(default_pod_security_context)),
         containers: vec![worker_container(pipeline)],
         volumes: Some(volumes),
         ..PodSpec::default()
@@ -385,6 +446,8 @@ fn worker_container(pipeline: &ValidPipeline) -> Container {
             ..EnvVar::default()
         });
     }
+    // After the operator's own, so they may refer to them as `$(POD_NAME)`.
+    env.extend(pod.env.iter().cloned());
     let mut mounts = vec![
         VolumeMount {
             name: "config".into(),
@@ -441,14 +504,9 @@ fn worker_container(pipeline: &ValidPipeline) -> Container {
         readiness_probe: Some(probe("/readyz", 5)),
         liveness_probe: Some(probe("/healthz", 10)),
         resources: pod.resources.clone(),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            privileged: Some(false),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(
+            pod.container_security_context.clone().unwrap_or_else(default_container_security_context),
+        ),
         volume_mounts: Some(mounts),
         ..Container::default()
     }

@@ -2,7 +2,12 @@
 //!
 //! The CRD's CEL rules reject most bad specs at `kubectl apply`; this step checks again what the
 //! builders rely on (an API server may run without the rules, or an object may predate them) and
-//! converts the user-facing spec into the one worker settings type.
+//! converts the user-facing spec into the one worker settings type. The worker pods' settings,
+//! pod template included, are resolved in `worker_pod`; the operator-wide [`Defaults`] and the
+//! parsing of the flags that fill them are in [`defaults`].
+
+pub mod defaults;
+mod worker_pod;
 
 use std::time::Duration;
 
@@ -17,16 +22,10 @@ use taxi_core::settings::{
 };
 use taxi_core::start_position;
 
+pub use self::defaults::{Defaults, FlagError, SecretKey};
 use crate::crd::{BoundingBoxSpec, TaxiPipeline, TaxiPipelineSpec};
 use crate::observe::StreamRef;
-use crate::resources::{CA_DIR, ValidPipeline, WorkerPod};
-
-/// Operator-wide defaults a spec may leave out.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Defaults {
-    /// Worker image when `spec.worker.image` is unset (the chart sets it to its own version).
-    pub worker_image: String,
-}
+use crate::resources::{CA_DIR, ValidPipeline};
 
 /// A spec the operator cannot run, with the field and the reason (shown in the Ready condition).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -75,40 +74,16 @@ pub fn validate(pipeline: &TaxiPipeline, defaults: &Defaults) -> Result<ValidPip
     if spec.parallelism < 0 {
         return Err(invalid("spec.parallelism", "must not be negative"));
     }
-    let settings = worker_settings(&namespace, &name, spec)?;
+    let ca_secret = worker_pod::sink_ca_secret(spec, defaults);
+    let settings = worker_settings(&namespace, &name, spec, ca_secret.as_ref())?;
     settings.validate().map_err(|e| invalid("spec", e.to_string()))?;
-    let auth = &spec.sink.opensearch.auth;
-    let basic_auth_secret = match (auth.type_, &auth.secret_ref) {
-        (SinkAuthType::Basic, Some(secret)) => {
-            Some((secret.name.clone(), secret.username_key.clone(), secret.password_key.clone()))
-        }
-        (SinkAuthType::Basic, None) => {
-            return Err(invalid(
-                "spec.sink.opensearch.auth.secretRef",
-                "basic auth needs a Secret with the credentials",
-            ));
-        }
-        _ => None,
-    };
-    let worker = &spec.worker;
     Ok(ValidPipeline {
         name,
         namespace,
         uid,
         settings,
-        pod: WorkerPod {
-            image: worker.image.clone().unwrap_or_else(|| defaults.worker_image.clone()),
-            image_pull_policy: worker.image_pull_policy.clone(),
-            resources: worker.resources.clone(),
-            service_account_name: worker.service_account_name.clone(),
-            iam_role_arn: worker.iam_role_arn.clone(),
-            node_selector: worker.node_selector.clone(),
-            tolerations: worker.tolerations.clone(),
-            pod_annotations: worker.pod_annotations.clone(),
-            termination_grace_period_seconds: worker.termination_grace_period_seconds,
-            basic_auth_secret,
-            ca_secret: spec.sink.opensearch.ca_secret_ref.as_ref().map(|ca| (ca.name.clone(), ca.key.clone())),
-        },
+        pod: worker_pod::resolve(spec, defaults, ca_secret)?,
+        network_policy: worker_pod::network_policy(spec, defaults),
     })
 }
 
@@ -130,7 +105,12 @@ pub fn stream_ref(spec: &TaxiPipelineSpec) -> StreamRef {
 /// workers' default, which the rollout waits out too.
 pub const TAKEOVER_TIMEOUT: Duration = settings::DEFAULT_TAKEOVER_TIMEOUT;
 
-fn worker_settings(namespace: &str, pipeline: &str, spec: &TaxiPipelineSpec) -> Result<WorkerSettings, InvalidSpec> {
+fn worker_settings(
+    namespace: &str,
+    pipeline: &str,
+    spec: &TaxiPipelineSpec,
+    ca_secret: Option<&SecretKey>,
+) -> Result<WorkerSettings, InvalidSpec> {
     let stream = &spec.stream;
     let checkpoint = &spec.checkpoint;
     let opensearch = &spec.sink.opensearch;
@@ -205,7 +185,7 @@ fn worker_settings(namespace: &str, pipeline: &str, spec: &TaxiPipelineSpec) -> 
                 }
                 kind => SinkAuthSetting::of(kind),
             },
-            ca_cert: opensearch.ca_secret_ref.as_ref().map(|ca| format!("{CA_DIR}/{}", ca.key).into()),
+            ca_cert: ca_secret.map(|ca| format!("{CA_DIR}/{}", ca.key).into()),
             bulk_max_docs: usize::try_from(opensearch.bulk.max_docs)
                 .ok()
                 .filter(|n| *n >= 1)

@@ -16,6 +16,15 @@
 //!
 //! Fixture values differ from each other and from the defaults (secret keys, namespace, image), so
 //! that a swapped field changes a snapshot or fails an assertion.
+//!
+//! The pod template and the operator's defaults for every pod are tested in
+//! `builders/pod_template.rs`, the workers' NetworkPolicy in `builders/network_policy.rs`; both use
+//! the fixtures and helpers here.
+
+#[path = "builders/network_policy.rs"]
+mod network_policy;
+#[path = "builders/pod_template.rs"]
+mod pod_template;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -47,6 +56,8 @@ const MINIMAL_NAMESPACE: &str = "streaming";
 const UID: &str = "0b5d6a3e-7c41-4f0e-9a2b-5e8c1d7f3a90";
 /// The operator's `--worker-image`, distinct from the full example's image.
 const DEFAULT_IMAGE: &str = "registry.example.com/taxi/taxi-worker:operator-default";
+/// The operator's own namespace, distinct from the pipelines'.
+const OPERATOR_NAMESPACE: &str = "taxi-system";
 const ASSIGNED_AT: &str = "2026-03-14T15:09:26Z";
 
 /// Objects of the examples (pipeline `nyc-taxi`).
@@ -55,6 +66,7 @@ const STATEFUL_SET: &str = "StatefulSet/nyc-taxi-worker";
 const SERVICE_ACCOUNT: &str = "ServiceAccount/nyc-taxi-worker";
 const ROLE_BINDING: &str = "RoleBinding/nyc-taxi-worker";
 const PDB: &str = "PodDisruptionBudget/nyc-taxi-worker";
+const NETWORK_POLICY: &str = "NetworkPolicy/nyc-taxi-worker";
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures.
@@ -104,8 +116,9 @@ fn merge(target: &mut Value, patch: Value) {
     }
 }
 
+/// The operator's defaults with every flag but the image and its namespace at its default.
 fn defaults() -> Defaults {
-    Defaults { worker_image: DEFAULT_IMAGE.to_owned() }
+    Defaults::new(DEFAULT_IMAGE, OPERATOR_NAMESPACE)
 }
 
 fn valid(pipeline: &TaxiPipeline) -> ValidPipeline {
@@ -151,6 +164,7 @@ fn objects(resources: &Resources) -> Vec<(String, Value)> {
         worker_config,
         assignment,
         pod_disruption_budget,
+        network_policy,
         stateful_set,
     } = resources;
     let mut out = Vec::new();
@@ -164,6 +178,9 @@ fn objects(resources: &Resources) -> Vec<(String, Value)> {
     out.push(entry(assignment));
     if let Some(pdb) = pod_disruption_budget {
         out.push(entry(pdb));
+    }
+    if let Some(policy) = network_policy {
+        out.push(entry(policy));
     }
     out.push(entry(stateful_set));
     out
@@ -275,6 +292,7 @@ fn snapshot(resources: &Resources) -> String {
         worker_config,
         assignment,
         pod_disruption_budget,
+        network_policy,
         stateful_set,
     } = resources;
     let mut docs = Vec::new();
@@ -288,6 +306,9 @@ fn snapshot(resources: &Resources) -> String {
     docs.push(yaml(assignment));
     if let Some(pdb) = pod_disruption_budget {
         docs.push(yaml(pdb));
+    }
+    if let Some(policy) = network_policy {
+        docs.push(yaml(policy));
     }
     docs.push(yaml(stateful_set));
     let mut text = String::from(

@@ -3,7 +3,8 @@
 //!
 //! Validation is done by a small stand-in for the API server ([`ApiServer`]) driven only by the
 //! generated CRD: it applies the schema's defaults, checks the OpenAPI keywords the schema uses
-//! (type, required, enum, minimum/maximum, length, pattern, maxItems, unknown fields) and evaluates
+//! (type, required, enum, minimum/maximum, length, pattern, maxItems, maxProperties, unknown
+//! fields) and evaluates
 //! every `x-kubernetes-validations` CEL rule at the schema node it is declared on, with `oldSelf`
 //! bound on updates. The rules therefore run exactly as written in the CRD, not as Rust re-states
 //! them.
@@ -20,7 +21,10 @@ use chrono::Timelike;
 use serde_json::{Map, Value, json};
 use taxi_core::duration;
 use taxi_core::settings::{DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_INDEX_PREFIX, WorkerSettings};
-use taxi_operator::crd::{TaxiPipeline, TaxiPipelineSpec, crd_yaml};
+use taxi_operator::crd::{
+    RESERVED_ENV_NAMES, RESERVED_ENV_PREFIX, RESERVED_KEY_PREFIX, RESERVED_LABEL_KEYS, TaxiPipeline, TaxiPipelineSpec,
+    crd_yaml,
+};
 use taxi_operator::validate::{Defaults, validate};
 
 const CRD_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/taxipipelines.yaml");
@@ -148,6 +152,20 @@ fn status_conditions_are_a_list_map_keyed_by_type() {
     );
 }
 
+/// Spec fields whose type is one of Kubernetes' own (`k8s_openapi`), documented by Kubernetes.
+const KUBERNETES_TYPES: [&str; 10] = [
+    ".spec.worker.resources",
+    ".spec.worker.tolerations",
+    ".spec.worker.podTemplate.imagePullSecrets",
+    ".spec.worker.podTemplate.affinity",
+    ".spec.worker.podTemplate.tolerations",
+    ".spec.worker.podTemplate.topologySpreadConstraints",
+    ".spec.worker.podTemplate.env",
+    ".spec.worker.podTemplate.resources",
+    ".spec.worker.podTemplate.podSecurityContext",
+    ".spec.worker.podTemplate.containerSecurityContext",
+];
+
 #[test]
 fn every_field_of_ours_is_documented_for_kubectl_explain() {
     fn walk(schema: &Value, path: &str, missing: &mut Vec<String>) {
@@ -158,7 +176,7 @@ fn every_field_of_ours_is_documented_for_kubectl_explain() {
                 missing.push(here.clone());
             }
             // Kubernetes' own types document themselves.
-            if matches!(here.as_str(), ".spec.worker.resources" | ".spec.worker.tolerations" | ".status.conditions") {
+            if KUBERNETES_TYPES.contains(&here.as_str()) || here == ".status.conditions" {
                 continue;
             }
             walk(sub, &here, missing);
@@ -237,11 +255,14 @@ fn full_example_sets_every_field_but_the_commented_alternatives() {
         ".spec.stream.endpointUrl",
         ".spec.worker.serviceAccountName",
     ];
+    // What a cluster shared between teams adds (the pod template, the NetworkPolicy switch): the
+    // example is a single team's pipeline and leaves them to the operator's defaults.
+    const SHARED_CLUSTER: [&str; 2] = [".spec.worker.networkPolicy", ".spec.worker.podTemplate"];
     fn walk(schema: &Value, value: &Value, path: &str, missing: &mut Vec<String>) {
         let Some(properties) = schema["properties"].as_object() else { return };
         for (name, sub) in properties {
             let here = format!("{path}.{name}");
-            if matches!(here.as_str(), ".spec.worker.resources" | ".spec.worker.tolerations") {
+            if KUBERNETES_TYPES.contains(&here.as_str()) || SHARED_CLUSTER.contains(&here.as_str()) {
                 continue;
             }
             match value.get(name) {
@@ -336,7 +357,7 @@ fn the_published_defaults_render_the_workers_own_settings() {
     object["metadata"]["uid"] = json!("0b5d6a3e-7c41-4f0e-9a2b-5e8c1d7f3a90");
     // Every field is present now, so the Rust-side serde defaults play no part.
     let pipeline: TaxiPipeline = serde_json::from_value(object).expect("a defaulted TaxiPipeline");
-    let defaults = Defaults { worker_image: "registry.example.com/taxi:test".to_owned() };
+    let defaults = Defaults::new("registry.example.com/taxi:test", "taxi-system");
     let rendered = validate(&pipeline, &defaults).expect("valid").settings;
 
     let workers_own = json!({
@@ -862,6 +883,117 @@ fn the_cel_harness_has_kubernetes_semantics() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The worker pod template and the NetworkPolicy switch.
+
+/// The minimal example with `spec.worker.podTemplate` set to `template`.
+fn with_pod_template(template: Value) -> Value {
+    set(minimal(), "spec.worker.podTemplate", template)
+}
+
+#[test]
+fn a_pod_template_of_every_field_is_accepted_and_read_back() {
+    let template = json!({
+        "labels": {"team": "streaming", "app.kubernetes.io/part-of": "taxi"},
+        "annotations": {"prometheus.io/scrape": "false", "example.com/owner": "streaming"},
+        "imagePullSecrets": [{"name": "team-registry"}],
+        "nodeSelector": {"node-pool": "streaming"},
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+            "weight": 50,
+            "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": "nyc-taxi"}}},
+        }]}},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "streaming", "effect": "NoSchedule"}],
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "ScheduleAnyway"}],
+        "priorityClassName": "streaming-high",
+        "env": [
+            {"name": "RUST_LOG", "value": "info"},
+            {"name": "PROXY_TOKEN", "valueFrom": {"secretKeyRef": {"name": "egress-proxy", "key": "token"}}},
+        ],
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+        "podSecurityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containerSecurityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true},
+    });
+    let api = ApiServer::new();
+    let object = set(with_pod_template(template.clone()), "spec.worker.networkPolicy", json!({"enabled": false}));
+    assert_eq!(api.create(&object), []);
+    let pipeline: TaxiPipeline = serde_json::from_value(api.defaulted(&object)).expect("the operator reads it");
+    let read = serde_json::to_value(pipeline.spec.worker.pod_template).expect("JSON");
+    assert_eq!(read, template, "every field survives the round trip");
+    assert_eq!(pipeline.spec.worker.network_policy.and_then(|p| p.enabled), Some(false));
+}
+
+#[test]
+fn a_pod_template_may_not_set_what_the_operator_owns() {
+    let api = ApiServer::new();
+    let labels = "worker.podTemplate.labels must not set the operator's labels (app.kubernetes.io/name, instance, \
+                  component, managed-by, taxipipeline.io/*) or the StatefulSet controller's";
+    let annotations =
+        "worker.podTemplate.annotations must not set taxipipeline.io/ annotations: they are the operator's";
+    let env = "worker.podTemplate.env must not set POD_NAME, POD_NAMESPACE or TAXI_* variables: the operator sets them \
+               (sink credentials come from sink.opensearch.auth.secretRef)";
+    let cases = [
+        (json!({"labels": {"app.kubernetes.io/instance": "other"}}), "spec.worker.podTemplate.labels", labels),
+        (json!({"labels": {"taxipipeline.io/pipeline": "other"}}), "spec.worker.podTemplate.labels", labels),
+        (
+            json!({"annotations": {"taxipipeline.io/config-hash": "0"}}),
+            "spec.worker.podTemplate.annotations",
+            annotations,
+        ),
+        (json!({"env": [{"name": "TAXI_SINK_PASSWORD", "value": "hunter2"}]}), "spec.worker.podTemplate.env", env),
+        (
+            json!({"env": [{"name": "RUST_LOG", "value": "debug"}, {"name": "POD_NAME", "value": "x"}]}),
+            "spec.worker.podTemplate.env",
+            env,
+        ),
+    ];
+    for (template, path, message) in cases {
+        assert_eq!(api.create(&with_pod_template(template.clone())), [Violation::new(path, message)], "{template}");
+    }
+}
+
+/// The CEL rules restate the reserved names as literals: they refuse every name the operator's
+/// validation refuses, and a name next to them is the user's.
+#[test]
+fn the_api_server_refuses_exactly_the_reserved_names_the_operator_refuses() {
+    let api = ApiServer::new();
+    let refused = |template: Value| !api.create(&with_pod_template(template)).is_empty();
+    let prefixed_label = format!("{RESERVED_KEY_PREFIX}anything");
+    for key in RESERVED_LABEL_KEYS.iter().copied().chain([prefixed_label.as_str()]) {
+        assert!(refused(json!({"labels": {key: "x"}})), "label {key}");
+    }
+    assert!(refused(json!({"annotations": {prefixed_label.clone(): "x"}})));
+    let prefixed_env = format!("{RESERVED_ENV_PREFIX}ANYTHING");
+    for name in RESERVED_ENV_NAMES.iter().copied().chain([prefixed_env.as_str()]) {
+        assert!(refused(json!({"env": [{"name": name, "value": "x"}]})), "env {name}");
+    }
+    for label in ["app.kubernetes.io/version", "example.com/taxipipeline.io", "pipeline"] {
+        assert!(!refused(json!({"labels": {label: "x"}})), "label {label}");
+    }
+    for name in ["POD_IP", "MY_TAXI_TOKEN", "taxi_lowercase"] {
+        assert!(!refused(json!({"env": [{"name": name, "value": "x"}]})), "env {name}");
+    }
+}
+
+#[test]
+fn pod_template_maps_and_lists_are_bounded_for_the_cel_cost_estimate() {
+    let crd = crd();
+    let template = schema_at(&crd, &["spec", "worker", "podTemplate"]);
+    for map in ["labels", "annotations", "nodeSelector"] {
+        assert_eq!(template["properties"][map]["maxProperties"], 64, "{map}");
+    }
+    for list in ["imagePullSecrets", "tolerations", "topologySpreadConstraints"] {
+        assert_eq!(template["properties"][list]["maxItems"], 64, "{list}");
+    }
+    assert_eq!(template["properties"]["env"]["maxItems"], 128);
+    let many: Map<String, Value> = (0..65).map(|i| (format!("label-{i}"), json!("x"))).collect();
+    assert_eq!(
+        ApiServer::new().create(&with_pod_template(json!({"labels": many}))),
+        [Violation::new("spec.worker.podTemplate.labels", "must have at most 64 properties")]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // A stand-in for the API server's validation of TaxiPipeline objects, driven by the generated CRD.
 
 /// One failed check: the field path (`spec.checkpoint.uri`) and the message.
@@ -1016,6 +1148,11 @@ fn check_openapi(schema: &Value, value: &Value, path: &str, root: bool, out: &mu
     }
     match value {
         Value::Object(map) => {
+            if let Some(max) = schema["maxProperties"].as_u64()
+                && map.len() as u64 > max
+            {
+                out.push(Violation::new(path, &format!("must have at most {max} properties")));
+            }
             for required in schema["required"].as_array().into_iter().flatten() {
                 if let Some(name) = required.as_str()
                     && !map.contains_key(name)

@@ -122,7 +122,7 @@ fn context(shards: Result<Vec<ShardInfo>, ()>, probe: FakeProbe) -> (Arc<Context
             OperatorMetrics::new().expect("metrics"),
             tokio::sync::watch::channel(true).1,
         )),
-        defaults: Defaults { worker_image: WORKER_IMAGE.into() },
+        defaults: Defaults::new(WORKER_IMAGE, "taxi-system"),
         policy: WorkerPolicy::new(&[], ServiceAccountPolicy::Labeled, WORKER_IMAGE).expect("policy"),
         now: fixed_now,
         failures: Mutex::new(HashMap::new()),
@@ -198,12 +198,13 @@ const NS: &str = "/api/v1/namespaces/taxi";
 const APPS: &str = "/apis/apps/v1/namespaces/taxi";
 const RBAC: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/taxi";
 const POLICY: &str = "/apis/policy/v1/namespaces/taxi";
+const NETWORKING: &str = "/apis/networking.k8s.io/v1/namespaces/taxi";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/taxi/events";
 const TP: &str = "/apis/taxipipeline.io/v1alpha1/namespaces/taxi/taxipipelines/nyc";
 
 /// The pipeline's objects the observe step asks about by metadata only, after the assignment
 /// ConfigMap and the StatefulSet, in order: (path, name).
-fn held_objects() -> [(String, &'static str); 6] {
+fn held_objects() -> [(String, &'static str); 7] {
     [
         (format!("{NS}/serviceaccounts/nyc-worker"), "nyc-worker"),
         (format!("{RBAC}/roles/nyc-worker"), "nyc-worker"),
@@ -211,6 +212,7 @@ fn held_objects() -> [(String, &'static str); 6] {
         (format!("{NS}/services/nyc-worker"), "nyc-worker"),
         (format!("{NS}/configmaps/nyc-worker-config"), "nyc-worker-config"),
         (format!("{POLICY}/poddisruptionbudgets/nyc-worker"), "nyc-worker"),
+        (format!("{NETWORKING}/networkpolicies/nyc-worker"), "nyc-worker"),
     ]
 }
 
@@ -231,7 +233,8 @@ fn holders(existing: bool) -> Vec<Call> {
 /// The applies of one pass, in order; `pdb` when the StatefulSet has more than one replica;
 /// `assignment_existed` when the pass read an assignment ConfigMap (written over its version,
 /// otherwise created); `existing` when the pipeline's other objects exist (and are its own): an
-/// unwanted PDB is then deleted, and otherwise there is nothing to delete.
+/// unwanted PDB is then deleted, and otherwise there is nothing to delete. The workers'
+/// NetworkPolicy is on by default.
 fn applies(pdb: bool, assignment_existed: bool, existing: bool) -> Vec<Call> {
     let ok = json!({});
     let mut calls = vec![
@@ -255,6 +258,7 @@ fn applies(pdb: bool, assignment_existed: bool, existing: bool) -> Vec<Call> {
         }
         (false, false) => {}
     }
+    calls.push(call(Method::PATCH, &format!("{NETWORKING}/networkpolicies/nyc-worker"), 200, ok.clone()));
     calls.push(call(Method::PATCH, &format!("{APPS}/statefulsets/nyc-worker"), 200, ok));
     calls
 }
@@ -723,4 +727,42 @@ async fn a_shard_count_edit_reshards_in_steps_of_at_most_double_and_records_each
         previous = Some(sent_assignment(&sent));
     }
     assert_eq!(calls.as_array().map(Vec::len), Some(2), "both calls are counted against the 24 h budget: {calls}");
+}
+
+#[tokio::test]
+async fn the_workers_network_policy_is_applied_and_deleted_once_switched_off() {
+    let two = taxi_core::assignment::assign(&four_open_shards(), 2, None);
+    let policy_path = format!("{NETWORKING}/networkpolicies/nyc-worker");
+    // On (the operator's default): applied before the StatefulSet, owned by the pipeline.
+    let (ctx, handle) = context(Ok(four_open_shards()), FakeProbe::default());
+    let server =
+        tokio::spawn(serve(handle, pass_with_events(Some((&two, "2026-11-27T11:00:00Z")), Some((2, 2)), true, 0)));
+    reconcile(guard(pipeline(2, json!({}))), ctx).await.expect("reconcile");
+    let sent = server.await.expect("server");
+    let applied = sent.iter().position(|s| s.method == Method::PATCH && s.uri.starts_with(&format!("{policy_path}?")));
+    let statefulset = sent.iter().position(|s| s.uri.starts_with(&format!("{APPS}/statefulsets/nyc-worker?")));
+    assert!(applied.expect("the policy is applied") < statefulset.expect("the StatefulSet is applied"));
+    let policy = &find(&sent, Method::PATCH, &policy_path).body;
+    assert_eq!(policy["kind"], "NetworkPolicy");
+    assert_eq!(policy["metadata"]["ownerReferences"][0]["uid"], "0b5e-uid");
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        policy["spec"]["ingress"][0]["from"][0]["namespaceSelector"],
+        json!({"matchLabels": {"kubernetes.io/metadata.name": "taxi-system"}}),
+        "the operator's namespace"
+    );
+
+    // Switched off in the spec: the same pass deletes it instead.
+    let mut calls = pass_with_events(Some((&two, "2026-11-27T11:00:00Z")), Some((2, 2)), true, 0);
+    let apply = calls.iter().position(|c| c.method == Method::PATCH && c.path == policy_path).expect("the apply");
+    let deleted = json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "metadata": {}});
+    calls[apply] = call(Method::DELETE, &policy_path, 200, deleted);
+    let (ctx, handle) = context(Ok(four_open_shards()), FakeProbe::default());
+    let server = tokio::spawn(serve(handle, calls));
+    let off = pipeline(2, json!({"spec": {"worker": {"networkPolicy": {"enabled": false}}}}));
+    reconcile(guard(off), ctx).await.expect("reconcile");
+    let sent = server.await.expect("server");
+    let delete = find(&sent, Method::DELETE, &policy_path);
+    assert_eq!(delete.body["preconditions"]["uid"], "nyc-worker-uid", "only the policy the pass saw as its own");
+    assert!(!sent.iter().any(|s| s.method == Method::PATCH && s.uri.starts_with(&policy_path)), "not applied");
 }

@@ -10,6 +10,7 @@
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -81,6 +82,7 @@ pub(super) async fn apply(
         worker_config,
         assignment,
         pod_disruption_budget,
+        network_policy,
         stateful_set,
     } = resources;
     let ns = valid.namespace.as_str();
@@ -99,6 +101,11 @@ pub(super) async fn apply(
     match pod_disruption_budget {
         Some(pdb) => server_side_apply(client, ns, pdb).await?,
         None => delete_if_owned::<PodDisruptionBudget>(client, ns, &workers, &ownership.pod_disruption_budget).await?,
+    }
+    // Before the StatefulSet, so new pods start behind it.
+    match network_policy {
+        Some(policy) => server_side_apply::<NetworkPolicy>(client, ns, policy).await?,
+        None => delete_if_owned::<NetworkPolicy>(client, ns, &workers, &ownership.network_policy).await?,
     }
     server_side_apply::<StatefulSet>(client, ns, stateful_set).await
 }

@@ -137,7 +137,7 @@ mod tests {
     }
 
     fn valid(pipeline: &TaxiPipeline) -> ValidPipeline {
-        validate(pipeline, &Defaults { worker_image: "ghcr.io/taxipipeline/taxi:test".into() }).expect("valid")
+        validate(pipeline, &Defaults::new("ghcr.io/taxipipeline/taxi:test", "taxi-system")).expect("valid")
     }
 
     /// The StatefulSet as a pass sees it: its pods all run `settings_of`'s settings (`rolled_out`)

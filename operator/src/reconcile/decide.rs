@@ -274,8 +274,8 @@ mod tests {
     }
 
     fn decide_at(pipeline: &TaxiPipeline, observed: &Observed, now: Timestamp) -> Result<Decision, InvalidSpec> {
-        let valid = validate(pipeline, &Defaults { worker_image: "ghcr.io/taxipipeline/taxi:test".into() })
-            .expect("a valid spec");
+        let valid =
+            validate(pipeline, &Defaults::new("ghcr.io/taxipipeline/taxi:test", "taxi-system")).expect("a valid spec");
         decide(pipeline, &valid, observed, now)
     }
 

@@ -13,6 +13,7 @@ use std::fmt;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -69,6 +70,8 @@ pub struct Ownership {
     pub assignment: Holder,
     /// The PodDisruptionBudget.
     pub pod_disruption_budget: Holder,
+    /// The workers' NetworkPolicy.
+    pub network_policy: Holder,
     /// The worker StatefulSet.
     pub stateful_set: Holder,
 }
@@ -102,6 +105,7 @@ pub fn in_the_way(valid: &ValidPipeline, resources: &Resources, ownership: &Owne
         worker_config,
         assignment,
         pod_disruption_budget,
+        network_policy,
         stateful_set,
     } = resources;
     let written = [
@@ -117,6 +121,7 @@ pub fn in_the_way(valid: &ValidPipeline, resources: &Resources, ownership: &Owne
             "PodDisruptionBudget",
             names::workers(&valid.name),
         ),
+        (network_policy.is_some(), &ownership.network_policy, "NetworkPolicy", names::workers(&valid.name)),
         (true, &ownership.stateful_set, "StatefulSet", name_of(stateful_set)),
     ];
     written
@@ -161,6 +166,7 @@ pub(super) async fn read(
         worker_config: holder::<ConfigMap>(client, valid, &names::worker_config(&valid.name)).await?,
         assignment,
         pod_disruption_budget: holder::<PodDisruptionBudget>(client, valid, &workers).await?,
+        network_policy: holder::<NetworkPolicy>(client, valid, &workers).await?,
         stateful_set,
     })
 }
@@ -240,7 +246,7 @@ mod tests {
             }
         }))
         .expect("a TaxiPipeline");
-        validate(&pipeline, &Defaults { worker_image: "ghcr.io/taxipipeline/taxi:test".into() }).expect("valid")
+        validate(&pipeline, &Defaults::new("ghcr.io/taxipipeline/taxi:test", "taxi-system")).expect("valid")
     }
 
     fn owned() -> Ownership {
@@ -253,6 +259,7 @@ mod tests {
             worker_config: ours.clone(),
             assignment: ours.clone(),
             pod_disruption_budget: ours.clone(),
+            network_policy: ours.clone(),
             stateful_set: ours,
         }
     }
@@ -272,6 +279,10 @@ mod tests {
         let found = in_the_way(&valid, &two_workers, &foreign_statefulset).expect("the StatefulSet is always written");
         assert_eq!((found.kind, found.name.as_str()), ("StatefulSet", "nyc-worker"));
 
+        let foreign_policy = Ownership { network_policy: Holder::Foreign, ..owned() };
+        let found = in_the_way(&valid, &two_workers, &foreign_policy).expect("the NetworkPolicy is on by default");
+        assert_eq!(found.to_string(), "NetworkPolicy taxi/nyc-worker exists and is not managed by this pipeline");
+
         let foreign_settings = Ownership { worker_config: Holder::Foreign, ..owned() };
         let found = in_the_way(&valid, &two_workers, &foreign_settings).expect("the settings are always written");
         assert_eq!((found.kind, found.name.as_str()), ("ConfigMap", "nyc-worker-config"));
@@ -281,9 +292,15 @@ mod tests {
     fn a_foreign_object_the_pass_does_not_want_is_left_alone_without_complaint() {
         let mut valid = valid();
         valid.pod.service_account_name = Some("nyc-worker".into());
-        // One worker: no PDB; a named ServiceAccount: none created.
+        valid.network_policy = None;
+        // One worker: no PDB; a named ServiceAccount: none created; no NetworkPolicy.
         let one_named = build(&valid, 1, &Assignment::default(), "-");
-        let foreign = Ownership { service_account: Holder::Foreign, pod_disruption_budget: Holder::Foreign, ..owned() };
+        let foreign = Ownership {
+            service_account: Holder::Foreign,
+            pod_disruption_budget: Holder::Foreign,
+            network_policy: Holder::Foreign,
+            ..owned()
+        };
         assert_eq!(in_the_way(&valid, &one_named, &foreign), None);
     }
 }

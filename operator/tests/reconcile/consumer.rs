@@ -10,7 +10,7 @@ use super::*;
 
 /// The worker settings hash the operator puts on the pod template of `pipeline`.
 fn settings_hash(pipeline: &TaxiPipeline) -> String {
-    let valid = validate(pipeline, &Defaults { worker_image: WORKER_IMAGE.into() }).expect("a valid spec");
+    let valid = validate(pipeline, &Defaults::new(WORKER_IMAGE, "taxi-system")).expect("a valid spec");
     config_hash(&valid.settings.to_json())
 }
 

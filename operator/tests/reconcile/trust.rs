@@ -228,6 +228,7 @@ async fn a_foreign_object_in_the_way_is_neither_patched_nor_deleted_and_the_stat
     for (kind, mut calls) in [
         ("ServiceAccount", foreign_reads(&format!("{ACCOUNTS}/nyc-worker"))),
         ("PodDisruptionBudget", foreign_reads(&format!("{POLICY}/poddisruptionbudgets/nyc-worker"))),
+        ("NetworkPolicy", foreign_reads(&format!("{NETWORKING}/networkpolicies/nyc-worker"))),
         ("ConfigMap", foreign_reads(&format!("{NS}/configmaps/nyc-worker-config"))),
         ("StatefulSet", foreign_statefulset),
     ] {
@@ -260,6 +261,26 @@ async fn a_foreign_budget_a_single_worker_does_not_need_is_left_alone_and_the_pa
     reconcile(guard(pipeline(1, json!({}))), ctx).await.expect("reconcile");
     let sent = server.await.expect("server");
     assert!(sent.iter().all(|s| s.method == Method::GET || !s.uri.contains("/poddisruptionbudgets/")));
+    let ready = condition(&find(&sent, Method::PATCH, &format!("{TP}/status")).body, "Ready").clone();
+    assert_eq!(ready["status"], "True", "{ready}");
+}
+
+#[tokio::test]
+async fn a_foreign_network_policy_is_left_alone_when_the_pipeline_switched_its_own_off() {
+    let shards = four_open_shards();
+    let two = taxi_core::assignment::assign(&shards, 2, None);
+    let policy_path = format!("{NETWORKING}/networkpolicies/nyc-worker");
+    let mut calls: Vec<Call> = reads(Some((&two, "2026-11-27T11:00:00Z")), Some((2, 2))).into_iter().take(2).collect();
+    calls.extend(holders_with_foreign(true, &policy_path));
+    // Switched off: none to apply, and this one is not the pipeline's to delete.
+    calls.extend(applies(true, true, true).into_iter().filter(|c| c.path != policy_path));
+    calls.push(status_patch());
+    let (ctx, handle) = context(Ok(shards), FakeProbe::default());
+    let server = tokio::spawn(serve(handle, calls));
+    let off = pipeline(2, json!({"spec": {"worker": {"networkPolicy": {"enabled": false}}}}));
+    reconcile(guard(off), ctx).await.expect("reconcile");
+    let sent = server.await.expect("server");
+    assert!(sent.iter().all(|s| s.method == Method::GET || !s.uri.contains("/networkpolicies/")));
     let ready = condition(&find(&sent, Method::PATCH, &format!("{TP}/status")).body, "Ready").clone();
     assert_eq!(ready["status"], "True", "{ready}");
 }
