@@ -26,6 +26,8 @@ NAMESPACE = "taxi-system"
 FULLNAME = "taxi-taxi-pipeline"
 # The newest Kubernetes whose schemas kubernetes-validate ships (strict: unknown fields fail).
 KUBERNETES_VERSION = "1.37"
+# The operator Deployment's selector, as --operator-pod-labels passes it.
+OPERATOR_POD_LABELS = "app.kubernetes.io/component=operator,app.kubernetes.io/instance=taxi,app.kubernetes.io/name=taxi-pipeline"
 WORKSPACE_VERSION = tomllib.loads((REPO / "Cargo.toml").read_text())["workspace"]["package"]["version"]
 
 
@@ -322,6 +324,9 @@ def test_default_operator_watches_its_namespace_and_elects_a_leader(chart):
         "--leader-election": "true",
         "--namespaces": NAMESPACE,
         "--worker-image": f"ghcr.io/taxipipeline/taxi:{WORKSPACE_VERSION}",
+        "--service-account-policy": "labeled",
+        "--worker-network-policy": "true",
+        "--operator-pod-labels": OPERATOR_POD_LABELS,
     }
     assert c["image"] == f"ghcr.io/taxipipeline/taxi:{WORKSPACE_VERSION}"
     env = env_of(c)
@@ -353,6 +358,14 @@ def test_full_values_reach_the_operator_pod(chart):
         "--worker-image": "registry.example.com/platform/taxi-worker:0.1.0-rc.1",
         "--region": "eu-west-1",
         "--kinesis-endpoint-url": "https://kinesis.eu-west-1.amazonaws.com",
+        "--allowed-image-repositories": "registry.example.com/platform/taxi-worker,registry.example.com/tenants/",
+        "--service-account-policy": "forbid",
+        "--worker-image-pull-secrets": "regcred,mirror-pull",
+        "--default-sink-ca-secret": "opensearch-ca:bundle.pem",
+        "--worker-network-policy": "true",
+        "--operator-pod-labels": OPERATOR_POD_LABELS,
+        "--metrics-namespace-labels": "kubernetes.io/metadata.name=monitoring",
+        "--metrics-pod-labels": "app.kubernetes.io/name=prometheus",
     }
     assert c["image"] == "registry.example.com/platform/taxi:0.1.0-rc.1"
     assert c["imagePullPolicy"] == "Always"
@@ -361,7 +374,7 @@ def test_full_values_reach_the_operator_pod(chart):
     assert env["AWS_STS_REGIONAL_ENDPOINTS"]["value"] == "regional"
     assert env["HTTPS_PROXY"]["valueFrom"]["secretKeyRef"] == {"name": "proxy", "key": "url"}
     assert c["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
-    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror-pull"}]
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
     assert pod["tolerations"] == full_values()["operator"]["tolerations"]
     assert pod["affinity"] == full_values()["operator"]["affinity"]
@@ -376,6 +389,53 @@ def test_full_values_reach_the_operator_pod(chart):
     sa = one(docs, "ServiceAccount", "taxi-operator")
     assert sa["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/taxi-operator"}
     assert sa["automountServiceAccountToken"] is True
+
+
+def test_policy_values_reach_the_operator_flags(chart):
+    values = {
+        "policy": {"allowedImageRepositories": ["*"], "serviceAccounts": "any"},
+        "workers": {
+            "networkPolicy": {"enabled": False, "metrics": {"podLabels": {"app": "prom", "team": "obs"}}},
+            "defaults": {"sinkCaSecret": "corporate-ca"},
+        },
+        "imagePullSecrets": [{"name": "only-one"}],
+    }
+    args = args_of(container(one(manifests(chart, values), "Deployment")))
+    assert args["--allowed-image-repositories"] == "*"
+    assert args["--service-account-policy"] == "any"
+    assert args["--worker-network-policy"] == "false"
+    assert args["--metrics-pod-labels"] == "app=prom,team=obs"
+    assert "--metrics-namespace-labels" not in args
+    assert args["--default-sink-ca-secret"] == "corporate-ca"
+    assert args["--worker-image-pull-secrets"] == "only-one"
+    # Unset lists and strings leave the operator's defaults alone rather than passing "".
+    defaults = args_of(container(one(manifests(chart), "Deployment")))
+    for flag in (
+        "--allowed-image-repositories",
+        "--worker-image-pull-secrets",
+        "--default-sink-ca-secret",
+        "--metrics-namespace-labels",
+        "--metrics-pod-labels",
+    ):
+        assert flag not in defaults, flag
+
+
+def label_flag(value: str) -> dict[str, str]:
+    return dict(pair.split("=", 1) for pair in value.split(","))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_operator_pod_labels_select_exactly_the_operator_pods(chart, variant):
+    """The workers' NetworkPolicy admits the pods --operator-pod-labels selects: they must be this
+    Deployment's pods, and not the saved-objects Job's, which shares the release's labels."""
+    docs = manifests(chart, VARIANTS[variant]())
+    deployment = one(docs, "Deployment")
+    selector = label_flag(args_of(container(deployment))["--operator-pod-labels"])
+    assert selector == deployment["spec"]["selector"]["matchLabels"]
+    for doc in docs:
+        if doc["kind"] in {"Deployment", "Job"}:
+            labels = doc["spec"]["template"]["metadata"].get("labels", {}).items()
+            assert (selector.items() <= labels) == (doc["kind"] == "Deployment"), doc["metadata"]["name"]
 
 
 def test_cluster_wide_without_a_list_watches_every_namespace(chart):
@@ -492,6 +552,12 @@ def test_no_crd_without_crds_install_and_notes_say_so(chart):
         ({"operator": {"replicas": 2, "leaderElection": False}}, "/operator/leaderElection"),
         ({"opensearchDashboards": {"savedObjects": {"enabled": True}}}, "/opensearchDashboards/savedObjects/url"),
         ({"crds": {"install": "true"}}, "/crds/install"),
+        ({"policy": {"serviceAccounts": "some"}}, "/policy/serviceAccounts"),
+        ({"policy": {"allowedImageRepositories": ["Registry.example.com/taxi"]}}, "/policy/allowedImageRepositories/0"),
+        ({"policy": {"allowedImageRepositories": ["taxi:1.0"]}}, "/policy/allowedImageRepositories/0"),
+        ({"workers": {"networkPolicy": {"enabled": "yes"}}}, "/workers/networkPolicy/enabled"),
+        ({"workers": {"networkPolicy": {"metrics": {"podLabels": {"app": 1}}}}}, "/workers/networkPolicy/metrics/podLabels/app"),
+        ({"workers": {"defaults": {"sinkCaSecret": "ca/bundle"}}}, "/workers/defaults/sinkCaSecret"),
     ],
 )
 def test_schema_rejects_bad_values_with_the_offending_path(chart, values, message):

@@ -63,6 +63,26 @@ app.kubernetes.io/component: operator
 {{- default (include "taxi-pipeline.image" .) .Values.operator.workerImage }}
 {{- end }}
 
+{{/*
+A label map as the operator's flags take it: "k=v,k=v", keys sorted. Pass the map itself.
+*/}}
+{{- define "taxi-pipeline.labelFlag" -}}
+{{- $pairs := list }}
+{{- range $key, $value := . }}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}
+
+{{/* The names of imagePullSecrets, comma-separated, for --worker-image-pull-secrets. */}}
+{{- define "taxi-pipeline.imagePullSecretNames" -}}
+{{- $names := list }}
+{{- range .Values.imagePullSecrets }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- join "," $names }}
+{{- end }}
+
 {{/* The operator's ServiceAccount. */}}
 {{- define "taxi-pipeline.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
