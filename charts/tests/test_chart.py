@@ -458,6 +458,61 @@ def test_single_replica_without_election_has_no_disruption_budget(chart):
     assert args_of(container(one(docs, "Deployment")))["--leader-election"] == "false"
 
 
+# ---- The operator's NetworkPolicy -----------------------------------------------------------------
+
+
+def operator_network_policy(docs: list[dict]) -> dict:
+    policy = one(docs, "NetworkPolicy", f"{FULLNAME}-operator")
+    assert policy["spec"]["podSelector"] == one(docs, "Deployment")["spec"]["selector"]
+    return policy["spec"]
+
+
+def test_operator_network_policy_admits_no_pod_by_default_and_leaves_egress_open(chart):
+    spec = operator_network_policy(manifests(chart))
+    assert spec == {**spec, "policyTypes": ["Ingress"], "ingress": []}
+    assert "egress" not in spec
+
+
+def test_operator_network_policy_admits_the_metrics_scrapers_on_8080_and_the_extra_rules(chart):
+    values = full_values()
+    spec = operator_network_policy(manifests(chart, values))
+    scrape = {
+        "ports": [{"port": 8080, "protocol": "TCP"}],
+        "from": [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+            }
+        ],
+    }
+    assert spec["ingress"] == [scrape, *values["operator"]["networkPolicy"]["extraIngress"]]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["egress"] == values["operator"]["networkPolicy"]["egress"]
+
+
+def test_operator_network_policy_with_pod_labels_alone_admits_pods_of_its_namespace(chart):
+    values = {"workers": {"networkPolicy": {"metrics": {"podLabels": {"app": "prometheus"}}}}}
+    spec = operator_network_policy(manifests(chart, values))
+    assert spec["ingress"] == [
+        {"ports": [{"port": 8080, "protocol": "TCP"}], "from": [{"podSelector": {"matchLabels": {"app": "prometheus"}}}]}
+    ]
+    namespaces = {"workers": {"networkPolicy": {"metrics": {"namespaceLabels": {"team": "obs"}}}}}
+    spec = operator_network_policy(manifests(chart, namespaces))
+    assert spec["ingress"][0]["from"] == [{"namespaceSelector": {"matchLabels": {"team": "obs"}}}]
+
+
+def test_notes_warn_when_service_monitors_meet_network_policies_without_scrapers(chart):
+    monitored = {"metrics": {"serviceMonitor": {"enabled": True}}}
+    assert "admit no scraper" in render_files(chart, monitored)["templates/NOTES.txt"]
+    assert "admit no scraper" not in render_files(chart, full_values())["templates/NOTES.txt"]
+    no_policies = {**monitored, "operator": {"networkPolicy": {"enabled": False}}, "workers": {"networkPolicy": {"enabled": False}}}
+    assert "admit no scraper" not in render_files(chart, no_policies)["templates/NOTES.txt"]
+
+
+def test_no_operator_network_policy_when_disabled(chart):
+    assert of_kind(manifests(chart, {"operator": {"networkPolicy": {"enabled": False}}}), "NetworkPolicy") == []
+
+
 def test_metrics_service_selects_only_operator_pods(chart):
     docs = manifests(chart, full_values())
     service = one(docs, "Service", f"{FULLNAME}-metrics")
@@ -558,6 +613,7 @@ def test_no_crd_without_crds_install_and_notes_say_so(chart):
         ({"workers": {"networkPolicy": {"enabled": "yes"}}}, "/workers/networkPolicy/enabled"),
         ({"workers": {"networkPolicy": {"metrics": {"podLabels": {"app": 1}}}}}, "/workers/networkPolicy/metrics/podLabels/app"),
         ({"workers": {"defaults": {"sinkCaSecret": "ca/bundle"}}}, "/workers/defaults/sinkCaSecret"),
+        ({"operator": {"networkPolicy": {"egress": {"to": []}}}}, "/operator/networkPolicy/egress"),
     ],
 )
 def test_schema_rejects_bad_values_with_the_offending_path(chart, values, message):
