@@ -48,16 +48,16 @@ def chart():
         yield loaded
 
 
-def render_files(chart, values: dict | None = None) -> dict[str, str]:
+def render_files(chart, values: dict | None = None, release: str = RELEASE, namespace: str = NAMESPACE) -> dict[str, str]:
     """Template path (relative to the chart) -> rendered text."""
-    rendered = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    rendered = chart.render(values or {}, name=release, namespace=namespace, is_install=True)
     return {path.split("/", 1)[1]: text for path, text in rendered.items()}
 
 
-def manifests(chart, values: dict | None = None) -> list[dict]:
+def manifests(chart, values: dict | None = None, release: str = RELEASE, namespace: str = NAMESPACE) -> list[dict]:
     """Every Kubernetes object the chart renders (NOTES.txt is not one)."""
     docs = []
-    for path, text in sorted(render_files(chart, values).items()):
+    for path, text in sorted(render_files(chart, values, release, namespace).items()):
         if path.endswith("NOTES.txt"):
             continue
         docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
@@ -196,6 +196,29 @@ LEADER_RULES = {
 }
 
 
+# The ClusterRoles for people (templates/aggregated-roles.yaml): the label that aggregates each.
+AGGREGATED_ROLES = {
+    "taxipipeline-edit": {
+        "rbac.authorization.k8s.io/aggregate-to-admin": "true",
+        "rbac.authorization.k8s.io/aggregate-to-edit": "true",
+    },
+    "taxipipeline-view": {"rbac.authorization.k8s.io/aggregate-to-view": "true"},
+}
+EDIT_RULES = {
+    ("taxipipeline.io", "taxipipelines", ()): {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"},
+    ("taxipipeline.io", "taxipipelines/scale", ()): {"get", "update", "patch"},
+    ("taxipipeline.io", "taxipipelines/status", ()): {"get"},
+}
+VIEW_RULES = {
+    ("taxipipeline.io", resource, ()): {"get", "list", "watch"}
+    for resource in ("taxipipelines", "taxipipelines/status", "taxipipelines/scale")
+}
+
+
+def operator_cluster_roles(docs: list[dict]) -> list[dict]:
+    return [r for r in of_kind(docs, "ClusterRole") if r["metadata"]["name"] not in AGGREGATED_ROLES]
+
+
 def rule_table(rules: list[dict]) -> dict[tuple, set[str]]:
     """Rules flattened to (apiGroup, resource, resourceNames) -> verbs, failing on wildcards."""
     table: dict[tuple, set[str]] = {}
@@ -216,7 +239,7 @@ def bound_subject(binding: dict, kind: str, role: str, sa: str) -> None:
 
 def test_namespaced_rbac_grants_exactly_the_operator_rules_in_each_watched_namespace(chart):
     docs = manifests(chart, full_values())
-    assert of_kind(docs, "ClusterRole") == [] and of_kind(docs, "ClusterRoleBinding") == []
+    assert operator_cluster_roles(docs) == [] and of_kind(docs, "ClusterRoleBinding") == []
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in of_kind(docs, "Role")}
     assert set(roles) == {
         ("taxi-prod", FULLNAME),
@@ -237,14 +260,14 @@ def test_default_rbac_covers_only_the_release_namespace(chart):
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in of_kind(docs, "Role")}
     assert set(roles) == {(NAMESPACE, FULLNAME), (NAMESPACE, f"{FULLNAME}-leader-election")}
     assert rule_table(roles[(NAMESPACE, FULLNAME)]["rules"]) == OPERATOR_RULES
-    assert of_kind(docs, "ClusterRole") == []
+    assert operator_cluster_roles(docs) == []
     for binding in of_kind(docs, "RoleBinding"):
         bound_subject(binding, "Role", binding["metadata"]["name"], FULLNAME)
 
 
 def test_cluster_wide_rbac_is_one_cluster_role_and_the_lease_stays_namespaced(chart):
     docs = manifests(chart, cluster_wide_values())
-    cluster_role = one(docs, "ClusterRole")
+    (cluster_role,) = operator_cluster_roles(docs)
     assert rule_table(cluster_role["rules"]) == OPERATOR_RULES
     bound_subject(one(docs, "ClusterRoleBinding"), "ClusterRole", cluster_role["metadata"]["name"], FULLNAME)
     role = one(docs, "Role")
@@ -257,6 +280,53 @@ def test_no_rbac_objects_without_rbac_create_and_no_lease_role_without_election(
     assert not [d for d in docs if d["apiVersion"].startswith("rbac.authorization.k8s.io/")]
     docs = manifests(chart, {"operator": {"replicas": 1, "leaderElection": False}})
     assert [r["metadata"]["name"] for r in of_kind(docs, "Role")] == [FULLNAME]
+
+
+def test_aggregated_roles_let_editors_manage_and_viewers_read_pipelines_but_not_write_status(chart):
+    roles = {r["metadata"]["name"]: r for r in of_kind(manifests(chart), "ClusterRole")}
+    assert set(roles) == set(AGGREGATED_ROLES)
+    for name, aggregation in AGGREGATED_ROLES.items():
+        labels = roles[name]["metadata"]["labels"]
+        assert {k: v for k, v in labels.items() if k.startswith("rbac.authorization.k8s.io/")} == aggregation
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+    assert rule_table(roles["taxipipeline-edit"]["rules"]) == EDIT_RULES
+    assert rule_table(roles["taxipipeline-view"]["rules"]) == VIEW_RULES
+    for role in roles.values():
+        assert not {"update", "patch"} & role_verbs(role, "taxipipelines/status"), "only the operator writes status"
+
+
+def role_verbs(role: dict, resource: str) -> set[str]:
+    return {v for (_, res, _), verbs in rule_table(role["rules"]).items() if res == resource for v in verbs}
+
+
+def test_no_aggregated_roles_when_switched_off_or_without_rbac(chart):
+    for values in ({"rbac": {"aggregatedRoles": False}}, {"rbac": {"create": False}}):
+        assert of_kind(manifests(chart, values), "ClusterRole") == [], values
+
+
+def object_keys(docs: list[dict]) -> set[tuple[str, str, str]]:
+    """(kind, namespace or "" for cluster-scoped objects, name) of every object."""
+    return {(d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"]) for d in docs}
+
+
+def test_a_second_release_without_crd_and_roles_owns_nothing_of_the_first(chart):
+    """Helm refuses to install an object another release owns. A second operator in the cluster,
+    in its own namespace and watching its own namespaces, collides with the first release only on
+    the cluster's one CRD and the aggregated roles, which it leaves to the first release."""
+    first = object_keys(manifests(chart, full_values()))
+    team_b = {"operator": {"watchNamespaces": ["team-b"]}, "metrics": {"serviceMonitor": {"enabled": True}}}
+    second = object_keys(manifests(chart, team_b, release="taxi-b", namespace="taxi-b-system"))
+    assert first & second == {
+        ("CustomResourceDefinition", "", "taxipipelines.taxipipeline.io"),
+        ("ClusterRole", "", "taxipipeline-edit"),
+        ("ClusterRole", "", "taxipipeline-view"),
+    }
+    team_b |= {"crds": {"install": False}, "rbac": {"aggregatedRoles": False}}
+    second = object_keys(manifests(chart, team_b, release="taxi-b", namespace="taxi-b-system"))
+    assert first & second == set()
+    cluster_wide = {**team_b, "rbac": {"aggregatedRoles": False, "clusterWide": True}}
+    second = object_keys(manifests(chart, cluster_wide, release="taxi-b", namespace="taxi-b-system"))
+    assert first & second == set()
 
 
 def test_rbac_rules_cover_every_kind_the_reconciler_applies():
@@ -583,6 +653,10 @@ def test_no_crd_without_crds_install_and_notes_say_so(chart):
     notes = render_files(chart, values)["templates/NOTES.txt"]
     assert "crds.install is false" in notes
     assert "kubectl apply --server-side -f crds/taxipipelines.yaml" in notes
+    # A release without the CRD is often the cluster's second: the roles would collide.
+    assert "rbac.aggregatedRoles=false" in notes
+    values["rbac"] = {"aggregatedRoles": False}
+    assert "rbac.aggregatedRoles=false" not in render_files(chart, values)["templates/NOTES.txt"]
 
 
 # ---- The values schema ----------------------------------------------------------------------------
@@ -614,6 +688,7 @@ def test_no_crd_without_crds_install_and_notes_say_so(chart):
         ({"workers": {"networkPolicy": {"metrics": {"podLabels": {"app": 1}}}}}, "/workers/networkPolicy/metrics/podLabels/app"),
         ({"workers": {"defaults": {"sinkCaSecret": "ca/bundle"}}}, "/workers/defaults/sinkCaSecret"),
         ({"operator": {"networkPolicy": {"egress": {"to": []}}}}, "/operator/networkPolicy/egress"),
+        ({"rbac": {"aggregatedRoles": "yes"}}, "/rbac/aggregatedRoles"),
     ],
 )
 def test_schema_rejects_bad_values_with_the_offending_path(chart, values, message):
