@@ -436,8 +436,10 @@ def test_full_values_reach_the_operator_pod(chart):
         "--operator-pod-labels": OPERATOR_POD_LABELS,
         "--metrics-namespace-labels": "kubernetes.io/metadata.name=monitoring",
         "--metrics-pod-labels": "app.kubernetes.io/name=prometheus",
+        "--lease-namespace": "taxi-system",
     }
-    assert c["image"] == "registry.example.com/platform/taxi:0.1.0-rc.1"
+    assert c["args"][-1] == "--lease-namespace=taxi-system", "extraArgs come last"
+    assert c["image"] == f"registry.example.com/platform/taxi@{full_values()['image']['digest']}"
     assert c["imagePullPolicy"] == "Always"
     env = env_of(c)
     assert env["RUST_LOG"]["value"] == "info,taxi_operator=debug,kube=warn"
@@ -513,6 +515,67 @@ def test_cluster_wide_without_a_list_watches_every_namespace(chart):
     assert "--namespaces" not in args_of(c)
     listed = {"rbac": {"clusterWide": True}, "operator": {"watchNamespaces": ["a", "b"]}}
     assert args_of(container(one(manifests(chart, listed), "Deployment")))["--namespaces"] == "a,b"
+
+
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+def test_image_digest_wins_over_the_tag_for_the_operator_and_the_default_worker_image(chart):
+    values = {"image": {"tag": "9.9.9", "digest": DIGEST}}
+    c = container(one(manifests(chart, values), "Deployment"))
+    assert c["image"] == f"ghcr.io/taxipipeline/taxi@{DIGEST}"
+    assert args_of(c)["--worker-image"] == f"ghcr.io/taxipipeline/taxi@{DIGEST}"
+    # An explicit worker image stays as given.
+    values["operator"] = {"workerImage": "registry.example.com/taxi:1.2.3"}
+    assert args_of(container(one(manifests(chart, values), "Deployment")))["--worker-image"] == "registry.example.com/taxi:1.2.3"
+    job = {"opensearchDashboards": {"savedObjects": {"enabled": True, "url": "http://osd:5601", "image": {
+        "repository": "curlimages/curl", "tag": "8.11.1", "digest": DIGEST, "pullPolicy": "IfNotPresent"}}}}
+    (import_container,) = one(manifests(chart, job), "Job")["spec"]["template"]["spec"]["containers"]
+    assert import_container["image"] == f"curlimages/curl@{DIGEST}"
+
+
+def labels_of(doc: dict) -> list[tuple[str, dict]]:
+    """The labels of an object and, for workloads, of its pods."""
+    found = [(f"{doc['kind']}/{doc['metadata']['name']}", doc["metadata"].get("labels", {}))]
+    if doc["kind"] in {"Deployment", "Job"}:
+        found.append((f"pods of {found[0][0]}", doc["spec"]["template"]["metadata"].get("labels", {})))
+    return found
+
+
+def test_common_labels_are_on_every_object_and_pod(chart):
+    common = full_values()["commonLabels"]
+    docs = manifests(chart, full_values())
+    assert {"CustomResourceDefinition", "ClusterRole", "NetworkPolicy", "Job", "PrometheusRule"} <= {d["kind"] for d in docs}
+    for doc in docs:
+        for where, labels in labels_of(doc):
+            assert common.items() <= labels.items(), where
+
+
+def test_topology_spread_constraints_select_the_operator_pods_unless_they_say_otherwise(chart):
+    deployment = one(manifests(chart, full_values()), "Deployment")
+    zone, host = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert zone == {
+        "maxSkew": 1,
+        "topologyKey": "topology.kubernetes.io/zone",
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": deployment["spec"]["selector"],
+    }
+    assert host == full_values()["operator"]["topologySpreadConstraints"][1]
+    assert "topologySpreadConstraints" not in one(manifests(chart), "Deployment")["spec"]["template"]["spec"]
+
+
+def test_disruption_budget_takes_min_available_over_max_unavailable_and_can_be_switched_off(chart):
+    def budget(pdb: dict) -> dict:
+        (found,) = of_kind(manifests(chart, {"operator": {"pdb": pdb}}), "PodDisruptionBudget")
+        return {k: v for k, v in found["spec"].items() if k != "selector"}
+
+    assert budget({}) == {"maxUnavailable": 1}
+    assert budget({"maxUnavailable": "50%"}) == {"maxUnavailable": "50%"}
+    assert budget({"minAvailable": 1}) == {"minAvailable": 1}
+    assert budget({"minAvailable": "60%", "maxUnavailable": 1}) == {"minAvailable": "60%"}
+    pdb = one(manifests(chart, full_values()), "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 2 and "maxUnavailable" not in pdb["spec"]
+    assert of_kind(manifests(chart, {"operator": {"pdb": {"enabled": False}}}), "PodDisruptionBudget") == []
 
 
 def test_pod_labels_cannot_break_the_selector(chart):
@@ -645,6 +708,9 @@ def test_rendered_crd_is_the_generated_one_plus_the_keep_annotation(chart):
     assert kept == expected
     plain = one(manifests(chart, {"crds": {"keep": False}}), "CustomResourceDefinition")
     assert plain == source
+    labelled = one(manifests(chart, {"commonLabels": {"team": "platform"}}), "CustomResourceDefinition")
+    expected["metadata"]["labels"] = {"team": "platform"}
+    assert labelled == expected
 
 
 def test_no_crd_without_crds_install_and_notes_say_so(chart):
@@ -689,6 +755,14 @@ def test_no_crd_without_crds_install_and_notes_say_so(chart):
         ({"workers": {"defaults": {"sinkCaSecret": "ca/bundle"}}}, "/workers/defaults/sinkCaSecret"),
         ({"operator": {"networkPolicy": {"egress": {"to": []}}}}, "/operator/networkPolicy/egress"),
         ({"rbac": {"aggregatedRoles": "yes"}}, "/rbac/aggregatedRoles"),
+        ({"image": {"digest": "latest"}}, "/image/digest"),
+        # The chart's own labels end up in selectors: commonLabels cannot replace them.
+        ({"commonLabels": {"app.kubernetes.io/name": "x"}}, "invalid propertyName 'app.kubernetes.io/name'"),
+        ({"operator": {"extraEnv": [{"name": "POD_NAME", "value": "x"}]}}, "/operator/extraEnv/0/name"),
+        ({"operator": {"extraArgs": ["run"]}}, "/operator/extraArgs/0"),
+        ({"operator": {"pdb": {"minAvailable": "half"}}}, "/operator/pdb/minAvailable"),
+        ({"operator": {"pdb": {"maxUnavailable": -1}}}, "/operator/pdb/maxUnavailable"),
+        ({"operator": {"topologySpreadConstraints": [{"maxSkew": 1}]}}, "/operator/topologySpreadConstraints/0"),
     ],
 )
 def test_schema_rejects_bad_values_with_the_offending_path(chart, values, message):
