@@ -26,6 +26,8 @@ NAMESPACE = "taxi-system"
 FULLNAME = "taxi-taxi-pipeline"
 # The newest Kubernetes whose schemas kubernetes-validate ships (strict: unknown fields fail).
 KUBERNETES_VERSION = "1.37"
+# The operator Deployment's selector, as --operator-pod-labels passes it.
+OPERATOR_POD_LABELS = "app.kubernetes.io/component=operator,app.kubernetes.io/instance=taxi,app.kubernetes.io/name=taxi-pipeline"
 WORKSPACE_VERSION = tomllib.loads((REPO / "Cargo.toml").read_text())["workspace"]["package"]["version"]
 
 
@@ -46,16 +48,16 @@ def chart():
         yield loaded
 
 
-def render_files(chart, values: dict | None = None) -> dict[str, str]:
+def render_files(chart, values: dict | None = None, release: str = RELEASE, namespace: str = NAMESPACE) -> dict[str, str]:
     """Template path (relative to the chart) -> rendered text."""
-    rendered = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    rendered = chart.render(values or {}, name=release, namespace=namespace, is_install=True)
     return {path.split("/", 1)[1]: text for path, text in rendered.items()}
 
 
-def manifests(chart, values: dict | None = None) -> list[dict]:
+def manifests(chart, values: dict | None = None, release: str = RELEASE, namespace: str = NAMESPACE) -> list[dict]:
     """Every Kubernetes object the chart renders (NOTES.txt is not one)."""
     docs = []
-    for path, text in sorted(render_files(chart, values).items()):
+    for path, text in sorted(render_files(chart, values, release, namespace).items()):
         if path.endswith("NOTES.txt"):
             continue
         docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
@@ -195,6 +197,20 @@ LEADER_RULES = {
 }
 
 
+# The ClusterRoles for people (templates/aggregated-roles.yaml): the label that aggregates each.
+AGGREGATED_ROLES = {
+    "taxipipeline-edit": {
+        "rbac.authorization.k8s.io/aggregate-to-admin": "true",
+        "rbac.authorization.k8s.io/aggregate-to-edit": "true",
+    },
+    "taxipipeline-view": {"rbac.authorization.k8s.io/aggregate-to-view": "true"},
+}
+
+
+def operator_cluster_roles(docs: list[dict]) -> list[dict]:
+    return [r for r in of_kind(docs, "ClusterRole") if r["metadata"]["name"] not in AGGREGATED_ROLES]
+
+
 def rule_table(rules: list[dict]) -> dict[tuple, set[str]]:
     """Rules flattened to (apiGroup, resource, resourceNames) -> verbs, failing on wildcards."""
     table: dict[tuple, set[str]] = {}
@@ -215,7 +231,7 @@ def bound_subject(binding: dict, kind: str, role: str, sa: str) -> None:
 
 def test_namespaced_rbac_grants_exactly_the_operator_rules_in_each_watched_namespace(chart):
     docs = manifests(chart, full_values())
-    assert of_kind(docs, "ClusterRole") == [] and of_kind(docs, "ClusterRoleBinding") == []
+    assert operator_cluster_roles(docs) == [] and of_kind(docs, "ClusterRoleBinding") == []
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in of_kind(docs, "Role")}
     assert set(roles) == {
         ("taxi-prod", FULLNAME),
@@ -236,14 +252,14 @@ def test_default_rbac_covers_only_the_release_namespace(chart):
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in of_kind(docs, "Role")}
     assert set(roles) == {(NAMESPACE, FULLNAME), (NAMESPACE, f"{FULLNAME}-leader-election")}
     assert rule_table(roles[(NAMESPACE, FULLNAME)]["rules"]) == OPERATOR_RULES
-    assert of_kind(docs, "ClusterRole") == []
+    assert operator_cluster_roles(docs) == []
     for binding in of_kind(docs, "RoleBinding"):
         bound_subject(binding, "Role", binding["metadata"]["name"], FULLNAME)
 
 
 def test_cluster_wide_rbac_is_one_cluster_role_and_the_lease_stays_namespaced(chart):
     docs = manifests(chart, cluster_wide_values())
-    cluster_role = one(docs, "ClusterRole")
+    (cluster_role,) = operator_cluster_roles(docs)
     assert rule_table(cluster_role["rules"]) == OPERATOR_RULES
     bound_subject(one(docs, "ClusterRoleBinding"), "ClusterRole", cluster_role["metadata"]["name"], FULLNAME)
     role = one(docs, "Role")
@@ -324,6 +340,9 @@ def test_default_operator_watches_its_namespace_and_elects_a_leader(chart):
         "--leader-election": "true",
         "--namespaces": NAMESPACE,
         "--worker-image": f"ghcr.io/taxipipeline/taxi:{WORKSPACE_VERSION}",
+        "--service-account-policy": "labeled",
+        "--worker-network-policy": "true",
+        "--operator-pod-labels": OPERATOR_POD_LABELS,
     }
     assert c["image"] == f"ghcr.io/taxipipeline/taxi:{WORKSPACE_VERSION}"
     env = env_of(c)
@@ -355,15 +374,25 @@ def test_full_values_reach_the_operator_pod(chart):
         "--worker-image": "registry.example.com/platform/taxi-worker:0.1.0-rc.1",
         "--region": "eu-west-1",
         "--kinesis-endpoint-url": "https://kinesis.eu-west-1.amazonaws.com",
+        "--allowed-image-repositories": "registry.example.com/platform/taxi-worker,registry.example.com/tenants/",
+        "--service-account-policy": "forbid",
+        "--worker-image-pull-secrets": "regcred,mirror-pull",
+        "--default-sink-ca-secret": "opensearch-ca:bundle.pem",
+        "--worker-network-policy": "true",
+        "--operator-pod-labels": OPERATOR_POD_LABELS,
+        "--metrics-namespace-labels": "kubernetes.io/metadata.name=monitoring",
+        "--metrics-pod-labels": "app.kubernetes.io/name=prometheus",
+        "--lease-namespace": "taxi-system",
     }
-    assert c["image"] == "registry.example.com/platform/taxi:0.1.0-rc.1"
+    assert c["args"][-1] == "--lease-namespace=taxi-system", "extraArgs come last"
+    assert c["image"] == f"registry.example.com/platform/taxi@{full_values()['image']['digest']}"
     assert c["imagePullPolicy"] == "Always"
     env = env_of(c)
     assert env["RUST_LOG"]["value"] == "info,taxi_operator=debug,kube=warn"
     assert env["AWS_STS_REGIONAL_ENDPOINTS"]["value"] == "regional"
     assert env["HTTPS_PROXY"]["valueFrom"]["secretKeyRef"] == {"name": "proxy", "key": "url"}
     assert c["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
-    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror-pull"}]
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
     assert pod["tolerations"] == full_values()["operator"]["tolerations"]
     assert pod["affinity"] == full_values()["operator"]["affinity"]
@@ -462,6 +491,9 @@ def test_rendered_crd_is_the_generated_one_plus_the_keep_annotation(chart):
     assert kept == expected
     plain = one(manifests(chart, {"crds": {"keep": False}}), "CustomResourceDefinition")
     assert plain == source
+    labelled = one(manifests(chart, {"commonLabels": {"team": "platform"}}), "CustomResourceDefinition")
+    expected["metadata"]["labels"] = {"team": "platform"}
+    assert labelled == expected
 
 
 def test_no_crd_without_crds_install_and_notes_say_so(chart):
@@ -470,6 +502,10 @@ def test_no_crd_without_crds_install_and_notes_say_so(chart):
     notes = render_files(chart, values)["templates/NOTES.txt"]
     assert "crds.install is false" in notes
     assert "kubectl apply --server-side -f crds/taxipipelines.yaml" in notes
+    # A release without the CRD is often the cluster's second: the roles would collide.
+    assert "rbac.aggregatedRoles=false" in notes
+    values["rbac"] = {"aggregatedRoles": False}
+    assert "rbac.aggregatedRoles=false" not in render_files(chart, values)["templates/NOTES.txt"]
 
 
 # ---- The values schema ----------------------------------------------------------------------------
@@ -494,6 +530,22 @@ def test_no_crd_without_crds_install_and_notes_say_so(chart):
         ({"operator": {"replicas": 2, "leaderElection": False}}, "/operator/leaderElection"),
         ({"opensearchDashboards": {"savedObjects": {"enabled": True}}}, "/opensearchDashboards/savedObjects/url"),
         ({"crds": {"install": "true"}}, "/crds/install"),
+        ({"policy": {"serviceAccounts": "some"}}, "/policy/serviceAccounts"),
+        ({"policy": {"allowedImageRepositories": ["Registry.example.com/taxi"]}}, "/policy/allowedImageRepositories/0"),
+        ({"policy": {"allowedImageRepositories": ["taxi:1.0"]}}, "/policy/allowedImageRepositories/0"),
+        ({"workers": {"networkPolicy": {"enabled": "yes"}}}, "/workers/networkPolicy/enabled"),
+        ({"workers": {"networkPolicy": {"metrics": {"podLabels": {"app": 1}}}}}, "/workers/networkPolicy/metrics/podLabels/app"),
+        ({"workers": {"defaults": {"sinkCaSecret": "ca/bundle"}}}, "/workers/defaults/sinkCaSecret"),
+        ({"operator": {"networkPolicy": {"egress": {"to": []}}}}, "/operator/networkPolicy/egress"),
+        ({"rbac": {"aggregatedRoles": "yes"}}, "/rbac/aggregatedRoles"),
+        ({"image": {"digest": "latest"}}, "/image/digest"),
+        # The chart's own labels end up in selectors: commonLabels cannot replace them.
+        ({"commonLabels": {"app.kubernetes.io/name": "x"}}, "invalid propertyName 'app.kubernetes.io/name'"),
+        ({"operator": {"extraEnv": [{"name": "POD_NAME", "value": "x"}]}}, "/operator/extraEnv/0/name"),
+        ({"operator": {"extraArgs": ["run"]}}, "/operator/extraArgs/0"),
+        ({"operator": {"pdb": {"minAvailable": "half"}}}, "/operator/pdb/minAvailable"),
+        ({"operator": {"pdb": {"maxUnavailable": -1}}}, "/operator/pdb/maxUnavailable"),
+        ({"operator": {"topologySpreadConstraints": [{"maxSkew": 1}]}}, "/operator/topologySpreadConstraints/0"),
     ],
 )
 def test_schema_rejects_bad_values_with_the_offending_path(chart, values, message):

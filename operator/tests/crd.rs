@@ -12,12 +12,14 @@
 //! The file stays whole: it is one table of accepted and rejected objects read against that one
 //! stand-in, and split it would scatter the cases away from the schema walk they exercise.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use cel_interpreter::extractors::This;
 use cel_interpreter::{Context, ExecutionError, FunctionContext, Program, Value as Cel};
 use chrono::Timelike;
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use taxi_core::duration;
 use taxi_core::settings::{DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_INDEX_PREFIX, WorkerSettings};
@@ -30,6 +32,7 @@ use taxi_operator::validate::{Defaults, validate};
 const CRD_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/taxipipelines.yaml");
 const FULL_EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/taxipipeline.yaml");
 const MINIMAL_EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/taxipipeline-minimal.yaml");
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
 const CHART_VALUES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/taxi-pipeline/values.yaml");
 
 fn read(path: &str) -> String {
@@ -237,12 +240,43 @@ fn examples_deserialize_into_the_type() {
     assert_eq!(full.spec.worker.iam_role_arn.as_deref(), Some("arn:aws:iam::123456789012:role/taxi-pipeline-worker"));
 }
 
+/// Every TaxiPipeline of `examples/*.yaml` with the name of its file; a file may hold several
+/// documents, and objects of other kinds, which are skipped.
+fn example_pipelines() -> Vec<(String, Value)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(EXAMPLES)
+        .unwrap_or_else(|e| panic!("read {EXAMPLES}: {e}"))
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "yaml"))
+        .collect();
+    files.sort();
+    let mut pipelines = Vec::new();
+    for path in files {
+        let file = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+        for document in serde_norway::Deserializer::from_str(&read(&path.to_string_lossy())) {
+            let object = Value::deserialize(document).unwrap_or_else(|e| panic!("examples/{file}: {e}"));
+            if object["kind"] == "TaxiPipeline" {
+                pipelines.push((file.clone(), object));
+            }
+        }
+    }
+    pipelines
+}
+
+/// The API server accepts every example pipeline, schema and CEL rules alike, and what it stores
+/// reads into the type.
 #[test]
 fn examples_pass_validation() {
     let api = ApiServer::new();
-    for path in [MINIMAL_EXAMPLE, FULL_EXAMPLE] {
-        let object = yaml(&read(path));
-        assert_eq!(api.create(&object), [], "{path}");
+    let pipelines = example_pipelines();
+    let files: BTreeSet<&str> = pipelines.iter().map(|(file, _)| file.as_str()).collect();
+    for known in ["taxipipeline-minimal.yaml", "taxipipeline.yaml"] {
+        assert!(files.contains(known), "no TaxiPipeline found in examples/{known}: {files:?}");
+    }
+    for (file, object) in &pipelines {
+        let name = &object["metadata"]["name"];
+        assert_eq!(api.create(object), [], "examples/{file}: {name}");
+        serde_json::from_value::<TaxiPipeline>(api.defaulted(object))
+            .unwrap_or_else(|e| panic!("examples/{file}: {name} does not read into the type: {e}"));
     }
 }
 
@@ -371,15 +405,15 @@ fn the_published_defaults_render_the_workers_own_settings() {
     assert_eq!(rendered, workers_own);
 }
 
-/// The chart restates two pipeline defaults (for an alert and for the saved objects): they must
-/// be the same values.
+/// The chart restates two pipeline defaults (the checkpoint alert's fallback interval and the
+/// saved objects' index prefix): they must be the same values.
 #[test]
 fn the_chart_values_restate_the_pipeline_defaults_unchanged() {
     let values = yaml(&read(CHART_VALUES));
     assert_eq!(
         values["metrics"]["prometheusRule"]["checkpointIntervalSeconds"],
         json!(DEFAULT_CHECKPOINT_INTERVAL.as_secs()),
-        "the checkpoint alert assumes the default spec.checkpoint.interval"
+        "the checkpoint alert falls back to the default spec.checkpoint.interval"
     );
     assert_eq!(
         values["opensearchDashboards"]["savedObjects"]["indexPrefix"],

@@ -29,13 +29,15 @@ when it already contains the chart name. 63 characters at most (DNS label).
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Labels of every object of the release. */}}
+{{/* Labels of every object of the release: commonLabels, and the chart's own, which win. */}}
 {{- define "taxi-pipeline.labels" -}}
-helm.sh/chart: {{ include "taxi-pipeline.chart" . }}
-{{ include "taxi-pipeline.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
-app.kubernetes.io/part-of: taxi-pipeline
+{{- $own := dict
+  "helm.sh/chart" (include "taxi-pipeline.chart" .)
+  "app.kubernetes.io/version" .Chart.AppVersion
+  "app.kubernetes.io/managed-by" .Release.Service
+  "app.kubernetes.io/part-of" "taxi-pipeline" }}
+{{- $own = merge $own (include "taxi-pipeline.selectorLabels" . | fromYaml) }}
+{{- toYaml (merge $own (deepCopy .Values.commonLabels)) }}
 {{- end }}
 
 {{/* The labels that identify the release's objects (immutable: they end up in selectors). */}}
@@ -53,14 +55,47 @@ of the release (the saved-objects Job) are never selected by the operator's Serv
 app.kubernetes.io/component: operator
 {{- end }}
 
-{{/* repository:tag of the chart image; the tag defaults to the chart's appVersion. */}}
+{{/*
+An image reference from an image value (repository, tag, digest): repository@digest when there is a
+digest, which wins over the tag, else repository:tag with the tag defaulting to defaultTag.
+Pass (dict "image" IMAGE "defaultTag" TAG).
+*/}}
+{{- define "taxi-pipeline.imageRef" -}}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
+{{- else }}
+{{- printf "%s:%s" .image.repository (default .defaultTag .image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The chart image; the tag defaults to the chart's appVersion. */}}
 {{- define "taxi-pipeline.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- include "taxi-pipeline.imageRef" (dict "image" .Values.image "defaultTag" .Chart.AppVersion) }}
 {{- end }}
 
 {{/* The worker image the operator gives pipelines without spec.worker.image. */}}
 {{- define "taxi-pipeline.workerImage" -}}
 {{- default (include "taxi-pipeline.image" .) .Values.operator.workerImage }}
+{{- end }}
+
+{{/*
+A label map as the operator's flags take it: "k=v,k=v", keys sorted. Pass the map itself.
+*/}}
+{{- define "taxi-pipeline.labelFlag" -}}
+{{- $pairs := list }}
+{{- range $key, $value := . }}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}
+
+{{/* The names of imagePullSecrets, comma-separated, for --worker-image-pull-secrets. */}}
+{{- define "taxi-pipeline.imagePullSecretNames" -}}
+{{- $names := list }}
+{{- range .Values.imagePullSecrets }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- join "," $names }}
 {{- end }}
 
 {{/* The operator's ServiceAccount. */}}
