@@ -117,6 +117,15 @@ def check_monitoring_object(doc: dict) -> None:
         pytest.fail(f"unexpected monitoring.coreos.com kind {doc['kind']}")
 
 
+def validate_strictly(doc: dict, source: str = "") -> None:
+    """Fails the test unless `doc` is valid for KUBERNETES_VERSION, unknown fields included."""
+    try:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        where = ".".join(str(p) for p in e.path)
+        pytest.fail(f"{source}{doc['kind']}/{doc['metadata']['name']}: {where}: {e.message}")
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_manifest_is_valid_for_kubernetes(chart, variant):
     docs = manifests(chart, VARIANTS[variant]())
@@ -125,11 +134,7 @@ def test_every_manifest_is_valid_for_kubernetes(chart, variant):
         if doc["apiVersion"].startswith("monitoring.coreos.com/"):
             check_monitoring_object(doc)
             continue
-        try:
-            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
-        except kubernetes_validate.ValidationError as e:
-            path = ".".join(str(p) for p in e.path)
-            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {path}: {e.message}")
+        validate_strictly(doc)
 
 
 def test_full_values_render_every_template(chart):

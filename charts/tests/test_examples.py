@@ -28,6 +28,7 @@ from test_chart import (  # noqa: F401
     manifests,
     of_kind,
     one,
+    validate_strictly,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -170,11 +171,7 @@ def test_every_example_manifest_is_valid(path, pipeline_validator):
         if doc["kind"] == "TaxiPipeline":
             validate_pipeline(pipeline_validator, doc)
             continue
-        try:
-            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
-        except kubernetes_validate.ValidationError as e:
-            where = ".".join(str(p) for p in e.path)
-            pytest.fail(f"{path.name}: {doc['kind']}/{doc['metadata']['name']}: {where}: {e.message}")
+        validate_strictly(doc, f"{path.name}: ")
 
 
 @pytest.mark.parametrize("path", VALUES_FILES, ids=lambda p: p.name)
@@ -186,7 +183,7 @@ def test_every_example_values_file_installs_the_chart(chart, path):
         if doc["apiVersion"].startswith("monitoring.coreos.com/"):
             check_monitoring_object(doc)
         else:
-            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+            validate_strictly(doc, f"{path.name}: ")
 
 
 # ---- Examples that belong together ---------------------------------------------------------------
