@@ -249,6 +249,15 @@ pub enum Violation {
     },
 }
 
+impl Violation {
+    /// Whether a change outside the pipeline can lift the refusal: the named ServiceAccount may be
+    /// created or labeled without anyone editing the TaxiPipeline, so the pipeline is looked at
+    /// again. The other refusals change only with the spec or the operator's flags (a restart).
+    pub fn may_lift_without_an_edit(&self) -> bool {
+        matches!(self, Violation::ServiceAccountMissing { .. } | Violation::ServiceAccountUnlabeled { .. })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

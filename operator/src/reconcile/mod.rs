@@ -267,7 +267,11 @@ async fn run_pass<S: Streams, P: WorkerProbe>(pipeline: &TaxiPipeline, ctx: &Con
     };
     if let Some(violation) = admit::admit(pipeline, ctx, &valid).await? {
         status::refuse(pipeline, ctx, &violation).await?;
-        return Ok(Action::await_change());
+        // Labeling the ServiceAccount touches no TaxiPipeline: look again, without hurry, rather
+        // than watch every ServiceAccount of the cluster.
+        let action =
+            if violation.may_lift_without_an_edit() { Action::requeue(STEADY_REQUEUE) } else { Action::await_change() };
+        return Ok(action);
     }
     let stream = stream_ref(&pipeline.spec);
     let stream_step = match stream::manage(pipeline, ctx, &stream).await {

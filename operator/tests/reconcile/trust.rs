@@ -120,7 +120,7 @@ async fn a_named_service_account_must_carry_the_workers_allowed_label() {
         let server = tokio::spawn(serve(handle, vec![account_read("reader", found), event(), status_patch()]));
         let action = reconcile(guard(reader()), ctx).await.expect("a refusal is not an error to retry");
         let sent = server.await.expect("server");
-        assert_eq!(action, Action::await_change());
+        assert_eq!(action, Action::requeue(Duration::from_secs(30)), "labeling the account edits no pipeline");
         assert_eq!(stopped_with(&sent, "PolicyViolation"), expected);
         assert_nothing_written(&sent);
     }
@@ -147,8 +147,9 @@ async fn the_forbid_policy_refuses_any_named_service_account_without_reading_it(
     ctx.policy = WorkerPolicy::new(&[], ServiceAccountPolicy::Forbid, WORKER_IMAGE).expect("policy");
     let server = tokio::spawn(serve(handle, vec![event(), status_patch()]));
     let reader = pipeline(2, json!({"spec": {"worker": {"serviceAccountName": "reader"}}}));
-    reconcile(guard(reader), Arc::new(ctx)).await.expect("a refusal is not an error to retry");
+    let action = reconcile(guard(reader), Arc::new(ctx)).await.expect("a refusal is not an error to retry");
     let sent = server.await.expect("server");
+    assert_eq!(action, Action::await_change(), "only an edit of the pipeline lifts it");
     let message = stopped_with(&sent, "PolicyViolation");
     assert!(message.contains("runs workers only as the ServiceAccount it creates"), "{message}");
 }
