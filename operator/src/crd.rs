@@ -44,7 +44,7 @@ pub use pod_template::{
 };
 pub use sink::{BasicAuthSecretRef, BulkSpec, CaSecretRef, OpenSearchAuth, OpenSearchSinkSpec, SigV4Spec, SinkSpec};
 pub use status::{DEGRADED, PROGRESSING, READY, SCALING, STREAM_RESHARDING, TaxiPipelineStatus, set_condition};
-pub use stream::StreamSpec;
+pub use stream::{StreamSpec, efo_consumer_name_problem};
 pub use worker::{WorkerNetworkPolicy, WorkerSpec};
 
 /// API group of the TaxiPipeline resource.
@@ -105,6 +105,23 @@ const NAME_LABEL_RULE: &str = "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z
 /// Why.
 const NAME_LABEL_MESSAGE: &str = "metadata.name must start with a lower-case letter and hold only lower-case \
     letters, digits and '-': it names the workers' Service <name>-worker, which must be a DNS label";
+
+/// Why `name` cannot name a TaxiPipeline, in the words of the CEL rules above, or `None`. The API
+/// server enforces those rules on new objects; the operator checks again for pipelines created
+/// before the rules existed, which would otherwise fail half-way through a pass.
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    let mut chars = name.chars();
+    let dns_label = chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.ends_with('-');
+    if name.len() > MAX_NAME_LENGTH {
+        Some(NAME_LENGTH_MESSAGE)
+    } else if !dns_label {
+        Some(NAME_LABEL_MESSAGE)
+    } else {
+        None
+    }
+}
 
 /// Desired state of a TaxiPipeline: a Kinesis stream of taxi trips analysed by a fleet of workers
 /// into an OpenSearch index, with checkpoints in S3.
@@ -220,6 +237,17 @@ fn default_parallelism() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_operator_checks_names_as_the_cel_rules_do() {
+        for ok in ["nyc", "a", "nyc-2016", "n0", &"n".repeat(MAX_NAME_LENGTH)] {
+            assert_eq!(name_problem(ok), None, "{ok}");
+        }
+        assert_eq!(name_problem(&"n".repeat(MAX_NAME_LENGTH + 1)), Some(NAME_LENGTH_MESSAGE));
+        for bad in ["", "2016", "-nyc", "nyc-", "nyc.trips", "NYC", "nyc_trips", "nÿc"] {
+            assert_eq!(name_problem(bad), Some(NAME_LABEL_MESSAGE), "{bad:?}");
+        }
+    }
 
     #[test]
     fn the_name_rule_states_the_computed_bound() {

@@ -70,6 +70,9 @@ pub fn validate(pipeline: &TaxiPipeline, defaults: &Defaults) -> Result<ValidPip
     let name = pipeline.name_any();
     let namespace = pipeline.namespace().ok_or_else(|| invalid("metadata.namespace", "the object has no namespace"))?;
     let uid = pipeline.uid().ok_or_else(|| invalid("metadata.uid", "the object has no uid yet"))?;
+    if let Some(problem) = crate::crd::name_problem(&name) {
+        return Err(invalid("metadata.name", problem.strip_prefix("metadata.name ").unwrap_or(problem)));
+    }
     let spec = &pipeline.spec;
     if spec.parallelism < 0 {
         return Err(invalid("spec.parallelism", "must not be negative"));
@@ -134,6 +137,10 @@ fn worker_settings(
         .ok_or(invalid("spec.analyses.hotSpots.geohashPrecision", "must be between 1 and 12"))?;
     if let Err(reason) = start_position::parse(&stream.start_position) {
         return Err(invalid("spec.stream.startPosition", reason));
+    }
+    if let Some(problem) = stream.efo_consumer_name.as_deref().and_then(crate::crd::efo_consumer_name_problem) {
+        let reason = problem.strip_prefix("stream.efoConsumerName ").unwrap_or(problem);
+        return Err(invalid("spec.stream.efoConsumerName", reason));
     }
     // The endpoint goes into the worker ConfigMap and the logs; the message must not repeat it.
     if redact::has_credentials(&opensearch.endpoint) {

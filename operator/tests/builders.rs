@@ -751,6 +751,30 @@ fn a_pipeline_without_namespace_or_uid_is_rejected() {
 }
 
 #[test]
+fn a_name_created_before_the_cel_rules_is_rejected_before_anything_is_built() {
+    for (name, says) in [
+        ("n".repeat(46), "must be at most 45 characters"),
+        ("nyc.trips".to_owned(), "must start with a lower-case letter and hold only lower-case letters"),
+    ] {
+        let mut old = minimal();
+        old.metadata.name = Some(name.clone());
+        let err = validate(&old, &defaults()).expect_err(&name);
+        assert_eq!(err.field, "metadata.name");
+        assert!(err.reason.starts_with(says), "{err}");
+    }
+}
+
+#[test]
+fn a_consumer_name_in_the_operators_own_form_is_rejected() {
+    let dotted = patched(&minimal(), r#"{"stream": {"consumer": "efo", "efoConsumerName": "team-b.nyc"}}"#);
+    let err = validate(&dotted, &defaults()).expect_err("a dotted consumer name");
+    assert_eq!(err.field, "spec.stream.efoConsumerName");
+    assert!(err.reason.contains("names with a dot are reserved"), "{err}");
+    let own = patched(&minimal(), r#"{"stream": {"consumer": "efo", "efoConsumerName": "shared-reader"}}"#);
+    assert_eq!(valid(&own).settings.stream.efo_consumer_name.as_deref(), Some("shared-reader"));
+}
+
+#[test]
 fn rendered_worker_json_is_read_back_by_the_worker_unchanged() {
     for pipeline in [minimal(), full()] {
         let valid = valid(&pipeline);

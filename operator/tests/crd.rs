@@ -282,21 +282,22 @@ fn examples_pass_validation() {
 
 #[test]
 fn full_example_sets_every_field_but_the_commented_alternatives() {
-    // Alternatives the example shows in comments because they contradict its choices.
-    const ALTERNATIVES: [&str; 4] = [
+    // Alternatives the example shows in comments because they contradict its choices, or name a
+    // cluster object (a PriorityClass) it cannot assume.
+    const ALTERNATIVES: [&str; 5] = [
         ".spec.checkpoint.s3EndpointUrl",
         ".spec.sink.opensearch.auth.sigv4",
         ".spec.stream.endpointUrl",
+        ".spec.worker.podTemplate.priorityClassName",
         ".spec.worker.serviceAccountName",
     ];
-    // What a cluster shared between teams adds (the pod template, the NetworkPolicy switch): the
-    // example is a single team's pipeline and leaves them to the operator's defaults.
-    const SHARED_CLUSTER: [&str; 2] = [".spec.worker.networkPolicy", ".spec.worker.podTemplate"];
+    // The older spec.worker fields the pod template replaces; the example uses the template.
+    const REPLACED_BY_THE_POD_TEMPLATE: [&str; 2] = [".spec.worker.nodeSelector", ".spec.worker.podAnnotations"];
     fn walk(schema: &Value, value: &Value, path: &str, missing: &mut Vec<String>) {
         let Some(properties) = schema["properties"].as_object() else { return };
         for (name, sub) in properties {
             let here = format!("{path}.{name}");
-            if KUBERNETES_TYPES.contains(&here.as_str()) || SHARED_CLUSTER.contains(&here.as_str()) {
+            if KUBERNETES_TYPES.contains(&here.as_str()) || REPLACED_BY_THE_POD_TEMPLATE.contains(&here.as_str()) {
                 continue;
             }
             match value.get(name) {
@@ -520,6 +521,14 @@ fn valid_specs_are_accepted() {
         ("punctuated", set(minimal(), "spec.eventTime.watermark", json!("punctuated"))),
         ("the longest name", set(minimal(), "metadata.name", json!(format!("nyc-{}", "x".repeat(41))))),
         ("a one-letter name", set(minimal(), "metadata.name", json!("n"))),
+        (
+            "a consumer name of the author's",
+            set(
+                minimal(),
+                "spec.stream",
+                json!({"name": "taxi-trips", "consumer": "efo", "efoConsumerName": "Shared_reader-2"}),
+            ),
+        ),
     ];
     for (name, object) in cases {
         assert_eq!(api.create(&object), [], "{name} must be accepted");
@@ -666,6 +675,15 @@ fn invalid_specs_are_rejected_with_their_message() {
             "sink endpoint with a user and password",
             set(minimal(), "spec.sink.opensearch.endpoint", json!("https://writer:s3cret@search.example.com:9200")),
             Violation::new("spec.sink.opensearch.endpoint", ENDPOINT_CREDENTIALS),
+        ),
+        (
+            "a consumer name with a dot, the operator's own form",
+            set(minimal(), "spec.stream.efoConsumerName", json!("other-team.their-pipeline")),
+            Violation::new(
+                "spec.stream.efoConsumerName",
+                "stream.efoConsumerName may hold only letters, digits, '_' and '-': names with a dot are reserved \
+                 for the consumers the operator names <namespace>.<name>",
+            ),
         ),
         (
             "sink endpoint with a user only",

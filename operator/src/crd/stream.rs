@@ -55,9 +55,26 @@ pub struct StreamSpec {
     /// Default: the pipeline's namespace and name, `<namespace>.<name>` (a namespace holds no dot,
     /// so two pipelines never share one); the operator deregisters that one when it is no longer
     /// used. A consumer named here may be shared, so the operator never deregisters it: do so
-    /// yourself (DeregisterStreamConsumer) once nothing reads through it.
+    /// yourself (DeregisterStreamConsumer) once nothing reads through it. Letters, digits, `_` and
+    /// `-` only: names with a dot are the operator's, so that no pipeline can name (and come to
+    /// depend on) a consumer the operator deregisters when another pipeline goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new(EFO_CONSUMER_NAME_RULE).message(EFO_CONSUMER_NAME_MESSAGE))]
     pub efo_consumer_name: Option<String>,
+}
+
+/// A consumer name of the author's: Kinesis' alphabet without the dot.
+const EFO_CONSUMER_NAME_RULE: &str = "self.matches('^[a-zA-Z0-9_-]+$')";
+/// Why.
+const EFO_CONSUMER_NAME_MESSAGE: &str = "stream.efoConsumerName may hold only letters, digits, '_' and '-': \
+    names with a dot are reserved for the consumers the operator names <namespace>.<name>";
+
+/// Why `name` cannot be a `spec.stream.efoConsumerName`, in the CEL rule's words (the operator checks
+/// again for pipelines created before the rule), or `None`.
+pub fn efo_consumer_name_problem(name: &str) -> Option<&'static str> {
+    let ok = (1..=128).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    (!ok).then_some(EFO_CONSUMER_NAME_MESSAGE)
 }
 
 fn default_shards() -> i32 {
