@@ -142,10 +142,13 @@ fn names_the_operator_owns_are_refused_naming_the_field() {
 
 #[test]
 fn template_node_selector_and_tolerations_replace_the_workers_own() {
-    // The full example sets spec.worker.nodeSelector and tolerations.
-    let before = built(&full());
+    let own = patched(
+        &minimal(),
+        "worker: {nodeSelector: {kubernetes.io/arch: amd64}, tolerations: [{key: workload, operator: Exists}]}",
+    );
+    let before = built(&own);
     let after = built(&patched(
-        &full(),
+        &own,
         "worker: {podTemplate: {nodeSelector: {node-pool: streaming}, tolerations: [{key: dedicated, operator: Exists}]}}",
     ));
     assert_eq!(pod_field(&before, "nodeSelector"), json!({"kubernetes.io/arch": "amd64"}));
@@ -207,11 +210,11 @@ worker: {podTemplate: {env: [{name: RUST_LOG, value: 'info,taxi=debug'},
 
 #[test]
 fn template_resources_win_over_the_workers_own() {
-    // The full example sets spec.worker.resources (requests 500m / 512Mi, limit 1Gi).
+    let own = patched(&minimal(), "worker: {resources: {requests: {cpu: 500m, memory: 512Mi}, limits: {memory: 1Gi}}}");
     let template = "worker: {podTemplate: {resources: {requests: {cpu: '2', memory: 3Gi}, limits: {memory: 4Gi}}}}";
-    let resources = serde_json::to_value(&container(&built(&patched(&full(), template))).resources).expect("JSON");
+    let resources = serde_json::to_value(&container(&built(&patched(&own, template))).resources).expect("JSON");
     assert_eq!(resources, json!({"requests": {"cpu": "2", "memory": "3Gi"}, "limits": {"memory": "4Gi"}}));
-    let unset = serde_json::to_value(&container(&built(&full())).resources).expect("JSON");
+    let unset = serde_json::to_value(&container(&built(&own)).resources).expect("JSON");
     assert_eq!(unset["requests"]["cpu"], "500m", "without a template the worker's resources stay");
 }
 
