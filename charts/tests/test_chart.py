@@ -191,7 +191,7 @@ OPERATOR_RULES = {
     ("", "services", ()): {"get", "create", "patch"},
     ("", "serviceaccounts", ()): {"get", "create", "patch", "delete"},
     ("policy", "poddisruptionbudgets", ()): {"get", "create", "patch", "delete"},
-    ("networking.k8s.io", "networkpolicies", ()): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    ("networking.k8s.io", "networkpolicies", ()): {"get", "create", "patch", "delete"},
     ("rbac.authorization.k8s.io", "roles", ()): {"get", "create", "patch"},
     ("rbac.authorization.k8s.io", "rolebindings", ()): {"get", "create", "patch"},
     ("events.k8s.io", "events", ()): {"create", "patch"},
