@@ -44,15 +44,20 @@ fn shard(index: u32, n: u32, parent: Option<&str>, closed: bool) -> ShardInfo {
     }
 }
 
-/// ListShards answers `.0` (or fails); DescribeStreamSummary finds the stream ACTIVE with the open
-/// shards of that list; CreateStream, UpdateShardCount and DeregisterStreamConsumer calls are
-/// recorded in `.1`.
-struct FakeStreams(Mutex<Result<Vec<ShardInfo>, ()>>, Mutex<Vec<String>>);
+/// ListShards answers `shards` (or fails); DescribeStreamSummary finds the stream ACTIVE with the
+/// open shards of that list; CreateStream, UpdateShardCount and DeregisterStreamConsumer calls are
+/// recorded in `calls`. DeregisterStreamConsumer is refused (and still recorded) while
+/// `refuse_deregister` is set.
+struct FakeStreams {
+    shards: Mutex<Result<Vec<ShardInfo>, ()>>,
+    calls: Mutex<Vec<String>>,
+    refuse_deregister: std::sync::atomic::AtomicBool,
+}
 
 impl Streams for FakeStreams {
     async fn list_shards(&self, stream: &StreamRef) -> Result<Vec<ShardInfo>, KinesisError> {
         assert_eq!(stream.name, "taxi-trips");
-        self.0
+        self.shards
             .lock()
             .expect("lock")
             .clone()
@@ -66,17 +71,23 @@ impl Streams for FakeStreams {
     }
 
     async fn create_stream(&self, stream: &StreamRef, shards: u32) -> Result<(), KinesisError> {
-        self.1.lock().expect("lock").push(format!("CreateStream {} {shards}", stream.name));
+        self.calls.lock().expect("lock").push(format!("CreateStream {} {shards}", stream.name));
         Ok(())
     }
 
     async fn update_shard_count(&self, stream: &StreamRef, target: u32) -> Result<(), KinesisError> {
-        self.1.lock().expect("lock").push(format!("UpdateShardCount {} {target}", stream.name));
+        self.calls.lock().expect("lock").push(format!("UpdateShardCount {} {target}", stream.name));
         Ok(())
     }
 
     async fn deregister_consumer(&self, stream: &StreamRef, consumer: &str) -> Result<(), KinesisError> {
-        self.1.lock().expect("lock").push(format!("DeregisterStreamConsumer {} {consumer}", stream.name));
+        self.calls.lock().expect("lock").push(format!("DeregisterStreamConsumer {} {consumer}", stream.name));
+        if self.refuse_deregister.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(KinesisError::Permanent {
+                operation: "DeregisterStreamConsumer",
+                message: "AccessDeniedException: not authorized to perform kinesis:DeregisterStreamConsumer".into(),
+            });
+        }
         Ok(())
     }
 }
@@ -116,7 +127,11 @@ fn context(shards: Result<Vec<ShardInfo>, ()>, probe: FakeProbe) -> (Arc<Context
     let ctx = Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
-        streams: FakeStreams(Mutex::new(shards), Mutex::default()),
+        streams: FakeStreams {
+            shards: Mutex::new(shards),
+            calls: Mutex::default(),
+            refuse_deregister: std::sync::atomic::AtomicBool::new(false),
+        },
         probe,
         state: Arc::new(OperatorState::new(
             OperatorMetrics::new().expect("metrics"),
@@ -703,7 +718,7 @@ async fn a_shard_count_edit_reshards_in_steps_of_at_most_double_and_records_each
         let server = tokio::spawn(serve(handle, pass_with_events(assigned, Some((2, 2)), true, events)));
         let action = reconcile(guard(managed(&calls)), ctx.clone()).await.expect("reconcile");
         let sent = server.await.expect("server");
-        let recorded = ctx.streams.1.lock().expect("lock").clone();
+        let recorded = ctx.streams.calls.lock().expect("lock").clone();
         let status = &find(&sent, Method::PATCH, &format!("{TP}/status")).body;
         let resharding = condition(status, "StreamResharding");
         let events: Vec<&str> =

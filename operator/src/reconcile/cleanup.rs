@@ -54,8 +54,19 @@ impl CleanupError {
 }
 
 /// Deregisters the consumer the operator named, when one may exist, and deletes the pipeline's
-/// checkpoints (only with `spec.checkpoint.cleanupOnDelete`); an Event says what was done.
+/// checkpoints (only with `spec.checkpoint.cleanupOnDelete`); an Event says what was done. When
+/// either fails, a Warning Event says why the deletion waits (`kubectl describe` shows it next to
+/// the deletion timestamp) and the finalizer stays, to be tried again with back-off.
 pub(super) async fn cleanup<S: Streams, P>(pipeline: &TaxiPipeline, ctx: &Context<S, P>) -> Result<(), CleanupError> {
+    let result = clean_up(pipeline, ctx).await;
+    if let Err(error) = &result {
+        let note = format!("the deletion waits until this succeeds (retried with back-off): {error}");
+        status::publish(ctx, pipeline, EventType::Warning, "CleanupFailed", "Cleanup", note).await;
+    }
+    result
+}
+
+async fn clean_up<S: Streams, P>(pipeline: &TaxiPipeline, ctx: &Context<S, P>) -> Result<(), CleanupError> {
     if let Some(name) = consumer::held_consumer(pipeline) {
         let stream = stream_ref(&pipeline.spec);
         ctx.streams.deregister_consumer(&stream, &name).await.map_err(|source| CleanupError::Consumer {

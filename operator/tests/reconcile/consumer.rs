@@ -65,7 +65,7 @@ async fn a_pipeline_reading_with_fan_out_takes_the_finalizer_and_records_its_con
     reconcile(guard(efo(json!({"metadata": {"finalizers": [FINALIZER]}}))), ctx.clone()).await.expect("reconcile");
     let sent = server.await.expect("server");
     assert_eq!(recorded_consumer(&sent), "taxi.nyc");
-    assert!(ctx.streams.1.lock().expect("lock").is_empty(), "in use: not deregistered");
+    assert!(ctx.streams.calls.lock().expect("lock").is_empty(), "in use: not deregistered");
 }
 
 #[tokio::test]
@@ -85,7 +85,7 @@ async fn a_switch_to_polling_deregisters_the_consumer_only_once_every_worker_run
         let server = tokio::spawn(serve(handle, steady_pass(&two, workers, 0)));
         reconcile(guard(polling.clone()), ctx.clone()).await.expect("reconcile");
         let sent = server.await.expect("server");
-        assert!(ctx.streams.1.lock().expect("lock").is_empty(), "a worker may still read through it");
+        assert!(ctx.streams.calls.lock().expect("lock").is_empty(), "a worker may still read through it");
         assert_eq!(recorded_consumer(&sent), "taxi.nyc", "kept until it is deregistered");
     }
 
@@ -94,13 +94,29 @@ async fn a_switch_to_polling_deregisters_the_consumer_only_once_every_worker_run
     let server = tokio::spawn(serve(handle, steady_pass(&two, workers_on(&polling_hash, true), 1)));
     reconcile(guard(polling), ctx.clone()).await.expect("reconcile");
     let sent = server.await.expect("server");
-    assert_eq!(*ctx.streams.1.lock().expect("lock"), ["DeregisterStreamConsumer taxi-trips taxi.nyc"]);
+    assert_eq!(*ctx.streams.calls.lock().expect("lock"), ["DeregisterStreamConsumer taxi-trips taxi.nyc"]);
     let event = &find(&sent, Method::POST, EVENTS).body;
     assert_eq!(event["reason"], "ConsumerDeregistered");
     let applied = sent.iter().position(|s| s.method == Method::PATCH && s.uri.contains("/statefulsets/nyc-worker"));
     let deregistered = sent.iter().position(|s| s.uri.starts_with(EVENTS));
     assert!(applied.is_some() && applied < deregistered, "after the apply");
     assert_eq!(recorded_consumer(&sent), Value::Null);
+}
+
+#[tokio::test]
+async fn a_refused_deregistration_keeps_the_consumer_recorded_and_warns() {
+    let shards = four_open_shards();
+    let two = taxi_core::assignment::assign(&shards, 2, None);
+    let polling = pipeline(2, json!({"metadata": {"finalizers": [FINALIZER]}, "status": {"efoConsumer": "taxi.nyc"}}));
+    let (ctx, handle) = context(Ok(shards), FakeProbe::default());
+    ctx.streams.refuse_deregister.store(true, std::sync::atomic::Ordering::SeqCst);
+    let server = tokio::spawn(serve(handle, steady_pass(&two, workers_on(&settings_hash(&polling), true), 1)));
+    reconcile(guard(polling), ctx.clone()).await.expect("the pipeline runs on without it");
+    let sent = server.await.expect("server");
+    assert_eq!(*ctx.streams.calls.lock().expect("lock"), ["DeregisterStreamConsumer taxi-trips taxi.nyc"]);
+    let event = &find(&sent, Method::POST, EVENTS).body;
+    assert_eq!((&event["type"], &event["reason"]), (&json!("Warning"), &json!("ConsumerNotDeregistered")));
+    assert_eq!(recorded_consumer(&sent), "taxi.nyc", "kept, so the next pass and a deletion try again");
 }
 
 #[tokio::test]
@@ -126,10 +142,25 @@ async fn deleting_a_pipeline_deregisters_the_consumer_the_operator_named_and_no_
         let action = reconcile(guard(gone), ctx.clone()).await.expect("cleanup");
         let sent = server.await.expect("server");
         assert_eq!(action, Action::await_change());
-        assert_eq!(*ctx.streams.1.lock().expect("lock"), ["DeregisterStreamConsumer taxi-trips taxi.nyc"]);
+        assert_eq!(*ctx.streams.calls.lock().expect("lock"), ["DeregisterStreamConsumer taxi-trips taxi.nyc"]);
         assert_eq!(sent[0].body["reason"], "ConsumerDeregistered");
         assert!(sent[1].body.to_string().contains("remove"), "then the finalizer goes: {}", sent[1].body);
     }
+
+    // Refused (the operator's role lacks kinesis:DeregisterStreamConsumer): the finalizer stays,
+    // a Warning Event says why the deletion waits, and the pass fails to be retried.
+    let (ctx, handle) = context(Ok(four_open_shards()), FakeProbe::default());
+    ctx.streams.refuse_deregister.store(true, std::sync::atomic::Ordering::SeqCst);
+    let server = tokio::spawn(serve(handle, vec![event()]));
+    let error = reconcile(guard(deleting(json!({"consumer": "efo"}), json!({}))), ctx.clone())
+        .await
+        .expect_err("the cleanup failed");
+    let sent = server.await.expect("server");
+    assert_eq!(error.category(), "kinesis");
+    assert_eq!(sent.len(), 1, "no finalizer removal: {sent:?}");
+    assert_eq!((&sent[0].body["type"], &sent[0].body["reason"]), (&json!("Warning"), &json!("CleanupFailed")));
+    let note = sent[0].body["note"].as_str().unwrap_or_default();
+    assert!(note.contains("deletion waits") && note.contains("DeregisterStreamConsumer"), "{note}");
 
     // The author's consumer may be shared with another reader: left alone.
     let (ctx, handle) = context(Ok(four_open_shards()), FakeProbe::default());
@@ -137,5 +168,5 @@ async fn deleting_a_pipeline_deregisters_the_consumer_the_operator_named_and_no_
     let shared = deleting(json!({"consumer": "efo", "efoConsumerName": "shared-reader"}), json!({}));
     reconcile(guard(shared), ctx.clone()).await.expect("cleanup");
     server.await.expect("server");
-    assert!(ctx.streams.1.lock().expect("lock").is_empty());
+    assert!(ctx.streams.calls.lock().expect("lock").is_empty());
 }

@@ -82,7 +82,7 @@ async fn an_image_outside_the_allowed_repositories_is_refused_and_nothing_is_wri
          ghcr.io/taxipipeline/taxi only"
     );
     assert_nothing_written(&sent);
-    assert!(ctx.streams.1.lock().expect("lock").is_empty(), "not even the stream is touched");
+    assert!(ctx.streams.calls.lock().expect("lock").is_empty(), "not even the stream is touched");
 }
 
 #[tokio::test]
