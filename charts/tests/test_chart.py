@@ -308,8 +308,8 @@ def test_rbac_rules_cover_every_kind_the_reconciler_applies():
 
 
 def operator_flags() -> set[str]:
-    """The long flags of `taxi-operator run`, read from operator/src/main.rs."""
-    source = (REPO / "operator" / "src" / "main.rs").read_text()
+    """The long flags of `taxi-operator run`, read from operator/src/cli.rs."""
+    source = (REPO / "operator" / "src" / "cli.rs").read_text()
     run_args = source.split("struct RunArgs", 1)[1].split("\n}\n", 1)[0]
     fields = re.findall(r"#\[arg\(long[^\]]*\]\s*(\w+):", run_args)
     assert fields, "RunArgs has no flags?"
