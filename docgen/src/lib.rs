@@ -2,7 +2,8 @@
 //! drift from it:
 //!
 //! - [`crd`]: `crd.md`, the TaxiPipeline API, from the CRD schema the operator generates;
-//! - [`cli`]: `cli.md`, both command lines, from their clap types (one renderer for both).
+//! - [`cli`]: `cli.md`, both command lines, from their clap types (one renderer for both);
+//! - [`metrics`]: `metrics.md`, every Prometheus metric of the worker and of the operator.
 //!
 //! `cargo run -p taxi-docgen` (or `make docs`, which also writes the chart's values page with
 //! charts/tests/values_reference.py) rewrites the pages; a test of this crate fails while one on
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 pub mod cli;
 pub mod crd;
 pub mod markdown;
+pub mod metrics;
 
 /// The command that rewrites every page of this crate.
 pub const REGENERATE: &str = "cargo run -p taxi-docgen";
@@ -35,10 +37,11 @@ pub struct Page {
 }
 
 /// Every page this crate generates.
-pub fn pages() -> [Page; 2] {
+pub fn pages() -> [Page; 3] {
     [
         Page { path: "docs/reference/crd.md", render: crd::page },
         Page { path: "docs/reference/cli.md", render: cli::page },
+        Page { path: "docs/reference/metrics.md", render: metrics::page },
     ]
 }
 
