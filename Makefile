@@ -10,7 +10,7 @@ help:
 	@echo "make bench-kinesis  replay/run rates and the seed scenario against kinesis-mock"
 	@echo "make generate  write sample trips to trips.jsonl"
 	@echo "make crd       regenerate crds/taxipipelines.yaml (and the chart's copy) from the Rust types (a test fails while it is stale)"
-	@echo "make docs      regenerate docs/reference/ (CRD, command lines, metrics) from the code (tests fail while it is stale)"
+	@echo "make docs      regenerate docs/reference/ (CRD, command lines, metrics, chart values) from the code (tests fail while it is stale)"
 	@echo "make fmt       format the code"
 	@echo "make lint      clippy, as strict as CI"
 	@echo "Services in the background for cargo test by hand: eval \"\$$(bash .ci/services.sh start)\""
@@ -43,6 +43,7 @@ crd:
 
 docs:
 	cargo run -q -p taxi-docgen
+	python3 charts/tests/values_reference.py
 
 fmt:
 	cargo fmt --all
