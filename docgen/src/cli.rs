@@ -23,7 +23,7 @@ pub fn page() -> String {
 
 /// A page titled `title` documenting the `binaries`' commands, generated from `source`.
 pub fn render(title: &str, source: &str, binaries: Vec<Command>) -> String {
-    let mut binaries: Vec<Command> = binaries
+    let binaries: Vec<Command> = binaries
         .into_iter()
         .map(|mut binary| {
             // Sets each subcommand's full name and propagates global arguments, as parsing does.
@@ -37,11 +37,11 @@ pub fn render(title: &str, source: &str, binaries: Vec<Command>) -> String {
         contents(&mut page, binary, 0);
     }
     page.push_str(
-        "\nEvery command also takes `-h`/`--help` (`--help` prints the long form of the texts below), \
+        "\nEvery command also takes `--help`, which prints the texts below (`-h` prints them shorter), \
          and each binary takes `-V`/`--version`. A flag given on the command line wins over its \
          environment variable, which wins over the default.\n",
     );
-    for binary in &mut binaries {
+    for binary in &binaries {
         section(&mut page, binary, None, 2);
     }
     page
