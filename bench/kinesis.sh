@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Kinesis benchmarks against the local emulator (kinesis-mock), figures for the README:
+# Kinesis benchmarks against the local emulator (kinesis-mock), figures for docs/development/benchmarks.md:
 #  1. replay rate: N generated trips into an 8-shard stream as fast as possible (--speedup 0);
 #  2. run rate: `taxi-worker run` reading that stream back to idle, 8 shards;
 #  3. the seed's scenario: replay a day at speedup 6480 into 8 shards while a worker reads it,
