@@ -1,6 +1,7 @@
 //! The live dashboard of `taxi-worker local` in a real browser: a paced run serves the page, a
 //! headless Chromium (driven by `tests/browser/dashboard.mjs`) watches it draw, steps back through
-//! the windows and checks the headline figures against the API, and Ctrl-C ends the worker cleanly.
+//! the windows, checks the headline figures against the API and that the busiest Midtown cell lies
+//! on the Manhattan the map draws, and Ctrl-C ends the worker cleanly.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
