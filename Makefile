@@ -7,7 +7,7 @@ help:
 	@echo "make chart-test  only the Helm chart's and the Dockerfile's tests (bash .ci/chart-test)"
 	@echo "make ci        what CI runs: fmt check, clippy, tests (bash .ci/run)"
 	@echo "make bench     criterion hot path, and S3/OpenSearch I/O when the services run"
-	@echo "make bench-kinesis  replay/run rates and the seed scenario against kinesis-mock"
+	@echo "make bench-kinesis  replay/run rates and the reference architecture's scenario against kinesis-mock"
 	@echo "make generate  write sample trips to trips.jsonl"
 	@echo "make crd       regenerate crds/taxipipelines.yaml (and the chart's copy) from the Rust types (a test fails while it is stale)"
 	@echo "make docs      regenerate docs/reference/ (CRD, command lines, metrics, chart values) from the code (tests fail while it is stale)"

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Services the TaxiPipeline tests run against (Kinesis, S3 and OpenSearch emulators), and the
-# browser the dashboard test drives (Debian's Chromium with npm's playwright-core).
+# browser the dashboard test drives (Chromium with npm's playwright-core), which only that test needs.
 #
 # `.ci/test` sources this file, starts every service in TAXI_SERVICES and stops them on exit.
 # To keep them running in the background while you run `cargo test` by hand:
 #   eval "$(bash .ci/services.sh start)"   # starts them and exports TAXI_TEST_*_ENDPOINT here
+#   eval "$(bash .ci/services.sh browser)" # finds or installs Chromium for the dashboard's browser test
 #   bash .ci/services.sh status
 #   bash .ci/services.sh stop
 # Installs, logs (NAME.log), pid files and env files live in ${TAXI_SERVICES_DIR:-/tmp/taxi-services}.
@@ -83,24 +84,45 @@ service_start() {
   export "$var=$url"
 }
 
-# ---- Tools: installed, not started -------------------------------------------------------------
-# The dashboard's browser test (worker/tests/dashboard_browser.rs) reads TAXI_TEST_CHROMIUM (the
-# browser) and TAXI_TEST_PLAYWRIGHT (a node_modules folder holding playwright-core). Playwright's own
-# browser download does not work here, so it drives Debian's chromium.
+# ---- The browser: found or installed, not started ----------------------------------------------
+# Only the dashboard's browser test (worker/tests/dashboard_browser.rs) needs it, so `start` does
+# not: the emulators run on any Linux or macOS with node and python. `.ci/test` calls
+# browser_install; without a browser that test alone is skipped (and fails in CI, CI=true).
+# The test reads TAXI_TEST_CHROMIUM (the browser) and TAXI_TEST_PLAYWRIGHT (a node_modules folder
+# holding playwright-core); Playwright's own browser download is not used.
 PLAYWRIGHT_CORE=playwright-core@1.65.1
 
-tools_install() { # install the tools and export their variables (also into browser.env, for `start`)
-  if [[ ! -x /usr/bin/chromium ]]; then
-    local sudo=()
+find_chromium() { # prints the path of a Chromium or Chrome on this machine, if any
+  local candidate
+  for candidate in "${TAXI_TEST_CHROMIUM:-}" chromium chromium-browser google-chrome google-chrome-stable \
+    "/Applications/Chromium.app/Contents/MacOS/Chromium" \
+    "/Applications/Google Chrome.app/Contents/MacOS/Google Chrome"; do
+    [[ -n "$candidate" ]] || continue
+    if [[ "$candidate" == /* && -x "$candidate" ]]; then echo "$candidate"; return 0; fi
+    if command -v "$candidate" >/dev/null 2>&1; then command -v "$candidate"; return 0; fi
+  done
+  return 1
+}
+
+browser_install() { # find (or, with apt-get, install) Chromium and playwright-core; export their variables
+  local chromium sudo=()
+  if ! chromium=$(find_chromium); then
+    if ! command -v apt-get >/dev/null 2>&1; then
+      svc_log "no Chromium found and no apt-get to install one: the dashboard's browser test is skipped" \
+        "(install Chromium or set TAXI_TEST_CHROMIUM to a Chromium or Chrome binary)"
+      return 1
+    fi
     [[ "$(id -u)" == 0 ]] || sudo=(sudo)
     svc_log "apt-get install chromium"
     "${sudo[@]}" apt-get update -qq >&2 &&
       DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq chromium >&2 ||
       { svc_log "error: could not install Debian's chromium"; return 1; }
+    chromium=$(find_chromium) || { svc_log "error: chromium installed but not found on PATH"; return 1; }
   fi
   npm_install "$PLAYWRIGHT_CORE" || return 1
+  mkdir -p "$TAXI_SERVICES_DIR"
   printf 'export TAXI_TEST_CHROMIUM=%q\nexport TAXI_TEST_PLAYWRIGHT=%q\n' \
-    /usr/bin/chromium "$SVC_NODE/node_modules" >"$TAXI_SERVICES_DIR/browser.env"
+    "$chromium" "$SVC_NODE/node_modules" >"$TAXI_SERVICES_DIR/browser.env"
   # shellcheck source=/dev/null
   source "$TAXI_SERVICES_DIR/browser.env"
 }
@@ -232,7 +254,6 @@ services_start_all() { # install and start every registered service, exporting t
   mkdir -p "$TAXI_SERVICES_DIR"
   for name in "${TAXI_SERVICES[@]}"; do service_install "$name" || return 1; done
   for name in "${TAXI_SERVICES[@]}"; do service_start "$name" || return 1; done
-  tools_install
 }
 
 services_stop_all() { # stop what this shell started (not services it found already running)
@@ -248,7 +269,10 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     start)
       services_start_all || { services_stop_all; exit 1; }
       SVC_STARTED=()   # leave them running after this script exits
-      if compgen -G "$TAXI_SERVICES_DIR/*.env" >/dev/null; then cat "$TAXI_SERVICES_DIR"/*.env; fi ;;
+      for name in "${TAXI_SERVICES[@]}"; do cat "$TAXI_SERVICES_DIR/$name.env"; done ;;
+    browser)
+      browser_install
+      cat "$TAXI_SERVICES_DIR/browser.env" ;;
     stop)
       for f in "$TAXI_SERVICES_DIR"/*.pid; do
         if [[ -e "$f" ]]; then service_stop "$(basename "$f" .pid)"; fi
@@ -260,7 +284,7 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
           cat "$TAXI_SERVICES_DIR/$name.env"
         else echo "$name: stopped"; fi
       done ;;
-    *) echo "usage: bash $0 start|stop|status   (start prints export lines: eval \"\$(bash $0 start)\")" >&2
+    *) echo "usage: bash $0 start|browser|stop|status   (start and browser print export lines: eval \"\$(bash $0 start)\")" >&2
        exit 2 ;;
   esac
 fi

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Kinesis benchmarks against the local emulator (kinesis-mock), figures for the README:
+# Kinesis benchmarks against the local emulator (kinesis-mock), figures for docs/development/benchmarks.md:
 #  1. replay rate: N generated trips into an 8-shard stream as fast as possible (--speedup 0);
 #  2. run rate: `taxi-worker run` reading that stream back to idle, 8 shards;
-#  3. the seed's scenario: replay a day at speedup 6480 into 8 shards while a worker reads it,
+#  3. the reference architecture's scenario: replay a day at speedup 6480 into 8 shards while a worker reads it,
 #     sampling the worst millis_behind_latest from /metrics.
 # The emulator (single-threaded Node) is slower than the worker; the worker's own per-record cost
 # is `cargo bench -p taxi-core --bench hot_path`.
@@ -33,7 +33,7 @@ $tw run --pipeline bench --stream "$stream" --checkpoint "file://$work/ckpt" --s
   --stop-when-idle 2s --http-addr 127.0.0.1:0 --shard-discovery-interval 1s 2>&1 | grep -E "^stopped"
 echo "   (the idle wait of 2 s and start-up are included in the elapsed time)"
 
-echo "== the seed's scenario: a day of $scenario_trips trips at speedup 6480 into 8 shards, read live"
+echo "== the reference architecture's scenario: a day of $scenario_trips trips at speedup 6480 into 8 shards, read live"
 $tw generate --trips "$scenario_trips" --seed 7 --output "$work/day.jsonl"
 live=live-$RANDOM$RANDOM
 port_file="$work/run.err"

@@ -599,8 +599,8 @@ def test_chart_app_version_is_the_workspace_version_and_the_default_image_is_the
 
 def test_notes_point_at_the_example_and_the_next_commands(chart):
     notes = render_files(chart)["templates/NOTES.txt"]
-    assert "kubectl apply -n taxi-system -f examples/taxipipeline.yaml" in notes
-    assert (REPO / "examples" / "taxipipeline.yaml").is_file()
+    assert "kubectl apply -n taxi-system -f examples/taxipipeline-minimal.yaml" in notes
+    assert (REPO / "examples" / "taxipipeline-minimal.yaml").is_file()
     assert "kubectl get tp -A -w" in notes
     assert "kubectl scale tp NAME --replicas" in notes
     assert f"http://{FULLNAME}-metrics.{NAMESPACE}.svc:8080/metrics" in notes

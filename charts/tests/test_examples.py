@@ -186,6 +186,48 @@ def test_every_example_values_file_installs_the_chart(chart, path):
             validate_strictly(doc, f"{path.name}: ")
 
 
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
+def test_every_example_says_first_what_it_costs_on_aws(path):
+    lines = path.read_text().splitlines()
+    leading = []
+    for line in lines:
+        if not line.startswith("#"):
+            break
+        leading.append(line)
+    assert any(line.startswith("# Cost on AWS: ") for line in leading), (
+        f"{path.name}: its first comment must say what it costs on AWS (a line '# Cost on AWS: ...')"
+    )
+
+
+def images(doc) -> list[str]:
+    """Every container image and TaxiPipeline worker image named in `doc`."""
+    found = []
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            if key == "image" and isinstance(value, str):
+                found.append(value)
+            else:
+                found.extend(images(value))
+    elif isinstance(doc, list):
+        for item in doc:
+            found.extend(images(item))
+    return found
+
+
+def test_the_examples_run_the_image_the_chart_installs(chart):
+    """The project's image in the examples is the chart's default (repository and appVersion tag), so
+    the examples run what `helm install` deploys, and the default image policy admits them."""
+    default = f"{chart.values['image']['repository']}:{chart.metadata['appVersion']}"
+    project = image_repository(default).rsplit("/", 1)[0] + "/"
+    named = [
+        (path.name, image) for path in MANIFEST_FILES for doc in documents(path) for image in images(doc)
+    ]
+    ours = [(name, image) for name, image in named if image.startswith(project)]
+    assert {name for name, _ in ours} >= {"taxipipeline.yaml", "replay-job.yaml"}, ours
+    for name, image in ours:
+        assert image == default, f"{name} names {image}, but the chart installs {default}"
+
+
 # ---- Examples that belong together ---------------------------------------------------------------
 
 

@@ -1,5 +1,5 @@
-//! The per-record hot path of a shard: parse → validate → geohash → window update, on the seed's
-//! event JSON, plus its parts on their own; and what remembering trip ids against duplicates costs
+//! The per-record hot path of a shard: parse → validate → geohash → window update, on the
+//! reference architecture's event JSON, plus its parts on their own; and what remembering trip ids against duplicates costs
 //! in memory and in each checkpoint. Run with `cargo bench -p taxi-core --bench hot_path`.
 
 #![expect(missing_docs, reason = "criterion_group! generates an undocumented function")]
@@ -17,7 +17,7 @@ use taxi_core::input::parse_json_record;
 use taxi_core::partition::{ShardRouter, trip_hash_key};
 use taxi_core::shard::ShardProcessor;
 
-/// Lines of the seed's trip-event format from the generator, as they sit in a Kinesis record.
+/// Lines of the reference architecture's trip-event format from the generator, as they sit in a Kinesis record.
 fn seed_events(n: u64) -> Vec<Vec<u8>> {
     let config = GeneratorConfig { trips: n, ..GeneratorConfig::default() };
     TripGenerator::new(&config)

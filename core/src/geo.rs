@@ -282,7 +282,7 @@ mod tests {
         assert!(nyc.contains(p(40.9176, -73.7004)));
         assert!(!nyc.contains(p(40.9177, -73.9)));
         assert!(!nyc.contains(p(0.0, 0.0)));
-        // Upper Manhattan (the seed's geofence dropped its centre cell).
+        // Upper Manhattan (the reference architecture's geofence dropped its centre cell).
         assert!(nyc.contains(p(40.8500, -73.9350)));
     }
 

@@ -1,5 +1,5 @@
 //! Input files for tests: generated trips, files split into parts (to put into a stream in
-//! phases), and trips written as JSON lines in the seed's format.
+//! phases), and trips written as JSON lines in the reference architecture's format.
 
 use std::path::{Path, PathBuf};
 
@@ -61,7 +61,7 @@ fn write_lines(path: &Path, lines: &[&str]) -> PathBuf {
     path.to_owned()
 }
 
-/// One trip as a JSON line in the seed's format (no newline).
+/// One trip as a JSON line in the reference architecture's format (no newline).
 pub fn trip_line(t: &Trip) -> String {
     format!(
         r#"{{"trip_id":{},"pickup_datetime":"{}","dropoff_datetime":"{}","pickup_latitude":{},"pickup_longitude":{},"dropoff_latitude":{},"dropoff_longitude":{},"total_amount":12.5,"type":"trip"}}"#,

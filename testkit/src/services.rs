@@ -17,13 +17,18 @@ pub fn service_endpoint(var: &str) -> Option<String> {
         Ok(url) if !url.is_empty() => Some(url),
         _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
             panic!(
-                "{var} is not set: CI must run the tests through .ci/test, which starts the services (.ci/services.sh)"
+                "{var} is not set: CI must run the tests through .ci/test, which starts the services and finds the \
+                 browser (.ci/services.sh)"
             )
         }
         _ => {
-            eprintln!(
-                "skipped: {var} is not set; start the test services with: eval \"$(bash .ci/services.sh start)\""
-            );
+            // The browser is found or installed apart from the emulators, which need none.
+            let command = if var.starts_with("TAXI_TEST_CHROMIUM") || var.starts_with("TAXI_TEST_PLAYWRIGHT") {
+                "browser"
+            } else {
+                "start"
+            };
+            eprintln!("skipped: {var} is not set; set it up with: eval \"$(bash .ci/services.sh {command})\"");
             None
         }
     }

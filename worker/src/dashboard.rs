@@ -4,6 +4,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `/` | the page (`worker/assets/dashboard.html`: inline CSS, JS and SVG; no network) |
+//! | `/nyc-boroughs.json` | the borough outlines the map draws (`worker/assets/nyc-boroughs.json`) |
 //! | `/api/config` | region, airports, geohash precision, window length, shards, pace |
 //! | `/api/summary` | run state and headline figures (the run's [`Summary`] once it ended) |
 //! | `/api/results?after=S` | final merged windows starting after epoch second `S` (all without it) |
@@ -32,6 +33,10 @@ use taxi_io::http::respond;
 
 /// The page, built into the binary so the dashboard needs no files and no network.
 const PAGE: &str = include_str!("../assets/dashboard.html");
+
+/// The five boroughs' outlines (NYC DCP borough boundaries, simplified by
+/// `scripts/borough-outline.py`), built in beside the page.
+const BOROUGHS: &str = include_str!("../assets/nyc-boroughs.json");
 
 /// Where a run stands, as `/api/summary` reports it.
 #[derive(Clone, Debug, PartialEq)]
@@ -96,6 +101,7 @@ impl Dashboard {
         }
         match uri.path() {
             "/" | "/index.html" => respond(StatusCode::OK, "text/html; charset=utf-8", PAGE),
+            "/nyc-boroughs.json" => respond(StatusCode::OK, "application/json", BOROUGHS),
             "/api/config" => json_response(self.config.clone()),
             "/api/summary" => json_response(to_json(&self.summary())),
             "/api/results" => match after_param(uri.query()) {
@@ -505,5 +511,129 @@ mod tests {
         }
         assert_eq!(d.route(&Method::POST, &"/".parse().expect("uri")).status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(d.route(&Method::GET, &"/nope".parse().expect("uri")).status(), StatusCode::NOT_FOUND);
+    }
+
+    /// One borough of `/nyc-boroughs.json`: polygons of rings of (lat, lon), outside ring first.
+    struct Borough {
+        name: String,
+        polygons: Vec<Vec<Vec<(f64, f64)>>>,
+    }
+
+    /// The points of an Encoded Polyline as (lat, lon), decoded as the page decodes them.
+    fn decode_polyline(text: &str, precision: i32) -> Vec<(f64, f64)> {
+        let mut deltas = Vec::new();
+        let (mut value, mut shift) = (0_i64, 0);
+        for byte in text.bytes() {
+            let group = i64::from(byte) - 63;
+            assert!((0..64).contains(&group), "not a polyline character: {:?}", char::from(byte));
+            value |= (group & 0x1f) << shift;
+            shift += 5;
+            if group < 0x20 {
+                deltas.push(if value & 1 == 1 { !(value >> 1) } else { value >> 1 });
+                (value, shift) = (0, 0);
+            }
+        }
+        assert!(shift == 0 && deltas.len() % 2 == 0, "a polyline ends mid-point: {text}");
+        let scale = 10_f64.powi(precision);
+        let (mut lat, mut lon) = (0, 0);
+        deltas
+            .chunks_exact(2)
+            .map(|d| {
+                (lat, lon) = (lat + d[0], lon + d[1]);
+                (lat as f64 / scale, lon as f64 / scale)
+            })
+            .collect()
+    }
+
+    fn boroughs() -> (Value, Vec<Borough>) {
+        let asset: Value = serde_json::from_str(BOROUGHS).expect("nyc-boroughs.json is JSON");
+        let precision = asset["polyline_precision"].as_i64().and_then(|p| i32::try_from(p).ok()).expect("precision");
+        let boroughs = asset["boroughs"]
+            .as_array()
+            .expect("boroughs")
+            .iter()
+            .map(|b| Borough {
+                name: b["name"].as_str().expect("name").to_owned(),
+                polygons: serde_json::from_value::<Vec<Vec<String>>>(b["polygons"].clone())
+                    .expect("polygons of polyline rings")
+                    .iter()
+                    .map(|rings| rings.iter().map(|ring| decode_polyline(ring, precision)).collect())
+                    .collect(),
+            })
+            .collect();
+        (asset, boroughs)
+    }
+
+    /// Even-odd over every ring of every polygon, as the page fills and names them.
+    fn borough_at(boroughs: &[Borough], (lat, lon): (f64, f64)) -> Option<&str> {
+        let crossings = |ring: &[(f64, f64)]| {
+            let edges = ring.iter().zip(ring.iter().cycle().skip(1));
+            edges
+                .filter(|((lat_a, lon_a), (lat_b, lon_b))| {
+                    (*lat_a > lat) != (*lat_b > lat) && lon < (lon_b - lon_a) * (lat - lat_a) / (lat_b - lat_a) + lon_a
+                })
+                .count()
+        };
+        boroughs
+            .iter()
+            .find(|b| b.polygons.iter().flatten().map(|ring| crossings(ring)).sum::<usize>() % 2 == 1)
+            .map(|b| b.name.as_str())
+    }
+
+    #[test]
+    fn the_borough_map_is_served_and_names_its_source() {
+        let d = dashboard(&[]);
+        let response = d.route(&Method::GET, &"/nyc-boroughs.json".parse().expect("uri"));
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[hyper::header::CONTENT_TYPE], "application/json");
+        let (asset, boroughs) = boroughs();
+        let source = asset["source"].as_str().expect("source");
+        assert!(source.contains("NYC Department of City Planning") && source.contains("nybb 16a"), "{source}");
+        let names: Vec<&str> = boroughs.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["Manhattan", "Bronx", "Brooklyn", "Queens", "Staten Island"]);
+        let region = EngineConfig::default().region;
+        for b in &boroughs {
+            assert!(!b.polygons.is_empty(), "{} has no polygon", b.name);
+            for ring in b.polygons.iter().flatten() {
+                assert!(ring.len() >= 3, "{} has a ring of {} points", b.name, ring.len());
+                for &(lat, lon) in ring {
+                    // The region box is the city's own, so its outline lies inside it (to the rounding).
+                    assert!(
+                        (region.min_lat - 1e-3..=region.max_lat + 1e-3).contains(&lat)
+                            && (region.min_lon - 1e-3..=region.max_lon + 1e-3).contains(&lon),
+                        "{} has a point outside the region: {lat}, {lon}",
+                        b.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn places_fall_in_their_borough_and_the_water_in_none() {
+        let (_, boroughs) = boroughs();
+        let busiest_generated_cell = "dr5ru7".parse::<Geohash>().expect("geohash").center();
+        let places = [
+            ("Times Square", (40.7580, -73.9855), Some("Manhattan")),
+            (
+                "the busiest cell of a generated day",
+                (busiest_generated_cell.lat, busiest_generated_cell.lon),
+                Some("Manhattan"),
+            ),
+            ("Roosevelt Island", (40.7704, -73.9420), Some("Manhattan")),
+            ("Yankee Stadium", (40.8296, -73.9262), Some("Bronx")),
+            ("City Island", (40.8468, -73.7868), Some("Bronx")),
+            ("Brooklyn Borough Hall", (40.6928, -73.9903), Some("Brooklyn")),
+            ("JFK Terminal 4", (40.6441, -73.7823), Some("Queens")),
+            ("Rockaway Beach", (40.5860, -73.8110), Some("Queens")),
+            ("Staten Island Mall", (40.5826, -74.1658), Some("Staten Island")),
+            ("the Hudson off West 42nd Street", (40.7620, -74.0120), None),
+            ("the East River off Wall Street", (40.7035, -73.9990), None),
+            ("the Upper Bay", (40.6700, -74.0450), None),
+            ("Hoboken", (40.7440, -74.0324), None),
+        ];
+        for (place, at, want) in places {
+            assert_eq!(borough_at(&boroughs, at), want, "{place} at {at:?}");
+        }
     }
 }

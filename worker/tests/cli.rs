@@ -155,6 +155,21 @@ fn an_unreadable_input_format_is_named_in_the_error() {
 }
 
 #[test]
+fn a_tlc_file_with_zone_ids_instead_of_coordinates_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("yellow_tripdata_2019-01.csv");
+    let header = "VendorID,tpep_pickup_datetime,tpep_dropoff_datetime,passenger_count,trip_distance,RatecodeID,\
+                  store_and_fwd_flag,PULocationID,DOLocationID,payment_type,fare_amount,extra,mta_tax,tip_amount\n";
+    let row = "1,2019-01-01 00:46:40,2019-01-01 00:53:20,1,1.50,1,N,151,239,1,7,0.5,0.5,1.65\n";
+    std::fs::write(&path, format!("{header}{row}")).expect("write");
+    let run = taxi_worker(&["local", "--input", path.to_str().expect("utf-8")]);
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("yellow_tripdata_2019-01.csv places trips by taxi zone (PULocationID"), "{stderr}");
+    assert!(stderr.contains("January 2009 to June 2016"), "{stderr}");
+}
+
+#[test]
 fn a_scripted_local_run_has_no_dashboard_and_exits() {
     // Not on a terminal and no --dashboard: no server, full speed, and the process ends by itself.
     let run = taxi_worker(&["local", "--generate", "2000"]);

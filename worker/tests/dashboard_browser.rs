@@ -1,6 +1,7 @@
 //! The live dashboard of `taxi-worker local` in a real browser: a paced run serves the page, a
 //! headless Chromium (driven by `tests/browser/dashboard.mjs`) watches it draw, steps back through
-//! the windows and checks the headline figures against the API, and Ctrl-C ends the worker cleanly.
+//! the windows, checks the headline figures against the API and that the busiest Midtown cell lies
+//! on the Manhattan the map draws, and Ctrl-C ends the worker cleanly.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use taxi_testkit::services::service_endpoint;
 
 const BIN: &str = env!("CARGO_BIN_EXE_taxi-worker");
-/// 100 000 trips over a day at the seed's 6 480× wall clock: about 13 s of run, so the page still
+/// 100 000 trips over a day at the reference architecture's 6 480× pace: about 13 s of run, so the page still
 /// opens mid-run when Chromium starts slowly beside the rest of the suite on a 2-core CI machine.
 const RUN_ARGS: [&str; 7] = ["local", "--dashboard", "127.0.0.1:0", "--generate", "100000", "--speedup", "6480"];
 

@@ -1,4 +1,4 @@
-//! Exactly-once in effect (`docs/exactly-once.md`), against the three emulators: a `taxi-worker run`
+//! Exactly-once in effect (`docs/concepts/exactly-once.md`), against the three emulators: a `taxi-worker run`
 //! process with S3 checkpoints and the OpenSearch sink is killed, fenced, starved of OpenSearch or
 //! of S3 — and the merged results in OpenSearch still equal the batch oracle.
 

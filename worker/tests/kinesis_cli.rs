@@ -1,5 +1,6 @@
-//! The README's emulator walk-through as a test: `replay` → `run --stop-when-idle` → `results`
-//! equals `local` over the same file, and the worker's HTTP endpoints answer while it runs.
+//! The emulator walkthrough (`docs/getting-started/emulators.md`) as a test: `replay` →
+//! `run --stop-when-idle` → `results` equals `local` over the same file, and the worker's HTTP
+//! endpoints answer while it runs.
 
 use std::path::Path;
 use std::process::Command;

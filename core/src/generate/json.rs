@@ -92,7 +92,7 @@ pub(super) const INVALID_LINES: &[&str] = &[
     "{\"pickup_datetime\":\"2016-01-01T00:12:03Z\",\"dropoff_datetime\":\"2016-01-01T00:00:00Z\",\"pickup_longitude\":-73.981712,\"pickup_latitude\":40.752613,\"dropoff_longitude\":-73.970535,\"dropoff_latitude\":40.762741,\"trip_id\":0,\"type\":\"trip\"}",
 ];
 
-// The trip line: the seed's event format, with plausible 2016 fares.
+// The trip line: the reference architecture's event format, with plausible 2016 fares.
 
 fn encode_trip(seed: u64, trip: &Trip, buf: &mut Vec<u8>) {
     let mut rng = Rng::new(seed ^ trip.trip_id.wrapping_mul(0xD6E8_FEB8_6659_FD93) ^ 0x5EED_FA2E);

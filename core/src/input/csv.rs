@@ -41,6 +41,9 @@ const NEEDED: [(&str, &[&str]); 6] = [
     ("dropoff longitude", &["end_lon", "dropoff_longitude"]),
 ];
 
+/// The zone columns of the TLC's files from July 2016 on, which hold no coordinates.
+const ZONE_ID_COLUMNS: [&str; 2] = ["pulocationid", "dolocationid"];
+
 impl CsvLayout {
     /// Recognises a TLC yellow-trip header line (a trailing `\r` / `\n` and a UTF-8 BOM are
     /// ignored; names are matched trimmed and case-insensitively).
@@ -51,9 +54,11 @@ impl CsvLayout {
         let line = line.trim_ascii();
         let mut found = [None::<usize>; 6];
         let mut columns = 0;
+        let mut zone_ids = false;
         for (i, name) in split_fields(line).enumerate() {
             columns = i + 1;
             let name = name.trim_ascii();
+            zone_ids |= ZONE_ID_COLUMNS.iter().any(|n| name.eq_ignore_ascii_case(n.as_bytes()));
             for (slot, (_, names)) in found.iter_mut().zip(NEEDED.iter()) {
                 // The first matching column wins, should a name repeat.
                 if slot.is_none() && names.iter().any(|n| name.eq_ignore_ascii_case(n.as_bytes())) {
@@ -70,6 +75,8 @@ impl CsvLayout {
                 Some(dropoff_lat),
                 Some(dropoff_lon),
             ] => Ok(CsvLayout { pickup_time, dropoff_time, pickup_lat, pickup_lon, dropoff_lat, dropoff_lon, columns }),
+            // Not the missing columns one by one: the layout has none of them.
+            _ if zone_ids => Err(InputError::ZoneIdsInsteadOfCoordinates { origin: "input".to_owned() }),
             _ => {
                 let missing = found
                     .iter()

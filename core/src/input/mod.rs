@@ -94,6 +94,26 @@ pub enum InputError {
         /// The header line, escaped (shortened when long).
         header: String,
     },
+    /// A TLC CSV header that places trips by taxi zone (`PULocationID`, `DOLocationID`) instead
+    /// of coordinates, as the TLC's trip files from July 2016 on do.
+    #[error(
+        "{origin} places trips by taxi zone (PULocationID, DOLocationID), as the TLC's trip files from July 2016 on \
+         do; the analyses need pickup and dropoff coordinates, which the yellow-trip files of January 2009 to June \
+         2016 carry"
+    )]
+    ZoneIdsInsteadOfCoordinates {
+        /// The file or stream.
+        origin: String,
+    },
+    /// A Parquet file (magic `PAR1`), as the TLC publishes its trip records today.
+    #[error(
+        "{origin} is a Parquet file: Parquet input is not supported yet; give JSON lines or a TLC CSV file with \
+         coordinates (plain, gzip or zstd)"
+    )]
+    Parquet {
+        /// The file or stream.
+        origin: String,
+    },
     /// The input holds no non-blank line.
     #[error("failed to detect the format of {origin}: it is empty")]
     Empty {

@@ -27,6 +27,8 @@ const INTERNAL_CHUNK_BYTES: usize = 1 << 20;
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// The first four bytes of a Parquet file.
+const PARQUET_MAGIC: [u8; 4] = *b"PAR1";
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// A run of complete lines of an input file.
@@ -121,6 +123,9 @@ impl ChunkReader {
             }
         }
         let head = &magic[..n];
+        if head == PARQUET_MAGIC {
+            return Err(InputError::Parquet { origin });
+        }
         let joined = io::Cursor::new(head.to_vec()).chain(raw);
         let decoded: Box<dyn Read + Send> = if head.starts_with(&GZIP_MAGIC) {
             // Multi-member: concatenated gzip files (as `cat a.gz b.gz`) decode whole.
@@ -174,6 +179,9 @@ impl ChunkReader {
             Ok(layout) => Ok(Format::Csv(layout)),
             Err(InputError::UnknownCsvHeader { missing, header, .. }) => {
                 Err(InputError::UnknownCsvHeader { origin: self.origin.clone(), missing, header })
+            }
+            Err(InputError::ZoneIdsInsteadOfCoordinates { .. }) => {
+                Err(InputError::ZoneIdsInsteadOfCoordinates { origin: self.origin.clone() })
             }
             Err(e) => Err(e),
         }
@@ -626,6 +634,20 @@ mod tests {
         let e = err(b"a,b,c\n1,2,3\n");
         assert!(matches!(e, InputError::UnknownCsvHeader { .. }), "{e}");
         assert!(e.to_string().contains("pickup time"), "{e}");
+        // The TLC's files of today: zone IDs instead of coordinates, or Parquet.
+        let since_2016 = "VendorID,tpep_pickup_datetime,tpep_dropoff_datetime,passenger_count,trip_distance,\
+                          RatecodeID,store_and_fwd_flag,PULocationID,DOLocationID,payment_type,fare_amount\n";
+        let e = err(since_2016.as_bytes());
+        assert!(matches!(e, InputError::ZoneIdsInsteadOfCoordinates { .. }), "{e}");
+        assert!(e.to_string().starts_with("input stream places trips by taxi zone (PULocationID"), "{e}");
+        assert!(e.to_string().contains("January 2009 to June 2016"), "{e}");
+        let e = err(b"PAR1\x15\x04\x15\x80");
+        assert!(matches!(e, InputError::Parquet { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "input stream is a Parquet file: Parquet input is not supported yet; give JSON lines or a TLC CSV file \
+             with coordinates (plain, gzip or zstd)"
+        );
         // Truncated compressed data is a read error, not a panic.
         let mut gz = gzip(jsonl_fixture().as_bytes());
         gz.truncate(gz.len() / 2);

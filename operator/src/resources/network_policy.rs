@@ -4,7 +4,7 @@
 //! Only ingress is restricted. The workers call the stream, the checkpoint bucket and the sink,
 //! whose endpoints are arbitrary URLs (AWS service endpoints, in-cluster Services, private
 //! endpoints), so an egress rule the operator could write would either be wrong or allow
-//! everything; a platform that restricts egress writes its own policy (`docs/security.md`).
+//! everything; a platform that restricts egress writes its own policy (`docs/operations/security.md`).
 
 use std::collections::BTreeMap;
 

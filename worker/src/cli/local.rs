@@ -76,7 +76,7 @@ pub struct LocalArgs {
     pub engine: EngineArgs,
 }
 
-/// The pace of a run with the dashboard: the seed's, a day of trips in about 13 s.
+/// The pace of a run with the dashboard: the reference architecture's, a day of trips in about 13 s.
 const DASHBOARD_SPEEDUP: f64 = 6480.0;
 /// Where the dashboard listens when it is on by default.
 const DEFAULT_DASHBOARD_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);

@@ -56,7 +56,7 @@ pub(super) fn even_shards(n: u32, first_index: usize) -> Vec<ShardInfo> {
 /// 2016-01-01T00:00:00Z.
 pub(super) const T0: Millis = 1_451_606_400_000;
 
-/// A seed-format trip line dropped off at `dropoff`, padded with `pad` bytes.
+/// A trip line in the reference architecture's format dropped off at `dropoff`, padded with `pad` bytes.
 pub(super) fn trip_line(id: u64, dropoff: Millis, pad: usize) -> String {
     let pad = if pad > 0 { format!(",\"pad\":\"{}\"", "x".repeat(pad)) } else { String::new() };
     format!(

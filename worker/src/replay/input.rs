@@ -1,6 +1,6 @@
 //! Reading the input: a blocking thread reads the file chunk by chunk with the readers of
 //! `taxi-worker local` and converts every record into what is sent for it ([`InputRecord`]);
-//! [`trip_json`] and [`watermark_json`] are the seed-format lines the producer sends.
+//! [`trip_json`] and [`watermark_json`] are the lines, in the reference architecture's format, the producer sends.
 
 use std::path::Path;
 
@@ -91,7 +91,7 @@ fn convert_chunk(format: &Format, chunk: &Chunk) -> ReaderMsg {
     ReaderMsg::Records(records, watermarks)
 }
 
-/// A trip as a seed-format JSON line (without newline).
+/// A trip as a JSON line in the reference architecture's format (without newline).
 pub fn trip_json(trip: &Trip) -> String {
     format!(
         "{{\"type\":\"trip\",\"trip_id\":{},\"pickup_datetime\":\"{}\",\"dropoff_datetime\":\"{}\",\

@@ -20,8 +20,8 @@
 //! # What is sent
 //!
 //! - **Trips**: every valid trip line of a JSON-lines file is sent with its original bytes (without the newline);
-//!   a trip of a TLC CSV file is re-encoded as a seed-format JSON line (`"type":"trip"`, `trip_id` = its row
-//!   number, ISO-8601 UTC times, `pickup_latitude`-style coordinates). Partition key = `trip_id` in decimal.
+//!   a trip of a TLC CSV file is re-encoded as a JSON line in the reference architecture's format
+//!   (`"type":"trip"`, `trip_id` = its row number, ISO-8601 UTC times, `pickup_latitude`-style coordinates). Partition key = `trip_id` in decimal.
 //! - **Invalid lines** are sent too, as they are, with the record number (1-based, as `local` numbers records) as
 //!   partition key: the worker then counts them `invalid` exactly as `local` does, so a cluster run over the
 //!   stream and a local run over the file report the same totals. (A CSV row that is invalid is sent as its raw
@@ -52,7 +52,7 @@
 //! the last record is acknowledged, a final watermark (the largest event time acknowledged) goes to every open
 //! shard. The shard list is re-read every `shard_refresh_interval`, so watermarks follow resharding.
 //!
-//! This is the seed's contract: the watermark covers what the producer has sent. Trips later in the file that
+//! This is the reference architecture's contract: the watermark covers what the producer has sent. Trips later in the file that
 //! are older than it (the input's own disorder) arrive behind it; the engine's `bounded` strategy absorbs that,
 //! a `punctuated` consumer counts them late.
 //!

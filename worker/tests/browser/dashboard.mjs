@@ -16,6 +16,9 @@ const { chromium } = require("playwright-core");
 const [url, screenshot] = process.argv.slice(2);
 const executablePath = process.env.CHROMIUM;
 const TIMEOUT_MS = Number(process.env.DASHBOARD_TEST_TIMEOUT_MS || 60000);
+// Midtown Manhattan: the geohash cell dr5ru spans 40.737–40.781° N, 74.004–73.960° W, from
+// Chelsea to the Upper East Side, river to river.
+const MIDTOWN = "dr5ru";
 
 class Failure extends Error {}
 const fail = (message) => { throw new Failure(message); };
@@ -114,11 +117,13 @@ async function main() {
     await page.locator("#live").click();
     const newest = results.windows[results.windows.length - 1].start_s;
     await expectMapShows(page, api, newest);
+    const midtown = await expectMidtownOnManhattan(page);
 
     checkProblems();
     await page.screenshot({ path: screenshot, fullPage: true });
     console.log(`ok: ${results.windows.length} windows (${newestBefore + 1} when the slider moved, state then `
-      + `${stateWhenDrawn}), ${summary.records} records; screenshot ${screenshot}`);
+      + `${stateWhenDrawn}), ${summary.records} records; busiest Midtown cell ${midtown} on Manhattan; `
+      + `screenshot ${screenshot}`);
   } finally {
     await browser.close();
   }
@@ -135,6 +140,32 @@ async function expectMapShows(page, api, start) {
     const cells = await page.$$eval("rect.cell", (rects) => rects.map((r) => [r.dataset.geohash, Number(r.dataset.count)]));
     return label === start && cells.length === want.size && cells.every(([g, n]) => want.get(g) === n);
   }, 5000);
+}
+
+/** The busiest Midtown cell of the selected window (the first top-cells row in MIDTOWN) lies on
+ *  the Manhattan the map draws, and on no other borough, and its row names Manhattan. Both use
+ *  the page's own outlines. Returns the cell. */
+async function expectMidtownOnManhattan(page) {
+  const rows = await page.$$eval("#top-cells tr[data-geohash]",
+    (trs) => trs.map((tr) => [tr.dataset.geohash, tr.querySelector(".where").textContent]));
+  const row = rows.find(([geohash]) => geohash.startsWith(MIDTOWN));
+  check(row, `no Midtown cell (${MIDTOWN}…) among the top cells ${rows.map(([g]) => g).join(" ")}`);
+  const [geohash, label] = row;
+  check(label === "≈ Manhattan", `the top cells label ${geohash} ${JSON.stringify(label)}, expected "≈ Manhattan"`);
+  // The cell's centre, in the map's own coordinates, tested against each borough's drawn fill.
+  const boroughs = await page.evaluate((g) => {
+    const cell = document.querySelector(`#cells rect[data-geohash="${g}"]`);
+    if (!cell) return null;
+    const at = (name) => Number(cell.getAttribute(name));
+    const centre = new DOMPoint(at("x") + at("width") / 2, at("y") + at("height") / 2);
+    return [...document.querySelectorAll("#map path.land")]
+      .filter((land) => land.isPointInFill(centre))
+      .map((land) => land.dataset.borough);
+  }, geohash);
+  check(boroughs, `no cell ${geohash} on the map`);
+  check(boroughs.length === 1 && boroughs[0] === "Manhattan",
+    `the centre of ${geohash} lies on ${JSON.stringify(boroughs)} as the map draws them, expected Manhattan alone`);
+  return geohash;
 }
 
 /** Waits for the state badge to say finished and returns the API's final summary. */
