@@ -7,12 +7,14 @@
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-# Every workspace member, the test kit too: cargo reads all their manifests even to build two crates.
+# Every workspace member, the test kit and the reference generator too: cargo reads all their
+# manifests even to build two crates.
 COPY core core
 COPY io io
 COPY testkit testkit
 COPY operator operator
 COPY worker worker
+COPY docgen docgen
 # The registry and target dir are BuildKit caches, so a rebuild recompiles only what changed; the
 # binaries are copied out of the cache mount, which is not part of the layer. --strip-debug drops
 # the line tables (about 120 MB to 32 MB per binary) and keeps the symbols backtraces print.

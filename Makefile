@@ -1,5 +1,5 @@
 # The few commands a newcomer needs; `make` alone lists them.
-.PHONY: help local test chart-test ci bench bench-kinesis generate crd fmt lint
+.PHONY: help local test chart-test ci bench bench-kinesis generate crd docs fmt lint
 
 help:
 	@echo "make local     run the whole pipeline locally (taxi-worker local, release build)"
@@ -10,6 +10,7 @@ help:
 	@echo "make bench-kinesis  replay/run rates and the reference architecture's scenario against kinesis-mock"
 	@echo "make generate  write sample trips to trips.jsonl"
 	@echo "make crd       regenerate crds/taxipipelines.yaml (and the chart's copy) from the Rust types (a test fails while it is stale)"
+	@echo "make docs      regenerate docs/reference/ (CRD, command lines, metrics, chart values) from the code (tests fail while it is stale)"
 	@echo "make fmt       format the code"
 	@echo "make lint      clippy, as strict as CI"
 	@echo "Services in the background for cargo test by hand: eval \"\$$(bash .ci/services.sh start)\""
@@ -39,6 +40,10 @@ generate:
 crd:
 	cargo run -q -p taxi-operator -- crd > crds/taxipipelines.yaml
 	cp crds/taxipipelines.yaml charts/taxi-pipeline/files/crds/taxipipelines.yaml
+
+docs:
+	cargo run -q -p taxi-docgen
+	python3 charts/tests/values_reference.py
 
 fmt:
 	cargo fmt --all

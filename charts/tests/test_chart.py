@@ -308,8 +308,8 @@ def test_rbac_rules_cover_every_kind_the_reconciler_applies():
 
 
 def operator_flags() -> set[str]:
-    """The long flags of `taxi-operator run`, read from operator/src/main.rs."""
-    source = (REPO / "operator" / "src" / "main.rs").read_text()
+    """The long flags of `taxi-operator run`, read from operator/src/cli.rs."""
+    source = (REPO / "operator" / "src" / "cli.rs").read_text()
     run_args = source.split("struct RunArgs", 1)[1].split("\n}\n", 1)[0]
     fields = re.findall(r"#\[arg\(long[^\]]*\]\s*(\w+):", run_args)
     assert fields, "RunArgs has no flags?"
@@ -590,8 +590,8 @@ def test_chart_app_version_is_the_workspace_version_and_the_default_image_is_the
     metadata = chart.metadata
     assert metadata["appVersion"] == WORKSPACE_VERSION
     assert metadata["kubeVersion"] == ">=1.30.0-0"
-    main = (REPO / "operator" / "src" / "main.rs").read_text()
-    default = re.search(r'concat!\("([^"]+)", env!\("CARGO_PKG_VERSION"\)\)', main)
+    cli = (REPO / "operator" / "src" / "cli.rs").read_text()
+    default = re.search(r'concat!\("([^"]+)", env!\("CARGO_PKG_VERSION"\)\)', cli)
     assert default, "the operator's --worker-image default moved"
     assert f"{chart.values['image']['repository']}:" == default.group(1)
     assert chart.values["image"]["tag"] == ""  # "" = appVersion = the operator's built-in default

@@ -127,8 +127,8 @@ def test_chart_default_image_is_the_one_the_operator_defaults_its_workers_to():
     chart = yaml.safe_load((REPO / "charts" / "taxi-pipeline" / "Chart.yaml").read_text())
     values = yaml.safe_load((REPO / "charts" / "taxi-pipeline" / "values.yaml").read_text())
     assert chart["appVersion"] == VERSION
-    main = (REPO / "operator" / "src" / "main.rs").read_text()
-    assert f'concat!("{values["image"]["repository"]}:", env!("CARGO_PKG_VERSION"))' in main
+    cli = (REPO / "operator" / "src" / "cli.rs").read_text()
+    assert f'concat!("{values["image"]["repository"]}:", env!("CARGO_PKG_VERSION"))' in cli
     assert values["image"]["tag"] == "", "the tag defaults to appVersion, i.e. the workspace version"
 
 

@@ -13,7 +13,8 @@
 //! - [`reshard`]: a managed stream's creation and resharding within Kinesis' limits, planned purely;
 //! - [`reconcile`]: the reconcile pass, a driver over one module per step (the only module that
 //!   calls the Kubernetes API for it);
-//! - [`leader`], [`metrics`], [`controller`]: leader election, metrics and the running operator.
+//! - [`leader`], [`metrics`], [`controller`]: leader election, metrics and the running operator;
+//! - [`cli`]: the `taxi-operator` command line, which `main.rs` parses and dispatches.
 //!
 //! One pass over a TaxiPipeline, step by step ([`reconcile`] draws it):
 //! [`crd`] → [`validate`] → [`reconcile::admit`] ([`policy`]) → [`reconcile::observe`] →
@@ -22,6 +23,7 @@
 //! reshards it before it is observed.
 
 pub mod autoscale;
+pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod leader;

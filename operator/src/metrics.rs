@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -157,6 +158,47 @@ impl OperatorMetrics {
             autoscale_decisions,
             registry,
         })
+    }
+
+    /// Every metric of the operator as a collector, whose descriptor (name, help, label names)
+    /// and type can be read before any series exists: the registry lists only metrics with a
+    /// series. The metrics reference (docs/reference/metrics.md) is generated from it. The fields
+    /// are named one by one, so a new metric does not compile until it is listed here.
+    pub fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        fn boxed<C: Collector + Clone + 'static>(collector: &C) -> Box<dyn Collector> {
+            Box::new(collector.clone())
+        }
+        let OperatorMetrics {
+            registry: _,
+            reconciles,
+            reconcile_duration,
+            reconcile_errors,
+            desired_replicas,
+            ready_replicas,
+            assignment_epoch,
+            open_shards,
+            leader,
+            lease_errors,
+            autoscale_max_lag_ms,
+            autoscale_consumed,
+            autoscale_recommended,
+            autoscale_decisions,
+        } = self;
+        vec![
+            boxed(reconciles),
+            boxed(reconcile_duration),
+            boxed(reconcile_errors),
+            boxed(desired_replicas),
+            boxed(ready_replicas),
+            boxed(assignment_epoch),
+            boxed(open_shards),
+            boxed(leader),
+            boxed(lease_errors),
+            boxed(autoscale_max_lag_ms),
+            boxed(autoscale_consumed),
+            boxed(autoscale_recommended),
+            boxed(autoscale_decisions),
+        ]
     }
 
     /// The registry, to add metrics defined elsewhere.
@@ -428,6 +470,18 @@ mod tests {
             assert_eq!(lines_with(&text, name).len(), 1, "{name} in {text}");
         }
         assert!(text.contains(r#"taxi_operator_desired_replicas{pipeline="rides/chicago"} 5"#), "{text}");
+    }
+
+    #[test]
+    fn the_collectors_are_the_registered_metrics() {
+        let metrics = OperatorMetrics::new().expect("metrics");
+        let collectors = metrics.collectors();
+        assert_eq!(collectors.len(), 13);
+        for collector in collectors {
+            let name = collector.desc()[0].fq_name.clone();
+            let again = metrics.registry().register(collector);
+            assert!(matches!(again, Err(prometheus::Error::AlreadyReg)), "{name} is not the registered metric");
+        }
     }
 
     #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,7 @@
 //! Prometheus metrics of a worker. Names start with `taxi_`; labels are bounded sets
 //! (shard id, outcome, reason, operation) — never a record key or an error message.
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -183,6 +184,65 @@ impl WorkerMetrics {
         }
     }
 
+    /// Every metric of the set as a collector, whose descriptor (name, help, label names) and
+    /// type can be read before any series exists: the registry lists only metrics with a series.
+    /// The metrics reference (docs/reference/metrics.md) is generated from it. The fields are
+    /// named one by one, so a new metric does not compile until it is listed here.
+    pub fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        fn boxed<C: Collector + Clone + 'static>(collector: &C) -> Box<dyn Collector> {
+            Box::new(collector.clone())
+        }
+        let WorkerMetrics {
+            registry: _,
+            records,
+            invalid,
+            records_read,
+            bytes_read,
+            millis_behind_latest,
+            watermark_lag_seconds,
+            get_records_seconds,
+            kinesis_errors,
+            checkpoint_seconds,
+            checkpoint_failures,
+            checkpoint_bytes,
+            checkpoint_last_success,
+            checkpoint_interval_seconds,
+            sink_documents,
+            owned_shards,
+            sink_dead_letters,
+            shard_handoffs,
+            handoff_pause_seconds,
+            assignment_epoch,
+            assignment_errors,
+            shard_failures,
+            failed_shards,
+        } = self;
+        vec![
+            boxed(records),
+            boxed(invalid),
+            boxed(records_read),
+            boxed(bytes_read),
+            boxed(millis_behind_latest),
+            boxed(watermark_lag_seconds),
+            boxed(get_records_seconds),
+            boxed(kinesis_errors),
+            boxed(checkpoint_seconds),
+            boxed(checkpoint_failures),
+            boxed(checkpoint_bytes),
+            boxed(checkpoint_last_success),
+            boxed(checkpoint_interval_seconds),
+            boxed(sink_documents),
+            boxed(owned_shards),
+            boxed(sink_dead_letters),
+            boxed(shard_handoffs),
+            boxed(handoff_pause_seconds),
+            boxed(assignment_epoch),
+            boxed(assignment_errors),
+            boxed(shard_failures),
+            boxed(failed_shards),
+        ]
+    }
+
     /// The registry, for components that register their own metrics (e.g. the OpenSearch sink).
     pub fn registry(&self) -> &Registry {
         &self.registry
@@ -272,6 +332,22 @@ mod tests {
             text.contains("# TYPE taxi_checkpoint_interval_seconds gauge\ntaxi_checkpoint_interval_seconds 2.5\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_collectors_are_the_registered_metrics_each_once() {
+        let m = WorkerMetrics::new();
+        let collectors = m.collectors();
+        let mut names: Vec<String> = collectors.iter().flat_map(|c| c.desc()).map(|d| d.fq_name.clone()).collect();
+        let count = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), count, "a metric listed twice: {names:?}");
+        for collector in collectors {
+            let name = collector.desc()[0].fq_name.clone();
+            let again = m.registry().register(collector);
+            assert!(matches!(again, Err(prometheus::Error::AlreadyReg)), "{name} is not the registered metric");
+        }
     }
 
     #[test]

@@ -1,6 +1,14 @@
 //! The sink's metrics, all named `taxi_sink_*`, with bounded labels.
 
+use prometheus::core::Collector;
 use prometheus::{Counter, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Every metric the sink registers, as collectors whose descriptors (name, help, label names) and
+/// types can be read without a sink: the metrics reference (docs/reference/metrics.md) is
+/// generated from it.
+pub fn collectors() -> Vec<Box<dyn Collector>> {
+    SinkMetrics::register(&Registry::new()).expect("the sink's metric definitions are valid").collectors()
+}
 
 /// The sink's metrics, all named `taxi_sink_*`.
 #[derive(Clone, Debug)]
@@ -19,6 +27,39 @@ pub(super) struct SinkMetrics {
 }
 
 impl SinkMetrics {
+    /// The metrics one by one: a new field does not compile until it is listed here.
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        fn boxed<C: Collector + Clone + 'static>(collector: &C) -> Box<dyn Collector> {
+            Box::new(collector.clone())
+        }
+        let SinkMetrics {
+            bulk_seconds,
+            request_errors,
+            documents_sent,
+            bytes_sent,
+            acknowledged,
+            superseded,
+            item_errors,
+            retries,
+            backpressure_seconds,
+            backpressure_waits,
+            buffered,
+        } = self;
+        vec![
+            boxed(bulk_seconds),
+            boxed(request_errors),
+            boxed(documents_sent),
+            boxed(bytes_sent),
+            boxed(acknowledged),
+            boxed(superseded),
+            boxed(item_errors),
+            boxed(retries),
+            boxed(backpressure_seconds),
+            boxed(backpressure_waits),
+            boxed(buffered),
+        ]
+    }
+
     pub(super) fn register(registry: &Registry) -> Result<SinkMetrics, prometheus::Error> {
         fn reg<C: prometheus::core::Collector + Clone + 'static>(
             registry: &Registry,

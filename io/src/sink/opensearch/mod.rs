@@ -54,6 +54,7 @@ use taxi_core::redact;
 pub use config::{BulkSettings, OpenSearchAuth, OpenSearchSettings};
 pub use error::OpenSearchError;
 pub use index::{MAX_ID_BYTES, document_id, index_name, index_template, template_name, valid_index_prefix};
+pub use metrics::collectors as metric_collectors;
 pub use query::{merged_results, query_partials};
 pub use taxi_core::settings::SigV4Service;
 
