@@ -187,7 +187,8 @@ pub enum SinkAuthType {
     /// No authentication.
     #[default]
     None,
-    /// HTTP basic, with [`SINK_USERNAME_ENV`] and [`SINK_PASSWORD_ENV`] from the environment.
+    /// HTTP basic, with the user name and password from the environment (`TAXI_SINK_USERNAME`,
+    /// `TAXI_SINK_PASSWORD`).
     Basic,
     /// AWS Signature Version 4 with the default credential chain (IRSA in a cluster).
     Sigv4,

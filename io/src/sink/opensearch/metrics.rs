@@ -118,7 +118,7 @@ impl SinkMetrics {
                 IntCounterVec::new(
                     Opts::new(
                         "taxi_sink_item_errors_total",
-                        "Bulk items OpenSearch refused, by reason and action (retried, dropped, superseded: a same-or-newer version is stored)",
+                        "Bulk items OpenSearch refused, by reason and action (retried; dead_lettered; dropped, without a dead-letter store; superseded: a same-or-newer version is stored)",
                     ),
                     &["reason", "action"],
                 )?,
