@@ -32,7 +32,7 @@ pub struct CsvLayout {
 
 /// The columns a trip needs, each with the names the TLC layouts use for it
 /// (2009 / 2010–2014 / 2015–2016, lower case).
-const NEEDED: [(&str, &[&str]); 6] = [
+pub(super) const NEEDED: [(&str, &[&str]); 6] = [
     ("pickup time", &["trip_pickup_datetime", "pickup_datetime", "tpep_pickup_datetime"]),
     ("dropoff time", &["trip_dropoff_datetime", "dropoff_datetime", "tpep_dropoff_datetime"]),
     ("pickup latitude", &["start_lat", "pickup_latitude"]),
@@ -42,7 +42,7 @@ const NEEDED: [(&str, &[&str]); 6] = [
 ];
 
 /// The zone columns of the TLC's files from July 2016 on, which hold no coordinates.
-const ZONE_ID_COLUMNS: [&str; 2] = ["pulocationid", "dolocationid"];
+pub(super) const ZONE_ID_COLUMNS: [&str; 2] = ["pulocationid", "dolocationid"];
 
 impl CsvLayout {
     /// Recognises a TLC yellow-trip header line (a trailing `\r` / `\n` and a UTF-8 BOM are

@@ -11,10 +11,12 @@
 
 mod csv;
 mod json;
+mod parquet;
 mod reader;
 
 use std::path::PathBuf;
 
+pub use self::parquet::ParquetTrips;
 pub use csv::{CsvLayout, parse_csv_row};
 pub use json::parse_json_record;
 pub use reader::{Chunk, ChunkReader, Records, read_records};
