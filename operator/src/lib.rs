@@ -26,6 +26,7 @@ pub mod autoscale;
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod error_chain;
 pub mod leader;
 pub mod metrics;
 pub mod observe;

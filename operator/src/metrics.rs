@@ -14,6 +14,8 @@ use prometheus::{
 };
 use tokio::sync::watch;
 
+use crate::error_chain::ErrorChain;
+
 /// Reconciles by outcome (`outcome` label).
 pub const RECONCILES_TOTAL: &str = "taxi_operator_reconciles_total";
 /// Reconcile latency histogram.
@@ -352,13 +354,7 @@ impl OperatorState {
     /// Counts a reconcile error in the metrics and keeps it as the last error for `/status`.
     pub fn record_reconcile_error(&self, pipeline: &str, category: &'static str, error: &dyn std::error::Error) {
         self.metrics.reconcile_error(category);
-        let mut message = error.to_string();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
+        let message = ErrorChain(error).to_string();
         let at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .ok()

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Decision, FIELD_MANAGER, LeaderError, LeaseConfig, decide};
+use crate::error_chain::ErrorChain;
 use crate::metrics::OperatorMetrics;
 
 /// First delay after a failed attempt; it doubles per failure up to the renew interval.
@@ -249,21 +250,6 @@ impl LeaderElector {
                 Err(_) => tracing::warn!("releasing the Lease timed out; it expires by itself"),
             }
         }
-    }
-}
-
-/// Displays an error with its sources, `outer: inner: …`.
-struct ErrorChain<'a>(&'a dyn std::error::Error);
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(error) = source {
-            write!(f, ": {error}")?;
-            source = error.source();
-        }
-        Ok(())
     }
 }
 

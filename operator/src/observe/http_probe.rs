@@ -16,6 +16,7 @@ use hyper_util::rt::TokioExecutor;
 use taxi_core::status::WorkerStatus;
 
 use super::{ProbeError, WorkerProbe};
+use crate::error_chain::ErrorChain;
 
 /// The longest `/status` read by default: a worker's document with thousands of shards stays
 /// well below it.
@@ -53,7 +54,7 @@ pub enum FetchError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     /// Connecting or sending failed, or what came back is not an HTTP answer.
-    #[error("request failed: {}", with_sources(.0))]
+    #[error("request failed: {}", ErrorChain(.0))]
     Request(#[from] hyper_util::client::legacy::Error),
     /// The worker answered with another status than 200 OK.
     #[error("answered {0}")]
@@ -65,23 +66,11 @@ pub enum FetchError {
         limit: usize,
     },
     /// The answer broke off.
-    #[error("reading the answer failed: {}", with_sources(.0.as_ref()))]
+    #[error("reading the answer failed: {}", ErrorChain(.0.as_ref()))]
     Body(Box<dyn Error + Send + Sync>),
     /// The answer is not a worker status document.
     #[error("not a worker status document: {0}")]
     Document(#[from] serde_json::Error),
-}
-
-/// An error and its sources, `: `-separated: hyper's own message names only the step that failed.
-fn with_sources(error: &(dyn Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 impl HttpProbe {

@@ -58,7 +58,7 @@ impl CleanupError {
 /// either fails, a Warning Event says why the deletion waits (`kubectl describe` shows it next to
 /// the deletion timestamp) and the finalizer stays, to be tried again with back-off.
 pub(super) async fn cleanup<S: Streams, P>(pipeline: &TaxiPipeline, ctx: &Context<S, P>) -> Result<(), CleanupError> {
-    let result = clean_up(pipeline, ctx).await;
+    let result = deregister_and_delete(pipeline, ctx).await;
     if let Err(error) = &result {
         let note = format!("the deletion waits until this succeeds (retried with back-off): {error}");
         status::publish(ctx, pipeline, EventType::Warning, "CleanupFailed", "Cleanup", note).await;
@@ -66,7 +66,10 @@ pub(super) async fn cleanup<S: Streams, P>(pipeline: &TaxiPipeline, ctx: &Contex
     result
 }
 
-async fn clean_up<S: Streams, P>(pipeline: &TaxiPipeline, ctx: &Context<S, P>) -> Result<(), CleanupError> {
+async fn deregister_and_delete<S: Streams, P>(
+    pipeline: &TaxiPipeline,
+    ctx: &Context<S, P>,
+) -> Result<(), CleanupError> {
     if let Some(name) = consumer::held_consumer(pipeline) {
         let stream = stream_ref(&pipeline.spec);
         ctx.streams.deregister_consumer(&stream, &name).await.map_err(|source| CleanupError::Consumer {
