@@ -45,6 +45,15 @@ pub const DEFAULT_BULK_MAX_DELAY: Duration = Duration::from_secs(1);
 /// How long a worker waits for a shard's previous owner to release it before taking it over.
 /// The operator waits as long before it shrinks the StatefulSet, so both must use this one value.
 pub const DEFAULT_TAKEOVER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Size at which an archive file closes, unless configured otherwise: large enough that Athena,
+/// Spark and DuckDB read few files, small enough to hold in a worker's memory while it fills.
+pub const DEFAULT_ARCHIVE_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// Age at which an archive file closes, unless configured otherwise: how stale the archive may be.
+pub const DEFAULT_ARCHIVE_MAX_FILE_AGE: Duration = Duration::from_secs(5 * 60);
+/// The bounds of [`ArchiveSettings::max_file_bytes`].
+pub const ARCHIVE_FILE_BYTES_RANGE: std::ops::RangeInclusive<u64> = (64 * 1024)..=(1024 * 1024 * 1024);
+/// The bounds of [`ArchiveSettings::max_file_age_ms`], in milliseconds.
+pub const ARCHIVE_FILE_AGE_MS_RANGE: std::ops::RangeInclusive<u64> = 1_000..=3_600_000;
 
 /// Everything the workers of one pipeline share.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -66,6 +75,61 @@ pub struct WorkerSettings {
     /// Event time and the analyses.
     #[serde(default)]
     pub engine: EngineConfig,
+    /// Where the raw trips read are archived as Parquet; `None`: not archived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveSettings>,
+}
+
+/// The archive of raw trips: Parquet files under Hive-style event-hour partitions, written by
+/// every worker for the shards it reads. S3 requests use the checkpoint settings' endpoint and
+/// addressing style.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveSettings {
+    /// `s3://bucket/prefix`: files go to `<prefix>/dt=YYYY-MM-DD/hour=HH/`.
+    pub uri: String,
+    /// A file closes once it holds this many bytes.
+    #[serde(default = "default_archive_max_file_bytes")]
+    pub max_file_bytes: u64,
+    /// A file closes once it has been open this long, in milliseconds.
+    #[serde(default = "default_archive_max_file_age_ms")]
+    pub max_file_age_ms: u64,
+}
+
+impl ArchiveSettings {
+    /// An archive at `uri` with the default file size and age.
+    pub fn at(uri: impl Into<String>) -> ArchiveSettings {
+        ArchiveSettings {
+            uri: uri.into(),
+            max_file_bytes: DEFAULT_ARCHIVE_MAX_FILE_BYTES,
+            max_file_age_ms: default_archive_max_file_age_ms(),
+        }
+    }
+
+    /// The age at which a file closes.
+    pub fn max_file_age(&self) -> Duration {
+        Duration::from_millis(self.max_file_age_ms)
+    }
+
+    /// Checks the URI's form and the bounds of the sizes.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |field, reason: String| Err(SettingsError::Invalid { field, reason });
+        let Some(rest) = self.uri.strip_prefix("s3://") else {
+            return invalid("archive.uri", format!("{:?} must be an s3://bucket/prefix URI", self.uri));
+        };
+        if rest.split('/').next().is_none_or(str::is_empty) {
+            return invalid("archive.uri", format!("{:?} names no bucket", self.uri));
+        }
+        if !ARCHIVE_FILE_BYTES_RANGE.contains(&self.max_file_bytes) {
+            let (lo, hi) = (ARCHIVE_FILE_BYTES_RANGE.start(), ARCHIVE_FILE_BYTES_RANGE.end());
+            return invalid("archive.max_file_bytes", format!("{} is outside {lo}..={hi}", self.max_file_bytes));
+        }
+        if !ARCHIVE_FILE_AGE_MS_RANGE.contains(&self.max_file_age_ms) {
+            let (lo, hi) = (ARCHIVE_FILE_AGE_MS_RANGE.start(), ARCHIVE_FILE_AGE_MS_RANGE.end());
+            return invalid("archive.max_file_age_ms", format!("{} is outside {lo}..={hi}", self.max_file_age_ms));
+        }
+        Ok(())
+    }
 }
 
 /// The Kinesis stream and how to read it.
@@ -269,6 +333,12 @@ fn default_start_position() -> String {
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
+fn default_archive_max_file_bytes() -> u64 {
+    DEFAULT_ARCHIVE_MAX_FILE_BYTES
+}
+fn default_archive_max_file_age_ms() -> u64 {
+    millis(DEFAULT_ARCHIVE_MAX_FILE_AGE)
+}
 fn default_discovery_interval_ms() -> u64 {
     millis(DEFAULT_DISCOVERY_INTERVAL)
 }
@@ -350,6 +420,9 @@ impl WorkerSettings {
         }
         if let Err(e) = self.engine.validate() {
             return invalid("engine", e.to_string());
+        }
+        if let Some(archive) = &self.archive {
+            archive.validate()?;
         }
         Ok(())
     }

@@ -229,5 +229,7 @@ fn worker_settings(
                 airports,
             },
         },
+        // Rendered from the resource once it has an archive field.
+        archive: None,
     })
 }

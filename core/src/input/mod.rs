@@ -11,6 +11,7 @@
 
 mod csv;
 mod json;
+mod object;
 mod parquet;
 mod reader;
 
@@ -19,6 +20,7 @@ use std::path::PathBuf;
 pub use self::parquet::ParquetTrips;
 pub use csv::{CsvLayout, parse_csv_row};
 pub use json::parse_json_record;
+pub use object::{InputObject, LocalFile, RandomAccess};
 pub use reader::{Chunk, ChunkReader, Records, read_records};
 
 use crate::event::{InvalidReason, ParsedRecord};

@@ -175,6 +175,7 @@ impl PipelineArgs {
                 bulk_max_delay_ms: millis_u64(os.bulk_max_delay),
             },
             engine: self.engine.config(),
+            archive: None,
         })
     }
 }
