@@ -22,7 +22,8 @@ TAXI_SERVICES=(kinesis s3 opensearch)
 service_install() { # NAME: make its program available; quick when it already is.
   case "$1" in
     kinesis)    npm_install kinesis-local@0.6.2 ;;
-    s3)         pip_install 'moto[server]' ;;
+    # pyarrow: the tests read the Parquet archive back with it, and write TLC-layout Parquet input.
+    s3)         pip_install 'moto[server]' && pip_install pyarrow==22.0.0 ;;
     opensearch) pip_install osmem-server==0.1.6 ;;
     *) svc_log "error: service_install: unknown service '$1'"; return 1 ;;
   esac
@@ -33,7 +34,7 @@ service_install() { # NAME: make its program available; quick when it already is
 # listens on 127.0.0.1:$port); `url` defaults to http://127.0.0.1:$port. A branch may set `health`
 # (a path): then the service is ready only once GET $url$health answers 2xx, not merely listening.
 service_start() {
-  local name=$1 port var url health="" cmd=() km
+  local name=$1 port var url health="" cmd=() km extra=()
   if service_running "$name"; then   # e.g. left running by `services.sh start`: reuse it
     svc_log "$name: already running (pid $(<"$TAXI_SERVICES_DIR/$name.pid")), reusing it"
     # shellcheck source=/dev/null
@@ -59,6 +60,7 @@ service_start() {
            UPDATE_STREAM_MODE_DURATION=100ms
            node --require "$(node_loopback_preload)" "$km/main.js") ;;
     s3) var=TAXI_TEST_S3_ENDPOINT health=/moto-api/
+      extra=(TAXI_TEST_PYTHON "$SVC_VENV/bin/python")   # with pyarrow
       # moto's S3 (Flask/werkzeug, threaded): path-style requests, any credentials and region.
       # Conditional PutObject (If-None-Match: *, If-Match) answers 412 PreconditionFailed, and
       # If-Match on a missing key 404 NoSuchKey, as S3 does; but moto checks, then writes, without
@@ -82,6 +84,10 @@ service_start() {
   if [[ -n "$health" ]]; then wait_for_http "$url$health" "${TAXI_SERVICE_TIMEOUT:-60}" "$name" || return 1; fi
   printf 'export %s=%q\n' "$var" "$url" >"$TAXI_SERVICES_DIR/$name.env"
   export "$var=$url"
+  if ((${#extra[@]})); then   # a variable besides the endpoint: NAME VALUE
+    printf 'export %s=%q\n' "${extra[0]}" "${extra[1]}" >>"$TAXI_SERVICES_DIR/$name.env"
+    export "${extra[0]}=${extra[1]}"
+  fi
 }
 
 # ---- The browser: found or installed, not started ----------------------------------------------
