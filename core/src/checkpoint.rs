@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::{Aggregates, AirportAgg, AirportKey};
+use crate::archive::ArchiveMarks;
 use crate::config::EngineConfig;
 use crate::dedupe::{SeenGroup, SeenTrips};
 use crate::event::Millis;
@@ -191,6 +192,9 @@ pub struct ShardCheckpoint {
     /// (absent in older checkpoints).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub seen_trips: Vec<SeenGroup>,
+    /// The archive files open or decided at this checkpoint (absent without an archive).
+    #[serde(default, skip_serializing_if = "ArchiveMarks::is_empty")]
+    pub archive: ArchiveMarks,
 }
 
 impl ShardCheckpoint {
@@ -215,6 +219,7 @@ impl ShardCheckpoint {
             counters: shard.counters().clone(),
             partials: PartialsState::capture(config, shard.aggregates()),
             seen_trips: shard.seen().capture(),
+            archive: ArchiveMarks::default(),
         }
     }
 

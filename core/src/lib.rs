@@ -21,6 +21,7 @@
 //!   pipeline run must agree with.
 
 pub mod analysis;
+pub mod archive;
 pub mod assignment;
 pub mod checkpoint;
 pub mod config;

@@ -86,7 +86,8 @@ pub struct WorkerSettings {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArchiveSettings {
-    /// `s3://bucket/prefix`: files go to `<prefix>/dt=YYYY-MM-DD/hour=HH/`.
+    /// `s3://bucket/prefix` (or, outside Kubernetes, `file:///dir`): files go to
+    /// `<prefix>/dt=YYYY-MM-DD/hour=HH/`.
     pub uri: String,
     /// A file closes once it holds this many bytes.
     #[serde(default = "default_archive_max_file_bytes")]
@@ -111,14 +112,15 @@ impl ArchiveSettings {
         Duration::from_millis(self.max_file_age_ms)
     }
 
-    /// Checks the URI's form and the bounds of the sizes.
+    /// Checks the URI's form and the bounds of the file size and age.
     pub fn validate(&self) -> Result<(), SettingsError> {
         let invalid = |field, reason: String| Err(SettingsError::Invalid { field, reason });
-        let Some(rest) = self.uri.strip_prefix("s3://") else {
-            return invalid("archive.uri", format!("{:?} must be an s3://bucket/prefix URI", self.uri));
-        };
-        if rest.split('/').next().is_none_or(str::is_empty) {
-            return invalid("archive.uri", format!("{:?} names no bucket", self.uri));
+        if let Some(rest) = self.uri.strip_prefix("s3://") {
+            if rest.split('/').next().is_none_or(str::is_empty) {
+                return invalid("archive.uri", format!("{:?} names no bucket", self.uri));
+            }
+        } else if self.uri.strip_prefix("file://").is_none_or(|dir| !dir.starts_with('/')) {
+            return invalid("archive.uri", format!("{:?} must be an s3://bucket/prefix or file:///dir URI", self.uri));
         }
         if !ARCHIVE_FILE_BYTES_RANGE.contains(&self.max_file_bytes) {
             let (lo, hi) = (ARCHIVE_FILE_BYTES_RANGE.start(), ARCHIVE_FILE_BYTES_RANGE.end());
