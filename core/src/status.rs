@@ -80,6 +80,9 @@ pub struct ShardStatus {
     /// Pause of its last handoff to this worker: from seeing the assignment that granted it until
     /// reading it (waiting for the previous owner's release included).
     pub handoff_pause_ms: Option<u64>,
+    /// With an archive: how long the oldest trip read and not yet archived has waited (ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive_lag_ms: Option<u64>,
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Outcomes of `taxi_shard_handoffs_total`.
@@ -12,8 +12,8 @@ pub const HANDOFF_OUTCOMES: [&str; 3] = ["released", "claimed_after_release", "t
 /// Reasons of `taxi_assignment_errors_total`: why an assignment document was not used.
 pub const ASSIGNMENT_ERROR_REASONS: [&str; 4] = ["missing", "malformed", "stale_epoch", "watch"];
 /// Reasons of `taxi_shard_failures_total`: why a shard stopped and waits to be retried.
-pub const SHARD_FAILURE_REASONS: [&str; 6] =
-    ["checkpoint_store", "corrupt_checkpoint", "settings_changed", "kinesis", "sink", "other"];
+pub const SHARD_FAILURE_REASONS: [&str; 7] =
+    ["checkpoint_store", "corrupt_checkpoint", "settings_changed", "kinesis", "sink", "archive", "other"];
 
 /// Every metric a worker exports, registered in one registry.
 #[derive(Clone, Debug)]
@@ -67,6 +67,16 @@ pub struct WorkerMetrics {
     pub shard_failures: IntCounterVec,
     /// Shards failed now (waiting for their retry); the worker and its other shards go on.
     pub failed_shards: IntGauge,
+    /// Trips written to the archive (counted when their file is uploaded).
+    pub archive_trips: IntCounter,
+    /// Archive files uploaded.
+    pub archive_files: IntCounter,
+    /// Bytes of archive files uploaded.
+    pub archive_bytes: IntCounter,
+    /// Archive uploads that failed (each is retried at the shard's next checkpoint).
+    pub archive_failures: IntCounter,
+    /// How long the oldest trip read and not yet archived has waited, by shard (s).
+    pub archive_lag_seconds: IntGaugeVec,
 }
 
 impl WorkerMetrics {
@@ -88,6 +98,11 @@ impl WorkerMetrics {
                 .expect("valid metric definition");
             registry.register(Box::new(h.clone())).expect("metric registered once");
             h
+        };
+        let plain_counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric definition");
+            registry.register(Box::new(c.clone())).expect("metric registered once");
+            c
         };
         let latency = vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0];
         let owned_shards =
@@ -180,6 +195,18 @@ impl WorkerMetrics {
             assignment_errors,
             shard_failures,
             failed_shards,
+            archive_trips: plain_counter("taxi_archive_trips_total", "Trips written to the archive"),
+            archive_files: plain_counter("taxi_archive_files_total", "Archive files uploaded"),
+            archive_bytes: plain_counter("taxi_archive_bytes_total", "Bytes of archive files uploaded"),
+            archive_failures: plain_counter(
+                "taxi_archive_failures_total",
+                "Archive uploads that failed (retried at the next checkpoint)",
+            ),
+            archive_lag_seconds: gauge(
+                "taxi_archive_lag_seconds",
+                "How long the oldest trip not yet archived has waited (s)",
+                &["shard"],
+            ),
             registry,
         }
     }
@@ -216,6 +243,11 @@ impl WorkerMetrics {
             assignment_errors,
             shard_failures,
             failed_shards,
+            archive_trips,
+            archive_files,
+            archive_bytes,
+            archive_failures,
+            archive_lag_seconds,
         } = self;
         vec![
             boxed(records),
@@ -240,6 +272,11 @@ impl WorkerMetrics {
             boxed(assignment_errors),
             boxed(shard_failures),
             boxed(failed_shards),
+            boxed(archive_trips),
+            boxed(archive_files),
+            boxed(archive_bytes),
+            boxed(archive_failures),
+            boxed(archive_lag_seconds),
         ]
     }
 

@@ -62,8 +62,8 @@ impl ParquetFile {
     }
 
     /// Appends a row; a full row group is encoded.
-    pub(super) fn push(&mut self, row: &ArchiveRow) -> Result<(), ArchiveError> {
-        self.group.push(row);
+    pub(super) fn push(&mut self, row: &ArchiveRow, shard_id: &ByteArray) -> Result<(), ArchiveError> {
+        self.group.push(row, shard_id);
         if self.group.len() >= ROW_GROUP_ROWS { self.flush_group() } else { Ok(()) }
     }
 
@@ -143,7 +143,7 @@ impl Columns {
         self.trip_id.len()
     }
 
-    fn push(&mut self, row: &ArchiveRow) {
+    fn push(&mut self, row: &ArchiveRow, shard_id: &ByteArray) {
         let trip = &row.trip;
         // Trip ids beyond i64 do not occur (row numbers and generated ids); saturate rather than wrap.
         self.trip_id.push(i64::try_from(trip.trip_id).unwrap_or(i64::MAX));
@@ -153,7 +153,7 @@ impl Columns {
         self.pickup_lon.push(trip.pickup.lon);
         self.dropoff_lat.push(trip.dropoff.lat);
         self.dropoff_lon.push(trip.dropoff.lon);
-        self.shard_id.push(ByteArray::from(row.shard_id.as_bytes().to_vec()));
+        self.shard_id.push(shard_id.clone());
         self.sequence_number.push(ByteArray::from(row.id.sequence_number.as_bytes().to_vec()));
         self.sub_sequence.push(i64::try_from(row.id.sub_sequence).unwrap_or(i64::MAX));
         match row.arrival {

@@ -22,6 +22,7 @@ mod encode;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
+use ::parquet::data_type::ByteArray;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Millis, Trip};
@@ -103,8 +104,6 @@ impl Partition {
 pub struct ArchiveRow {
     /// The trip.
     pub trip: Trip,
-    /// The shard it was read from.
-    pub shard_id: String,
     /// Its place in the shard.
     pub id: RowId,
     /// Kinesis's approximate arrival time.
@@ -213,9 +212,9 @@ impl OpenFile {
         Ok(OpenFile { first, last: None, rows: 0, file: ParquetFile::new()?, opened_at })
     }
 
-    fn push(&mut self, row: &ArchiveRow) -> Result<(), ArchiveError> {
-        self.file.push(row)?;
-        self.last = Some(row.id.clone());
+    fn push(&mut self, row: ArchiveRow, shard_id: &ByteArray) -> Result<(), ArchiveError> {
+        self.file.push(&row, shard_id)?;
+        self.last = Some(row.id);
         self.rows += 1;
         Ok(())
     }
@@ -238,7 +237,7 @@ struct Rebuild {
 #[derive(Debug)]
 enum Closing {
     /// Rows of it are still to be read again.
-    Rebuilding(Rebuild),
+    Rebuilding(Box<Rebuild>),
     /// Complete.
     Ready(ClosedFile),
 }
@@ -276,6 +275,8 @@ pub struct RebuildMismatch {
 #[derive(Debug)]
 pub struct ShardArchive {
     shard_id: String,
+    /// The shard id as the files store it (shared by every row).
+    shard_bytes: ByteArray,
     open: BTreeMap<Partition, OpenFile>,
     closing: Vec<Closing>,
 }
@@ -283,7 +284,9 @@ pub struct ShardArchive {
 impl ShardArchive {
     /// An archive with nothing open (a shard read from its start, or resumed without marks).
     pub fn new(shard_id: impl Into<String>) -> ShardArchive {
-        ShardArchive { shard_id: shard_id.into(), open: BTreeMap::new(), closing: Vec::new() }
+        let shard_id = shard_id.into();
+        let shard_bytes = ByteArray::from(shard_id.as_bytes().to_vec());
+        ShardArchive { shard_id, shard_bytes, open: BTreeMap::new(), closing: Vec::new() }
     }
 
     /// Resumes from the marks of the checkpoint a shard restarts from; `now` is the wall clock.
@@ -298,7 +301,7 @@ impl ShardArchive {
         }
         for mark in &marks.closing {
             let file = OpenFile::new(mark.first.clone(), now)?;
-            archive.closing.push(Closing::Rebuilding(Rebuild { mark: mark.clone(), file }));
+            archive.closing.push(Closing::Rebuilding(Box::new(Rebuild { mark: mark.clone(), file })));
         }
         Ok(archive)
     }
@@ -309,28 +312,29 @@ impl ShardArchive {
     }
 
     /// Adds a row read for the first time.
-    pub fn push(&mut self, row: &ArchiveRow, now: Millis) -> Result<(), ArchiveError> {
+    pub fn push(&mut self, row: ArchiveRow, now: Millis) -> Result<(), ArchiveError> {
         let partition = Partition::of(&row.trip);
         let file = match self.open.entry(partition) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => e.insert(OpenFile::new(row.id.clone(), now)?),
         };
-        file.push(row)
+        file.push(row, &self.shard_bytes)
     }
 
     /// Offers a row read again after a restart (it was processed before): it goes into the
     /// marked file that covers it, if any; rows of files already uploaded are dropped. A rebuilt
     /// file whose last row arrives becomes ready; one whose row count differs from its mark is
     /// reported (and kept, with the rows read).
-    pub fn push_again(&mut self, row: &ArchiveRow) -> Result<Option<RebuildMismatch>, ArchiveError> {
+    pub fn push_again(&mut self, row: ArchiveRow) -> Result<Option<RebuildMismatch>, ArchiveError> {
         let partition = Partition::of(&row.trip);
         let rebuild = self.closing.iter_mut().position(|c| {
             matches!(c, Closing::Rebuilding(r) if r.mark.partition == partition && r.mark.first <= row.id && row.id <= r.mark.last)
         });
         if let Some(index) = rebuild {
             let Closing::Rebuilding(r) = &mut self.closing[index] else { return Ok(None) };
-            r.file.push(row)?;
-            if row.id != r.mark.last {
+            let complete = row.id == r.mark.last;
+            r.file.push(row, &self.shard_bytes)?;
+            if !complete {
                 return Ok(None);
             }
             let Closing::Rebuilding(r) = self.closing.remove(index) else { return Ok(None) };
@@ -344,7 +348,7 @@ impl ShardArchive {
         if let Some(file) = self.open.get_mut(&partition)
             && file.first <= row.id
         {
-            file.push(row)?;
+            file.push(row, &self.shard_bytes)?;
         }
         Ok(None)
     }
@@ -365,13 +369,29 @@ impl ShardArchive {
         Ok(())
     }
 
-    /// Closes every open file (the shard ended).
-    pub fn close_all(&mut self) -> Result<(), ArchiveError> {
+    /// Closes every open file, and completes every rebuild with the rows it got: the shard
+    /// ended, so no more rows will come. Returns the rebuilt files that got fewer rows than their
+    /// marks promised (rows Kinesis no longer holds).
+    pub fn close_all(&mut self) -> Result<Vec<RebuildMismatch>, ArchiveError> {
         let all: Vec<Partition> = self.open.keys().copied().collect();
         for partition in all {
             self.close(partition)?;
         }
-        Ok(())
+        let mut mismatches = Vec::new();
+        for closing in std::mem::take(&mut self.closing) {
+            match closing {
+                Closing::Ready(file) => self.closing.push(Closing::Ready(file)),
+                Closing::Rebuilding(r) => {
+                    let expected = r.mark.rows;
+                    let key = file_key(&self.shard_id, r.mark.partition, &r.mark.first, &r.mark.last);
+                    mismatches.push(RebuildMismatch { key, expected, found: r.file.rows });
+                    if let Some(file) = r.file.finish(r.mark.partition)? {
+                        self.closing.push(Closing::Ready(file));
+                    }
+                }
+            }
+        }
+        Ok(mismatches)
     }
 
     fn close(&mut self, partition: Partition) -> Result<(), ArchiveError> {

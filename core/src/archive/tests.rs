@@ -21,7 +21,6 @@ fn row(seq: u64, sub: u64, dropoff: Millis) -> ArchiveRow {
     };
     ArchiveRow {
         trip,
-        shard_id: "shardId-000000000001".into(),
         id: RowId::new(seq.to_string(), sub),
         arrival: Some(DAY + seq as Millis),
     }
@@ -87,11 +86,11 @@ fn sequence_numbers_compare_as_numbers() {
 fn a_file_holds_its_rows_in_the_documented_schema_and_is_named_after_them() {
     let mut archive = ShardArchive::new("shardId-000000000001");
     for seq in 1..=5 {
-        archive.push(&row(seq, 0, DAY + HOUR), DAY).expect("push");
+        archive.push(row(seq, 0, DAY + HOUR), DAY).expect("push");
     }
     let mut no_arrival = row(6, 2, DAY + HOUR);
     no_arrival.arrival = None;
-    archive.push(&no_arrival, DAY).expect("push");
+    archive.push(no_arrival, DAY).expect("push");
     archive.close_all().expect("close");
     let files = archive.take_ready();
     assert_eq!(files.len(), 1);
@@ -105,9 +104,9 @@ fn a_file_holds_its_rows_in_the_documented_schema_and_is_named_after_them() {
 
 #[test]
 fn files_close_at_their_size_or_their_age() {
-    let mut archive = ShardArchive::new("s");
-    archive.push(&row(1, 0, DAY), DAY).expect("push");
-    archive.push(&row(2, 0, DAY + HOUR), DAY + 1_000).expect("push");
+    let mut archive = ShardArchive::new("shardId-000000000001");
+    archive.push(row(1, 0, DAY), DAY).expect("push");
+    archive.push(row(2, 0, DAY + HOUR), DAY + 1_000).expect("push");
     archive.close_due(DAY + 59_999, u64::MAX, 60_000).expect("close");
     assert!(archive.take_ready().is_empty(), "younger than a minute");
     assert_eq!(archive.lag_ms(DAY + 59_999), 59_999);
@@ -119,7 +118,7 @@ fn files_close_at_their_size_or_their_age() {
         "the older file only"
     );
     for seq in 3..70_000 {
-        archive.push(&row(seq, 0, DAY + HOUR), DAY + 1_000).expect("push");
+        archive.push(row(seq, 0, DAY + HOUR), DAY + 1_000).expect("push");
     }
     assert!(archive.any_full(40_000));
     archive.close_due(DAY + 2_000, 40_000, 60_000).expect("close");
@@ -169,10 +168,10 @@ fn run_with_crashes(
         for (i, r) in rows.iter().enumerate().skip(start) {
             clock += 1_000;
             if position.is_some_and(|p| i <= p) {
-                assert_eq!(archive.push_again(r).expect("push"), None, "rebuilt files match their marks");
+                assert_eq!(archive.push_again(r.clone()).expect("push"), None, "rebuilt files match their marks");
                 continue;
             }
-            archive.push(r, clock).expect("push");
+            archive.push(r.clone(), clock).expect("push");
             since_checkpoint += 1;
             if since_checkpoint < rows_per_checkpoint && i + 1 < rows.len() {
                 continue;
@@ -260,8 +259,8 @@ fn a_rebuilt_file_with_fewer_rows_than_its_mark_is_reported() {
     };
     let mut archive = ShardArchive::resume("s", &marks, DAY).expect("resume");
     assert!(archive.rebuilding());
-    assert_eq!(archive.push_again(&row(1, 0, DAY)).expect("push"), None);
-    let mismatch = archive.push_again(&row(3, 0, DAY)).expect("push").expect("row 2 is missing");
+    assert_eq!(archive.push_again(row(1, 0, DAY)).expect("push"), None);
+    let mismatch = archive.push_again(row(3, 0, DAY)).expect("push").expect("row 2 is missing");
     assert_eq!((mismatch.expected, mismatch.found), (3, 2));
     assert!(!archive.rebuilding());
     assert_eq!(archive.take_ready().len(), 1);
@@ -269,11 +268,11 @@ fn a_rebuilt_file_with_fewer_rows_than_its_mark_is_reported() {
 
 #[test]
 fn marks_round_trip_through_json() {
-    let mut archive = ShardArchive::new("s");
-    archive.push(&row(1, 0, DAY), DAY).expect("push");
-    archive.push(&row(2, 1, DAY + HOUR), DAY).expect("push");
+    let mut archive = ShardArchive::new("shardId-000000000001");
+    archive.push(row(1, 0, DAY), DAY).expect("push");
+    archive.push(row(2, 1, DAY + HOUR), DAY).expect("push");
     archive.close_due(DAY, 1, 0).expect("close");
-    archive.push(&row(3, 0, DAY), DAY).expect("push");
+    archive.push(row(3, 0, DAY), DAY).expect("push");
     let marks = archive.marks();
     assert_eq!((marks.open.len(), marks.closing.len()), (1, 2));
     let json = serde_json::to_string(&marks).expect("json");

@@ -49,6 +49,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Time allowed for one attempt of one request (checkpoints are small objects).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Time allowed for one attempt of writing `len` bytes: [`ATTEMPT_TIMEOUT`] for a checkpoint, and
+/// a second more per MiB for a large object (an archive file), so a slow but steady upload ends.
+fn attempt_timeout_for(len: usize) -> Duration {
+    ATTEMPT_TIMEOUT + Duration::from_secs(u64::try_from(len >> 20).unwrap_or(u64::MAX))
+}
+
 /// How to reach S3 (or an S3-compatible server); credentials come from the default AWS chain.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct S3Settings {
@@ -490,19 +496,35 @@ impl S3Store {
         let object = self.object_key(key);
         let action = "write checkpoint";
         self.retrying(action, key, || async {
+            let content_type =
+                if key.ends_with(".parquet") { "application/vnd.apache.parquet" } else { "application/json" };
             let mut request = self
                 .client
                 .put_object()
                 .bucket(&self.bucket)
                 .key(&object)
-                .content_type("application/json")
+                .content_type(content_type)
                 .body(ByteStream::from(bytes.to_vec()));
             request = match precondition {
                 Precondition::None => request,
                 Precondition::Absent => request.if_none_match("*"),
                 Precondition::Matches(tag) => request.if_match(format!("\"{}\"", tag.0)),
             };
-            match request.send().await {
+            let attempt_timeout = attempt_timeout_for(bytes.len());
+            let sent = if attempt_timeout > ATTEMPT_TIMEOUT {
+                let timeouts = TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(attempt_timeout)
+                    .build();
+                request
+                    .customize()
+                    .config_override(aws_sdk_s3::config::Builder::new().timeout_config(timeouts))
+                    .send()
+                    .await
+            } else {
+                request.send().await
+            };
+            match sent {
                 Ok(output) => output.e_tag().map(etag_of).ok_or_else(|| self.no_etag(action, key)),
                 Err(e) => {
                     let status = e.raw_response().map(|r| r.status().as_u16());

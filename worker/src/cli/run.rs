@@ -217,6 +217,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CommandError> {
         takeover_timeout: args.takeover_timeout,
         stop_after_records: None,
         efo_consumer: settings.efo_consumer_name(),
+        archive: settings.archive.clone(),
     };
     let endpoint =
         KinesisEndpoint { region: settings.stream.region.clone(), endpoint_url: settings.stream.endpoint_url.clone() };

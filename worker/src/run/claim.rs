@@ -12,6 +12,7 @@ use super::control::{Control, wait_or_interrupt};
 use super::ownership::Grant;
 use super::{RunError, Shared};
 use crate::handoff::{ClaimDecision, Claimant, HandoffOutcome, Holder, decide_claim};
+use taxi_core::archive::ArchiveMarks;
 use taxi_core::checkpoint::{Owner, Position, ShardCheckpoint, child_of};
 use taxi_core::event::Millis;
 use taxi_core::identity::PipelineId;
@@ -61,6 +62,8 @@ pub(super) struct Claimed {
     pub(super) etag: ETag,
     /// Set when the shard came from another owner (or back from a release).
     pub(super) handoff: Option<HandoffOutcome>,
+    /// The archive files the checkpoint lists as open or decided, to rebuild.
+    pub(super) archive: ArchiveMarks,
 }
 
 /// How claiming a shard ended.
@@ -157,10 +160,10 @@ pub(super) async fn claim<K>(
                     continue;
                 }
             };
-        let (processor, position) = match checkpoint {
-            Some(checkpoint) => (checkpoint.restore(shared.config.clone())?, checkpoint.position),
+        let (processor, position, archive) = match checkpoint {
+            Some(checkpoint) => (checkpoint.restore(shared.config.clone())?, checkpoint.position, checkpoint.archive),
             None => match parent_checkpoints(shared, parents).await {
-                Ok(parents) => (child_of(&parents, shared.config.clone()), Position::Start),
+                Ok(parents) => (child_of(&parents, shared.config.clone()), Position::Start, ArchiveMarks::default()),
                 Err(RunError::Store(e @ StoreError::S3 { retryable: true, .. })) => {
                     wait_out_store_failure(shared, shard_id, "read a parent's checkpoint", &e, control).await;
                     continue;
@@ -169,10 +172,12 @@ pub(super) async fn claim<K>(
             },
         };
         let position = resume_from(position, &shared.options.start, !parents.is_empty(), wall_clock_millis());
-        let claimed = ShardCheckpoint::capture(shard_id, position.clone(), owner, &processor, &shared.config);
+        let mut claimed = ShardCheckpoint::capture(shard_id, position.clone(), owner, &processor, &shared.config);
+        // The files the previous owner decided or left open stay listed until they are written.
+        claimed.archive = archive.clone();
         let precondition = etag.map_or(Precondition::Absent, Precondition::Matches);
         match shared.store.put(&key, &claimed.to_bytes()?, &precondition).await {
-            Ok(etag) => return Ok(Claim::Claimed(Box::new(Claimed { processor, position, etag, handoff }))),
+            Ok(etag) => return Ok(Claim::Claimed(Box::new(Claimed { processor, position, etag, handoff, archive }))),
             Err(StoreError::Conflict { .. }) if conflicts < CLAIM_ATTEMPTS => {
                 // The previous owner wrote in between: read its newer state and decide again.
                 conflicts += 1;

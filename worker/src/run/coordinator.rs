@@ -64,6 +64,10 @@ pub async fn run_worker<K: KinesisApi>(
         None => None,
         Some(name) => Some(register_with_retry(api.as_ref(), &options.stream, name, &mut shutdown).await?),
     };
+    let archive = match &options.archive {
+        Some(settings) => Some(super::archive::ArchiveTarget::open(settings, &options.s3).await?),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         api,
         identity,
@@ -77,6 +81,7 @@ pub async fn run_worker<K: KinesisApi>(
         closed_shards: Mutex::new(HashSet::new()),
         consumer_arn,
         owner,
+        archive,
     });
     Coordinator::new(shared, ownership, redrive_passes).run(shutdown).await
 }

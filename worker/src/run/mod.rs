@@ -49,10 +49,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::handoff::{AssignmentSource, SourceError};
+use taxi_core::archive::ArchiveError;
 use taxi_core::checkpoint::{FormatError, Owner};
 use taxi_core::config::EngineConfig;
 use taxi_core::settings::{
-    DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_DISCOVERY_INTERVAL, DEFAULT_RETAIN, DEFAULT_TAKEOVER_TIMEOUT,
+    ArchiveSettings, DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_DISCOVERY_INTERVAL, DEFAULT_RETAIN, DEFAULT_TAKEOVER_TIMEOUT,
 };
 use taxi_core::shard::Counters;
 use taxi_core::start_position::InitialPosition;
@@ -63,6 +64,7 @@ use taxi_io::sink::opensearch::OpenSearchSettings;
 use taxi_io::sink::{Sink, SinkError};
 use taxi_io::store::{CheckpointStore, S3Settings, StoreError};
 
+mod archive;
 mod claim;
 mod control;
 mod coordinator;
@@ -125,6 +127,8 @@ pub struct RunOptions {
     /// Stop each shard (with a checkpoint) after processing this many user records in this run,
     /// even inside a KPL aggregate: for tests and bounded batch runs.
     pub stop_after_records: Option<u64>,
+    /// Where the raw trips read are archived as Parquet; `None`: not archived.
+    pub archive: Option<ArchiveSettings>,
 }
 
 impl RunOptions {
@@ -153,6 +157,7 @@ impl RunOptions {
             takeover_timeout: DEFAULT_TAKEOVER_TIMEOUT,
             efo_consumer: None,
             stop_after_records: None,
+            archive: None,
         }
     }
 }
@@ -180,6 +185,9 @@ pub enum RunError {
     /// The sink failed.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// An archive file could not be encoded.
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
     /// Kinesis failed in a way retrying cannot fix.
     #[error(transparent)]
     Kinesis(#[from] KinesisError),
@@ -205,6 +213,7 @@ impl RunError {
             RunError::Checkpoint(FormatError::Encode(_)) | RunError::Store(_) => "checkpoint_store",
             RunError::Kinesis(_) => "kinesis",
             RunError::Sink(_) => "sink",
+            RunError::Archive(_) => "archive",
             RunError::Config(_) | RunError::Assignment(_) | RunError::ShardsFailed(_) => "other",
         }
     }
@@ -241,6 +250,8 @@ struct Shared<K> {
     consumer_arn: Option<String>,
     /// Who this worker is, in its checkpoints.
     owner: Owner,
+    /// Where archive files go, when the run archives.
+    archive: Option<archive::ArchiveTarget>,
 }
 
 /// The wait between attempts of a control call that must eventually succeed: listing the shards,

@@ -15,6 +15,7 @@ use super::ownership::Grant;
 use super::records::Progress;
 use super::{CONTROL_RETRY, RunError, Shared};
 use crate::handoff::HandoffOutcome;
+use taxi_core::archive::ShardArchive;
 use taxi_core::checkpoint::{Owner, Position, ShardCheckpoint};
 use taxi_core::document::documents_for;
 use taxi_core::event::InvalidReason;
@@ -134,17 +135,28 @@ impl<K: KinesisApi> ShardTask<K> {
             ControlFlow::Continue(claimed) => claimed,
             ControlFlow::Break(exit) => return Ok(exit),
         };
-        let Claimed { processor, position, etag, handoff } = claimed;
-        let Some((start, skip_upto)) = resume_position(&position) else {
+        let Claimed { processor, position, etag, handoff, archive: marks } = claimed;
+        let Some((mut start, _)) = resume_position(&position) else {
             return Ok(ShardExit::Finished);
         };
+        let archive = match &shared.archive {
+            Some(_) => Some(ShardArchive::resume(shard.shard_id.clone(), &marks, wall_clock_millis())?),
+            None => None,
+        };
+        if archive.is_some()
+            && let Some(earliest) = marks.earliest()
+        {
+            // Rows of files not yet written are read again: from the earliest one.
+            tracing::info!(shard = %shard.shard_id, from = %earliest.sequence_number, "reading again to rebuild archive files");
+            start = StartingPosition::AtSequenceNumber(earliest.sequence_number.clone());
+        }
         tracing::info!(shard = %shard.shard_id, ?start, epoch = grant.epoch, "starting shard");
         let reported = processor.counters().clone();
         let budget = shared.options.stop_after_records;
         let mut task = ShardTask {
             shard_id: shard.shard_id.clone(),
             owner,
-            progress: Progress::resume(processor, position, skip_upto, budget),
+            progress: Progress::resume(processor, position, archive, budget),
             etag: Some(etag),
             reported,
             shared,
@@ -255,10 +267,21 @@ impl<K: KinesisApi> ShardTask<K> {
                 break;
             }
         }
+        if let Some(e) = self.progress.take_archive_error() {
+            return Err(e.into());
+        }
         let closed = self.progress.processor.take_closed();
         self.emit(&closed, true).await?;
         self.report();
         if within_budget {
+            // A full archive file closes now rather than at the next interval.
+            let full = match (&self.shared.archive, &self.progress.archive) {
+                (Some(target), Some(archive)) => archive.any_full(target.settings.max_file_bytes),
+                _ => false,
+            };
+            if full && !self.checkpoint().await? {
+                return Ok(Some(ShardExit::Fenced));
+            }
             return Ok(None);
         }
         tracing::info!(shard = %self.shard_id, position = ?self.progress.position, "record budget spent: stopping the shard");
@@ -278,6 +301,9 @@ impl<K: KinesisApi> ShardTask<K> {
         // stay in the final checkpoint for its children.
         let closed = self.progress.processor.end();
         self.emit(&closed, true).await?;
+        if let Some(exit) = self.archive_everything(control).await? {
+            return Ok(exit);
+        }
         self.progress.position = Position::Finished;
         self.report();
         if let Some(exit) = self.write_finished(control).await? {
@@ -399,10 +425,62 @@ impl<K: KinesisApi> ShardTask<K> {
         Ok(self.write_checkpoint(None).await? != Written::Fenced)
     }
 
-    /// Flushes the sink, then writes the checkpoint, marked released at `released` if given.
+    /// The shard ended: closes every archive file and writes them, with a checkpoint that lists
+    /// them first, so the finished checkpoint lists none. `Some(exit)` when the shard ends otherwise
+    /// first (as in [`ShardTask::write_finished`]).
+    async fn archive_everything(
+        &mut self,
+        control: &mut watch::Receiver<Control>,
+    ) -> Result<Option<ShardExit>, RunError> {
+        let Some(archive) = self.progress.archive.as_mut() else { return Ok(None) };
+        for mismatch in archive.close_all()? {
+            tracing::error!(shard = %self.shard_id, %mismatch, "an archive file was rebuilt with fewer rows than decided");
+        }
+        let mut backoff = Backoff::new(CONTROL_RETRY);
+        loop {
+            match self.write_checkpoint(None).await? {
+                Written::Fenced => return Ok(Some(ShardExit::Fenced)),
+                Written::Yes if self.progress.archive.as_ref().is_none_or(|a| a.marks().is_empty()) => return Ok(None),
+                Written::Yes | Written::Failed => {}
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = control.changed() => {}
+            }
+            let requested = *control.borrow_and_update();
+            match requested {
+                Control::Run => {}
+                Control::Stop { .. } => {
+                    self.shared.state.update(&self.shard_id, |s| s.state = ShardState::Stopped);
+                    return Ok(Some(ShardExit::Stopped));
+                }
+                Control::Release { epoch } => return self.release(epoch).await.map(Some),
+            }
+        }
+    }
+
+    /// Writes the archive files decided by the checkpoint just written, and shows the archive's
+    /// lag. True when none is left to write.
+    async fn write_archive_files(&mut self) -> bool {
+        let (Some(target), Some(archive)) = (self.shared.archive.as_ref(), self.progress.archive.as_mut()) else {
+            return true;
+        };
+        let done = target.upload_ready(archive, &self.shared.state.metrics).await;
+        let lag = archive.lag_ms(wall_clock_millis());
+        self.shared.state.update(&self.shard_id, |s| s.archive_lag_ms = Some(lag));
+        done
+    }
+
+    /// Flushes the sink, then writes the checkpoint, marked released at `released` if given. With
+    /// an archive, the checkpoint first decides which files close (size or age) and lists every
+    /// file open or decided; the decided files are written after it (a released shard leaves
+    /// them to its new owner, which rebuilds them).
     async fn write_checkpoint(&mut self, released: Option<u64>) -> Result<Written, RunError> {
         let started = Instant::now();
         self.shared.sink.flush().await?;
+        if let (Some(target), Some(archive)) = (&self.shared.archive, &mut self.progress.archive) {
+            target.close_due(archive)?;
+        }
         let mut checkpoint = ShardCheckpoint::capture(
             &self.shard_id,
             self.progress.position.clone(),
@@ -411,6 +489,7 @@ impl<K: KinesisApi> ShardTask<K> {
             &self.shared.config,
         );
         checkpoint.released_epoch = released;
+        checkpoint.archive = self.progress.archive.as_ref().map(ShardArchive::marks).unwrap_or_default();
         let bytes = checkpoint.to_bytes()?;
         let key = checkpoint_key(&self.shared.identity, &self.shard_id);
         let precondition = self.etag.clone().map_or(Precondition::Absent, Precondition::Matches);
@@ -442,6 +521,9 @@ impl<K: KinesisApi> ShardTask<K> {
                     s.checkpoint_error = None;
                     s.position = position;
                 });
+                if released.is_none() {
+                    self.write_archive_files().await;
+                }
                 Ok(Written::Yes)
             }
             Err(StoreError::Conflict { .. }) => {

@@ -87,5 +87,6 @@ pub(super) async fn shared<K>(api: Arc<K>, options: RunOptions) -> Shared<K> {
         totals: Mutex::new(Counters::default()),
         closed_shards: Mutex::new(HashSet::new()),
         consumer_arn: None,
+        archive: None,
     }
 }
