@@ -82,7 +82,7 @@ impl ArchiveSpec {
         if !bytes_ok {
             return Some(ArchiveProblem { field: "spec.archive.maxFileBytes", message: MAX_FILE_BYTES_MESSAGE });
         }
-        let age_ok = duration::parse(&self.max_file_age).map_or(true, |age| file_age_in_bounds(age));
+        let age_ok = duration::parse(&self.max_file_age).map_or(true, file_age_in_bounds);
         if !age_ok {
             return Some(ArchiveProblem { field: "spec.archive.maxFileAge", message: MAX_FILE_AGE_MESSAGE });
         }
