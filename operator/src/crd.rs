@@ -216,8 +216,9 @@ pub struct TaxiPipelineSpec {
     /// Where the results go.
     pub sink: SinkSpec,
     /// An archive of every raw trip the workers read, as Parquet files in S3 partitioned by the
-    /// hour of their event time. Optional: without it nothing is archived. It may change; a change restarts the
-    /// workers (rolling, like every settings change), and files already written stay where they are.
+    /// hour of their event time. Optional: without it nothing is archived. It may change: a change
+    /// restarts the workers one by one, like every settings change, and files already written stay
+    /// where they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<ArchiveSpec>,
     /// How the worker pods run: image, resources, scheduling, service account, pod template and

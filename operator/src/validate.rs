@@ -241,6 +241,7 @@ fn archive_settings(archive: &ArchiveSpec) -> Result<ArchiveSettings, InvalidSpe
     }
     Ok(ArchiveSettings {
         uri: archive.uri.clone(),
+        // Within the bounds, so never negative: `problem` checked it.
         max_file_bytes: u64::try_from(archive.max_file_bytes).unwrap_or(0),
         max_file_age_ms: millis("spec.archive.maxFileAge", &archive.max_file_age)?,
     })
