@@ -15,12 +15,13 @@
 //! (and the worker's flags use it too).
 //!
 //! The types are grouped by spec section: [`StreamSpec`], [`AutoscalingSpec`], [`EventTimeSpec`],
-//! [`AnalysesSpec`], [`CheckpointSpec`], [`SinkSpec`] and [`WorkerSpec`] (with its
+//! [`AnalysesSpec`], [`CheckpointSpec`], [`SinkSpec`], [`ArchiveSpec`] and [`WorkerSpec`] (with its
 //! [`WorkerPodTemplate`]) each live in a submodule with their defaults, and [`TaxiPipelineStatus`]
 //! with the condition types. The module's root stays in `crd.rs` (not `crd/mod.rs`) because the
 //! generated CRD's header names this file as its source.
 
 mod analyses;
+mod archive;
 mod autoscaling;
 mod checkpoint;
 mod event_time;
@@ -36,6 +37,7 @@ pub use taxi_core::config::WatermarkStrategy;
 pub use taxi_core::settings::{ConsumerType, SigV4Service, SinkAuthType};
 
 pub use analyses::{AirportSpec, AirportTripsSpec, AnalysesSpec, BoundingBoxSpec, HotSpotsSpec};
+pub use archive::{ArchiveProblem, ArchiveSpec};
 pub use autoscaling::AutoscalingSpec;
 pub use checkpoint::CheckpointSpec;
 pub use event_time::EventTimeSpec;
@@ -213,6 +215,12 @@ pub struct TaxiPipelineSpec {
     pub checkpoint: CheckpointSpec,
     /// Where the results go.
     pub sink: SinkSpec,
+    /// An archive of every raw trip the workers read, as Parquet files in S3 partitioned by the
+    /// hour of their event time. Optional: without it nothing is archived. It may change: a change
+    /// restarts the workers one by one, like every settings change, and files already written stay
+    /// where they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveSpec>,
     /// How the worker pods run: image, resources, scheduling, service account, pod template and
     /// NetworkPolicy. All optional.
     #[serde(default)]

@@ -18,12 +18,13 @@ use taxi_core::geo::{BoundingBox, Geofence};
 use taxi_core::identity::PipelineId;
 use taxi_core::redact;
 use taxi_core::settings::{
-    self, CheckpointSettings, SinkAuthSetting, SinkAuthType, SinkSettings, StreamSettings, WorkerSettings,
+    self, ArchiveSettings, CheckpointSettings, SinkAuthSetting, SinkAuthType, SinkSettings, StreamSettings,
+    WorkerSettings,
 };
 use taxi_core::start_position;
 
 pub use self::defaults::{Defaults, FlagError, SecretKey};
-use crate::crd::{BoundingBoxSpec, TaxiPipeline, TaxiPipelineSpec};
+use crate::crd::{ArchiveSpec, BoundingBoxSpec, TaxiPipeline, TaxiPipelineSpec};
 use crate::observe::StreamRef;
 use crate::resources::{CA_DIR, ValidPipeline};
 
@@ -229,7 +230,19 @@ fn worker_settings(
                 airports,
             },
         },
-        // Rendered from the resource once it has an archive field.
-        archive: None,
+        archive: spec.archive.as_ref().map(archive_settings).transpose()?,
+    })
+}
+
+/// `spec.archive` as worker settings, refused as the CEL rules refuse it.
+fn archive_settings(archive: &ArchiveSpec) -> Result<ArchiveSettings, InvalidSpec> {
+    if let Some(problem) = archive.problem() {
+        return Err(invalid(problem.field, problem.reason()));
+    }
+    Ok(ArchiveSettings {
+        uri: archive.uri.clone(),
+        // Within the bounds, so never negative: `problem` checked it.
+        max_file_bytes: u64::try_from(archive.max_file_bytes).unwrap_or(0),
+        max_file_age_ms: millis("spec.archive.maxFileAge", &archive.max_file_age)?,
     })
 }

@@ -18,9 +18,11 @@
 //! that a swapped field changes a snapshot or fails an assertion.
 //!
 //! The pod template and the operator's defaults for every pod are tested in
-//! `builders/pod_template.rs`, the workers' NetworkPolicy in `builders/network_policy.rs`; both use
-//! the fixtures and helpers here.
+//! `builders/pod_template.rs`, the workers' NetworkPolicy in `builders/network_policy.rs` and the
+//! raw-trip archive in `builders/archive.rs`; they use the fixtures and helpers here.
 
+#[path = "builders/archive.rs"]
+mod archive;
 #[path = "builders/network_policy.rs"]
 mod network_policy;
 #[path = "builders/pod_template.rs"]

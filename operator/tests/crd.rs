@@ -22,7 +22,7 @@ use chrono::Timelike;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use taxi_core::duration;
-use taxi_core::settings::{DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_INDEX_PREFIX, WorkerSettings};
+use taxi_core::settings::{ArchiveSettings, DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_INDEX_PREFIX, WorkerSettings};
 use taxi_operator::crd::{
     RESERVED_ENV_NAMES, RESERVED_ENV_PREFIX, RESERVED_KEY_PREFIX, RESERVED_LABEL_KEYS, TaxiPipeline, TaxiPipelineSpec,
     crd_yaml,
@@ -529,6 +529,23 @@ fn valid_specs_are_accepted() {
                 json!({"name": "taxi-trips", "consumer": "efo", "efoConsumerName": "Shared_reader-2"}),
             ),
         ),
+        ("an archive with its defaults", set(minimal(), "spec.archive", json!({"uri": "s3://taxi-archive/trips"}))),
+        (
+            "the smallest and youngest archive files, at a bucket's root",
+            set(
+                minimal(),
+                "spec.archive",
+                json!({"uri": "s3://taxi-archive", "maxFileBytes": 65536, "maxFileAge": "1s"}),
+            ),
+        ),
+        (
+            "the largest and oldest archive files",
+            set(
+                minimal(),
+                "spec.archive",
+                json!({"uri": "s3://taxi.archive/a/b/", "maxFileBytes": 1_073_741_824, "maxFileAge": "1h"}),
+            ),
+        ),
     ];
     for (name, object) in cases {
         assert_eq!(api.create(&object), [], "{name} must be accepted");
@@ -536,6 +553,18 @@ fn valid_specs_are_accepted() {
         let defaulted = api.defaulted(&object);
         serde_json::from_value::<TaxiPipeline>(defaulted).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
+}
+
+/// What the API server answers an archive URI that is no S3 URI with a bucket.
+const ARCHIVE_URI: &str = "archive.uri must be an S3 URI with a bucket, like s3://bucket/prefix";
+/// What it answers an archive file size beyond the bounds.
+const ARCHIVE_FILE_BYTES: &str = "archive.maxFileBytes must be between 65536 (64 KiB) and 1073741824 (1 GiB)";
+/// What it answers an archive file age beyond the bounds.
+const ARCHIVE_FILE_AGE: &str = "archive.maxFileAge must be a duration between 1s and 1h";
+
+/// The minimal example with an archive of the default file size and age.
+fn archive() -> Value {
+    set(minimal(), "spec.archive", json!({"uri": "s3://taxi-archive/trips"}))
 }
 
 /// What the API server answers a sink endpoint with credentials.
@@ -842,6 +871,46 @@ fn invalid_specs_are_rejected_with_their_message() {
             ),
         ),
         (
+            "an archive outside S3",
+            set(minimal(), "spec.archive.uri", json!("gs://taxi-archive/trips")),
+            Violation::new("spec.archive.uri", ARCHIVE_URI),
+        ),
+        (
+            "an archive without a bucket",
+            set(minimal(), "spec.archive.uri", json!("s3:///trips")),
+            Violation::new("spec.archive.uri", ARCHIVE_URI),
+        ),
+        (
+            "an archive bucket in capitals",
+            set(minimal(), "spec.archive.uri", json!("s3://Taxi-Archive/trips")),
+            Violation::new("spec.archive.uri", ARCHIVE_URI),
+        ),
+        (
+            "an archive without a URI",
+            set(minimal(), "spec.archive", json!({"maxFileAge": "1m"})),
+            Violation::new("spec.archive.uri", "Required value"),
+        ),
+        (
+            "archive files below 64 KiB",
+            set(archive(), "spec.archive.maxFileBytes", json!(65535)),
+            Violation::new("spec.archive.maxFileBytes", ARCHIVE_FILE_BYTES),
+        ),
+        (
+            "archive files above 1 GiB",
+            set(archive(), "spec.archive.maxFileBytes", json!(1_073_741_825)),
+            Violation::new("spec.archive.maxFileBytes", ARCHIVE_FILE_BYTES),
+        ),
+        (
+            "archive files younger than a second",
+            set(archive(), "spec.archive.maxFileAge", json!("999ms")),
+            Violation::new("spec.archive.maxFileAge", ARCHIVE_FILE_AGE),
+        ),
+        (
+            "archive files older than an hour",
+            set(archive(), "spec.archive.maxFileAge", json!("1h0m0.001s")),
+            Violation::new("spec.archive.maxFileAge", ARCHIVE_FILE_AGE),
+        ),
+        (
             "a dotted name",
             set(minimal(), "metadata.name", json!("nyc.taxi")),
             Violation::new(
@@ -862,6 +931,51 @@ fn invalid_specs_are_rejected_with_their_message() {
     ];
     for (name, object, expected) in cases {
         assert_eq!(api.create(&object), [expected], "{name}");
+    }
+}
+
+/// The operator refuses an archive the API server refuses, in the same words, for pipelines
+/// created before the rules; what both accept renders into the workers' archive settings.
+#[test]
+fn the_operator_refuses_the_archives_the_api_server_refuses_in_its_words() {
+    let api = ApiServer::new();
+    let operator = |object: &Value| {
+        let mut object = api.defaulted(object);
+        object["metadata"]["namespace"] = json!("streaming");
+        object["metadata"]["uid"] = json!("0b5d6a3e-7c41-4f0e-9a2b-5e8c1d7f3a90");
+        let pipeline: TaxiPipeline = serde_json::from_value(object).expect("a TaxiPipeline");
+        validate(&pipeline, &Defaults::new("registry.example.com/taxi:test", "taxi-system"))
+    };
+    for (path, value) in [
+        ("spec.archive.uri", json!("gs://taxi-archive/trips")),
+        ("spec.archive.uri", json!("s3://ab/trips")),
+        ("spec.archive.uri", json!("s3://taxi_archive")),
+        ("spec.archive.maxFileBytes", json!(0)),
+        ("spec.archive.maxFileBytes", json!(2_147_483_648_i64)),
+        ("spec.archive.maxFileAge", json!("500ms")),
+        ("spec.archive.maxFileAge", json!("90m")),
+    ] {
+        let object = set(archive(), path, value.clone());
+        let [violation] = api.create(&object).try_into().unwrap_or_else(|v| panic!("{path} = {value}: {v:?}"));
+        let refused = operator(&object).expect_err("the operator refuses it too");
+        assert_eq!(refused.field, violation.path, "{path} = {value}");
+        assert_eq!(format!("{} {}", &refused.field["spec.".len()..], refused.reason), violation.message);
+    }
+    let object = set(archive(), "spec.archive.maxFileAge", json!("90s"));
+    assert_eq!(api.create(&object), []);
+    let rendered = operator(&object).expect("valid").settings.archive;
+    assert_eq!(
+        rendered,
+        Some(ArchiveSettings { max_file_age_ms: 90_000, ..ArchiveSettings::at("s3://taxi-archive/trips") })
+    );
+}
+
+#[test]
+fn the_archive_may_be_added_changed_and_removed() {
+    let api = ApiServer::new();
+    let changed = set(archive(), "spec.archive", json!({"uri": "s3://other-archive", "maxFileAge": "1m"}));
+    for (new, old) in [(archive(), minimal()), (changed, archive()), (minimal(), archive())] {
+        assert_eq!(api.update(&new, &old), [], "{} after {}", new["spec"]["archive"], old["spec"]["archive"]);
     }
 }
 

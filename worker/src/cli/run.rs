@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use taxi_core::duration;
 use taxi_core::settings::{
-    CheckpointSettings, ConsumerType, DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_DISCOVERY_INTERVAL, DEFAULT_RETAIN,
-    DEFAULT_START_POSITION, DEFAULT_TAKEOVER_TIMEOUT, SinkAuthSetting, SinkAuthType, SinkSettings, StreamSettings,
-    WorkerSettings,
+    ARCHIVE_FILE_AGE_MS_RANGE, ARCHIVE_FILE_BYTES_RANGE, ArchiveSettings, CheckpointSettings, ConsumerType,
+    DEFAULT_ARCHIVE_MAX_FILE_AGE, DEFAULT_ARCHIVE_MAX_FILE_BYTES, DEFAULT_CHECKPOINT_INTERVAL,
+    DEFAULT_DISCOVERY_INTERVAL, DEFAULT_RETAIN, DEFAULT_START_POSITION, DEFAULT_TAKEOVER_TIMEOUT, SinkAuthSetting,
+    SinkAuthType, SinkSettings, StreamSettings, WorkerSettings,
 };
 use taxi_core::start_position;
 use taxi_io::kinesis::api::{KinesisEndpoint, SdkKinesis};
@@ -117,6 +118,19 @@ pub struct PipelineArgs {
     /// The analyses and event time.
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// Archive every trip read as Parquet files under s3://bucket/prefix/dt=YYYY-MM-DD/hour=HH/ (the
+    /// hour of the trip's event time, its dropoff, in UTC), with the S3 endpoint and addressing of the
+    /// checkpoints (--s3-endpoint-url, --s3-force-path-style). Default: no archive.
+    #[arg(long, env = "TAXI_ARCHIVE", conflicts_with = "config", value_name = "S3_URI")]
+    pub archive: Option<String>,
+    /// An archive file closes at this many bytes (65536 to 1073741824).
+    #[arg(long, env = "TAXI_ARCHIVE_MAX_FILE_BYTES", requires = "archive", default_value_t = DEFAULT_ARCHIVE_MAX_FILE_BYTES,
+          value_parser = clap::value_parser!(u64).range(*ARCHIVE_FILE_BYTES_RANGE.start()..=*ARCHIVE_FILE_BYTES_RANGE.end()))]
+    pub archive_max_file_bytes: u64,
+    /// An archive file closes once it has been open this long (1s to 1h).
+    #[arg(long, env = "TAXI_ARCHIVE_MAX_FILE_AGE", requires = "archive",
+          default_value = duration::format(DEFAULT_ARCHIVE_MAX_FILE_AGE), value_parser = archive_file_age)]
+    pub archive_max_file_age: Duration,
 }
 
 impl RunArgs {
@@ -175,13 +189,28 @@ impl PipelineArgs {
                 bulk_max_delay_ms: millis_u64(os.bulk_max_delay),
             },
             engine: self.engine.config(),
-            archive: None,
+            archive: self.archive.as_ref().map(|uri| ArchiveSettings {
+                uri: uri.clone(),
+                max_file_bytes: self.archive_max_file_bytes,
+                max_file_age_ms: millis_u64(self.archive_max_file_age),
+            }),
         })
     }
 }
 
 fn validate_start_position(s: &str) -> Result<String, String> {
     start_position::parse(s).map(|_| s.to_owned())
+}
+
+/// A Go duration within the bounds of [`ArchiveSettings::max_file_age_ms`].
+fn archive_file_age(s: &str) -> Result<Duration, String> {
+    let age = duration::parse(s).map_err(|e| e.to_string())?;
+    let (lo, hi) = (*ARCHIVE_FILE_AGE_MS_RANGE.start(), *ARCHIVE_FILE_AGE_MS_RANGE.end());
+    if age < Duration::from_millis(lo) || age > Duration::from_millis(hi) {
+        let (lo, hi) = (duration::format(Duration::from_millis(lo)), duration::format(Duration::from_millis(hi)));
+        return Err(format!("must be between {lo} and {hi}"));
+    }
+    Ok(age)
 }
 
 /// `taxi-worker run`: reads the assigned shards until told to stop (or idle, with --stop-when-idle).
@@ -316,5 +345,98 @@ mod tests {
         let argv = ["taxi-worker", "run", "--pipeline=p", "--stream=s", "--checkpoint=c", "--sink=u"];
         let day = Cli::try_parse_from(argv.iter().chain(&["--checkpoint-interval=1d"])).expect_err("no day unit");
         assert!(day.to_string().contains("unknown unit \"d\""), "{day}");
+    }
+
+    const PIPELINE_FLAGS: [&str; 4] = [
+        "--pipeline=nyc",
+        "--stream=taxi-trips",
+        "--checkpoint=s3://bucket/checkpoints",
+        "--sink=https://search.example.com",
+    ];
+
+    fn parse(extra: &[&str]) -> Result<RunArgs, clap::Error> {
+        let argv = ["taxi-worker", "run"].into_iter().chain(extra.iter().copied());
+        Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::Run(args) => *args,
+            other => panic!("parsed {other:?}"),
+        })
+    }
+
+    #[test]
+    fn the_archive_flags_fill_the_archive_settings() {
+        let flags = [&PIPELINE_FLAGS[..], &["--archive=s3://archive-bucket/trips"]].concat();
+        let settings = run_args(&flags).settings().expect("settings");
+        assert_eq!(settings.archive, Some(ArchiveSettings::at("s3://archive-bucket/trips")));
+
+        let flags = [
+            &PIPELINE_FLAGS[..],
+            &[
+                "--archive=s3://archive-bucket/trips",
+                "--archive-max-file-bytes=1048576",
+                "--archive-max-file-age=1m30s",
+            ],
+        ]
+        .concat();
+        let settings = run_args(&flags).settings().expect("settings");
+        let expected = ArchiveSettings {
+            uri: "s3://archive-bucket/trips".to_owned(),
+            max_file_bytes: 1_048_576,
+            max_file_age_ms: 90_000,
+        };
+        assert_eq!(settings.archive, Some(expected));
+    }
+
+    #[test]
+    fn the_archive_flags_refuse_sizes_and_ages_beyond_their_bounds() {
+        let archive = "--archive=s3://archive-bucket/trips";
+        for ok in ["--archive-max-file-bytes=65536", "--archive-max-file-bytes=1073741824"] {
+            assert!(parse(&[&PIPELINE_FLAGS[..], &[archive, ok]].concat()).is_ok(), "{ok}");
+        }
+        for ok in ["--archive-max-file-age=1s", "--archive-max-file-age=1h"] {
+            assert!(parse(&[&PIPELINE_FLAGS[..], &[archive, ok]].concat()).is_ok(), "{ok}");
+        }
+        for (bad, says) in [
+            ("--archive-max-file-bytes=65535", "65536..=1073741824"),
+            ("--archive-max-file-bytes=1073741825", "65536..=1073741824"),
+            ("--archive-max-file-bytes=64Mi", "invalid digit"),
+            ("--archive-max-file-age=999ms", "must be between 1s and 1h"),
+            ("--archive-max-file-age=1h0m1s", "must be between 1s and 1h"),
+            ("--archive-max-file-age=5 minutes", "unknown unit"),
+        ] {
+            let error = parse(&[&PIPELINE_FLAGS[..], &[archive, bad]].concat()).expect_err(bad);
+            assert!(error.to_string().contains(says), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_archive_file_flags_need_an_archive() {
+        for flag in ["--archive-max-file-bytes=1048576", "--archive-max-file-age=1m"] {
+            let error = parse(&[&PIPELINE_FLAGS[..], &[flag]].concat()).expect_err(flag);
+            assert_eq!(error.kind(), clap::error::ErrorKind::MissingRequiredArgument, "{flag}: {error}");
+        }
+    }
+
+    #[test]
+    fn with_a_config_file_the_archive_comes_from_the_file() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("worker.json");
+        let document = r#"{"pipeline": "nyc", "stream": {"name": "taxi-trips"},
+            "checkpoint": {"uri": "s3://bucket/checkpoints"}, "sink": {"url": "https://search.example.com"},
+            "archive": {"uri": "s3://archive-bucket/trips", "max_file_age_ms": 60000}}"#;
+        std::fs::write(&path, document).expect("write the settings");
+        let config = format!("--config={}", path.display());
+        let settings = parse(&[config.as_str()]).expect("flags").settings().expect("settings");
+        let expected = ArchiveSettings { max_file_age_ms: 60_000, ..ArchiveSettings::at("s3://archive-bucket/trips") };
+        assert_eq!(settings.archive, Some(expected));
+
+        let error = parse(&[config.as_str(), "--archive=s3://other/trips"]).expect_err("both");
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict, "{error}");
+    }
+
+    #[test]
+    fn an_archive_uri_without_a_bucket_is_refused_by_the_settings() {
+        let flags = [&PIPELINE_FLAGS[..], &["--archive=s3:///trips"]].concat();
+        let error = run_args(&flags).settings().expect_err("no bucket");
+        assert!(error.contains("archive.uri") && error.contains("names no bucket"), "{error}");
     }
 }
