@@ -133,8 +133,8 @@ mod tests {
     use std::sync::Arc;
 
     use crate::replay::fake::{MemoryKinesis, even_shards, options, write_file};
-    use crate::replay::{ReplayProgress, replay};
-    use taxi_core::input::parse_json_record;
+    use crate::replay::{ReplayOptions, ReplayProgress, replay};
+    use taxi_core::input::{LocalFile, ZoneCentroids, parse_json_record};
 
     #[tokio::test]
     async fn csv_trips_are_re_encoded_as_json() {
@@ -162,5 +162,54 @@ mod tests {
                 Err(_) => assert!(parse_json_record(&record.data).is_err()),
             }
         }
+    }
+
+    /// Every user record stored, as (partition key, parsed event), in key order.
+    fn stored_events(fake: &MemoryKinesis) -> Vec<(String, taxi_core::event::ParsedRecord)> {
+        let mut events: Vec<_> = fake
+            .stream()
+            .records
+            .iter()
+            .filter(|r| r.partition_key != crate::replay::WATERMARK_PARTITION_KEY)
+            .map(|r| (r.partition_key.clone(), parse_json_record(&r.data)))
+            .collect();
+        events.sort_by(|a, b| a.0.cmp(&b.0));
+        events
+    }
+
+    #[tokio::test]
+    async fn parquet_trips_are_sent_as_their_json_form_is() {
+        let Some(python) = taxi_testkit::parquet::python() else { return };
+        let input = taxi_testkit::parquet::ZoneInput::generate(2_000, 4);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let table = dir.path().join("zones.csv");
+        taxi_testkit::parquet::write_centroids(&input.centroids, &table);
+        let parquet = dir.path().join("trips.parquet");
+        let unit = taxi_testkit::parquet::TimeUnit::Micros;
+        taxi_testkit::parquet::write_tlc_parquet(&python, &input.trips, unit, 700, &parquet);
+        let json = write_file(input.json_lines().as_bytes());
+
+        let from_json = Arc::new(MemoryKinesis::new(even_shards(2, 0)));
+        replay(Arc::clone(&from_json), &options(&json, 0.0), &ReplayProgress::new()).await.expect("replay json");
+        let from_parquet = Arc::new(MemoryKinesis::new(even_shards(2, 0)));
+        let parquet_options = ReplayOptions {
+            input: vec![Arc::new(LocalFile::new(&parquet))],
+            zone_centroids: Some(Arc::new(ZoneCentroids::load(&table).expect("centroids"))),
+            ..options(&json, 0.0)
+        };
+        let summary =
+            replay(Arc::clone(&from_parquet), &parquet_options, &ReplayProgress::new()).await.expect("replay parquet");
+        assert_eq!((summary.trips, summary.invalid), (input.trips.len() as u64, 0));
+        let sent = stored_events(&from_parquet);
+        assert_eq!(sent.len(), input.trips.len());
+        assert!(sent.iter().all(|(_, event)| event.is_ok()), "every trip is sent as a valid JSON trip");
+        assert_eq!(sent, stored_events(&from_json));
+    }
+
+    #[test]
+    fn an_invalid_parquet_row_is_sent_as_a_record_the_worker_counts_invalid() {
+        let data = super::invalid_row_json(42, taxi_core::event::InvalidReason::UnknownZone);
+        assert_eq!(data, r#"{"type":"invalid_row","record":42,"reason":"unknown_zone"}"#);
+        assert_eq!(parse_json_record(data.as_bytes()), Err(taxi_core::event::InvalidReason::UnknownType));
     }
 }
