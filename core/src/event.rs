@@ -82,11 +82,13 @@ pub enum InvalidReason {
     /// An input line longer than `input::MAX_LINE_BYTES` (1 MiB, the largest Kinesis record): it
     /// is skipped without being read whole.
     LineTooLong,
+    /// A trip placed by taxi zone names a zone the zone centroid table does not list.
+    UnknownZone,
 }
 
 impl InvalidReason {
     /// Every reason, in a fixed order (for metrics and summaries).
-    pub const ALL: [InvalidReason; 10] = [
+    pub const ALL: [InvalidReason; 11] = [
         InvalidReason::NotJson,
         InvalidReason::NotAnObject,
         InvalidReason::MissingType,
@@ -97,6 +99,7 @@ impl InvalidReason {
         InvalidReason::DropoffBeforePickup,
         InvalidReason::ImplausibleTime,
         InvalidReason::LineTooLong,
+        InvalidReason::UnknownZone,
     ];
 
     /// Stable snake_case name, used as a metric label and in summaries.
@@ -112,6 +115,7 @@ impl InvalidReason {
             InvalidReason::DropoffBeforePickup => "dropoff_before_pickup",
             InvalidReason::ImplausibleTime => "implausible_time",
             InvalidReason::LineTooLong => "line_too_long",
+            InvalidReason::UnknownZone => "unknown_zone",
         }
     }
 

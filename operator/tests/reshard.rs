@@ -260,7 +260,7 @@ async fn managed_stream_is_created_and_resharded_4_8_3_in_steps_while_workers_lo
     assert_eq!((summary.counters.trips, summary.counters.late), (trips, 0), "{:?}", summary.counters);
     let merged = merged_partials(&engine(), &dir.path().join("partials.jsonl"));
     let local = LocalOptions {
-        input: LocalInput::File(input.clone()),
+        input: LocalInput::file(input.clone()),
         shards: 3,
         engine: engine(),
         checkpoint: None,

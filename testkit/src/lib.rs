@@ -3,7 +3,8 @@
 //! - [`services`]: the emulators `.ci/services.sh` starts, found from the environment;
 //!   [`kinesis`], [`s3`] and [`opensearch`] talk to them.
 //! - [`input`]: generated trip files, split or written line by line; [`oracle`]: what the
-//!   pipeline must compute from them; [`documents`]: hand-made partial documents.
+//!   pipeline must compute from them; [`documents`]: hand-made partial documents; [`parquet`]:
+//!   TLC-layout Parquet trip files written by pyarrow.
 //! - [`memory`]: a Kinesis stream held in memory, for unit tests; [`fake`]: a Kinesis that
 //!   fails, loses shards or slows down on request; [`proxy`]: TCP proxies that take a service
 //!   down or drop its answers.
@@ -19,6 +20,7 @@ pub mod kinesis;
 pub mod memory;
 pub mod opensearch;
 pub mod oracle;
+pub mod parquet;
 pub mod process;
 pub mod proxy;
 pub mod s3;

@@ -147,7 +147,7 @@ pub fn parse_csv_row(layout: &CsvLayout, row: &[u8], trip_id: u64) -> ParsedReco
 }
 
 /// Splits a line on commas (TLC files are unquoted).
-fn split_fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(super) fn split_fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut start = 0;
     memchr_iter(b',', line).chain(std::iter::once(line.len())).map(move |end| {
         let field = line.get(start..end).unwrap_or_default();

@@ -2,36 +2,49 @@
 //!
 //! - [`parse_json_record`]: one Kinesis record's data or one JSON-lines line (hot path);
 //! - [`CsvLayout`], [`parse_csv_row`]: NYC TLC yellow-trip CSV rows;
+//! - [`ZoneCentroids`], [`ZoneLayout`]: trips placed by taxi zone, at their zones' centroids;
 //! - [`ChunkReader`]: reads a plain, gzip or zstd file (detected from content) as [`Chunk`]s of
-//!   complete lines, for a parallel parser downstream; [`read_records`] is the simple sequential
-//!   form.
+//!   complete lines, for a parallel parser downstream;
+//! - [`ParquetTrips`]: the trips of a Parquet file, decoded row group by row group;
+//! - [`InputReader`]: an input of several [`InputObject`]s read in order, each in its own format,
+//!   as [`InputChunk`]s; [`read_records`] is the simple sequential form.
 //!
-//! Record numbering: data lines (the CSV header excluded) that are not blank are numbered from 1;
-//! blank lines are skipped everywhere and are not records. A CSV row's `trip_id` is its number.
+//! Record numbering: data lines (the CSV header excluded) that are not blank, and Parquet rows, are
+//! numbered from 1 across all the objects of an input; blank lines are skipped everywhere and are
+//! not records. A CSV row's or Parquet row's `trip_id` is its number, so the same trips give the
+//! same results however they are split into objects.
 
 mod csv;
 mod json;
 mod object;
 mod parquet;
+mod ranges;
 mod reader;
+mod sequence;
+mod zones;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub use self::parquet::ParquetTrips;
 pub use csv::{CsvLayout, parse_csv_row};
 pub use json::parse_json_record;
 pub use object::{InputObject, LocalFile, RandomAccess};
-pub use reader::{Chunk, ChunkReader, Records, read_records};
+pub use reader::{Chunk, ChunkReader};
+pub use sequence::{ChunkData, InputChunk, InputReader, Records, read_records};
+pub use zones::{CentroidError, ZoneCentroids, ZoneLayout, parse_zone_row};
 
 use crate::event::{InvalidReason, ParsedRecord};
 
-/// The format of an input file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The format of an input file of lines.
+#[derive(Clone, Debug, PartialEq)]
 pub enum Format {
     /// One JSON record per line.
     JsonLines,
     /// NYC TLC yellow-trip CSV with this layout (the header line is not a record).
     Csv(CsvLayout),
+    /// NYC TLC CSV that places trips by taxi zone, read with a centroid table.
+    CsvZones(ZoneLayout, Arc<ZoneCentroids>),
 }
 
 /// The longest input line read as a record: the largest record Kinesis accepts. Longer lines are
@@ -46,6 +59,7 @@ pub fn parse_line(format: &Format, line: &[u8], record_no: u64) -> ParsedRecord 
     match format {
         Format::JsonLines => parse_json_record(line),
         Format::Csv(layout) => parse_csv_row(layout, line, record_no),
+        Format::CsvZones(layout, centroids) => parse_zone_row(layout, centroids, line, record_no),
     }
 }
 
@@ -98,24 +112,27 @@ pub enum InputError {
         /// The header line, escaped (shortened when long).
         header: String,
     },
-    /// A TLC CSV header that places trips by taxi zone (`PULocationID`, `DOLocationID`) instead
-    /// of coordinates, as the TLC's trip files from July 2016 on do.
+    /// A TLC header or Parquet schema that places trips by taxi zone (`PULocationID`,
+    /// `DOLocationID`) instead of coordinates, as the TLC's trip files from July 2016 on do, read
+    /// without a zone centroid table.
     #[error(
         "{origin} places trips by taxi zone (PULocationID, DOLocationID), as the TLC's trip files from July 2016 on \
          do; the analyses need pickup and dropoff coordinates, which the yellow-trip files of January 2009 to June \
-         2016 carry"
+         2016 carry. To place each trip at its zones' centroids, pass --zone-centroids FILE: a CSV file with a \
+         header line, then one LocationID,lat,lon line per taxi zone"
     )]
     ZoneIdsInsteadOfCoordinates {
         /// The file or stream.
         origin: String,
     },
-    /// A Parquet file (magic `PAR1`), as the TLC publishes its trip records today.
+    /// A Parquet file (magic `PAR1`) given as a stream: Parquet is read by byte ranges, its
+    /// footer first.
     #[error(
-        "{origin} is a Parquet file: Parquet input is not supported yet; give JSON lines or a TLC CSV file with \
-         coordinates (plain, gzip or zstd)"
+        "{origin} is a Parquet file, which is read by byte ranges (its footer first), not front to back: give it as \
+         an input file or object"
     )]
-    Parquet {
-        /// The file or stream.
+    ParquetStream {
+        /// The stream.
         origin: String,
     },
     /// The input holds no non-blank line.

@@ -5,16 +5,15 @@
 //! the partial line at a chunk's end is copied (into the next chunk), so the file is never loaded
 //! whole and each byte is copied about once after decompression.
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
+use std::sync::Arc;
 
 use memchr::{memchr, memrchr};
 
 use super::csv::preview;
-use super::{CsvLayout, Format, InputError, MAX_LINE_BYTES, is_blank, parse_line};
-use crate::event::ParsedRecord;
+use super::{CsvLayout, Format, InputError, InputReader, MAX_LINE_BYTES, Records, ZoneCentroids, ZoneLayout, is_blank};
 
 /// Buffer size of every reader layer.
 const BUF_BYTES: usize = 256 * 1024;
@@ -22,13 +21,13 @@ const BUF_BYTES: usize = 256 * 1024;
 const MAX_HEADER_BYTES: u64 = 1 << 20;
 /// Upper bound of a chunk's target size, which keeps [`Chunk::records`] far from `u32::MAX`.
 const MAX_TARGET_BYTES: usize = 1 << 30;
-/// Chunk size used by [`ChunkReader::skip_records`] and [`Records`].
+/// Chunk size used by [`ChunkReader::skip_records`].
 const INTERNAL_CHUNK_BYTES: usize = 1 << 20;
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// The first four bytes of a Parquet file.
-const PARQUET_MAGIC: [u8; 4] = *b"PAR1";
+pub(super) const PARQUET_MAGIC: [u8; 4] = *b"PAR1";
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// A run of complete lines of an input file.
@@ -47,8 +46,14 @@ impl Chunk {
     /// The non-blank lines as `(record_no, line)`, numbered consecutively from
     /// [`Chunk::first_record`]; each line is without its `\n` / `\r\n`.
     pub fn lines(&self) -> impl Iterator<Item = (u64, &[u8])> {
-        Lines { rest: &self.data }.filter(|line| !is_blank(line)).zip(self.first_record..).map(|(line, no)| (no, line))
+        numbered_lines(&self.data, self.first_record)
     }
+}
+
+/// The non-blank lines of `data` as `(record_no, line)`, numbered from `first`; each line is
+/// without its `\n` / `\r\n`.
+pub(super) fn numbered_lines(data: &[u8], first: u64) -> impl Iterator<Item = (u64, &[u8])> {
+    Lines { rest: data }.filter(|line| !is_blank(line)).zip(first..).map(|(line, no)| (no, line))
 }
 
 /// Splits bytes into lines on `\n`, dropping the `\n` and a `\r` before it.
@@ -111,22 +116,22 @@ impl ChunkReader {
     }
 
     fn with_origin(mut raw: Box<dyn Read + Send>, origin: String) -> Result<ChunkReader, InputError> {
-        // Read the magic bytes by hand (a pipe may deliver fewer per read), then put them back.
-        let mut magic = [0u8; 4];
-        let mut n = 0;
-        while n < magic.len() {
-            match raw.read(&mut magic[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => return Err(InputError::Read { origin, source }),
-            }
-        }
-        let head = &magic[..n];
+        let head = read_magic(&mut raw, &origin)?;
         if head == PARQUET_MAGIC {
-            return Err(InputError::Parquet { origin });
+            return Err(InputError::ParquetStream { origin });
         }
-        let joined = io::Cursor::new(head.to_vec()).chain(raw);
+        ChunkReader::from_head(head, raw, origin, None)
+    }
+
+    /// A reader of `raw` whose first bytes, `head` (up to the four a magic number takes), have
+    /// already been read from it; `zones` lets a CSV header that places trips by taxi zone be read.
+    pub(super) fn from_head(
+        head: Vec<u8>,
+        raw: Box<dyn Read + Send>,
+        origin: String,
+        zones: Option<Arc<ZoneCentroids>>,
+    ) -> Result<ChunkReader, InputError> {
+        let joined = io::Cursor::new(head.clone()).chain(raw);
         let decoded: Box<dyn Read + Send> = if head.starts_with(&GZIP_MAGIC) {
             // Multi-member: concatenated gzip files (as `cat a.gz b.gz`) decode whole.
             Box::new(flate2::bufread::MultiGzDecoder::new(BufReader::with_capacity(BUF_BYTES, joined)))
@@ -146,13 +151,13 @@ impl ChunkReader {
             eof: false,
             next_record: 1,
         };
-        reader.format = reader.detect_format()?;
+        reader.format = reader.detect_format(zones)?;
         Ok(reader)
     }
 
     /// Skips leading whitespace and a BOM, then looks at the first line: `{` is JSON lines,
     /// anything else must be a CSV header (which is consumed).
-    fn detect_format(&mut self) -> Result<Format, InputError> {
+    fn detect_format(&mut self, zones: Option<Arc<ZoneCentroids>>) -> Result<Format, InputError> {
         loop {
             let buf = self.src.fill_buf().map_err(|e| read_error(&self.origin, e))?;
             if buf.is_empty() {
@@ -180,9 +185,15 @@ impl ChunkReader {
             Err(InputError::UnknownCsvHeader { missing, header, .. }) => {
                 Err(InputError::UnknownCsvHeader { origin: self.origin.clone(), missing, header })
             }
-            Err(InputError::ZoneIdsInsteadOfCoordinates { .. }) => {
-                Err(InputError::ZoneIdsInsteadOfCoordinates { origin: self.origin.clone() })
-            }
+            Err(InputError::ZoneIdsInsteadOfCoordinates { .. }) => match (zones, ZoneLayout::from_header(&line)) {
+                (Some(zones), Some(layout)) => Ok(Format::CsvZones(layout, zones)),
+                (None, _) => Err(InputError::ZoneIdsInsteadOfCoordinates { origin: self.origin.clone() }),
+                (Some(_), None) => Err(InputError::UnknownCsvHeader {
+                    origin: self.origin.clone(),
+                    missing: "pickup time, dropoff time, PULocationID or DOLocationID".to_owned(),
+                    header: preview(line.trim_ascii(), 200),
+                }),
+            },
             Err(e) => Err(e),
         }
     }
@@ -195,6 +206,11 @@ impl ChunkReader {
     /// The number the next record handed out will have (1 before any).
     pub fn next_record_no(&self) -> u64 {
         self.next_record
+    }
+
+    /// Numbers the next record `first` (the object's first record, when it follows others).
+    pub(super) fn number_from(&mut self, first: u64) {
+        self.next_record = first;
     }
 
     /// Appends up to `max` bytes of `src` to `data`; a short read means the end of input.
@@ -314,8 +330,24 @@ impl ChunkReader {
 
     /// Turns the reader into a sequential iterator of parsed records.
     pub fn into_records(self) -> Records {
-        Records { reader: self, queue: VecDeque::new(), done: false }
+        InputReader::from_lines(self).into_records()
     }
+}
+
+/// Reads the first bytes of `raw`, as many as a magic number takes (fewer only when the input is
+/// shorter): a pipe may deliver fewer per read.
+pub(super) fn read_magic(raw: &mut dyn Read, origin: &str) -> Result<Vec<u8>, InputError> {
+    let mut magic = [0u8; 4];
+    let mut n = 0;
+    while n < magic.len() {
+        match raw.read(&mut magic[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => return Err(read_error(origin, source)),
+        }
+    }
+    Ok(magic[..n].to_vec())
 }
 
 /// A read error of `origin`.
@@ -341,56 +373,11 @@ fn offset_after_records(data: &[u8], k: u64) -> usize {
     data.len()
 }
 
-/// Sequential records of a file: `(record_no, parsed record)`, or a read error (after which the
-/// iterator ends).
-pub struct Records {
-    reader: ChunkReader,
-    queue: VecDeque<(u64, ParsedRecord)>,
-    done: bool,
-}
-
-impl Records {
-    /// The detected format.
-    pub fn format(&self) -> &Format {
-        self.reader.format()
-    }
-}
-
-impl Iterator for Records {
-    type Item = Result<(u64, ParsedRecord), InputError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(r) = self.queue.pop_front() {
-                return Some(Ok(r));
-            }
-            if self.done {
-                return None;
-            }
-            match self.reader.next_chunk(INTERNAL_CHUNK_BYTES) {
-                Ok(Some(chunk)) => {
-                    let format = self.reader.format;
-                    self.queue.extend(chunk.lines().map(|(no, line)| (no, parse_line(&format, line, no))));
-                }
-                Ok(None) => self.done = true,
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(e));
-                }
-            }
-        }
-    }
-}
-
-/// Opens `path` (see [`ChunkReader::open`]) and reads its records sequentially.
-pub fn read_records(path: &Path) -> Result<Records, InputError> {
-    ChunkReader::open(path).map(ChunkReader::into_records)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Event, InvalidReason};
+    use crate::event::{Event, InvalidReason, ParsedRecord};
+    use crate::input::{parse_line, read_records};
     use std::io::Write;
 
     fn jsonl_fixture() -> String {
@@ -634,19 +621,26 @@ mod tests {
         let e = err(b"a,b,c\n1,2,3\n");
         assert!(matches!(e, InputError::UnknownCsvHeader { .. }), "{e}");
         assert!(e.to_string().contains("pickup time"), "{e}");
-        // The TLC's files of today: zone IDs instead of coordinates, or Parquet.
+        // The TLC's files of today: zone IDs instead of coordinates (without a centroid table),
+        // or Parquet, which a stream cannot give.
         let since_2016 = "VendorID,tpep_pickup_datetime,tpep_dropoff_datetime,passenger_count,trip_distance,\
                           RatecodeID,store_and_fwd_flag,PULocationID,DOLocationID,payment_type,fare_amount\n";
         let e = err(since_2016.as_bytes());
         assert!(matches!(e, InputError::ZoneIdsInsteadOfCoordinates { .. }), "{e}");
         assert!(e.to_string().starts_with("input stream places trips by taxi zone (PULocationID"), "{e}");
         assert!(e.to_string().contains("January 2009 to June 2016"), "{e}");
+        assert!(
+            e.to_string().ends_with(
+                "pass --zone-centroids FILE: a CSV file with a header line, then one LocationID,lat,lon line per taxi zone"
+            ),
+            "{e}"
+        );
         let e = err(b"PAR1\x15\x04\x15\x80");
-        assert!(matches!(e, InputError::Parquet { .. }), "{e}");
+        assert!(matches!(e, InputError::ParquetStream { .. }), "{e}");
         assert_eq!(
             e.to_string(),
-            "input stream is a Parquet file: Parquet input is not supported yet; give JSON lines or a TLC CSV file \
-             with coordinates (plain, gzip or zstd)"
+            "input stream is a Parquet file, which is read by byte ranges (its footer first), not front to back: give \
+             it as an input file or object"
         );
         // Truncated compressed data is a read error, not a panic.
         let mut gz = gzip(jsonl_fixture().as_bytes());

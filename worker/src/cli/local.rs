@@ -1,4 +1,4 @@
-//! `taxi-worker local`: the whole pipeline embedded in this process, on a file or on generated
+//! `taxi-worker local`: the whole pipeline embedded in this process, on files or on generated
 //! trips, with the live dashboard, a progress line and a report at the end.
 
 use std::io::{IsTerminal, Write};
@@ -13,6 +13,7 @@ use clap::Args;
 use taxi_core::analysis::MergedResult;
 use taxi_core::duration;
 use taxi_core::generate::GeneratorConfig;
+use taxi_core::input::ZoneCentroids;
 use taxi_core::settings::DEFAULT_CHECKPOINT_INTERVAL;
 use taxi_core::time::format_timestamp;
 
@@ -24,9 +25,15 @@ use crate::local::{CheckpointOptions, LocalInput, LocalOptions, LocalRun, Outcom
 /// Flags of `taxi-worker local`.
 #[derive(Debug, Args)]
 pub struct LocalArgs {
-    /// Input file: JSON lines or NYC TLC yellow-trip CSV, plain, gzip or zstd.
-    #[arg(long, conflicts_with = "generate")]
-    pub input: Option<PathBuf>,
+    /// Input files, read in order as one input (repeat the flag or list several): each JSON lines,
+    /// NYC TLC trip CSV (plain, gzip or zstd) or Parquet.
+    #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with = "generate")]
+    pub input: Vec<PathBuf>,
+    /// Place the trips of CSV and Parquet inputs that name taxi zones (PULocationID,
+    /// DOLocationID) at the zones' centroids, read from this CSV file: a header line, then one
+    /// LocationID,lat,lon line per zone.
+    #[arg(long, value_name = "FILE", requires = "input")]
+    pub zone_centroids: Option<PathBuf>,
     /// Generate this many synthetic trips instead of reading a file (default: a day, ~400 000).
     #[arg(long)]
     pub generate: Option<u64>,
@@ -91,18 +98,13 @@ fn parse_speedup(s: &str) -> Result<f64, String> {
 /// `taxi-worker local`: the whole pipeline in this process, then the report (and the dashboard
 /// stays up after a completed run until Ctrl-C).
 pub fn local(args: LocalArgs) -> Result<ExitCode, CommandError> {
-    let input = match (&args.input, args.generate) {
-        (Some(path), _) => {
-            if !path.exists() {
-                return Err(format!("input file {} does not exist", path.display()));
-            }
-            LocalInput::File(path.clone())
-        }
-        (None, trips) => LocalInput::Generate(GeneratorConfig {
+    let input = match (&args.input[..], args.generate) {
+        ([], trips) => LocalInput::Generate(GeneratorConfig {
             trips: trips.unwrap_or(GeneratorConfig::default().trips),
             seed: args.seed,
             ..GeneratorConfig::default()
         }),
+        (paths, _) => LocalInput::files(input_files(paths)?, zone_centroids(args.zone_centroids.as_deref())?),
     };
     let interactive = std::io::stderr().is_terminal();
     let show_progress = args.progress || interactive;
@@ -194,6 +196,19 @@ pub fn local(args: LocalArgs) -> Result<ExitCode, CommandError> {
         });
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The input files, each checked to exist.
+pub(super) fn input_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CommandError> {
+    match paths.iter().find(|path| !path.exists()) {
+        Some(missing) => Err(format!("input file {} does not exist", missing.display())),
+        None => Ok(paths.to_vec()),
+    }
+}
+
+/// The zone centroid table of `--zone-centroids`, if given.
+pub(super) fn zone_centroids(path: Option<&Path>) -> Result<Option<Arc<ZoneCentroids>>, CommandError> {
+    path.map(|path| ZoneCentroids::load(path).map(Arc::new).map_err(|e| e.to_string())).transpose()
 }
 
 /// Binds the dashboard and serves it in the background; returns its URL. When the default port

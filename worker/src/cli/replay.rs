@@ -1,4 +1,4 @@
-//! `taxi-worker replay`: the producer. Streams a file of trips into a Kinesis stream, paced by
+//! `taxi-worker replay`: the producer. Streams files of trips into a Kinesis stream, paced by
 //! event time, with watermark events to every open shard and a progress line.
 
 use std::io::IsTerminal;
@@ -9,18 +9,26 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use taxi_core::duration;
+use taxi_core::input::{InputObject, LocalFile};
 use taxi_core::time::format_timestamp;
 
 use super::CommandError;
 use super::common::{KinesisArgs, runtime};
+use super::local::{input_files, zone_centroids};
 use crate::replay::{ReplayOptions, ReplayProgress};
 
 /// Flags of `taxi-worker replay`.
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
-    /// Input file: JSON lines or NYC TLC yellow-trip CSV, plain, gzip or zstd.
-    #[arg(long)]
-    pub input: PathBuf,
+    /// Input files, read in order as one input (repeat the flag or list several): each JSON lines,
+    /// NYC TLC trip CSV (plain, gzip or zstd) or Parquet.
+    #[arg(long, value_name = "FILE", num_args = 1.., required = true)]
+    pub input: Vec<PathBuf>,
+    /// Place the trips of CSV and Parquet inputs that name taxi zones (PULocationID,
+    /// DOLocationID) at the zones' centroids, read from this CSV file: a header line, then one
+    /// LocationID,lat,lon line per zone.
+    #[arg(long, value_name = "FILE")]
+    pub zone_centroids: Option<PathBuf>,
     /// The stream to write to.
     #[command(flatten)]
     pub kinesis: KinesisArgs,
@@ -50,10 +58,10 @@ pub struct ReplayArgs {
 
 /// `taxi-worker replay`: streams the input into Kinesis and prints the summary.
 pub fn replay(args: &ReplayArgs) -> Result<ExitCode, CommandError> {
-    if !args.input.exists() {
-        return Err(format!("input file {} does not exist", args.input.display()));
-    }
-    let mut options = ReplayOptions::new(&args.input, &args.kinesis.stream);
+    let objects =
+        input_files(&args.input)?.into_iter().map(|path| Arc::new(LocalFile::new(path)) as Arc<dyn InputObject>);
+    let mut options = ReplayOptions::over(objects.collect(), &args.kinesis.stream);
+    options.zone_centroids = zone_centroids(args.zone_centroids.as_deref())?;
     options.speedup = args.speedup;
     options.aggregate = args.aggregate;
     options.watermark_interval = args.watermark_interval;

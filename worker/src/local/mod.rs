@@ -30,7 +30,7 @@ use taxi_core::checkpoint::{FormatError, Owner};
 use taxi_core::config::{ConfigError, EngineConfig, WatermarkStrategy};
 use taxi_core::event::InvalidReason;
 use taxi_core::generate::GeneratorConfig;
-use taxi_core::input::InputError;
+use taxi_core::input::{InputError, InputObject, LocalFile, ZoneCentroids};
 use taxi_core::merge::Merger;
 use taxi_core::partition::{ShardRouter, shard_id};
 use taxi_core::shard::{Counters, ShardProcessor};
@@ -55,24 +55,50 @@ const STAGE_DEPTH: usize = 4;
 /// Where the records come from.
 #[derive(Clone, Debug)]
 pub enum LocalInput {
-    /// A JSON-lines or TLC CSV file, plain, gzip or zstd.
-    File(PathBuf),
+    /// Objects read in order, records numbered across them: each JSON lines or TLC CSV (plain,
+    /// gzip or zstd) or Parquet.
+    Objects {
+        /// The objects, in input order.
+        objects: Vec<Arc<dyn InputObject>>,
+        /// Places trips of CSV and Parquet objects that name taxi zones instead of coordinates.
+        zone_centroids: Option<Arc<ZoneCentroids>>,
+    },
     /// Synthetic trips from the generator.
     Generate(GeneratorConfig),
 }
 
 impl LocalInput {
+    /// The local file at `path`, alone.
+    pub fn file(path: impl Into<PathBuf>) -> LocalInput {
+        LocalInput::files(vec![path.into()], None)
+    }
+
+    /// The local files at `paths`, in order, with an optional zone centroid table.
+    pub fn files(paths: Vec<PathBuf>, zone_centroids: Option<Arc<ZoneCentroids>>) -> LocalInput {
+        let objects = paths.into_iter().map(|p| Arc::new(LocalFile::new(p)) as Arc<dyn InputObject>).collect();
+        LocalInput::Objects { objects, zone_centroids }
+    }
+
     /// What a checkpoint remembers of the input, to refuse resuming over a different one.
     fn identity(&self) -> String {
         match self {
-            LocalInput::File(path) => {
-                let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-                format!("file:{}:{len}", path.display())
+            LocalInput::Objects { objects, .. } => {
+                objects.iter().map(|o| object_identity(o.as_ref())).collect::<Vec<_>>().join(" + ")
             }
             LocalInput::Generate(g) => {
                 format!("generate:{}:{}:{}:{}:{:?}", g.trips, g.seed, g.start, g.max_disorder_ms, g.watermark_every)
             }
         }
+    }
+}
+
+/// One object's name and size. A local file keeps the `file:PATH:SIZE` form a run over one file
+/// has always recorded, so such checkpoints still resume.
+fn object_identity(object: &dyn InputObject) -> String {
+    let len = object.random_access().map_or(0, |r| r.len());
+    match object.origin().strip_prefix("input file ") {
+        Some(path) => format!("file:{path}:{len}"),
+        None => format!("{}:{len}", object.origin()),
     }
 }
 
@@ -230,7 +256,6 @@ pub async fn run_local(
             });
         }
     }
-    let format = *reader.format();
     progress.records.store(resume_from, Ordering::Relaxed);
     progress.watermark.store(i64::MIN, Ordering::Relaxed);
     if let Some(r) = &restored {
@@ -258,7 +283,7 @@ pub async fn run_local(
     let router = Arc::new(ShardRouter::even(options.shards));
     for (jobs, out) in job_rxs.into_iter().zip(parsed_txs) {
         let router = router.clone();
-        tokio::task::spawn_blocking(move || run_parser(format, &router, jobs, out));
+        tokio::task::spawn_blocking(move || run_parser(&router, jobs, out));
     }
 
     let (mut shard_processors, mut merger, mut results, mut input_counters, mut next_checkpoint_id) = match restored {

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::{LocalError, LocalInput};
-use taxi_core::event::{Event, Millis};
+use taxi_core::event::{Event, Millis, ParsedRecord};
 use taxi_core::generate::write_json_lines;
-use taxi_core::input::{Chunk, ChunkReader, Format, InputError, parse_line};
+use taxi_core::input::{ChunkData, ChunkReader, InputChunk, InputError, InputReader, parse_line};
 use taxi_core::partition::ShardRouter;
 use taxi_core::shard::Counters;
 
@@ -31,7 +31,7 @@ pub(super) struct Barrier {
 pub(super) enum Job {
     /// Records to parse, none past `limit`.
     Chunk {
-        chunk: Chunk,
+        chunk: InputChunk,
         limit: Option<u64>,
     },
     Barrier(Barrier),
@@ -59,10 +59,12 @@ pub(super) enum Parsed {
     Failed(InputError),
 }
 
-/// Opens the input: the file, or a pipe the generator writes into.
-pub(super) fn open_input(input: &LocalInput) -> Result<ChunkReader, LocalError> {
+/// Opens the input: its objects, or a pipe the generator writes into.
+pub(super) fn open_input(input: &LocalInput) -> Result<InputReader, LocalError> {
     match input {
-        LocalInput::File(path) => Ok(ChunkReader::open(path)?),
+        LocalInput::Objects { objects, zone_centroids } => {
+            Ok(InputReader::new(objects.clone(), zone_centroids.clone())?)
+        }
         LocalInput::Generate(config) => {
             // The generator writes JSON lines into a pipe, so generated input takes exactly the
             // path a file does (parsing included).
@@ -73,7 +75,7 @@ pub(super) fn open_input(input: &LocalInput) -> Result<ChunkReader, LocalError> 
                 // A closed pipe (the run stopped early) ends the generator; nothing to report.
                 let _ = write_json_lines(&config, writer);
             });
-            Ok(ChunkReader::from_reader(Box::new(reader))?)
+            Ok(InputReader::from_lines(ChunkReader::from_reader(Box::new(reader))?))
         }
     }
 }
@@ -81,7 +83,7 @@ pub(super) fn open_input(input: &LocalInput) -> Result<ChunkReader, LocalError> 
 /// Reads chunks and hands them to the parse threads round robin, with barriers for checkpoints,
 /// stop requests and the record limit.
 pub(super) fn run_source(
-    mut reader: ChunkReader,
+    mut reader: InputReader,
     jobs: Vec<mpsc::Sender<Job>>,
     mut records: u64,
     limit: Option<u64>,
@@ -138,15 +140,10 @@ pub(super) fn run_source(
 }
 
 /// Parses chunks into per-shard batches, preserving the order of records within each shard.
-pub(super) fn run_parser(
-    format: Format,
-    router: &ShardRouter,
-    mut jobs: mpsc::Receiver<Job>,
-    out: mpsc::Sender<Parsed>,
-) {
+pub(super) fn run_parser(router: &ShardRouter, mut jobs: mpsc::Receiver<Job>, out: mpsc::Sender<Parsed>) {
     while let Some(job) = jobs.blocking_recv() {
         let parsed = match job {
-            Job::Chunk { chunk, limit } => Parsed::Batch(parse_chunk(&format, router, &chunk, limit)),
+            Job::Chunk { chunk, limit } => Parsed::Batch(parse_chunk(router, &chunk, limit)),
             Job::Barrier(b) => Parsed::Barrier(b),
             Job::End => Parsed::End,
             Job::Failed(e) => Parsed::Failed(e),
@@ -157,33 +154,51 @@ pub(super) fn run_parser(
     }
 }
 
-/// Parses the records of `chunk` (none past `limit`) and routes them to their shards.
-fn parse_chunk(format: &Format, router: &ShardRouter, chunk: &Chunk, limit: Option<u64>) -> ParsedBatch {
-    let mut per_shard: Vec<Vec<Event>> = (0..router.shards()).map(|_| Vec::new()).collect();
-    let mut counters = Counters::default();
-    let mut last_record = 0;
-    let mut max_event_time: Option<Millis> = None;
-    for (record_no, line) in chunk.lines() {
-        if limit.is_some_and(|l| record_no > l) {
-            break;
+/// Parses the records of `chunk` (none past `limit`) and routes them to their shards. Lines are
+/// parsed here; Parquet rows come decoded and are only routed.
+fn parse_chunk(router: &ShardRouter, chunk: &InputChunk, limit: Option<u64>) -> ParsedBatch {
+    let mut batch = ParsedBatch {
+        per_shard: (0..router.shards()).map(|_| Vec::new()).collect(),
+        counters: Counters::default(),
+        last_record: 0,
+        max_event_time: None,
+    };
+    let within = |record_no: u64| limit.is_none_or(|l| record_no <= l);
+    match &chunk.data {
+        ChunkData::Lines { format, .. } => {
+            for (record_no, line) in chunk.lines().take_while(|(no, _)| within(*no)) {
+                batch.take(router, record_no, parse_line(format, line, record_no));
+            }
         }
-        last_record = record_no;
-        match parse_line(format, line, record_no) {
+        ChunkData::Trips(records) => {
+            for (record_no, record) in (chunk.first_record..).zip(records).take_while(|(no, _)| within(*no)) {
+                batch.take(router, record_no, *record);
+            }
+        }
+    }
+    batch
+}
+
+impl ParsedBatch {
+    /// Counts record `record_no` and routes its event to its shards.
+    #[inline]
+    fn take(&mut self, router: &ShardRouter, record_no: u64, parsed: ParsedRecord) {
+        self.last_record = record_no;
+        match parsed {
             Ok(Event::Trip(trip)) => {
-                counters.records += 1;
-                counters.trips += 1;
-                max_event_time = max_event_time.max(Some(trip.event_time()));
-                per_shard[router.shard_for_trip(trip.trip_id)].push(Event::Trip(trip));
+                self.counters.records += 1;
+                self.counters.trips += 1;
+                self.max_event_time = self.max_event_time.max(Some(trip.event_time()));
+                self.per_shard[router.shard_for_trip(trip.trip_id)].push(Event::Trip(trip));
             }
             Ok(watermark @ Event::Watermark(t)) => {
                 // A watermark event reaches every shard, as the producer sends it.
-                counters.records += 1;
-                max_event_time = max_event_time.max(Some(t));
-                counters.watermarks += 1;
-                per_shard.iter_mut().for_each(|events| events.push(watermark));
+                self.counters.records += 1;
+                self.max_event_time = self.max_event_time.max(Some(t));
+                self.counters.watermarks += 1;
+                self.per_shard.iter_mut().for_each(|events| events.push(watermark));
             }
-            Err(reason) => counters.count_invalid(reason),
+            Err(reason) => self.counters.count_invalid(reason),
         }
     }
-    ParsedBatch { per_shard, counters, last_record, max_event_time }
 }

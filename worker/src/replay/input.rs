@@ -1,14 +1,14 @@
-//! Reading the input: a blocking thread reads the file chunk by chunk with the readers of
+//! Reading the input: a blocking thread reads the input's objects chunk by chunk with the reader of
 //! `taxi-worker local` and converts every record into what is sent for it ([`InputRecord`]);
 //! [`trip_json`] and [`watermark_json`] are the lines, in the reference architecture's format, the producer sends.
 
-use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use taxi_core::event::{Event, Millis, Trip};
-use taxi_core::input::{Chunk, ChunkReader, Format, InputError, parse_line};
+use taxi_core::event::{Event, InvalidReason, Millis, Trip};
+use taxi_core::input::{ChunkData, Format, InputChunk, InputError, InputObject, InputReader, ZoneCentroids};
 use taxi_core::time::format_timestamp;
 
 /// Bytes of input per chunk read by the reader thread.
@@ -47,19 +47,23 @@ pub(super) enum ReaderMsg {
     End,
 }
 
-/// The reader thread: reads and parses `path`, sending a message per chunk.
-pub(super) fn read_input(path: &Path, tx: &mpsc::Sender<ReaderMsg>) {
-    let mut reader = match ChunkReader::open(path) {
+/// The reader thread: reads and parses the objects of the input in order, sending a message per
+/// chunk.
+pub(super) fn read_input(
+    objects: Vec<Arc<dyn InputObject>>,
+    zone_centroids: Option<Arc<ZoneCentroids>>,
+    tx: &mpsc::Sender<ReaderMsg>,
+) {
+    let mut reader = match InputReader::new(objects, zone_centroids) {
         Ok(reader) => reader,
         Err(e) => {
             let _ = tx.blocking_send(ReaderMsg::Failed(e));
             return;
         }
     };
-    let format = *reader.format();
     loop {
         let msg = match reader.next_chunk(CHUNK_BYTES) {
-            Ok(Some(chunk)) => convert_chunk(&format, &chunk),
+            Ok(Some(chunk)) => convert_chunk(&chunk),
             Ok(None) => ReaderMsg::End,
             Err(e) => ReaderMsg::Failed(e),
         };
@@ -71,24 +75,37 @@ pub(super) fn read_input(path: &Path, tx: &mpsc::Sender<ReaderMsg>) {
     }
 }
 
-/// Parses a chunk into the records to send.
-fn convert_chunk(format: &Format, chunk: &Chunk) -> ReaderMsg {
+/// Parses a chunk into the records to send: a JSON line's trip as its line, any other trip
+/// re-encoded as JSON; an invalid line as it is, an invalid Parquet row as [`invalid_row_json`].
+fn convert_chunk(chunk: &InputChunk) -> ReaderMsg {
+    let keep_lines = matches!(chunk.data, ChunkData::Lines { format: Format::JsonLines, .. });
     let mut records = Vec::with_capacity(usize::try_from(chunk.records).unwrap_or(0));
     let mut watermarks = 0;
-    for (record_no, line) in chunk.lines() {
-        match parse_line(format, line, record_no) {
-            Ok(Event::Trip(trip)) => {
-                let data = match format {
-                    Format::JsonLines => Bytes::copy_from_slice(line),
-                    Format::Csv(_) => Bytes::from(trip_json(&trip)),
+    for (record_no, line, parsed) in chunk.records() {
+        match (parsed, line) {
+            (Ok(Event::Trip(trip)), line) => {
+                let data = match line {
+                    Some(line) if keep_lines => Bytes::copy_from_slice(line),
+                    _ => Bytes::from(trip_json(&trip)),
                 };
                 records.push(InputRecord::Trip { trip_id: trip.trip_id, event_time: trip.event_time(), data });
             }
-            Ok(Event::Watermark(_)) => watermarks += 1,
-            Err(_) => records.push(InputRecord::Invalid { record_no, data: Bytes::copy_from_slice(line) }),
+            (Ok(Event::Watermark(_)), _) => watermarks += 1,
+            (Err(_), Some(line)) => {
+                records.push(InputRecord::Invalid { record_no, data: Bytes::copy_from_slice(line) })
+            }
+            (Err(reason), None) => {
+                records.push(InputRecord::Invalid { record_no, data: Bytes::from(invalid_row_json(record_no, reason)) })
+            }
         }
     }
     ReaderMsg::Records(records, watermarks)
+}
+
+/// What is sent for an invalid Parquet row, which has no line of its own: a JSON object that is
+/// not an event (so the worker counts it invalid, as `local` does), naming the row and why.
+pub fn invalid_row_json(record_no: u64, reason: InvalidReason) -> String {
+    format!("{{\"type\":\"invalid_row\",\"record\":{record_no},\"reason\":\"{reason}\"}}")
 }
 
 /// A trip as a JSON line in the reference architecture's format (without newline).
@@ -116,8 +133,8 @@ mod tests {
     use std::sync::Arc;
 
     use crate::replay::fake::{MemoryKinesis, even_shards, options, write_file};
-    use crate::replay::{ReplayProgress, replay};
-    use taxi_core::input::parse_json_record;
+    use crate::replay::{ReplayOptions, ReplayProgress, replay};
+    use taxi_core::input::{LocalFile, ZoneCentroids, parse_json_record};
 
     #[tokio::test]
     async fn csv_trips_are_re_encoded_as_json() {
@@ -145,5 +162,54 @@ mod tests {
                 Err(_) => assert!(parse_json_record(&record.data).is_err()),
             }
         }
+    }
+
+    /// Every user record stored, as (partition key, parsed event), in key order.
+    fn stored_events(fake: &MemoryKinesis) -> Vec<(String, taxi_core::event::ParsedRecord)> {
+        let mut events: Vec<_> = fake
+            .stream()
+            .records
+            .iter()
+            .filter(|r| r.partition_key != crate::replay::WATERMARK_PARTITION_KEY)
+            .map(|r| (r.partition_key.clone(), parse_json_record(&r.data)))
+            .collect();
+        events.sort_by(|a, b| a.0.cmp(&b.0));
+        events
+    }
+
+    #[tokio::test]
+    async fn parquet_trips_are_sent_as_their_json_form_is() {
+        let Some(python) = taxi_testkit::parquet::python() else { return };
+        let input = taxi_testkit::parquet::ZoneInput::generate(2_000, 4);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let table = dir.path().join("zones.csv");
+        taxi_testkit::parquet::write_centroids(&input.centroids, &table);
+        let parquet = dir.path().join("trips.parquet");
+        let unit = taxi_testkit::parquet::TimeUnit::Micros;
+        taxi_testkit::parquet::write_tlc_parquet(&python, &input.trips, unit, 700, &parquet);
+        let json = write_file(input.json_lines().as_bytes());
+
+        let from_json = Arc::new(MemoryKinesis::new(even_shards(2, 0)));
+        replay(Arc::clone(&from_json), &options(&json, 0.0), &ReplayProgress::new()).await.expect("replay json");
+        let from_parquet = Arc::new(MemoryKinesis::new(even_shards(2, 0)));
+        let parquet_options = ReplayOptions {
+            input: vec![Arc::new(LocalFile::new(&parquet))],
+            zone_centroids: Some(Arc::new(ZoneCentroids::load(&table).expect("centroids"))),
+            ..options(&json, 0.0)
+        };
+        let summary =
+            replay(Arc::clone(&from_parquet), &parquet_options, &ReplayProgress::new()).await.expect("replay parquet");
+        assert_eq!((summary.trips, summary.invalid), (input.trips.len() as u64, 0));
+        let sent = stored_events(&from_parquet);
+        assert_eq!(sent.len(), input.trips.len());
+        assert!(sent.iter().all(|(_, event)| event.is_ok()), "every trip is sent as a valid JSON trip");
+        assert_eq!(sent, stored_events(&from_json));
+    }
+
+    #[test]
+    fn an_invalid_parquet_row_is_sent_as_a_record_the_worker_counts_invalid() {
+        let data = super::invalid_row_json(42, taxi_core::event::InvalidReason::UnknownZone);
+        assert_eq!(data, r#"{"type":"invalid_row","record":42,"reason":"unknown_zone"}"#);
+        assert_eq!(parse_json_record(data.as_bytes()), Err(taxi_core::event::InvalidReason::UnknownType));
     }
 }

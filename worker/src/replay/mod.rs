@@ -1,7 +1,7 @@
-//! `taxi-worker replay`: the producer that streams an input file into a Kinesis stream.
+//! `taxi-worker replay`: the producer that streams an input (one or more files) into a Kinesis stream.
 //!
-//! [`replay`] reads the file with the same readers as `taxi-worker local`
-//! ([`ChunkReader`](taxi_core::input::ChunkReader), [`parse_line`](taxi_core::input::parse_line)) on a
+//! [`replay`] reads the input with the same reader as `taxi-worker local`
+//! ([`InputReader`](taxi_core::input::InputReader): its objects in order, records numbered across them) on a
 //! blocking thread, paces the records by event time, batches them into `PutRecords` calls (at most
 //! [`MAX_BATCH_ENTRIES`] entries and [`MAX_BATCH_BYTES`] bytes, at most `max_in_flight` calls at once), retries
 //! what Kinesis rejects and sends watermark events to every open shard.
@@ -20,13 +20,15 @@
 //! # What is sent
 //!
 //! - **Trips**: every valid trip line of a JSON-lines file is sent with its original bytes (without the newline);
-//!   a trip of a TLC CSV file is re-encoded as a JSON line in the reference architecture's format
-//!   (`"type":"trip"`, `trip_id` = its row number, ISO-8601 UTC times, `pickup_latitude`-style coordinates). Partition key = `trip_id` in decimal.
+//!   a trip of a TLC CSV or Parquet file is re-encoded as a JSON line in the reference architecture's format
+//!   (`"type":"trip"`, `trip_id` = its record number, ISO-8601 UTC times, `pickup_latitude`-style coordinates;
+//!   a trip placed by taxi zone carries its zones' centroids). Partition key = `trip_id` in decimal.
 //! - **Invalid lines** are sent too, as they are, with the record number (1-based, as `local` numbers records) as
 //!   partition key: the worker then counts them `invalid` exactly as `local` does, so a cluster run over the
 //!   stream and a local run over the file report the same totals. (A CSV row that is invalid is sent as its raw
 //!   CSV bytes; the worker counts it `invalid` with reason `not_json`, so the total matches but the reason may
-//!   differ.) An invalid line that alone exceeds Kinesis' 1 MiB record limit cannot be sent and is counted in
+//!   differ. An invalid Parquet row has no line: it is sent as [`invalid_row_json`], which the worker counts
+//!   `unknown_type`.) An invalid line that alone exceeds Kinesis' 1 MiB record limit cannot be sent and is counted in
 //!   [`ReplaySummary::invalid_skipped`] instead; an oversized trip fails the replay.
 //! - **Watermark lines of the input are not forwarded** ([`ReplaySummary::input_watermarks_skipped`]): the
 //!   producer makes its own.
@@ -94,7 +96,7 @@ use tokio::task::JoinError;
 use tokio::time::Instant;
 
 use taxi_core::event::Millis;
-use taxi_core::input::InputError;
+use taxi_core::input::{InputError, InputObject, LocalFile, ZoneCentroids};
 use taxi_core::time::format_timestamp;
 use taxi_io::kinesis::api::{KinesisApi, KinesisError};
 use taxi_io::retry::{BackoffPolicy, Jitter};
@@ -110,7 +112,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-pub use input::{trip_json, watermark_json};
+pub use input::{invalid_row_json, trip_json, watermark_json};
 pub use progress::{ProgressSnapshot, ReplayProgress};
 
 use input::{READ_AHEAD, read_input};
@@ -135,10 +137,12 @@ pub const WATERMARK_PARTITION_KEY: &str = "watermark";
 const RETRY: BackoffPolicy = BackoffPolicy::new(Duration::from_millis(20), Duration::from_secs(2), Jitter::Equal);
 
 /// What to replay, where, and how fast.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct ReplayOptions {
-    /// JSON-lines or TLC CSV file, plain, gzip or zstd.
-    pub input: PathBuf,
+    /// The input's objects, read in order: each JSON lines or TLC CSV (plain, gzip or zstd) or Parquet.
+    pub input: Vec<Arc<dyn InputObject>>,
+    /// Places trips of CSV and Parquet objects that name taxi zones instead of coordinates.
+    pub zone_centroids: Option<Arc<ZoneCentroids>>,
     /// The Kinesis stream.
     pub stream: String,
     /// Event time runs this many times faster than wall time (6480: a day in ~13 s); 0 = no pacing.
@@ -157,10 +161,16 @@ pub struct ReplayOptions {
 
 impl ReplayOptions {
     /// Options with the defaults: speedup 6480, no aggregation, watermarks every 5 s, shard list re-read every
-    /// 10 s, 8 calls in flight, stream not created.
+    /// 10 s, 8 calls in flight, stream not created; the input is the local file at `input`.
     pub fn new(input: impl Into<PathBuf>, stream: impl Into<String>) -> ReplayOptions {
+        ReplayOptions::over(vec![Arc::new(LocalFile::new(input.into()))], stream)
+    }
+
+    /// Options with the defaults, over the objects of `input` in order.
+    pub fn over(input: Vec<Arc<dyn InputObject>>, stream: impl Into<String>) -> ReplayOptions {
         ReplayOptions {
-            input: input.into(),
+            input,
+            zone_centroids: None,
             stream: stream.into(),
             speedup: 6480.0,
             aggregate: false,
@@ -360,8 +370,8 @@ pub async fn replay<K: KinesisApi>(
         return Err(ReplayError::NoOpenShard { stream: options.stream.clone() });
     }
     let (tx, rx) = mpsc::channel(READ_AHEAD);
-    let path = options.input.clone();
-    let reader = tokio::task::spawn_blocking(move || read_input(&path, &tx));
+    let (objects, zones) = (options.input.clone(), options.zone_centroids.clone());
+    let reader = tokio::task::spawn_blocking(move || read_input(objects, zones, &tx));
     let mut producer = Producer::new(kinesis, options, progress, shards);
     let result = producer.run(rx).await;
     // On success the reader has sent its end marker; on failure it stops at its next send.

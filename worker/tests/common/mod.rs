@@ -61,7 +61,7 @@ pub async fn run_to_idle<K: KinesisApi>(api: Arc<K>, options: RunOptions) -> (Ru
 /// Options for `local` over a file: no checkpoints, no record limit, two parse threads, full speed.
 pub fn local_options(input: &Path, shards: u32, engine: EngineConfig) -> LocalOptions {
     LocalOptions {
-        input: LocalInput::File(input.to_path_buf()),
+        input: LocalInput::file(input),
         shards,
         engine,
         checkpoint: None,
