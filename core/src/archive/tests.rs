@@ -19,11 +19,7 @@ fn row(seq: u64, sub: u64, dropoff: Millis) -> ArchiveRow {
         pickup: GeoPoint { lat: 40.75, lon: -73.99 },
         dropoff: GeoPoint { lat: 40.64, lon: -73.78 },
     };
-    ArchiveRow {
-        trip,
-        id: RowId::new(seq.to_string(), sub),
-        arrival: Some(DAY + seq as Millis),
-    }
+    ArchiveRow { trip, id: RowId::new(seq.to_string(), sub), arrival: Some(DAY + seq as Millis) }
 }
 
 /// Reads a file back: (trip_id, sequence number, sub-sequence number, arrival) per row.
