@@ -678,6 +678,81 @@ mod tests {
         assert_eq!(run.shared.totals.lock().expect("totals").watermarks, 3, "counted into the run's totals");
     }
 
+    /// The rows of every archive file under `dir`, by trip id.
+    fn archived_trips(dir: &std::path::Path) -> Vec<u64> {
+        let mut trips = Vec::new();
+        let mut folders = vec![dir.to_owned()];
+        while let Some(folder) = folders.pop() {
+            for entry in std::fs::read_dir(&folder).expect("read dir") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    folders.push(path);
+                    continue;
+                }
+                let reader =
+                    parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&path).expect("open"))
+                        .expect("a Parquet file");
+                for row in parquet::file::reader::FileReader::get_row_iter(&reader, None).expect("rows") {
+                    let row = row.expect("row");
+                    trips.push(parquet::record::RowAccessor::get_long(&row, 0).expect("trip_id") as u64);
+                }
+            }
+        }
+        trips.sort_unstable();
+        trips
+    }
+
+    fn archive_into(dir: &std::path::Path, options: &mut RunOptions) {
+        let mut settings = taxi_core::settings::ArchiveSettings::at(format!("file://{}", dir.display()));
+        settings.max_file_age_ms = 1_000;
+        options.archive = Some(settings);
+    }
+
+    #[tokio::test]
+    async fn a_shard_read_to_its_end_writes_every_archive_file_before_its_finished_checkpoint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = run(true, 0, |o| archive_into(dir.path(), o)).await;
+        testing::add_trips(&run.shared.api, SHARD, 1, 150);
+        let (_control, task) = run.start();
+        assert_eq!(ended(task).await, ShardExit::Finished);
+        let (checkpoint, _) = run.checkpoint().await;
+        assert_eq!(checkpoint.position, Position::Finished);
+        assert!(checkpoint.archive.is_empty(), "the finished checkpoint lists no archive file");
+        assert_eq!(archived_trips(dir.path()), (1..=150).collect::<Vec<u64>>());
+        assert_eq!(run.shared.state.metrics.archive_trips.get(), 150);
+        assert!(run.shared.state.metrics.archive_files.get() >= 3, "one file per event hour at least");
+    }
+
+    #[tokio::test]
+    async fn a_refused_archive_write_stays_listed_in_the_checkpoints_and_is_written_later() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let archive = dir.path().join("archive");
+        // A file where the archive's folders go: every write fails until it is removed.
+        std::fs::write(&archive, b"in the way").expect("block the archive");
+        let run = run(false, 0, |o| archive_into(&archive, o)).await;
+        testing::add_trips(&run.shared.api, SHARD, 1, 20);
+        let (control, task) = run.start();
+        let metrics = run.shared.state.metrics.clone();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while metrics.archive_failures.get() == 0 {
+            assert!(Instant::now() < deadline, "no archive write was tried");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (checkpoint, _) = run.checkpoint().await;
+        assert!(!checkpoint.archive.closing.is_empty(), "the refused file is still listed: {:?}", checkpoint.archive);
+        assert!(run.shared.state.status().shards[SHARD].archive_lag_ms.is_some_and(|lag| lag >= 1_000));
+
+        std::fs::remove_file(&archive).expect("unblock");
+        while metrics.archive_trips.get() < 20 {
+            assert!(Instant::now() < deadline + Duration::from_secs(10), "the file was never written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        control.send(Control::Stop { emit_open_windows: false }).expect("stop");
+        assert_eq!(ended(task).await, ShardExit::Stopped);
+        assert!(run.checkpoint().await.0.archive.closing.is_empty(), "written, so no longer listed");
+        assert_eq!(archived_trips(&archive), (1..=20).collect::<Vec<u64>>());
+    }
+
     #[tokio::test]
     async fn a_finished_checkpoint_ends_the_task_before_it_reads() {
         let run = run(true, 3, |_| {}).await;

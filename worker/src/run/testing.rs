@@ -40,6 +40,22 @@ pub(super) fn add_watermarks(api: &MemoryKinesis, shard: &str, count: usize) {
     }
 }
 
+/// Appends `count` trips to `shard` of `api`, trip ids from `first_id`, one a minute from
+/// 2016-01-01T00:00Z (so they span event hours).
+pub(super) fn add_trips(api: &MemoryKinesis, shard: &str, first_id: u64, count: u64) {
+    for id in first_id..first_id + count {
+        let minute = id % (24 * 60);
+        let line = format!(
+            r#"{{"type":"trip","trip_id":{id},"pickup_datetime":"2016-01-01T{:02}:{:02}:00Z","dropoff_datetime":"2016-01-01T{:02}:{:02}:30Z","pickup_lat":40.75,"pickup_lon":-73.99,"dropoff_lat":40.64,"dropoff_lon":-73.78}}"#,
+            minute / 60,
+            minute % 60,
+            minute / 60,
+            minute % 60
+        );
+        api.append(shard, &id.to_string(), line);
+    }
+}
+
 /// Options of a run of pipeline `nyc` over `dir` (checkpoints and a file sink), with short
 /// intervals, reading every shard from its beginning.
 pub(super) fn options(dir: &Path) -> RunOptions {
@@ -74,6 +90,12 @@ pub(super) async fn shared<K>(api: Arc<K>, options: RunOptions) -> Shared<K> {
     let sink = Sink::open(&options.sink_uri, &options.opensearch, state.metrics.registry(), dead_letters)
         .await
         .expect("a file sink");
+    let archive = match &options.archive {
+        Some(settings) => {
+            Some(super::archive::ArchiveTarget::open(settings, &options.s3).await.expect("an archive directory"))
+        }
+        None => None,
+    };
     Shared {
         api,
         identity,
@@ -87,6 +109,6 @@ pub(super) async fn shared<K>(api: Arc<K>, options: RunOptions) -> Shared<K> {
         totals: Mutex::new(Counters::default()),
         closed_shards: Mutex::new(HashSet::new()),
         consumer_arn: None,
-        archive: None,
+        archive,
     }
 }
