@@ -109,16 +109,19 @@ pub async fn answer_dropping(target_url: &str, drops: u32) -> (String, JoinHandl
 
 /// A TCP proxy that forwards requests and answers, but cuts the first `cuts` connections once
 /// `after` bytes of their answer (headers included) have been passed on: a body that breaks off
-/// mid-way. Later connections are forwarded whole. Returns its URL and its task.
-pub async fn answer_cutting(target_url: &str, after: usize, cuts: u32) -> (String, JoinHandle<()>) {
+/// mid-way. Later connections are forwarded whole. Returns its URL, the count of answers cut so
+/// far (an answer shorter than `after` uses up a cut without being cut) and its task.
+pub async fn answer_cutting(target_url: &str, after: usize, cuts: u32) -> (String, Arc<AtomicU32>, JoinHandle<()>) {
     let target = socket_addr(target_url);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let left = Arc::new(AtomicU32::new(cuts));
+    let made = Arc::new(AtomicU32::new(0));
+    let counter = made.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((mut inbound, _)) = listener.accept().await else { continue };
-            let left = left.clone();
+            let (left, made) = (left.clone(), made.clone());
             tokio::spawn(async move {
                 let Ok(mut outbound) = TcpStream::connect(target).await else { return };
                 let (mut in_read, mut in_write) = inbound.split();
@@ -152,6 +155,7 @@ pub async fn answer_cutting(target_url: &str, after: usize, cuts: u32) -> (Strin
                         }
                         *budget -= pass;
                         if *budget == 0 {
+                            made.fetch_add(1, Ordering::SeqCst);
                             break;
                         }
                     }
@@ -163,5 +167,5 @@ pub async fn answer_cutting(target_url: &str, after: usize, cuts: u32) -> (Strin
             });
         }
     });
-    (url, task)
+    (url, counter, task)
 }
