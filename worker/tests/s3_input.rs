@@ -243,3 +243,16 @@ fn an_object_replaced_while_read_is_refused() {
     let ranges = objects[0].random_access().expect("ranges");
     assert!(ranges.read_at(0, 5).expect_err("the version changed").to_string().contains("changed"));
 }
+
+#[test]
+fn objects_are_read_from_async_code_of_a_multi_thread_runtime_too() {
+    let Some(fx) = Fixture::new() else { return };
+    fx.put("day.json", numbered_bytes(70_000));
+    let objects = fx.resolve(&fx.uri("day.json")).expect("resolve");
+    // As `local` opens its input: inside the runtime's block_on, and inside one of its tasks.
+    let in_block_on = fx.runtime.block_on(async { read_all(objects[0].as_ref()) });
+    let object = objects[0].clone();
+    let in_task = fx.runtime.block_on(fx.runtime.spawn(async move { read_all(object.as_ref()) })).expect("task");
+    assert_eq!(in_block_on, numbered_bytes(70_000));
+    assert_eq!(in_task, numbered_bytes(70_000));
+}

@@ -56,8 +56,8 @@ pub struct InputResolver {
 
 impl InputResolver {
     /// A resolver reaching S3 as `settings` say, with credentials from the default AWS chain.
-    /// The objects it returns await their requests on `handle`'s runtime, which must be driven by
-    /// threads of its own (a multi-thread runtime), and are read from threads outside it.
+    /// The objects it returns await their requests on `handle`'s runtime, which must be a
+    /// multi-thread runtime; they are read from any thread but those of a current-thread runtime.
     pub fn new(settings: S3Settings, handle: Handle) -> InputResolver {
         InputResolver { settings, handle, sdk: None, retry: ReadRetry::default(), client: OnceCell::new() }
     }

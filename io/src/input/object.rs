@@ -1,6 +1,8 @@
 //! [`S3Object`]: one S3 object as an input, read front to back through a streaming GetObject
-//! body, or by ranged GETs. The readers are blocking, for the plain threads that parse input:
-//! each request or body chunk is awaited on a runtime through its [`Handle`].
+//! body, or by ranged GETs. The readers are blocking, for the threads that parse input: each
+//! request or body chunk is awaited on a multi-thread runtime through its [`Handle`], from a plain
+//! thread, a blocking-pool thread, or a worker of that runtime (which hands its tasks over while
+//! it waits).
 //!
 //! Every GET carries the `If-Match` of the version first seen, so the parts of one read always
 //! come from one version. A body that breaks off is resumed with a ranged GET from the byte
@@ -50,8 +52,7 @@ enum Fault {
 
 impl S3Object {
     /// The object `key` of `bucket`, `size` bytes long, of version `etag`; requests go through
-    /// `client` and are awaited on `handle`'s runtime, which must be driven by threads of its own
-    /// (a multi-thread runtime).
+    /// `client` and are awaited on `handle`'s runtime, a multi-thread runtime.
     pub(crate) fn new(
         client: aws_sdk_s3::Client,
         handle: Handle,
@@ -166,7 +167,7 @@ impl InputObject for S3Object {
     }
 
     /// A blocking reader over a streaming GET; the first request is sent here, so a missing
-    /// object or a denied read fails at once. Not to be called from async code.
+    /// object or a denied read fails at once.
     fn stream(&self) -> Result<Box<dyn Read + Send>, InputError> {
         let mut reader = BodyReader {
             object: self.clone(),
@@ -176,8 +177,7 @@ impl InputObject for S3Object {
             backoff: Backoff::new(self.retry.backoff),
         };
         if self.size > 0 {
-            let handle = self.handle.clone();
-            handle.block_on(reader.open()).map_err(|e| self.read_error(e))?;
+            block_on(&self.handle, reader.open()).map_err(|e| self.read_error(e))?;
         }
         Ok(Box::new(reader))
     }
@@ -250,7 +250,7 @@ impl Read for BodyReader {
                 return Ok(0);
             }
             let handle = self.object.handle.clone();
-            self.chunk = handle.block_on(self.next_chunk()).map_err(io::Error::other)?;
+            self.chunk = block_on(&handle, self.next_chunk()).map_err(io::Error::other)?;
             if self.chunk.is_empty() {
                 self.body = None;
                 return Ok(0);
@@ -278,6 +278,13 @@ impl RandomAccess for Ranges {
             return Ok(Vec::new());
         }
         let last = offset.saturating_add(len as u64).min(self.object.size) - 1;
-        self.object.handle.block_on(self.object.range(offset, last)).map_err(io::Error::other)
+        block_on(&self.object.handle, self.object.range(offset, last)).map_err(io::Error::other)
     }
+}
+
+/// Awaits `future` on `handle`'s runtime from blocking code. On a worker of a multi-thread
+/// runtime, `block_in_place` first hands the worker's other tasks to another thread; elsewhere it
+/// runs the wait directly. (A current-thread runtime cannot wait this way: tokio panics saying so.)
+fn block_on<F: Future>(handle: &Handle, future: F) -> F::Output {
+    tokio::task::block_in_place(|| handle.block_on(future))
 }
