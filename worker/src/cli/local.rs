@@ -27,10 +27,11 @@ use crate::local::{CheckpointOptions, LocalInput, LocalOptions, LocalRun, Outcom
 #[derive(Debug, Args)]
 pub struct LocalArgs {
     /// Inputs, read in order as one input (repeat the flag or list several): local files,
-    /// s3://bucket/key, every object under s3://bucket/prefix/, or the objects whose keys match
-    /// s3://bucket/prefix/*.parquet (`*`, `?` and `[...]`, within one folder), in key order. Each
-    /// is JSON lines, NYC TLC trip CSV (plain, gzip or zstd) or Parquet.
-    #[arg(long, value_name = "FILE|URI", num_args = 1.., conflicts_with = "generate")]
+    /// s3://bucket/key, every object under s3://bucket/prefix/, or the objects whose keys match a
+    /// pattern such as s3://bucket/prefix/*.parquet (`*`, `?` and `[...]`, within one folder); a
+    /// prefix's or pattern's objects in key order. Each is JSON lines, NYC TLC trip CSV (plain,
+    /// gzip or zstd) or Parquet.
+    #[arg(long, value_name = "INPUT", num_args = 1.., conflicts_with = "generate")]
     pub input: Vec<String>,
     /// How to reach S3 inputs.
     #[command(flatten)]
