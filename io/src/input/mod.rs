@@ -37,6 +37,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed for one attempt of a request until its answer starts (a body streams apart).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What a denied HEAD of one key needs: S3 answers a missing key with 403 to whoever may not list.
+const HEAD_PERMISSION: &str =
+    "s3:GetObject on the object, and s3:ListBucket on the bucket to tell a missing key from a denied one";
+
 /// One object found by a listing or a HEAD.
 struct Found {
     key: String,
@@ -140,11 +144,8 @@ impl InputResolver {
     /// The size and version of one object.
     async fn head(&self, client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Found, S3InputError> {
         let uri = format!("s3://{bucket}/{key}");
-        let head = self
-            .retrying("read", &uri, "s3:GetObject on the object", || {
-                client.head_object().bucket(bucket).key(key).send()
-            })
-            .await;
+        let head =
+            self.retrying("read", &uri, HEAD_PERMISSION, || client.head_object().bucket(bucket).key(key).send()).await;
         match head {
             Ok(head) => Ok(Found {
                 key: key.to_owned(),
