@@ -12,7 +12,7 @@ use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::{Buf, Bytes};
@@ -99,15 +99,14 @@ impl S3Object {
         let uri = self.origin.clone();
         let status = error.raw_response().map(|r| r.status().as_u16());
         let (message, retryable) = describe(error);
-        match (status, error.as_service_error()) {
+        let code = error.as_service_error().and_then(|e| e.code());
+        match (status, code) {
             (Some(412), _) => Fault::Fatal(S3InputError::Changed {
                 uri,
                 etag: self.etag.clone().unwrap_or_default().trim_matches('"').to_owned(),
             }),
-            (_, Some(e)) if e.is_no_such_key() => Fault::Fatal(S3InputError::NoSuchObject { uri }),
-            (Some(404), _) if message.contains("NoSuchBucket") => {
-                Fault::Fatal(S3InputError::NoSuchBucket { uri, bucket: self.bucket.clone() })
-            }
+            (_, Some("NoSuchKey")) => Fault::Fatal(S3InputError::NoSuchObject { uri }),
+            (_, Some("NoSuchBucket")) => Fault::Fatal(S3InputError::NoSuchBucket { uri, bucket: self.bucket.clone() }),
             (Some(403), _) => Fault::Fatal(S3InputError::AccessDenied {
                 action: "read",
                 uri,
