@@ -18,9 +18,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{BehaviorVersion, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
@@ -28,11 +26,13 @@ use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 mod dir;
 mod error;
 
+/// How to reach S3, shared with the S3 inputs.
+pub use crate::s3::S3Settings;
 pub use dir::{DirStore, ETag, Precondition};
 pub use error::StoreError;
 
 use crate::retry::{BackoffPolicy, Jitter};
-use taxi_core::settings::WorkerSettings;
+use crate::s3::{BUCKET_NAMES, chain, describe, is_bucket_name};
 
 /// The folder (directory or key prefix) under the store's root that holds history copies.
 const HISTORY: &str = "history";
@@ -53,28 +53,6 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// a second more per MiB for a large object (an archive file), so a slow but steady upload ends.
 fn attempt_timeout_for(len: usize) -> Duration {
     ATTEMPT_TIMEOUT + Duration::from_secs(u64::try_from(len >> 20).unwrap_or(u64::MAX))
-}
-
-/// How to reach S3 (or an S3-compatible server); credentials come from the default AWS chain.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct S3Settings {
-    /// Endpoint of an S3-compatible server (e.g. `http://127.0.0.1:9000`); `None`: AWS S3.
-    pub endpoint_url: Option<String>,
-    /// Address buckets as `endpoint/bucket/key` instead of `bucket.endpoint/key` (most S3-compatible servers).
-    pub force_path_style: bool,
-    /// AWS region; `None`: from the AWS configuration chain, else `us-east-1` when `endpoint_url` is set.
-    pub region: Option<String>,
-}
-
-impl S3Settings {
-    /// How a pipeline's workers reach S3 (the stream's region signs S3 requests too).
-    pub fn for_pipeline(settings: &WorkerSettings) -> S3Settings {
-        S3Settings {
-            endpoint_url: settings.checkpoint.s3_endpoint_url.clone(),
-            force_path_style: settings.checkpoint.s3_force_path_style,
-            region: settings.stream.region.clone(),
-        }
-    }
 }
 
 /// A checkpoint store: a local directory or an S3 bucket and prefix, with per-key history.
@@ -368,14 +346,8 @@ fn parse_uri(uri: &str) -> Result<StoreUri, StoreError> {
     if bucket.is_empty() {
         return Err(invalid("no bucket name"));
     }
-    let bucket_ok = (3..=63).contains(&bucket.len())
-        && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && bucket.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && bucket.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
-    if !bucket_ok {
-        return Err(invalid(
-            "bucket names are 3-63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit",
-        ));
+    if !is_bucket_name(bucket) {
+        return Err(invalid(BUCKET_NAMES));
     }
     let prefix = prefix.strip_suffix('/').unwrap_or(prefix);
     if !prefix.is_empty() && prefix.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
@@ -399,11 +371,7 @@ impl S3Store {
         prefix: impl Into<String>,
         settings: &S3Settings,
     ) -> Result<S3Store, StoreError> {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(region) = &settings.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        S3Store::new(&loader.load().await, settings, bucket, prefix)
+        S3Store::new(&settings.load_sdk_config().await, settings, bucket, prefix)
     }
 
     /// A store using `sdk` (credentials, region) overridden by `settings`. The client's own retries are
@@ -416,32 +384,17 @@ impl S3Store {
     ) -> Result<S3Store, StoreError> {
         let bucket = bucket.into();
         let prefix = prefix.into().trim_end_matches('/').to_owned();
-        let mut config = aws_sdk_s3::config::Builder::from(sdk)
-            .force_path_style(settings.force_path_style)
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-                    .build(),
-            );
-        if let Some(region) = &settings.region {
-            config = config.region(Region::new(region.clone()));
-        } else if sdk.region().is_none() {
-            if settings.endpoint_url.is_none() {
-                return Err(StoreError::S3 {
-                    action: "configure the client for",
-                    uri: format!("s3://{bucket}/{prefix}"),
-                    message: "no AWS region is configured: set AWS_REGION or the S3 region setting".to_owned(),
-                    retryable: false,
-                });
-            }
-            config = config.region(Region::new("us-east-1"));
-        }
-        if let Some(url) = &settings.endpoint_url {
-            config = config.endpoint_url(url);
-        }
-        Ok(S3Store { client: aws_sdk_s3::Client::from_conf(config.build()), bucket, prefix })
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+            .build();
+        let client = settings.client(sdk, timeouts).map_err(|no_region| StoreError::S3 {
+            action: "configure the client for",
+            uri: format!("s3://{bucket}/{prefix}"),
+            message: no_region.to_string(),
+            retryable: false,
+        })?;
+        Ok(S3Store { client, bucket, prefix })
     }
 
     /// The bucket.
@@ -679,46 +632,6 @@ impl S3Store {
     }
 }
 
-/// A readable cause and whether it is transient: 5xx, 429, S3's throttling and timeout codes,
-/// timeouts, connection failures and unreadable responses are; client errors are not.
-fn describe<E>(error: &SdkError<E>) -> (String, bool)
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    match error {
-        SdkError::ServiceError(service) => {
-            let status = service.raw().status().as_u16();
-            let err = service.err();
-            let code = err.code().unwrap_or("unknown error");
-            let retryable =
-                status >= 500 || status == 429 || matches!(code, "SlowDown" | "RequestTimeout" | "InternalError");
-            let text = err.message().map_or_else(String::new, |m| format!(": {m}"));
-            (format!("HTTP {status} {code}{text}"), retryable)
-        }
-        SdkError::TimeoutError(_) => (format!("timed out: {}", chain(error)), true),
-        SdkError::DispatchFailure(failure) => {
-            let what = if failure.is_timeout() { "timed out" } else { "could not reach S3" };
-            (format!("{what}: {}", chain(error)), !failure.is_user())
-        }
-        SdkError::ResponseError(_) => (format!("unreadable response: {}", chain(error)), true),
-        _ => (chain(error), false),
-    }
-}
-
-/// An error and its sources, joined by ": " (without the Debug dump `DisplayErrorContext` appends).
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let next = cause.to_string();
-        if !text.ends_with(&next) {
-            text = format!("{text}: {next}");
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// An S3 ETag without its quotes, the form [`Precondition::Matches`] takes.
 fn etag_of(raw: &str) -> ETag {
     ETag(raw.trim().trim_matches('"').to_owned())
@@ -727,6 +640,7 @@ fn etag_of(raw: &str) -> ETag {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_sdk_s3::config::BehaviorVersion;
 
     fn s3(uri: &str) -> (String, String) {
         match parse_uri(uri) {

@@ -19,16 +19,23 @@ use taxi_core::time::format_timestamp;
 
 use super::CommandError;
 use super::common::{EngineArgs, runtime};
+use super::inputs::{S3InputArgs, resolve_inputs};
 use crate::dashboard::{Dashboard, RunState};
 use crate::local::{CheckpointOptions, LocalInput, LocalOptions, LocalRun, Outcome, Progress, run_local};
 
 /// Flags of `taxi-worker local`.
 #[derive(Debug, Args)]
 pub struct LocalArgs {
-    /// Input files, read in order as one input (repeat the flag or list several): each JSON lines,
-    /// NYC TLC trip CSV (plain, gzip or zstd) or Parquet.
-    #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with = "generate")]
-    pub input: Vec<PathBuf>,
+    /// Inputs, read in order as one input (repeat the flag or list several): local files,
+    /// s3://bucket/key, every object under s3://bucket/prefix/, or the objects whose keys match a
+    /// pattern such as s3://bucket/prefix/*.parquet (`*`, `?` and `[...]`, within one folder); a
+    /// prefix's or pattern's objects in key order. Each is JSON lines, NYC TLC trip CSV (plain,
+    /// gzip or zstd) or Parquet.
+    #[arg(long, value_name = "INPUT", num_args = 1.., conflicts_with = "generate")]
+    pub input: Vec<String>,
+    /// How to reach S3 inputs.
+    #[command(flatten)]
+    pub s3: S3InputArgs,
     /// Place the trips of CSV and Parquet inputs that name taxi zones (PULocationID,
     /// DOLocationID) at the zones' centroids, read from this CSV file: a header line, then one
     /// LocationID,lat,lon line per zone.
@@ -98,13 +105,18 @@ fn parse_speedup(s: &str) -> Result<f64, String> {
 /// `taxi-worker local`: the whole pipeline in this process, then the report (and the dashboard
 /// stays up after a completed run until Ctrl-C).
 pub fn local(args: LocalArgs) -> Result<ExitCode, CommandError> {
+    // Before the input: S3 objects are read through it.
+    let runtime = runtime(true)?;
     let input = match (&args.input[..], args.generate) {
         ([], trips) => LocalInput::Generate(GeneratorConfig {
             trips: trips.unwrap_or(GeneratorConfig::default().trips),
             seed: args.seed,
             ..GeneratorConfig::default()
         }),
-        (paths, _) => LocalInput::files(input_files(paths)?, zone_centroids(args.zone_centroids.as_deref())?),
+        (inputs, _) => LocalInput::Objects {
+            objects: resolve_inputs(inputs, args.s3.settings(None), &runtime)?,
+            zone_centroids: zone_centroids(args.zone_centroids.as_deref())?,
+        },
     };
     let interactive = std::io::stderr().is_terminal();
     let show_progress = args.progress || interactive;
@@ -137,7 +149,6 @@ pub fn local(args: LocalArgs) -> Result<ExitCode, CommandError> {
     };
     options.engine.validate().map_err(|e| format!("invalid configuration: {e}"))?;
 
-    let runtime = runtime(true)?;
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(if dashboard_addr.is_some() { Progress::keeping_results() } else { Progress::default() });
     // The dashboard and its URL, serving from here on.
@@ -196,14 +207,6 @@ pub fn local(args: LocalArgs) -> Result<ExitCode, CommandError> {
         });
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The input files, each checked to exist.
-pub(super) fn input_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CommandError> {
-    match paths.iter().find(|path| !path.exists()) {
-        Some(missing) => Err(format!("input file {} does not exist", missing.display())),
-        None => Ok(paths.to_vec()),
-    }
 }
 
 /// The zone centroid table of `--zone-centroids`, if given.

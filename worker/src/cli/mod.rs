@@ -7,13 +7,15 @@
 //! - [`results`]: the merged view of a pipeline's documents;
 //! - [`replay`]: the producer;
 //! - [`dead_letter`]: inspecting and purging refused documents;
-//! - [`common`]: the flag groups several commands share (Kinesis, OpenSearch, the engine).
+//! - [`common`]: the flag groups several commands share (Kinesis, OpenSearch, the engine);
+//! - [`inputs`]: the `--input` files and S3 objects of `local` and `replay`.
 
 use clap::{Parser, Subcommand};
 
 pub mod common;
 pub mod dead_letter;
 pub mod generate;
+pub mod inputs;
 pub mod local;
 pub mod replay;
 pub mod results;

@@ -9,21 +9,27 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use taxi_core::duration;
-use taxi_core::input::{InputObject, LocalFile};
 use taxi_core::time::format_timestamp;
 
 use super::CommandError;
 use super::common::{KinesisArgs, runtime};
-use super::local::{input_files, zone_centroids};
+use super::inputs::{S3InputArgs, resolve_inputs};
+use super::local::zone_centroids;
 use crate::replay::{ReplayOptions, ReplayProgress};
 
 /// Flags of `taxi-worker replay`.
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
-    /// Input files, read in order as one input (repeat the flag or list several): each JSON lines,
-    /// NYC TLC trip CSV (plain, gzip or zstd) or Parquet.
-    #[arg(long, value_name = "FILE", num_args = 1.., required = true)]
-    pub input: Vec<PathBuf>,
+    /// Inputs, read in order as one input (repeat the flag or list several): local files,
+    /// s3://bucket/key, every object under s3://bucket/prefix/, or the objects whose keys match a
+    /// pattern such as s3://bucket/prefix/*.parquet (`*`, `?` and `[...]`, within one folder); a
+    /// prefix's or pattern's objects in key order. Each is JSON lines, NYC TLC trip CSV (plain,
+    /// gzip or zstd) or Parquet.
+    #[arg(long, value_name = "INPUT", num_args = 1.., required = true)]
+    pub input: Vec<String>,
+    /// How to reach S3 inputs (the region is --region's).
+    #[command(flatten)]
+    pub s3: S3InputArgs,
     /// Place the trips of CSV and Parquet inputs that name taxi zones (PULocationID,
     /// DOLocationID) at the zones' centroids, read from this CSV file: a header line, then one
     /// LocationID,lat,lon line per zone.
@@ -58,9 +64,10 @@ pub struct ReplayArgs {
 
 /// `taxi-worker replay`: streams the input into Kinesis and prints the summary.
 pub fn replay(args: &ReplayArgs) -> Result<ExitCode, CommandError> {
-    let objects =
-        input_files(&args.input)?.into_iter().map(|path| Arc::new(LocalFile::new(path)) as Arc<dyn InputObject>);
-    let mut options = ReplayOptions::over(objects.collect(), &args.kinesis.stream);
+    // Before the input: S3 objects are read through it.
+    let runtime = runtime(true)?;
+    let objects = resolve_inputs(&args.input, args.s3.settings(args.kinesis.region.clone()), &runtime)?;
+    let mut options = ReplayOptions::over(objects, &args.kinesis.stream);
     options.zone_centroids = zone_centroids(args.zone_centroids.as_deref())?;
     options.speedup = args.speedup;
     options.aggregate = args.aggregate;
@@ -69,7 +76,6 @@ pub fn replay(args: &ReplayArgs) -> Result<ExitCode, CommandError> {
     options.create_stream = args.create_stream;
     options.validate().map_err(|e| e.to_string())?;
     let interactive = std::io::stderr().is_terminal();
-    let runtime = runtime(true)?;
     let summary = runtime.block_on(async {
         let kinesis = Arc::new(args.kinesis.connect().await);
         let progress = Arc::new(ReplayProgress::new());
