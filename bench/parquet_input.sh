@@ -4,6 +4,7 @@
 # in microseconds, coordinates as doubles, all the fare columns), each run to its end at full speed with
 # 8 shards. Prints both runs' records/s (from --summary) and checks that they give the same results.
 # Needs a python with pyarrow in TAXI_TEST_PYTHON, as `eval "$(bash .ci/services.sh start)"` exports it.
+# TAXI_WORKER_BIN names a taxi-worker binary to use instead of building the release one.
 # Usage: bash bench/parquet_input.sh [TRIPS]   (default 1000000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,8 +13,12 @@ python=${TAXI_TEST_PYTHON:?set TAXI_TEST_PYTHON to a python with pyarrow: eval \
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-cargo build --release -q -p taxi-worker
-tw=${CARGO_TARGET_DIR:-target}/release/taxi-worker
+if [[ -n ${TAXI_WORKER_BIN:-} ]]; then
+  tw=$TAXI_WORKER_BIN
+else
+  cargo build --release -q -p taxi-worker
+  tw=${CARGO_TARGET_DIR:-target}/release/taxi-worker
+fi
 $tw generate --trips "$trips" --output "$work/trips.jsonl"
 "$python" - "$work/trips.jsonl" "$work/trips.parquet" <<'EOF'
 import sys
