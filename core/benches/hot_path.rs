@@ -1,6 +1,6 @@
 //! The per-record hot path of a shard: parse → validate → geohash → window update, on the
 //! reference architecture's event JSON, plus its parts on their own; and what remembering trip ids against duplicates costs
-//! in memory and in each checkpoint. Run with `cargo bench -p taxi-core --bench hot_path`.
+//! in memory and in each checkpoint; and the archive's cost on top of the hot path. Run with `cargo bench -p taxi-core --bench hot_path`.
 
 #![expect(missing_docs, reason = "criterion_group! generates an undocumented function")]
 
@@ -8,6 +8,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use taxi_core::archive::{ArchiveRow, RowId, ShardArchive};
 use taxi_core::checkpoint::{Owner, Position, ShardCheckpoint};
 use taxi_core::config::EngineConfig;
 use taxi_core::event::{Event, GeoPoint};
@@ -53,6 +54,39 @@ fn hot_path(c: &mut Criterion) {
                 }
             }
             black_box(shard.take_all())
+        });
+    });
+
+    // The same, with every trip also archived: the row into its event hour's Parquet file, and
+    // every file encoded and closed at the end. The difference to the line above is the
+    // archive's share of a worker's CPU per record.
+    let sequence_numbers: Vec<String> = (0..lines.len() as u128)
+        .map(|i| (49_590_338_271_490_256_608_559_692_538_361_571_095u128 + i).to_string())
+        .collect();
+    group.bench_function("parse_validate_geohash_window_archive", |b| {
+        let config = Arc::new(EngineConfig::default());
+        b.iter(|| {
+            let mut shard = ShardProcessor::new(config.clone());
+            let mut archive = ShardArchive::new("shardId-000000000000");
+            for (i, line) in lines.iter().enumerate() {
+                match parse_json_record(line) {
+                    Ok(event) => {
+                        shard.process(&event, None);
+                        if let Event::Trip(trip) = event {
+                            let row =
+                                ArchiveRow { trip, id: RowId::new(sequence_numbers[i].as_str(), 0), arrival: Some(0) };
+                            archive.push(row, 0).expect("archived");
+                        }
+                    }
+                    Err(reason) => shard.process_invalid(reason),
+                }
+                if i % 1024 == 0 {
+                    black_box(shard.take_closed());
+                }
+            }
+            archive.close_all().expect("closed");
+            let files = archive.take_ready();
+            black_box((shard.take_all(), files.iter().map(|f| f.bytes.len()).sum::<usize>()))
         });
     });
 

@@ -354,7 +354,7 @@ impl ShardArchive {
     }
 
     /// Closes the open files that hold at least `max_bytes`, or whose first row was added at least
-    /// `max_age_ms` before `now`.
+    /// `max_age_ms` before `now`. Not while rows are being read again (see [`ShardArchive::close_all`]).
     pub fn close_due(&mut self, now: Millis, max_bytes: u64, max_age_ms: u64) -> Result<(), ArchiveError> {
         let max_age = Millis::try_from(max_age_ms).unwrap_or(Millis::MAX);
         let due: Vec<Partition> = self
@@ -369,14 +369,20 @@ impl ShardArchive {
         Ok(())
     }
 
-    /// Closes every open file, and completes every rebuild with the rows it got: the shard
-    /// ended, so no more rows will come. Returns the rebuilt files that got fewer rows than their
-    /// marks promised (rows Kinesis no longer holds).
-    pub fn close_all(&mut self) -> Result<Vec<RebuildMismatch>, ArchiveError> {
+    /// Closes every open file (the shard ended, or stops). Not while rows are being read again:
+    /// a file closed then would miss the rows of it still to come.
+    pub fn close_all(&mut self) -> Result<(), ArchiveError> {
         let all: Vec<Partition> = self.open.keys().copied().collect();
         for partition in all {
             self.close(partition)?;
         }
+        Ok(())
+    }
+
+    /// Completes every rebuild with the rows it got: the shard was read to its end, so no more
+    /// will come. Returns the rebuilt files that got fewer rows than their marks promised (rows
+    /// Kinesis no longer holds).
+    pub fn finish_rebuilds(&mut self) -> Result<Vec<RebuildMismatch>, ArchiveError> {
         let mut mismatches = Vec::new();
         for closing in std::mem::take(&mut self.closing) {
             match closing {

@@ -60,6 +60,12 @@ impl Progress {
         }
     }
 
+    /// True while records processed before the restart are being read again: archive files must
+    /// not close then, or they would miss rows still to come.
+    pub(super) fn reading_again(&self) -> bool {
+        self.processed_through.is_some()
+    }
+
     /// Takes the first archive failure since the last call.
     pub(super) fn take_archive_error(&mut self) -> Option<ArchiveError> {
         self.archive_error.take()
@@ -68,6 +74,21 @@ impl Progress {
     /// Processes one Kinesis record: a plain event or a KPL aggregate of events. Returns `false`
     /// when the record budget ran out inside it (the position then points into the aggregate).
     pub(super) fn process_record(
+        &mut self,
+        shard_id: &str,
+        sequence_number: &str,
+        data: &[u8],
+        arrival: Option<Millis>,
+    ) -> bool {
+        let within = self.process_or_archive(shard_id, sequence_number, data, arrival);
+        // The record at the position was read again: what follows is new.
+        if self.processed_through.as_ref().is_some_and(|t| t.sequence_number == sequence_number) {
+            self.processed_through = None;
+        }
+        within
+    }
+
+    fn process_or_archive(
         &mut self,
         shard_id: &str,
         sequence_number: &str,
@@ -295,6 +316,7 @@ mod tests {
         let resumed = ShardArchive::resume("s", &marks, 0).expect("resume");
         let mut after = Progress::resume(before.processor.clone(), at("105", None), Some(resumed), None);
         for seq in 102..=107u64 {
+            assert_eq!(after.reading_again(), seq <= 105, "reading again up to the position, at {seq}");
             assert!(after.process_record("s", &seq.to_string(), trip_json(seq).as_bytes(), None));
         }
         assert_eq!(after.processor.counters().trips, 8, "6 before, 106 and 107 after the restart");

@@ -245,6 +245,16 @@ impl<K: KinesisApi> ShardTask<K> {
             let open = self.progress.processor.open_windows();
             self.emit(&open, false).await?;
         }
+        // Open archive files are written now (a checkpoint lists them first), so a stopped
+        // pipeline's archive is complete; the final checkpoint below then lists none.
+        if !self.progress.reading_again()
+            && let Some(archive) = self.progress.archive.as_mut()
+        {
+            archive.close_all()?;
+            if !self.checkpoint().await? {
+                return Ok(ShardExit::Fenced);
+            }
+        }
         if !self.checkpoint().await? {
             return Ok(ShardExit::Fenced);
         }
@@ -433,7 +443,8 @@ impl<K: KinesisApi> ShardTask<K> {
         control: &mut watch::Receiver<Control>,
     ) -> Result<Option<ShardExit>, RunError> {
         let Some(archive) = self.progress.archive.as_mut() else { return Ok(None) };
-        for mismatch in archive.close_all()? {
+        archive.close_all()?;
+        for mismatch in archive.finish_rebuilds()? {
             tracing::error!(shard = %self.shard_id, %mismatch, "an archive file was rebuilt with fewer rows than decided");
         }
         let mut backoff = Backoff::new(CONTROL_RETRY);
@@ -478,7 +489,10 @@ impl<K: KinesisApi> ShardTask<K> {
     async fn write_checkpoint(&mut self, released: Option<u64>) -> Result<Written, RunError> {
         let started = Instant::now();
         self.shared.sink.flush().await?;
-        if let (Some(target), Some(archive)) = (&self.shared.archive, &mut self.progress.archive) {
+        let reading_again = self.progress.reading_again();
+        if let (Some(target), Some(archive)) = (&self.shared.archive, &mut self.progress.archive)
+            && !reading_again
+        {
             target.close_due(archive)?;
         }
         let mut checkpoint = ShardCheckpoint::capture(
