@@ -375,12 +375,27 @@ impl<K: KinesisApi> ShardTask<K> {
     /// shard ends otherwise first: fenced by another owner, stopped, or released (a restart then
     /// reads the end of the shard again from its last durable checkpoint).
     async fn write_finished(&mut self, control: &mut watch::Receiver<Control>) -> Result<Option<ShardExit>, RunError> {
+        let exit = self.checkpoint_until(control, |_| true).await?;
+        if exit == Some(ShardExit::Stopped) {
+            tracing::warn!(shard = %self.shard_id, "stopped before its finished checkpoint was written; a restart reads its end again");
+        }
+        Ok(exit)
+    }
+
+    /// Writes checkpoints, with back-off after each failure, until one is stored and `enough`
+    /// says it suffices. `Some(exit)` when the shard ends otherwise first: fenced by another
+    /// owner, stopped, or released.
+    async fn checkpoint_until(
+        &mut self,
+        control: &mut watch::Receiver<Control>,
+        enough: fn(&Self) -> bool,
+    ) -> Result<Option<ShardExit>, RunError> {
         let mut backoff = Backoff::new(CONTROL_RETRY);
         loop {
             match self.write_checkpoint(None).await? {
-                Written::Yes => return Ok(None),
                 Written::Fenced => return Ok(Some(ShardExit::Fenced)),
-                Written::Failed => {}
+                Written::Yes if enough(self) => return Ok(None),
+                Written::Yes | Written::Failed => {}
             }
             tokio::select! {
                 () = tokio::time::sleep(backoff.next_delay()) => {}
@@ -390,7 +405,6 @@ impl<K: KinesisApi> ShardTask<K> {
             match requested {
                 Control::Run => {}
                 Control::Stop { .. } => {
-                    tracing::warn!(shard = %self.shard_id, "stopped before its finished checkpoint was written; a restart reads its end again");
                     self.shared.state.update(&self.shard_id, |s| s.state = ShardState::Stopped);
                     return Ok(Some(ShardExit::Stopped));
                 }
@@ -447,27 +461,8 @@ impl<K: KinesisApi> ShardTask<K> {
         for mismatch in archive.finish_rebuilds()? {
             tracing::error!(shard = %self.shard_id, %mismatch, "an archive file was rebuilt with fewer rows than decided");
         }
-        let mut backoff = Backoff::new(CONTROL_RETRY);
-        loop {
-            match self.write_checkpoint(None).await? {
-                Written::Fenced => return Ok(Some(ShardExit::Fenced)),
-                Written::Yes if self.progress.archive.as_ref().is_none_or(|a| a.marks().is_empty()) => return Ok(None),
-                Written::Yes | Written::Failed => {}
-            }
-            tokio::select! {
-                () = tokio::time::sleep(backoff.next_delay()) => {}
-                _ = control.changed() => {}
-            }
-            let requested = *control.borrow_and_update();
-            match requested {
-                Control::Run => {}
-                Control::Stop { .. } => {
-                    self.shared.state.update(&self.shard_id, |s| s.state = ShardState::Stopped);
-                    return Ok(Some(ShardExit::Stopped));
-                }
-                Control::Release { epoch } => return self.release(epoch).await.map(Some),
-            }
-        }
+        // Until a stored checkpoint lists no archive file: every file is written.
+        self.checkpoint_until(control, |task| task.progress.archive.as_ref().is_none_or(|a| a.marks().is_empty())).await
     }
 
     /// Writes the archive files decided by the checkpoint just written, and shows the archive's
