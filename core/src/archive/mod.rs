@@ -452,20 +452,6 @@ impl ShardArchive {
             .min();
         oldest.map_or(0, |t| u64::try_from(now - t).unwrap_or(0))
     }
-
-    /// Rows added and not yet uploaded.
-    pub fn pending_rows(&self) -> u64 {
-        let open: u64 = self.open.values().map(|f| f.rows).sum();
-        let closing: u64 = self
-            .closing
-            .iter()
-            .map(|c| match c {
-                Closing::Rebuilding(r) => r.file.rows,
-                Closing::Ready(f) => f.rows,
-            })
-            .sum();
-        open + closing
-    }
 }
 
 #[cfg(test)]

@@ -189,19 +189,19 @@ impl<K: KinesisApi> PollingReader<K> {
     }
 }
 
-/// Turns a checkpointed position into where the reader starts, and how many user records of the
-/// first (aggregated) record were already processed; `None` for a finished shard.
-pub fn resume_position(position: &taxi_core::checkpoint::Position) -> Option<(StartingPosition, Option<u64>)> {
+/// Turns a checkpointed position into where the reader starts; `None` for a finished shard.
+/// Inside a KPL aggregate the reader starts at that record again: the shard's processor skips the
+/// user records the position says were processed.
+pub fn resume_position(position: &taxi_core::checkpoint::Position) -> Option<StartingPosition> {
     use taxi_core::checkpoint::Position;
     match position {
-        Position::Start | Position::InputRecord { .. } => Some((StartingPosition::TrimHorizon, None)),
-        Position::ArrivedFrom { timestamp } => Some((StartingPosition::AtTimestamp(*timestamp), None)),
+        Position::Start | Position::InputRecord { .. } => Some(StartingPosition::TrimHorizon),
+        Position::ArrivedFrom { timestamp } => Some(StartingPosition::AtTimestamp(*timestamp)),
         Position::Sequence { sequence_number, sub_sequence: None } => {
-            Some((StartingPosition::AfterSequenceNumber(sequence_number.clone()), None))
+            Some(StartingPosition::AfterSequenceNumber(sequence_number.clone()))
         }
-        // Inside a KPL aggregate: read that record again and skip what was processed.
-        Position::Sequence { sequence_number, sub_sequence: Some(done) } => {
-            Some((StartingPosition::AtSequenceNumber(sequence_number.clone()), Some(*done)))
+        Position::Sequence { sequence_number, sub_sequence: Some(_) } => {
+            Some(StartingPosition::AtSequenceNumber(sequence_number.clone()))
         }
         Position::Finished => None,
     }
@@ -304,16 +304,16 @@ mod tests {
         let seq = || "4962".to_owned();
         assert_eq!(
             resume_position(&Position::Sequence { sequence_number: seq(), sub_sequence: None }),
-            Some((StartingPosition::AfterSequenceNumber(seq()), None))
+            Some(StartingPosition::AfterSequenceNumber(seq()))
         );
         assert_eq!(
             resume_position(&Position::Sequence { sequence_number: seq(), sub_sequence: Some(3) }),
-            Some((StartingPosition::AtSequenceNumber(seq()), Some(3)))
+            Some(StartingPosition::AtSequenceNumber(seq()))
         );
-        assert_eq!(resume_position(&Position::Start), Some((StartingPosition::TrimHorizon, None)));
+        assert_eq!(resume_position(&Position::Start), Some(StartingPosition::TrimHorizon));
         assert_eq!(
             resume_position(&Position::ArrivedFrom { timestamp: 1_700 }),
-            Some((StartingPosition::AtTimestamp(1_700), None))
+            Some(StartingPosition::AtTimestamp(1_700))
         );
         assert_eq!(resume_position(&Position::Finished), None);
     }

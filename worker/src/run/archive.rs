@@ -54,11 +54,6 @@ impl ArchiveTarget {
                 }
             }
         }
-        let lag = archive.lag_ms(wall_clock_millis());
-        metrics
-            .archive_lag_seconds
-            .with_label_values(&[archive.shard_id()])
-            .set(i64::try_from(lag / 1000).unwrap_or(i64::MAX));
         all_uploaded
     }
 }

@@ -136,7 +136,7 @@ impl<K: KinesisApi> ShardTask<K> {
             ControlFlow::Break(exit) => return Ok(exit),
         };
         let Claimed { processor, position, etag, handoff, archive: marks } = claimed;
-        let Some((mut start, _)) = resume_position(&position) else {
+        let Some(mut start) = resume_position(&position) else {
             return Ok(ShardExit::Finished);
         };
         let archive = match &shared.archive {
@@ -472,8 +472,10 @@ impl<K: KinesisApi> ShardTask<K> {
             return true;
         };
         let done = target.upload_ready(archive, &self.shared.state.metrics).await;
-        let lag = archive.lag_ms(wall_clock_millis());
-        self.shared.state.update(&self.shard_id, |s| s.archive_lag_ms = Some(lag));
+        let lag_ms = archive.lag_ms(wall_clock_millis());
+        let lag_seconds = i64::try_from(lag_ms / 1000).unwrap_or(i64::MAX);
+        self.shared.state.metrics.archive_lag_seconds.with_label_values(&[&self.shard_id]).set(lag_seconds);
+        self.shared.state.update(&self.shard_id, |s| s.archive_lag_ms = Some(lag_ms));
         done
     }
 
